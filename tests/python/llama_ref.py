@@ -1,0 +1,399 @@
+"""Independent NumPy reference for Llama-family decoder models.
+
+This module is the correctness oracle for shardlm: it reads a Hugging Face
+checkpoint directory (config.json plus single or sharded safetensors) with its
+own safetensors reader and runs a plain float64 forward pass with Hugging Face
+`LlamaForCausalLM` semantics:
+
+    x = embed_tokens[ids]
+    per layer:
+        n  = RMSNorm(x) * input_layernorm
+        q, k, v = n @ Wq.T, n @ Wk.T, n @ Wv.T          (HF Linear, W is [out, in])
+        q, k = rotate-half RoPE at absolute positions
+        a  = causal softmax(q k^T / sqrt(head_dim)) v    (query head h -> kv head h // (H/KV))
+        x  = x + a @ Wo.T
+        m  = RMSNorm(x) * post_attention_layernorm
+        x  = x + down(silu(gate(m)) * up(m))
+    logits = RMSNorm(x) * norm  @  lm_head.T  (embed_tokens when tied)
+
+With config key "parallel_block": true the layer is PaLM's parallel block,
+x = x + Attn(n) + FFN(n) with the single norm n = input_layernorm(x), and the
+checkpoint has no post_attention_layernorm tensor.
+
+It deliberately shares no code with the C++ engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------
+
+# dtype name -> (numpy dtype of the stored elements, bytes per element)
+_ST_DTYPES = {
+    "F64": (np.dtype("<f8"), 8),
+    "F32": (np.dtype("<f4"), 4),
+    "F16": (np.dtype("<f2"), 2),
+    "BF16": (np.dtype("<u2"), 2),  # raw bits; widened by bf16_bits_to_f32
+    "I64": (np.dtype("<i8"), 8),
+    "I32": (np.dtype("<i4"), 4),
+    "I16": (np.dtype("<i2"), 2),
+    "I8": (np.dtype("i1"), 1),
+    "U8": (np.dtype("u1"), 1),
+    "BOOL": (np.dtype("u1"), 1),
+}
+
+_NP_TO_ST = {
+    np.dtype("float64"): "F64",
+    np.dtype("float32"): "F32",
+    np.dtype("float16"): "F16",
+    np.dtype("int64"): "I64",
+    np.dtype("int32"): "I32",
+    np.dtype("int16"): "I16",
+    np.dtype("int8"): "I8",
+    np.dtype("uint8"): "U8",
+}
+
+
+class SafetensorsError(ValueError):
+    pass
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32: the bits are the top half."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, round to nearest even (finite inputs)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounding = ((u >> 16) & 1) + 0x7FFF
+    return ((u + rounding) >> 16).astype(np.uint16)
+
+
+def read_header(path) -> tuple[dict, int]:
+    """Returns (header dict, byte offset where the data buffer starts)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise SafetensorsError(f"{path}: shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            raise SafetensorsError(f"{path}: header length {n} runs past end of file ({size} bytes)")
+        header = json.loads(f.read(n).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: header is not a JSON object")
+    return header, 8 + n
+
+
+def read_safetensors(path, names=None) -> dict[str, np.ndarray]:
+    """Reads tensors from one .safetensors file as float32 arrays (floats) or
+    their native integer dtype. `names` restricts which tensors are read."""
+    path = Path(path)
+    header, start = read_header(path)
+    size = path.stat().st_size
+    out: dict[str, np.ndarray] = {}
+    with open(path, "rb") as f:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if names is not None and name not in names:
+                continue
+            dtype = info["dtype"]
+            if dtype not in _ST_DTYPES:
+                raise SafetensorsError(f"{path}: tensor {name}: unknown dtype {dtype}")
+            npdt, width = _ST_DTYPES[dtype]
+            shape = [int(s) for s in info["shape"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+            count = math.prod(shape)
+            if end - begin != count * width:
+                raise SafetensorsError(f"{path}: tensor {name}: data_offsets span {end - begin} bytes, "
+                                       f"shape {shape} x {dtype} needs {count * width}")
+            if start + end > size:
+                raise SafetensorsError(f"{path}: tensor {name}: data runs past end of file")
+            f.seek(start + begin)
+            arr = np.frombuffer(f.read(end - begin), dtype=npdt).reshape(shape)
+            if dtype == "BF16":
+                arr = bf16_bits_to_f32(arr)
+            elif dtype in ("F16", "F64"):
+                arr = arr.astype(np.float32) if dtype == "F16" else arr.copy()
+            else:
+                arr = arr.copy()
+            out[name] = arr
+    return out
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Writes a safetensors file. Values are numpy arrays (dtype taken from the
+    array) or (dtype_name, array) pairs, where for "BF16" the array holds the
+    uint16 bit patterns (or float32 values, which are rounded to bf16)."""
+    entries = []
+    for name, value in tensors.items():
+        if isinstance(value, tuple):
+            dtype, arr = value
+            arr = np.asarray(arr)
+            if dtype == "BF16" and arr.dtype != np.uint16:
+                arr = f32_to_bf16_bits(arr.astype(np.float32))
+            else:
+                arr = arr.astype(_ST_DTYPES[dtype][0], copy=False)
+        else:
+            arr = np.asarray(value)
+            dtype = _NP_TO_ST[arr.dtype]
+        entries.append((name, dtype, arr))
+    header: dict = {}
+    if metadata is not None:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    blobs = []
+    for name, dtype, arr in entries:
+        blob = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hbytes += b" " * ((8 - len(hbytes) % 8) % 8)  # align the data buffer to 8 bytes
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hbytes)))
+        f.write(hbytes)
+        for blob in blobs:
+            f.write(blob)
+    os.replace(tmp, path)
+
+
+def checkpoint_files(model_dir) -> list[Path]:
+    """The safetensors files of a checkpoint directory (single or sharded)."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / f for f in sorted(set(weight_map.values()))]
+    return [model_dir / "model.safetensors"]
+
+
+def load_tensors(model_dir) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory, single file or sharded."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    tensors: dict[str, np.ndarray] = {}
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        by_file: dict[str, set] = {}
+        for name, fname in weight_map.items():
+            by_file.setdefault(fname, set()).add(name)
+        for fname, names in sorted(by_file.items()):
+            got = read_safetensors(model_dir / fname, names)
+            missing = names - got.keys()
+            if missing:
+                raise SafetensorsError(f"{fname}: missing {sorted(missing)}")
+            tensors.update(got)
+    else:
+        tensors = read_safetensors(model_dir / "model.safetensors")
+    return tensors
+
+
+def tensor_shapes(model_dir) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) from the headers only."""
+    out = {}
+    for f in checkpoint_files(model_dir):
+        header, _ = read_header(f)
+        for name, info in header.items():
+            if name != "__metadata__":
+                out[name] = (info["dtype"], list(info["shape"]))
+    return out
+
+
+def load_config(model_dir) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+# ---------------------------------------------------------------------------
+# forward pass
+# ---------------------------------------------------------------------------
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * w (computed in float64 here)."""
+    x = x.astype(np.float64)
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return x / np.sqrt(var + eps) * w
+
+
+def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float):
+    """cos, sin of shape [T, head_dim] (HF: emb = cat(freqs, freqs))."""
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    freqs = np.outer(positions.astype(np.float64), inv_freq)  # [T, d/2]
+    emb = np.concatenate([freqs, freqs], axis=-1)  # [T, d]
+    return np.cos(emb), np.sin(emb)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x: [heads, T, d]; cos/sin: [T, d]."""
+    return x * cos[None] + rotate_half(x) * sin[None]
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _require(cfg: dict, key: str):
+    if key not in cfg:
+        raise KeyError(f"config.json: missing {key}")
+    return cfg[key]
+
+
+class LlamaRef:
+    """Float64 reference model. `tensors` maps HF names to arrays."""
+
+    def __init__(self, config: dict, tensors: dict[str, np.ndarray]):
+        c = config
+        self.E = int(_require(c, "hidden_size"))
+        self.F = int(_require(c, "intermediate_size"))
+        self.L = int(_require(c, "num_hidden_layers"))
+        self.H = int(_require(c, "num_attention_heads"))
+        self.KV = int(c.get("num_key_value_heads") or self.H)
+        self.D = int(c.get("head_dim") or self.E // self.H)
+        self.V = int(_require(c, "vocab_size"))
+        self.eps = float(c.get("rms_norm_eps", 1e-6))
+        self.theta = float(c.get("rope_theta", 10000.0))
+        self.tied = bool(c.get("tie_word_embeddings", False))
+        self.parallel = bool(c.get("parallel_block", False))
+        if c.get("rope_scaling") not in (None, {}):
+            raise NotImplementedError("rope_scaling is not supported by the reference")
+        if self.H % self.KV != 0:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        self.t = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+        self._check_shapes()
+
+    @classmethod
+    def from_dir(cls, model_dir) -> "LlamaRef":
+        return cls(load_config(model_dir), load_tensors(model_dir))
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        E, F, D, H, KV, V = self.E, self.F, self.D, self.H, self.KV, self.V
+        s = {"model.embed_tokens.weight": (V, E), "model.norm.weight": (E,)}
+        if not self.tied:
+            s["lm_head.weight"] = (V, E)
+        for i in range(self.L):
+            p = f"model.layers.{i}."
+            s[p + "input_layernorm.weight"] = (E,)
+            if not self.parallel:
+                s[p + "post_attention_layernorm.weight"] = (E,)
+            s[p + "self_attn.q_proj.weight"] = (H * D, E)
+            s[p + "self_attn.k_proj.weight"] = (KV * D, E)
+            s[p + "self_attn.v_proj.weight"] = (KV * D, E)
+            s[p + "self_attn.o_proj.weight"] = (E, H * D)
+            s[p + "mlp.gate_proj.weight"] = (F, E)
+            s[p + "mlp.up_proj.weight"] = (F, E)
+            s[p + "mlp.down_proj.weight"] = (E, F)
+        return s
+
+    def _check_shapes(self):
+        for name, shape in self.expected_shapes().items():
+            if name not in self.t:
+                raise KeyError(f"missing tensor {name}")
+            if tuple(self.t[name].shape) != shape:
+                raise ValueError(f"tensor {name}: shape {self.t[name].shape}, expected {shape}")
+
+    # -- blocks -------------------------------------------------------------
+
+    def attention(self, i: int, n: np.ndarray, positions: np.ndarray, return_probs=False):
+        """n: normed input [T, E]. Causal attention among these T positions."""
+        p = f"model.layers.{i}.self_attn."
+        T = n.shape[0]
+        H, KV, D = self.H, self.KV, self.D
+        q = (n @ self.t[p + "q_proj.weight"].T).reshape(T, H, D).transpose(1, 0, 2)
+        k = (n @ self.t[p + "k_proj.weight"].T).reshape(T, KV, D).transpose(1, 0, 2)
+        v = (n @ self.t[p + "v_proj.weight"].T).reshape(T, KV, D).transpose(1, 0, 2)
+        cos, sin = rope_cos_sin(positions, D, self.theta)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        group = H // KV
+        kv_of = np.arange(H) // group  # query head h reads kv head h // (H/KV)
+        k = k[kv_of]  # [H, T, D]
+        v = v[kv_of]
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(D)  # [H, T, T]
+        mask = np.triu(np.ones((T, T), dtype=bool), k=1)
+        scores = np.where(mask[None], -np.inf, scores)
+        probs = softmax(scores, axis=-1)
+        a = (probs @ v).transpose(1, 0, 2).reshape(T, H * D)
+        out = a @ self.t[p + "o_proj.weight"].T
+        return (out, probs) if return_probs else out
+
+    def mlp(self, i: int, n: np.ndarray) -> np.ndarray:
+        p = f"model.layers.{i}.mlp."
+        g = n @ self.t[p + "gate_proj.weight"].T
+        u = n @ self.t[p + "up_proj.weight"].T
+        return (silu(g) * u) @ self.t[p + "down_proj.weight"].T
+
+    def hidden_states(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError("ids must be a non-empty 1-D list")
+        if ids.min() < 0 or ids.max() >= self.V:
+            raise ValueError("token id outside the vocabulary")
+        positions = np.arange(ids.size)
+        x = self.t["model.embed_tokens.weight"][ids]
+        for i in range(self.L):
+            p = f"model.layers.{i}."
+            n = rms_norm(x, self.t[p + "input_layernorm.weight"], self.eps)
+            if self.parallel:
+                x = x + self.attention(i, n, positions) + self.mlp(i, n)
+            else:
+                x = x + self.attention(i, n, positions)
+                m = rms_norm(x, self.t[p + "post_attention_layernorm.weight"], self.eps)
+                x = x + self.mlp(i, m)
+        return rms_norm(x, self.t["model.norm.weight"], self.eps)
+
+    def forward(self, ids) -> np.ndarray:
+        """Logits [T, vocab] (float64) at every position of `ids`."""
+        h = self.hidden_states(ids)
+        head = self.t["model.embed_tokens.weight"] if self.tied else self.t["lm_head.weight"]
+        return h @ head.T
+
+    def greedy(self, ids, n_new: int, stop_ids=()) -> tuple[list[int], np.ndarray]:
+        """Greedy decoding by full recomputation. Returns (generated ids,
+        step logits [n_steps, vocab]) where row i produced generated[i]."""
+        seq = list(ids)
+        gen, rows = [], []
+        for _ in range(n_new):
+            logits = self.forward(seq)[-1]
+            tok = int(np.argmax(logits))
+            rows.append(logits)
+            gen.append(tok)
+            seq.append(tok)
+            if tok in stop_ids:
+                break
+        return gen, np.stack(rows)
+
+    def n_params(self) -> int:
+        return int(sum(v.size for v in self.t.values()))
+
+
+def max_rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| / max |ref|: the metric of the 1e-4 logits criterion."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        raise ValueError(f"shape {got.shape} != reference shape {ref.shape}")
+    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
