@@ -262,11 +262,37 @@ def _require(cfg: dict, key: str):
     return cfg[key]
 
 
+def expected_shapes(c: dict) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for a Llama-family config (parallel block aware)."""
+    E, F, L = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_hidden_layers"])
+    H = int(c["num_attention_heads"])
+    KV = int(c.get("num_key_value_heads") or H)
+    D = int(c.get("head_dim") or E // H)
+    V = int(c["vocab_size"])
+    s = {"model.embed_tokens.weight": (V, E), "model.norm.weight": (E,)}
+    if not c.get("tie_word_embeddings", False):
+        s["lm_head.weight"] = (V, E)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        s[p + "input_layernorm.weight"] = (E,)
+        if not c.get("parallel_block", False):
+            s[p + "post_attention_layernorm.weight"] = (E,)
+        s[p + "self_attn.q_proj.weight"] = (H * D, E)
+        s[p + "self_attn.k_proj.weight"] = (KV * D, E)
+        s[p + "self_attn.v_proj.weight"] = (KV * D, E)
+        s[p + "self_attn.o_proj.weight"] = (E, H * D)
+        s[p + "mlp.gate_proj.weight"] = (F, E)
+        s[p + "mlp.up_proj.weight"] = (F, E)
+        s[p + "mlp.down_proj.weight"] = (E, F)
+    return s
+
+
 class LlamaRef:
     """Float64 reference model. `tensors` maps HF names to arrays."""
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]):
         c = config
+        self.config = dict(config)
         self.E = int(_require(c, "hidden_size"))
         self.F = int(_require(c, "intermediate_size"))
         self.L = int(_require(c, "num_hidden_layers"))
@@ -290,23 +316,7 @@ class LlamaRef:
         return cls(load_config(model_dir), load_tensors(model_dir))
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        E, F, D, H, KV, V = self.E, self.F, self.D, self.H, self.KV, self.V
-        s = {"model.embed_tokens.weight": (V, E), "model.norm.weight": (E,)}
-        if not self.tied:
-            s["lm_head.weight"] = (V, E)
-        for i in range(self.L):
-            p = f"model.layers.{i}."
-            s[p + "input_layernorm.weight"] = (E,)
-            if not self.parallel:
-                s[p + "post_attention_layernorm.weight"] = (E,)
-            s[p + "self_attn.q_proj.weight"] = (H * D, E)
-            s[p + "self_attn.k_proj.weight"] = (KV * D, E)
-            s[p + "self_attn.v_proj.weight"] = (KV * D, E)
-            s[p + "self_attn.o_proj.weight"] = (E, H * D)
-            s[p + "mlp.gate_proj.weight"] = (F, E)
-            s[p + "mlp.up_proj.weight"] = (F, E)
-            s[p + "mlp.down_proj.weight"] = (E, F)
-        return s
+        return expected_shapes(self.config)
 
     def _check_shapes(self):
         for name, shape in self.expected_shapes().items():

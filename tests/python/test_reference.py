@@ -34,15 +34,8 @@ def small_config(**over):
 
 def random_tensors(cfg, seed=0):
     rng = np.random.default_rng(seed)
-    shapes = ref.LlamaRef.__new__(ref.LlamaRef)
-    # Reuse the shape table without constructing a model.
-    shapes.E, shapes.F, shapes.L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    shapes.H, shapes.KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    shapes.D = cfg.get("head_dim") or shapes.E // shapes.H
-    shapes.V, shapes.tied = cfg["vocab_size"], cfg["tie_word_embeddings"]
-    shapes.parallel = cfg.get("parallel_block", False)
     out = {}
-    for name, shape in shapes.expected_shapes().items():
+    for name, shape in ref.expected_shapes(cfg).items():
         if name.endswith("norm.weight"):
             out[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
