@@ -1,0 +1,176 @@
+// `shardlm generate`: load a checkpoint, prefill the prompts, decode.
+#include <charconv>
+#include <chrono>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "launch/commands.hpp"
+#include "models/model_weights.hpp"
+#include "runtime/engine.hpp"
+#include "runtime/errors.hpp"
+#include "runtime/npy.hpp"
+
+namespace shardlm {
+namespace {
+
+struct GenerateOptions {
+  std::string model, prompt_ids, prompt_ids_file, dump_logits, dump_step_logits;
+  int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0;
+  float temperature = 0.f, top_p = 1.f;
+  uint64_t seed = 0;
+  std::vector<int32_t> stop_ids;
+  bool json = false;
+};
+
+// Token ids separated by commas and/or whitespace. `where` names the flag or
+// file line for the message; `make_error` picks usage (flag) or data (file).
+template <typename Error>
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    if (text[i] == ',' || std::isspace(static_cast<unsigned char>(text[i]))) {
+      ++i;
+      continue;
+    }
+    size_t end = i;
+    while (end < text.size() && text[end] != ',' && !std::isspace(static_cast<unsigned char>(text[end])))
+      ++end;
+    const std::string item = text.substr(i, end - i);
+    int64_t value = 0;
+    auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (ec != std::errc() || ptr != item.data() + item.size() || value < INT32_MIN || value > INT32_MAX)
+      throw Error(fmt::format("{}: \"{}\" is not a token id (expected integers separated by commas)",
+                              where, item));
+    ids.push_back(int32_t(value));
+    i = end;
+  }
+  if (ids.empty()) throw Error(fmt::format("{}: no token ids", where));
+  return ids;
+}
+
+std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool batch_given) {
+  std::vector<std::vector<int32_t>> prompts;
+  if (!o.prompt_ids.empty()) {
+    prompts.push_back(parse_ids<UsageError>(o.prompt_ids, "--prompt-ids"));
+  } else {
+    std::ifstream in(o.prompt_ids_file);
+    if (!in) throw DataError(fmt::format("{}: cannot open (--prompt-ids-file)", o.prompt_ids_file));
+    std::string line;
+    for (int number = 1; std::getline(in, line); ++number) {
+      if (line.find_first_not_of(" \t\r,") == std::string::npos) continue;
+      prompts.push_back(parse_ids<DataError>(line, fmt::format("{} line {}", o.prompt_ids_file, number)));
+    }
+    if (prompts.empty()) throw DataError(fmt::format("{}: holds no prompt", o.prompt_ids_file));
+  }
+  if (prompts.size() == 1) {
+    prompts.resize(size_t(o.batch), prompts[0]);
+  } else if (batch_given && size_t(o.batch) != prompts.size()) {
+    throw UsageError(fmt::format("--batch {} disagrees with the {} prompts in {}", o.batch,
+                                 prompts.size(), o.prompt_ids_file));
+  }
+  return prompts;
+}
+
+void run_generate(const GenerateOptions& o, bool batch_given) {
+  if (o.temperature < 0) throw UsageError(fmt::format("--temperature must be >= 0, got {}", o.temperature));
+  if (!(o.top_p > 0 && o.top_p <= 1)) throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
+  const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
+
+  const auto load_start = std::chrono::steady_clock::now();
+  const ModelConfig config = ModelConfig::load(o.model);
+  const Checkpoint checkpoint(o.model);
+  std::unique_ptr<Backend> backend = make_cpu_backend(o.threads);
+  Engine engine(*backend, config, load_model_weights(checkpoint, config, *backend));
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+
+  GenerationRequest request;
+  request.prompts = prompts;
+  request.max_new_tokens = o.max_new_tokens;
+  request.sampling = {o.temperature, o.top_k, o.top_p, o.seed};
+  request.stop_ids = o.stop_ids;
+  request.keep_prompt_logits = !o.dump_logits.empty();
+  request.keep_step_logits = !o.dump_step_logits.empty();
+  const GenerationResult r = engine.generate(request);
+
+  if (!o.dump_logits.empty())
+    write_npy_f32(o.dump_logits, r.prompt_logits.data(), {int64_t(prompts[0].size()), r.vocab_size});
+  if (!o.dump_step_logits.empty())
+    write_npy_f32(o.dump_step_logits, r.step_logits.data(),
+                  {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
+
+  auto per_second = [](double count, double seconds) { return seconds > 0 ? count / seconds : 0.0; };
+  const double prefill_tps = per_second(double(r.prompt_tokens), r.prefill_s);
+  const double decode_tps = per_second(double(r.decode_tokens), r.decode_s);
+  const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
+  if (o.json) {
+    const nlohmann::json out = {
+        {"generated_ids", r.generated},
+        {"ttft_ms", r.ttft_s * 1e3},
+        {"itl_ms", itl_ms},
+        {"prefill_tokens_per_s", prefill_tps},
+        {"decode_tokens_per_s", decode_tps},
+        {"n_params", config.num_params()},
+        {"batch", prompts.size()},
+        {"prompt_tokens", r.prompt_tokens},
+        {"decode_tokens", r.decode_tokens},
+        {"prefill_ms", r.prefill_s * 1e3},
+        {"decode_ms", r.decode_s * 1e3},
+        {"load_ms", load_s * 1e3},
+        {"backend", backend->describe()},
+    };
+    fmt::print("{}\n", out.dump());
+    return;
+  }
+  fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
+             double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
+             backend->describe(), load_s);
+  for (size_t s = 0; s < r.generated.size(); ++s)
+    fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
+  fmt::print("prefill: {} tokens in {:.1f} ms ({:.1f} tokens/s); time to first token {:.1f} ms\n",
+             r.prompt_tokens, r.prefill_s * 1e3, prefill_tps, r.ttft_s * 1e3);
+  fmt::print("decode: {} tokens in {} steps, {:.1f} ms ({:.1f} tokens/s); mean inter-token latency "
+             "{:.2f} ms\n",
+             r.decode_tokens, r.step_s.size(), r.decode_s * 1e3, decode_tps, itl_ms);
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  auto* cmd = app.add_subcommand("generate", "generate tokens from a checkpoint");
+  cmd->add_option("--model", o->model, "checkpoint directory (config.json + safetensors)")->required();
+  auto* ids = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt token ids, e.g. 1,2,3");
+  auto* file = cmd->add_option("--prompt-ids-file", o->prompt_ids_file,
+                               "file of prompts, one per line, ids separated by commas or spaces");
+  ids->excludes(file);
+  cmd->add_option("--batch", o->batch, "sequences per batch (a single prompt is repeated)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate per sequence")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
+  cmd->add_option("--temperature", o->temperature, "0 for greedy")->capture_default_str();
+  cmd->add_option("--top-k", o->top_k, "keep the k most likely tokens (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
+  cmd->add_option("--seed", o->seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--stop-ids", o->stop_ids, "token ids that end a sequence")->delimiter(',');
+  cmd->add_option("--dump-logits", o->dump_logits,
+                  "write prefill logits of sequence 0, [prompt_tokens, vocab], as .npy");
+  cmd->add_option("--dump-step-logits", o->dump_step_logits,
+                  "write the logits each token of sequence 0 was sampled from, as .npy");
+  cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--json", o->json, "print one JSON object of results");
+  cmd->callback([o, cmd] {
+    if (o->prompt_ids.empty() && o->prompt_ids_file.empty())
+      throw UsageError("generate: give --prompt-ids or --prompt-ids-file");
+    run_generate(*o, cmd->count("--batch") > 0);
+  });
+}
+
+}  // namespace shardlm

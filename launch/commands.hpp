@@ -1,0 +1,12 @@
+#pragma once
+// Each `shardlm` subcommand lives in its own launch/cmd_*.cpp and registers
+// itself on the top-level CLI11 app through one of these functions.
+#include <CLI/CLI.hpp>
+
+namespace shardlm {
+
+void add_make_model_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
+
+}  // namespace shardlm

@@ -1,0 +1,130 @@
+#include "models/random_checkpoint.hpp"
+
+#include <cmath>
+#include <fstream>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "models/llama_weights.hpp"
+#include "models/safetensors.hpp"
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+namespace fs = std::filesystem;
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+// Fills `values` with offset + scale * U(-1, 1). Each fixed-size chunk has its
+// own generator, so the result does not depend on the thread count.
+void fill_uniform(std::vector<float>& values, uint64_t seed, float offset, float scale) {
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t n = int64_t(values.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t chunk = 0; chunk < (n + kChunk - 1) / kChunk; ++chunk) {
+    uint64_t state = splitmix64(seed ^ uint64_t(chunk) * 0xd1342543de82ef95ull);
+    const int64_t end = std::min(n, (chunk + 1) * kChunk);
+    for (int64_t i = chunk * kChunk; i < end; ++i) {
+      state = splitmix64(state);
+      const float unit = float(state >> 40) * (1.0f / float(1ull << 24));  // [0, 1)
+      values[size_t(i)] = offset + scale * (2.0f * unit - 1.0f);
+    }
+  }
+}
+
+// Uniform(-1, 1) has std 1/sqrt(3).
+constexpr float kUniformToUnitStd = 1.7320508f;
+
+void fill_weight(const WeightSpec& spec, uint64_t seed, std::vector<float>& values) {
+  values.resize(size_t(numel_of(spec.shape)));
+  const uint64_t tensor_seed = splitmix64(seed ^ fnv1a(spec.name));
+  switch (spec.role) {
+    case WeightRole::Embedding:
+      return fill_uniform(values, tensor_seed, 0.f, kUniformToUnitStd);
+    case WeightRole::Norm:
+      return fill_uniform(values, tensor_seed, 1.f, 0.1f);
+    case WeightRole::Linear:
+    case WeightRole::LmHead:
+      return fill_uniform(values, tensor_seed, 0.f,
+                          kUniformToUnitStd / std::sqrt(float(spec.shape[1])));
+  }
+}
+
+void write_text_atomically(const fs::path& path, const std::string& text) {
+  const fs::path partial = path.string() + ".partial";
+  {
+    std::ofstream out(partial, std::ios::trunc);
+    out << text;
+    if (!out) throw DataError(fmt::format("{}: write failed", partial.string()));
+  }
+  fs::rename(partial, path);
+}
+
+}  // namespace
+
+void write_random_checkpoint(const ModelConfig& config_in, const fs::path& dir,
+                             const RandomCheckpointOptions& options) {
+  ModelConfig config = config_in;
+  config.torch_dtype = std::string(torch_dtype_name(options.dtype));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw DataError(fmt::format("{}: cannot create directory: {}", dir.string(), ec.message()));
+
+  const std::vector<WeightSpec> specs = checkpoint_weights(config);
+  const size_t elem = dtype_size(options.dtype);
+  int64_t total_bytes = 0;
+  for (const WeightSpec& s : specs) total_bytes += numel_of(s.shape) * int64_t(elem);
+
+  // Consecutive tensors go to one shard until it holds its share of the bytes.
+  const int shards = std::max(1, options.shards);
+  std::vector<std::vector<const WeightSpec*>> shard_specs(static_cast<size_t>(shards));
+  {
+    int64_t written = 0;
+    for (const WeightSpec& s : specs) {
+      const int shard = std::min<int64_t>(shards - 1, written * shards / std::max<int64_t>(1, total_bytes));
+      shard_specs[size_t(shard)].push_back(&s);
+      written += numel_of(s.shape) * int64_t(elem);
+    }
+  }
+
+  nlohmann::json weight_map = nlohmann::json::object();
+  std::vector<float> values;
+  for (int shard = 0; shard < shards; ++shard) {
+    const std::string file_name =
+        shards == 1 ? "model.safetensors"
+                    : fmt::format("model-{:05d}-of-{:05d}.safetensors", shard + 1, shards);
+    std::vector<std::vector<char>> buffers;
+    std::vector<TensorToWrite> tensors;
+    for (const WeightSpec* s : shard_specs[size_t(shard)]) {
+      fill_weight(*s, options.seed, values);
+      buffers.emplace_back(values.size() * elem);
+      convert_from_f32(values.data(), buffers.back().data(), options.dtype, values.size());
+      tensors.push_back({s->name, options.dtype, s->shape, buffers.back().data()});
+      weight_map[s->name] = file_name;
+    }
+    write_safetensors(dir / file_name, tensors, {{"format", "pt"}});
+  }
+  if (shards == 1) {
+    fs::remove(dir / "model.safetensors.index.json", ec);  // a stale index would win over the file
+  } else {
+    const nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}},
+                                  {"weight_map", weight_map}};
+    write_text_atomically(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  write_text_atomically(dir / "config.json", config.to_json().dump(2) + "\n");
+}
+
+}  // namespace shardlm

@@ -1,0 +1,113 @@
+#include "partitioning/yaml_fields.hpp"
+
+#include <cmath>
+#include <filesystem>
+
+#include <fmt/core.h>
+
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+
+YamlFields::YamlFields(YAML::Node node, std::string file, std::string prefix)
+    : node_(std::move(node)), file_(std::move(file)), prefix_(std::move(prefix)) {}
+
+YamlFields YamlFields::load_file(const std::string& file) {
+  if (!std::filesystem::is_regular_file(file))
+    throw DataError(fmt::format("{}: no such file", file));
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file);
+  } catch (const YAML::Exception& e) {
+    throw DataError(fmt::format("{}: not valid YAML: {}", file, e.what()));
+  }
+  if (!root.IsMap()) throw DataError(fmt::format("{}: expected a YAML map at the top level", file));
+  return YamlFields(root, file);
+}
+
+std::string YamlFields::where(const std::string& key) const {
+  return fmt::format("{}: key '{}{}'", file_, prefix_, key);
+}
+
+bool YamlFields::has(const std::string& key) const { return node_[key].IsDefined() && !node_[key].IsNull(); }
+
+YAML::Node YamlFields::get(const std::string& key) const {
+  if (!has(key)) throw DataError(fmt::format("{} is missing", where(key)));
+  YAML::Node n = node_[key];
+  if (!n.IsScalar() && !n.IsMap() && !n.IsSequence())
+    throw DataError(fmt::format("{}: unexpected value", where(key)));
+  return n;
+}
+
+double YamlFields::number(const std::string& key) const {
+  YAML::Node n = get(key);
+  try {
+    if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "not a scalar");
+    double v = n.as<double>();
+    if (!std::isfinite(v)) throw YAML::Exception(YAML::Mark(), "not finite");
+    return v;
+  } catch (const YAML::Exception&) {
+    throw DataError(fmt::format("{}: expected a number, got '{}'", where(key),
+                                n.IsScalar() ? n.Scalar() : std::string("a non-scalar")));
+  }
+}
+
+double YamlFields::number(const std::string& key, double fallback) const {
+  return has(key) ? number(key) : fallback;
+}
+
+double YamlFields::positive(const std::string& key) const {
+  double v = number(key);
+  if (v <= 0) throw DataError(fmt::format("{}: expected a positive number, got {}", where(key), v));
+  return v;
+}
+
+double YamlFields::fraction(const std::string& key) const {
+  double v = number(key);
+  if (!(v > 0 && v <= 1))
+    throw DataError(fmt::format("{}: expected a fraction in (0, 1], got {}", where(key), v));
+  return v;
+}
+
+double YamlFields::fraction(const std::string& key, double fallback) const {
+  return has(key) ? fraction(key) : fallback;
+}
+
+int64_t YamlFields::positive_int(const std::string& key) const {
+  double v = number(key);
+  if (v < 1 || v != std::floor(v) || v > 9.2e18)
+    throw DataError(fmt::format("{}: expected a positive integer, got {}", where(key), v));
+  return static_cast<int64_t>(v);
+}
+
+int64_t YamlFields::positive_int(const std::string& key, int64_t fallback) const {
+  return has(key) ? positive_int(key) : fallback;
+}
+
+std::string YamlFields::text(const std::string& key) const {
+  YAML::Node n = get(key);
+  if (!n.IsScalar()) throw DataError(fmt::format("{}: expected a string", where(key)));
+  return n.Scalar();
+}
+
+std::string YamlFields::text(const std::string& key, const std::string& fallback) const {
+  return has(key) ? text(key) : fallback;
+}
+
+bool YamlFields::flag(const std::string& key, bool fallback) const {
+  if (!has(key)) return fallback;
+  YAML::Node n = get(key);
+  try {
+    return n.as<bool>();
+  } catch (const YAML::Exception&) {
+    throw DataError(fmt::format("{}: expected true or false, got '{}'", where(key), n.Scalar()));
+  }
+}
+
+YamlFields YamlFields::child(const std::string& key) const {
+  YAML::Node n = get(key);
+  if (!n.IsMap()) throw DataError(fmt::format("{}: expected a map of keys", where(key)));
+  return YamlFields(n, file_, prefix_ + key + ".");
+}
+
+}  // namespace shardlm

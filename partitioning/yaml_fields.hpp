@@ -1,0 +1,38 @@
+#pragma once
+// Typed access to YAML maps whose errors name the file, the key and what was
+// expected, so a bad spec file is a DataError a user can act on.
+#include <string>
+
+#include <yaml-cpp/yaml.h>
+
+namespace shardlm {
+
+class YamlFields {
+ public:
+  YamlFields(YAML::Node node, std::string file, std::string prefix = "");
+  // Loads FILE; throws DataError when it is missing or not a YAML map.
+  static YamlFields load_file(const std::string& file);
+
+  bool has(const std::string& key) const;
+  double number(const std::string& key) const;  // required
+  double number(const std::string& key, double fallback) const;
+  double positive(const std::string& key) const;
+  double fraction(const std::string& key) const;  // in (0, 1]
+  double fraction(const std::string& key, double fallback) const;
+  int64_t positive_int(const std::string& key) const;
+  int64_t positive_int(const std::string& key, int64_t fallback) const;
+  std::string text(const std::string& key) const;
+  std::string text(const std::string& key, const std::string& fallback) const;
+  bool flag(const std::string& key, bool fallback) const;
+  YamlFields child(const std::string& key) const;  // a nested map, required
+
+  const std::string& file() const { return file_; }
+  std::string where(const std::string& key) const;  // "FILE: key a.b"
+
+ private:
+  YAML::Node get(const std::string& key) const;
+  YAML::Node node_;
+  std::string file_, prefix_;
+};
+
+}  // namespace shardlm

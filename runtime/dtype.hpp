@@ -1,0 +1,25 @@
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace shardlm {
+
+enum class DType { F32, BF16, F16, I8, I32 };
+
+size_t dtype_size(DType dtype);
+// Names as safetensors writes them: "F32", "BF16", "F16", "I8", "I32".
+std::string_view dtype_name(DType dtype);
+std::optional<DType> dtype_from_safetensors(std::string_view name);
+// Names as config.json's torch_dtype and the CLI write them: float32/f32, ...
+std::optional<DType> dtype_from_user(std::string_view name);
+std::string_view torch_dtype_name(DType dtype);
+
+// Converts n values of `src_dtype` (F32, BF16 or F16) at src to float.
+void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n);
+// Converts n floats to `dst_dtype` (F32, BF16 or F16).
+void convert_from_f32(const float* src, void* dst, DType dst_dtype, size_t n);
+
+}  // namespace shardlm

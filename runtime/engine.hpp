@@ -1,0 +1,57 @@
+#pragma once
+// The engine: prefill over the prompts of a batch, then decode step by step
+// with a KV cache, sampling each sequence's next token until it stops.
+#include <cstdint>
+#include <vector>
+
+#include "models/decoder_block.hpp"
+#include "models/model_config.hpp"
+#include "models/model_weights.hpp"
+#include "runtime/backend.hpp"
+#include "runtime/sampler.hpp"
+
+namespace shardlm {
+
+struct GenerationRequest {
+  std::vector<std::vector<int32_t>> prompts;  // one per sequence, token ids
+  int max_new_tokens = 16;
+  SamplingParams sampling;
+  std::vector<int32_t> stop_ids;  // a sequence ends right after emitting one
+  bool keep_prompt_logits = false;  // logits at every prompt position of sequence 0
+  bool keep_step_logits = false;    // logits each token of sequence 0 was sampled from
+};
+
+struct GenerationResult {
+  std::vector<std::vector<int32_t>> generated;  // new tokens only, stop id included
+  int64_t vocab_size = 0;
+  std::vector<float> prompt_logits;  // [prompt 0 length, vocab]
+  std::vector<float> step_logits;    // [tokens generated for sequence 0, vocab]
+  int64_t prompt_tokens = 0;         // all sequences
+  int64_t decode_tokens = 0;         // tokens produced by decode steps, all sequences
+  double prefill_s = 0;              // the prefill forward pass
+  double ttft_s = 0;                 // start to first tokens sampled
+  double decode_s = 0;               // all decode steps
+  std::vector<double> step_s;        // each decode step
+};
+
+class Engine {
+ public:
+  Engine(Backend& backend, ModelConfig config, ModelWeights weights);
+  // Checks ids and lengths (throws DataError / UsageError), then generates.
+  GenerationResult generate(const GenerationRequest& request);
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  // Runs the batch `tokens`, and returns logits of the rows in `logit_rows`,
+  // [logit_rows.size(), vocab] row-major.
+  std::vector<float> forward(const std::vector<int32_t>& tokens, const BatchLayout& batch,
+                             const std::vector<int32_t>& logit_rows);
+
+  Backend& backend_;
+  ModelConfig config_;
+  ModelWeights weights_;
+  RopeTables rope_;
+  std::vector<KVCacheLayer> cache_;
+};
+
+}  // namespace shardlm
