@@ -29,24 +29,35 @@ struct GenerateOptions {
 // file line for the message; `make_error` picks usage (flag) or data (file).
 template <typename Error>
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
+  // Items are separated by one comma (with optional spaces) or by spaces alone.
+  std::string normalized = text;
+  for (char& c : normalized)
+    if (std::isspace(static_cast<unsigned char>(c))) c = ' ';
   std::vector<int32_t> ids;
   size_t i = 0;
-  while (i < text.size()) {
-    if (text[i] == ',' || std::isspace(static_cast<unsigned char>(text[i]))) {
-      ++i;
-      continue;
-    }
-    size_t end = i;
-    while (end < text.size() && text[end] != ',' && !std::isspace(static_cast<unsigned char>(text[end])))
-      ++end;
-    const std::string item = text.substr(i, end - i);
+  auto skip_spaces = [&] {
+    while (i < normalized.size() && normalized[i] == ' ') ++i;
+  };
+  skip_spaces();
+  while (i < normalized.size()) {
+    size_t end = normalized.find_first_of(", ", i);
+    if (end == std::string::npos) end = normalized.size();
+    const std::string item = normalized.substr(i, end - i);
     int64_t value = 0;
     auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
-    if (ec != std::errc() || ptr != item.data() + item.size() || value < INT32_MIN || value > INT32_MAX)
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() ||
+        value < INT32_MIN || value > INT32_MAX)
       throw Error(fmt::format("{}: \"{}\" is not a token id (expected integers separated by commas)",
                               where, item));
     ids.push_back(int32_t(value));
     i = end;
+    skip_spaces();
+    if (i < normalized.size() && normalized[i] == ',') {
+      ++i;
+      skip_spaces();
+      if (i == normalized.size())
+        throw Error(fmt::format("{}: a comma with no token id after it", where));
+    }
   }
   if (ids.empty()) throw Error(fmt::format("{}: no token ids", where));
   return ids;
@@ -158,7 +169,8 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
   cmd->add_option("--seed", o->seed, "sampling seed")->capture_default_str();
-  cmd->add_option("--stop-ids", o->stop_ids, "token ids that end a sequence")->delimiter(',');
+  cmd->add_option("--stop-ids", o->stop_ids, "token ids that end a sequence")->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--dump-logits", o->dump_logits,
                   "write prefill logits of sequence 0, [prompt_tokens, vocab], as .npy");
   cmd->add_option("--dump-step-logits", o->dump_step_logits,
@@ -167,7 +179,7 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->callback([o, cmd] {
-    if (o->prompt_ids.empty() && o->prompt_ids_file.empty())
+    if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0)
       throw UsageError("generate: give --prompt-ids or --prompt-ids-file");
     run_generate(*o, cmd->count("--batch") > 0);
   });

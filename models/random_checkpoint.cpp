@@ -1,5 +1,6 @@
 #include "models/random_checkpoint.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <vector>
@@ -88,15 +89,23 @@ void write_random_checkpoint(const ModelConfig& config_in, const fs::path& dir,
   int64_t total_bytes = 0;
   for (const WeightSpec& s : specs) total_bytes += numel_of(s.shape) * int64_t(elem);
 
-  // Consecutive tensors go to one shard until it holds its share of the bytes.
-  const int shards = std::max(1, options.shards);
+  // Consecutive tensors share a file; a tensor goes to the file its middle byte
+  // falls in, and no file is left empty.
+  const int64_t shards = options.shards;
+  if (shards < 1 || shards > int64_t(specs.size()))
+    throw UsageError(fmt::format("--shards must be between 1 and {} (the number of tensors), got {}",
+                                 specs.size(), shards));
   std::vector<std::vector<const WeightSpec*>> shard_specs(static_cast<size_t>(shards));
   {
-    int64_t written = 0;
-    for (const WeightSpec& s : specs) {
-      const int shard = std::min<int64_t>(shards - 1, written * shards / std::max<int64_t>(1, total_bytes));
-      shard_specs[size_t(shard)].push_back(&s);
-      written += numel_of(s.shape) * int64_t(elem);
+    int64_t written = 0, shard = 0;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const int64_t bytes = numel_of(specs[i].shape) * int64_t(elem);
+      const int64_t tensors_left = int64_t(specs.size() - i);
+      shard = std::max({shard, (written + bytes / 2) * shards / total_bytes, shards - tensors_left});
+      shard = std::min({shard, shards - 1});
+      if (shard > 0 && shard_specs[size_t(shard - 1)].empty()) --shard;
+      shard_specs[size_t(shard)].push_back(&specs[i]);
+      written += bytes;
     }
   }
 

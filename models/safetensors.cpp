@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -149,7 +148,6 @@ SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
 Checkpoint::Checkpoint(const fs::path& model_dir) : dir_(model_dir) {
   const fs::path single = model_dir / "model.safetensors";
   const fs::path index_path = model_dir / "model.safetensors.index.json";
-  std::vector<std::string> file_names;
   std::error_code ec;
   if (fs::exists(index_path, ec)) {
     std::ifstream in(index_path);
@@ -162,23 +160,27 @@ Checkpoint::Checkpoint(const fs::path& model_dir) : dir_(model_dir) {
     }
     if (!index.contains("weight_map") || !index["weight_map"].is_object())
       throw DataError(fmt::format("{}: missing object field \"weight_map\"", index_path.string()));
-    std::set<std::string> unique;
+    std::map<std::string, size_t> file_slot;
     for (const auto& [name, file] : index["weight_map"].items()) {
       if (!file.is_string())
         throw DataError(fmt::format("{}: weight_map[\"{}\"]: expected a file name",
                                     index_path.string(), name));
-      if (unique.insert(file.get<std::string>()).second) file_names.push_back(file.get<std::string>());
+      const std::string file_name = file.get<std::string>();
+      if (file_slot.emplace(file_name, files_.size()).second) files_.emplace_back(model_dir / file_name);
+      const auto& held = files_[file_slot[file_name]].tensors();
+      auto it = held.find(name);
+      if (it == held.end())
+        throw DataError(fmt::format("{}: weight_map puts tensor \"{}\" in {}, which does not hold it",
+                                    index_path.string(), name, file_name));
+      index_[name] = &it->second;
     }
   } else if (fs::exists(single, ec)) {
-    file_names.push_back("model.safetensors");
+    files_.emplace_back(single);
+    for (const auto& [name, record] : files_.back().tensors()) index_[name] = &record;
   } else {
     throw DataError(fmt::format("{}: no model.safetensors or model.safetensors.index.json",
                                 model_dir.string()));
   }
-  files_.reserve(file_names.size());
-  for (const std::string& name : file_names) files_.emplace_back(model_dir / name);
-  for (const SafetensorsFile& f : files_)
-    for (const auto& [name, record] : f.tensors()) index_[name] = &record;
 }
 
 const TensorRecord& Checkpoint::tensor(const std::string& name, const Shape& shape) const {
