@@ -1,5 +1,8 @@
 // `shardlm generate`: load a checkpoint, prefill the prompts, decode.
 #include <charconv>
+#include <csignal>
+#include <cstdlib>
+#include <cmath>
 #include <chrono>
 #include <fstream>
 
@@ -12,6 +15,7 @@
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/npy.hpp"
+#include "runtime/parallel.hpp"
 
 namespace shardlm {
 namespace {
@@ -22,8 +26,19 @@ struct GenerateOptions {
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
-  bool json = false;
+  bool json = false, verbose = false;
+  std::string mesh;
+  std::string ffn_prefill = "2d", ffn_decode = "2d", attn_prefill = "heads", attn_decode = "heads";
 };
+
+// x near the paper's 2-D optimum 0.5·sqrt(n) (for d_ff = 4·d_model), y the rest.
+Mesh default_mesh(int ranks) {
+  Mesh best{1, 1, ranks, 1};
+  const double target = 0.5 * std::sqrt(double(ranks));
+  for (int x = 1; x <= ranks; ++x)
+    if (ranks % x == 0 && std::abs(x - target) < std::abs(best.x - target)) best = {1, x, ranks / x, 1};
+  return best;
+}
 
 // Token ids separated by commas and/or whitespace. `where` names the flag or
 // file line for the message; `make_error` picks usage (flag) or data (file).
@@ -86,19 +101,62 @@ std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool ba
   return prompts;
 }
 
+// Test hook: SHARDLM_FAULT=RANK:throw|segv|abort makes that rank fail after
+// loading, while the others go on into the first collective; the job must
+// still end promptly with the failing rank's message.
+void inject_fault(int rank) {
+  const char* spec = std::getenv("SHARDLM_FAULT");
+  if (!spec) return;
+  const std::string text = spec;
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos || std::stoi(text.substr(0, colon)) != rank) return;
+  const std::string kind = text.substr(colon + 1);
+  if (kind == "throw") throw std::runtime_error(fmt::format("injected fault on rank {}", rank));
+  if (kind == "abort") std::abort();
+  if (kind == "segv") std::raise(SIGSEGV);
+}
+
 void run_generate(const GenerateOptions& o, bool batch_given) {
   if (o.temperature < 0) throw UsageError(fmt::format("--temperature must be >= 0, got {}", o.temperature));
   if (!(o.top_p > 0 && o.top_p <= 1)) throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
   const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
 
+  World& world = World::get();
+  Mesh mesh = default_mesh(world.size());
+  if (!o.mesh.empty()) {
+    try {
+      mesh = Mesh::parse(o.mesh);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(fmt::format("--mesh {}: {}", o.mesh, e.what()));
+    }
+  }
+  ParallelContext ctx(world, mesh);
+  auto parse_layout = [](auto parse, const std::string& flag, const std::string& value) {
+    try {
+      return parse(value);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(fmt::format("{} {}: {}", flag, value, e.what()));
+    }
+  };
+  const FfnLayout ffn_prefill = parse_layout(parse_ffn_layout, "--ffn-layout-prefill", o.ffn_prefill);
+  const FfnLayout ffn_decode = parse_layout(parse_ffn_layout, "--ffn-layout-decode", o.ffn_decode);
+  const AttnLayout attn_prefill = parse_layout(parse_attn_layout, "--attn-layout-prefill", o.attn_prefill);
+  const AttnLayout attn_decode = parse_layout(parse_attn_layout, "--attn-layout-decode", o.attn_decode);
+
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);
+  const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
+  const Layout prefill = make_layout(ffn_prefill, attn_prefill, shape, mesh);
+  const Layout decode = make_layout(ffn_decode, attn_decode, shape, mesh);
+  check_shardable(config, mesh, prefill, decode);
   const Checkpoint checkpoint(o.model);
   std::unique_ptr<Backend> backend = make_cpu_backend(o.threads);
-  Engine engine(*backend, config, load_model_weights(checkpoint, config, *backend));
+  Engine engine(*backend, ctx, config, prefill, decode,
+                load_model_weights(checkpoint, config, *backend, decode, ctx));
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
+  inject_fault(world.rank());
   GenerationRequest request;
   request.prompts = prompts;
   request.max_new_tokens = o.max_new_tokens;
@@ -107,6 +165,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
   const GenerationResult r = engine.generate(request);
+  if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
 
   if (!o.dump_logits.empty())
     write_npy_f32(o.dump_logits, r.prompt_logits.data(), {int64_t(prompts[0].size()), r.vocab_size});
@@ -133,6 +192,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"decode_ms", r.decode_s * 1e3},
         {"load_ms", load_s * 1e3},
         {"backend", backend->describe()},
+        {"ranks", world.size()},
+        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
+        {"layouts", {{"prefill", {{"ffn", name(ffn_prefill)}, {"attn", name(attn_prefill)}}},
+                     {"decode", {{"ffn", name(ffn_decode)}, {"attn", name(attn_decode)}}}}},
     };
     fmt::print("{}\n", out.dump());
     return;
@@ -140,6 +203,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
              double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
              backend->describe(), load_s);
+  if (world.size() > 1)
+    fmt::print("{} ranks, mesh {}; prefill {} / {} attention, decode {} / {} attention\n",
+               world.size(), mesh.str(), name(ffn_prefill), name(attn_prefill), name(ffn_decode),
+               name(attn_decode));
   for (size_t s = 0; s < r.generated.size(); ++s)
     fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
   fmt::print("prefill: {} tokens in {:.1f} ms ({:.1f} tokens/s); time to first token {:.1f} ms\n",
@@ -178,6 +245,15 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", o->json, "print one JSON object of results");
+  cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
+  cmd->add_option("--mesh", o->mesh,
+                  "tensor-parallel mesh X,Y,Z with X*Y*Z = ranks (default: X near sqrt(ranks)/2)");
+  const std::string ffn_help = "feed-forward layout: 1d, 2d, wg-x, wg-xy or wg-xyz";
+  const std::string attn_help = "attention layout: heads or batch";
+  cmd->add_option("--ffn-layout-prefill", o->ffn_prefill, ffn_help)->capture_default_str();
+  cmd->add_option("--ffn-layout-decode", o->ffn_decode, ffn_help)->capture_default_str();
+  cmd->add_option("--attn-layout-prefill", o->attn_prefill, attn_help)->capture_default_str();
+  cmd->add_option("--attn-layout-decode", o->attn_decode, attn_help)->capture_default_str();
   cmd->callback([o, cmd] {
     if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0)
       throw UsageError("generate: give --prompt-ids or --prompt-ids-file");

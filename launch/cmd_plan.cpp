@@ -1,12 +1,314 @@
-// `shardlm plan`: placeholder until the partition planner lands.
+// `shardlm plan`: choose mesh, per-phase layouts, weight dtype and pipeline
+// depth for a model on some hardware, and show the arithmetic (issue 4).
+// Also `--paper-table FILE` / `--fit-paper FILE`: the fidelity table of the
+// cost model against published results, and the fit of its efficiency constants.
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
 #include "launch/commands.hpp"
+#include "partitioning/paper_fit.hpp"
+#include "partitioning/planner.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
+namespace {
+
+struct PlanOptions {
+  std::string model, hardware = "tpu-v4", objective = "latency", weights = "auto";
+  int chips = 0, pp = 0;
+  int64_t batch = 1, prompt_len = 0, gen_len = 0;
+  double latency_target_ms = 0;
+  std::string ffn_prefill, ffn_decode, attn_prefill, attn_decode, mesh;
+  bool json = false, show_layouts = false, hardware_given = false;
+  std::string paper_table, fit_paper;
+};
+
+template <typename T, typename F>
+std::optional<T> pin(const std::string& text, const char* flag, F parse) {
+  if (text.empty()) return std::nullopt;
+  try {
+    return parse(text);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("{}: {}", flag, e.what()));
+  }
+}
+
+std::string seconds(double s) {
+  if (s < 0) return "-" + seconds(-s);
+  if (s == 0) return "0";
+  if (s >= 1) return fmt::format("{:.3g} s", s);
+  if (s >= 1e-3) return fmt::format("{:.3g} ms", s * 1e3);
+  return fmt::format("{:.3g} us", s * 1e6);
+}
+
+std::string gigabytes(double b) { return fmt::format("{:.2f} GB", b / 1e9); }
+
+nlohmann::json collectives_json(const ForwardCost& f) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& c : f.collectives)
+    list.push_back({{"stage", c.stage},
+                    {"tensor", c.tensor},
+                    {"kind", name(c.kind)},
+                    {"axes", c.axes},
+                    {"fusion_group", c.fusion_group},
+                    {"bytes_per_chip", c.bytes},
+                    {"seconds", c.seconds}});
+  return list;
+}
+
+nlohmann::json forward_json(const ForwardCost& f) {
+  return {{"flops_per_chip", f.flops},
+          {"compute_s", f.compute_s},
+          {"weight_load_s", f.weight_mem_s},
+          {"kv_load_s", f.kv_mem_s},
+          {"communication_s", f.comm_s},
+          {"weight_bytes_per_chip", f.weight_bytes},
+          {"kv_bytes_per_chip", f.kv_bytes},
+          {"communication_bytes_per_chip", f.comm_bytes},
+          {"efficiency",
+           {{"compute_s", f.compute_eff_s},
+            {"memory_s", f.memory_eff_s},
+            {"communication_s", f.comm_eff_s},
+            {"overlap_hidden_s", f.overlap_s},
+            {"overhead_s", f.overhead_s}}},
+          {"latency_s", f.latency_s},
+          {"collectives", collectives_json(f)}};
+}
+
+// Phase totals of the roofline components: per layer x layers x passes, plus edges.
+nlohmann::json breakdown_json(const PhaseCost& c) {
+  const double layers = static_cast<double>(c.layers_per_stage * c.config.mesh.pp);
+  const double passes = static_cast<double>(c.forward_passes);
+  auto total = [&](double layer, double edge) { return passes * (layer * layers + edge); };
+  return {{"compute_s", total(c.layer.compute_s, c.edges.compute_s)},
+          {"weight_load_s", total(c.layer.weight_mem_s, c.edges.weight_mem_s)},
+          {"kv_load_s", total(c.layer.kv_mem_s, c.edges.kv_mem_s)},
+          {"communication_s", total(c.layer.comm_s, c.edges.comm_s)},
+          {"efficiency_compute_s", total(c.layer.compute_eff_s, c.edges.compute_eff_s)},
+          {"efficiency_memory_s", total(c.layer.memory_eff_s, c.edges.memory_eff_s)},
+          {"efficiency_communication_s", total(c.layer.comm_eff_s, c.edges.comm_eff_s)},
+          {"overlap_hidden_s", total(c.layer.overlap_s, c.edges.overlap_s)},
+          {"overhead_s", total(c.layer.overhead_s, 0)},
+          {"per_layer", forward_json(c.layer)},
+          {"embedding_and_head", forward_json(c.edges)}};
+}
+
+nlohmann::json phase_json(const PhasePlan& p) {
+  const PhaseCost& c = p.chosen;
+  nlohmann::json alternatives = nlohmann::json::array();
+  for (const auto& a : p.runners_up)
+    alternatives.push_back({{"ffn_layout", name(a.cost.config.ffn)},
+                            {"attn_layout", name(a.cost.config.attn)},
+                            {"latency_s", a.cost.latency_s},
+                            {"mfu", a.cost.mfu},
+                            {"fits", a.cost.problem.empty()},
+                            {"lost_because", a.lost_because}});
+  return {{"ffn_layout", name(c.config.ffn)},
+          {"attn_layout", name(c.config.attn)},
+          {"weights", c.config.weights},
+          {"mesh", {{"x", c.config.mesh.x}, {"y", c.config.mesh.y}, {"z", c.config.mesh.z}}},
+          {"pp", c.config.mesh.pp},
+          {"micro_batches", c.micro_batches},
+          {"forward_passes", c.forward_passes},
+          {"tokens", c.tokens},
+          {"latency_s", c.latency_s},
+          {"mfu", c.mfu},
+          {"cost_chip_ms_per_token", c.cost_chip_ms_per_token},
+          {"breakdown", breakdown_json(c)},
+          {"memory_per_chip",
+           {{"weights_bytes", c.memory.weights},
+            {"kv_cache_bytes", c.memory.kv_cache},
+            {"activations_bytes", c.memory.activations},
+            {"usable_bytes", c.memory.available}}},
+          {"why", p.why},
+          {"alternatives", alternatives}};
+}
+
+void print_phase(const PhasePlan& p) {
+  const PhaseCost& c = p.chosen;
+  const double layers = static_cast<double>(c.layers_per_stage * c.config.mesh.pp);
+  const double passes = static_cast<double>(c.forward_passes);
+  fmt::print("\n{}: ffn {}, attention {}, {} weights, mesh {}, pp={}\n", name(c.phase),
+             name(c.config.ffn), name(c.config.attn), c.config.weights, c.config.mesh.str(),
+             c.config.mesh.pp);
+  fmt::print("  latency {} for {} tokens ({} forward pass{}), MFU {:.1f}%, {:.4g} chip-ms/token\n",
+             seconds(c.latency_s), c.tokens, c.forward_passes, c.forward_passes == 1 ? "" : "es",
+             c.mfu * 100, c.cost_chip_ms_per_token);
+  fmt::print("  why: {}\n", p.why);
+  fmt::print("  {:<26} {:>12} {:>12}   {:>12}\n", "roofline (per chip)", "per layer", "phase total",
+             "efficiency");
+  auto row = [&](const char* what, double layer, double edge, double eff_layer, double eff_edge) {
+    fmt::print("  {:<26} {:>12} {:>12}   {:>12}\n", what, seconds(layer),
+               seconds(passes * (layer * layers + edge)),
+               seconds(passes * (eff_layer * layers + eff_edge)));
+  };
+  row("compute", c.layer.compute_s, c.edges.compute_s, c.layer.compute_eff_s,
+      c.edges.compute_eff_s);
+  row("weight load", c.layer.weight_mem_s, c.edges.weight_mem_s,
+      c.layer.memory_eff_s * c.layer.weight_mem_s /
+          std::max(1e-30, c.layer.weight_mem_s + c.layer.kv_mem_s),
+      0);
+  row("KV-cache load", c.layer.kv_mem_s, c.edges.kv_mem_s,
+      c.layer.memory_eff_s * c.layer.kv_mem_s /
+          std::max(1e-30, c.layer.weight_mem_s + c.layer.kv_mem_s),
+      0);
+  row("communication", c.layer.comm_s, c.edges.comm_s, c.layer.comm_eff_s, c.edges.comm_eff_s);
+  row("  hidden by overlap", 0, 0, -c.layer.overlap_s, -c.edges.overlap_s);
+  row("  per-layer overhead", 0, 0, c.layer.overhead_s, 0);
+  fmt::print("  collectives per layer and forward pass:\n");
+  for (const auto& col : c.layer.collectives)
+    fmt::print("    {:<16} {:<4} {:<20} {:>10}/chip {:>10}{}\n", name(col.kind), col.axes,
+               col.tensor, gigabytes(col.bytes), seconds(col.seconds),
+               col.fusion_group >= 0 ? fmt::format("  [fused #{}]", col.fusion_group) : "");
+  fmt::print("  memory per chip: weights {}, KV cache {}, activations {} of {} usable\n",
+             gigabytes(c.memory.weights), gigabytes(c.memory.kv_cache),
+             gigabytes(c.memory.activations), gigabytes(c.memory.available));
+  fmt::print("  runners-up:\n    {:<7} {:<6} {:>10} {:>7}  lost because\n", "ffn", "attn",
+             "latency", "MFU");
+  for (const auto& a : p.runners_up)
+    fmt::print("    {:<7} {:<6} {:>10} {:>6.1f}%  {}\n", name(a.cost.config.ffn),
+               name(a.cost.config.attn), a.cost.problem.empty() ? seconds(a.cost.latency_s) : "-",
+               a.cost.mfu * 100, a.lost_because);
+}
+
+void run_paper(const PlanOptions& o) {
+  const std::string file = o.fit_paper.empty() ? o.paper_table : o.fit_paper;
+  PublishedSet set = PublishedSet::load(file);
+  const std::string local_hw = set.config_root + "/hardware/" + set.hardware + ".yaml";
+  HardwareSpec hw =
+      HardwareSpec::load(o.hardware_given ? resolve_config(o.hardware, "hardware") : local_hw);
+  if (!o.fit_paper.empty()) {
+    hw = fit_efficiency(set, hw);
+    fmt::print("# fitted to {} ({} results); paste into {}:\n{}\n", file, set.results.size(),
+               hw.source_file, format_efficiency_yaml(hw.efficiency));
+  }
+  fmt::print("{}", format_fidelity(evaluate(set, hw), hw));
+}
+
+void run_plan(const PlanOptions& o) {
+  if (!o.paper_table.empty() || !o.fit_paper.empty()) return run_paper(o);
+  if (o.model.empty())
+    throw UsageError(
+        "plan: --model is required (a name from configs/models, a YAML file, or a model "
+        "directory)");
+  if (o.chips < 1) throw UsageError("plan: --chips N (N >= 1) is required");
+  if (o.prompt_len < 1 || o.gen_len < 1)
+    throw UsageError("plan: --prompt-len and --gen-len (>= 1) are required");
+  if (o.batch < 1) throw UsageError("plan: --batch must be at least 1");
+  ModelSpec model = ModelSpec::resolve(o.model);
+  HardwareSpec hw = HardwareSpec::load(resolve_config(o.hardware, "hardware"));
+
+  PlanRequest req;
+  req.workload = {o.batch, o.prompt_len, o.gen_len};
+  req.chips = o.chips;
+  if (o.objective != "latency" && o.objective != "cost")
+    throw UsageError(fmt::format("--objective '{}': expected latency or cost", o.objective));
+  req.objective = o.objective == "cost" ? Objective::kCost : Objective::kLatency;
+  if (o.latency_target_ms > 0) req.latency_target_s = o.latency_target_ms / 1e3;
+  req.weights = o.weights;
+  req.ffn_prefill = pin<FfnLayout>(o.ffn_prefill, "--ffn-layout-prefill", parse_ffn_layout);
+  req.ffn_decode = pin<FfnLayout>(o.ffn_decode, "--ffn-layout-decode", parse_ffn_layout);
+  req.attn_prefill = pin<AttnLayout>(o.attn_prefill, "--attn-layout-prefill", parse_attn_layout);
+  req.attn_decode = pin<AttnLayout>(o.attn_decode, "--attn-layout-decode", parse_attn_layout);
+  if (o.pp > 0) req.pp = o.pp;
+  req.mesh = pin<Mesh>(o.mesh, "--mesh", Mesh::parse);
+  if (req.mesh) req.mesh->pp = o.pp > 0 ? o.pp : 1;
+
+  Plan plan = make_plan(model, hw, req);
+  if (o.json) {
+    nlohmann::json others = nlohmann::json::array();
+    for (const auto& a : plan.other_setups) others.push_back(a.lost_because);
+    nlohmann::json j = {
+        {"model",
+         {{"name", model.name},
+          {"params", model.num_params()},
+          {"mfu_params", model.mfu_params()},
+          {"layers", model.config.num_layers},
+          {"attention", model.attention_kind()},
+          {"parallel_block", model.config.parallel_block}}},
+        {"hardware", hw.name},
+        {"chips", plan.mesh.size()},
+        {"workload", {{"batch", o.batch}, {"prompt_len", o.prompt_len}, {"gen_len", o.gen_len}}},
+        {"objective", o.objective},
+        {"mesh", {{"x", plan.mesh.x}, {"y", plan.mesh.y}, {"z", plan.mesh.z}}},
+        {"pp", plan.mesh.pp},
+        {"weights", plan.weights},
+        {"latency_s", plan.latency_s()},
+        {"cost_chip_ms_per_token", plan.cost_chip_ms_per_token()},
+        {"why", plan.why},
+        {"prefill", phase_json(plan.prefill)},
+        {"decode", phase_json(plan.decode)},
+        {"other_setups", others},
+        {"notes", plan.notes}};
+    fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  fmt::print("shardlm plan: {} ({:.4g}B params, {} layers, {}, {} block) on {} x {}\n", model.name,
+             model.num_params() / 1e9, model.config.num_layers, model.attention_kind(),
+             model.config.parallel_block ? "parallel" : "serial", o.chips, hw.name);
+  fmt::print("workload: batch {}, prompt {} tokens, generate {} tokens; objective {}\n", o.batch,
+             o.prompt_len, o.gen_len, o.objective);
+  fmt::print("chosen: mesh {} pp={}, {} weights; total latency {}, {:.4g} chip-ms/token\n",
+             plan.mesh.str(), plan.mesh.pp, plan.weights, seconds(plan.latency_s()),
+             plan.cost_chip_ms_per_token());
+  fmt::print("why: {}\n", plan.why);
+  for (const auto& n : plan.notes) fmt::print("note: {}\n", n);
+  print_phase(plan.prefill);
+  print_phase(plan.decode);
+  if (!plan.other_setups.empty()) {
+    fmt::print("\nother setups (best layouts on each):\n");
+    for (const auto& a : plan.other_setups) fmt::print("  {}\n", a.lost_because);
+  }
+  if (o.show_layouts) {
+    for (const PhasePlan* p : {&plan.prefill, &plan.decode}) {
+      const PhaseCost& c = p->chosen;
+      Layout l = make_layout(c.config.ffn, c.config.attn, layout_shape(model), c.config.mesh);
+      fmt::print(
+          "\n{} {}", name(c.phase),
+          format_layout(l, phase_dims(model, req.workload, c.phase, o.batch / c.micro_batches),
+                        c.config.mesh));
+    }
+  }
+}
+
+}  // namespace
 
 void add_plan_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("plan", "choose a partitioning layout (not yet available)");
-  cmd->callback([] { throw UsageError("plan: not implemented yet"); });
+  auto o = std::make_shared<PlanOptions>();
+  auto* cmd = app.add_subcommand(
+      "plan", "choose mesh, per-phase layouts and weight dtype, and explain the choice");
+  cmd->add_option("--model", o->model,
+                  "model: configs/models NAME, a YAML file, or a directory with config.json");
+  cmd->add_option("--hardware", o->hardware, "hardware: configs/hardware NAME or a YAML file")
+      ->capture_default_str();
+  cmd->add_option("--chips", o->chips, "number of chips (the budget for --objective cost)");
+  cmd->add_option("--batch", o->batch, "sequences per batch")->capture_default_str();
+  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence (prefill)");
+  cmd->add_option("--gen-len", o->gen_len, "generated tokens per sequence (decode)");
+  cmd->add_option("--objective", o->objective, "latency or cost")->capture_default_str();
+  cmd->add_option("--latency-target-ms", o->latency_target_ms, "prefill + decode latency to meet");
+  cmd->add_option("--weights", o->weights, "bf16, int8 or auto")->capture_default_str();
+  cmd->add_option("--ffn-layout-prefill", o->ffn_prefill, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
+  cmd->add_option("--ffn-layout-decode", o->ffn_decode, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
+  cmd->add_option("--attn-layout-prefill", o->attn_prefill, "pin: heads or batch");
+  cmd->add_option("--attn-layout-decode", o->attn_decode, "pin: heads or batch");
+  cmd->add_option("--mesh", o->mesh, "pin the tensor-parallel mesh X,Y,Z");
+  cmd->add_option("--pp", o->pp, "pin the number of pipeline stages");
+  cmd->add_flag("--json", o->json, "machine-readable output");
+  cmd->add_flag("--show-layouts", o->show_layouts,
+                "print the chosen layouts' partition specs and steps");
+  cmd->add_option("--paper-table", o->paper_table,
+                  "predicted vs published table for a configs/paper file");
+  cmd->add_option("--fit-paper", o->fit_paper,
+                  "fit the efficiency constants to a configs/paper file");
+  cmd->callback([o, cmd] {
+    o->hardware_given = cmd->count("--hardware") > 0;
+    run_plan(*o);
+  });
 }
 
 }  // namespace shardlm

@@ -7,7 +7,25 @@
 #include <fmt/core.h>
 
 #include "launch/commands.hpp"
+#include "collectives/world.hpp"
 #include "runtime/errors.hpp"
+
+namespace {
+
+// One line on stderr; under MPI it names the rank and ends the whole job, so
+// the other ranks never wait for this one in a collective.
+int fail(const char* message, int exit_code) {
+  if (!shardlm::World::launched_by_mpi()) {
+    fmt::print(stderr, "shardlm: error: {}\n", message);
+    return exit_code;
+  }
+  shardlm::World& world = shardlm::World::get();
+  if (world.size() > 1) fmt::print(stderr, "shardlm: error: rank {}: {}\n", world.rank(), message);
+  else fmt::print(stderr, "shardlm: error: {}\n", message);
+  world.abort(exit_code);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer Inference"};
@@ -31,14 +49,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "shardlm: error: {}\n", e.what());
-    return 2;
+    return fail(e.what(), 2);
   } catch (const shardlm::UsageError& e) {
-    fmt::print(stderr, "shardlm: error: {}\n", e.what());
-    return 2;
+    return fail(e.what(), 2);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "shardlm: error: {}\n", e.what());
-    return 1;
+    return fail(e.what(), 1);
   }
+  if (shardlm::World::launched_by_mpi()) shardlm::World::get().finalize();
   return 0;
 }

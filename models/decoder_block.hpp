@@ -1,32 +1,47 @@
 #pragma once
-// One transformer decoder block of the Llama family, serial or PaLM-parallel.
-// Written once; every backend and (later) every partition layout runs it.
+// One transformer decoder block of the Llama family, serial or PaLM-parallel,
+// written once for every layout: the phase's axes say which collectives join
+// the local matmuls (Pope et al. §3.2-3.4), and on one rank they all vanish.
+#include <vector>
+
 #include "models/model_config.hpp"
 #include "models/model_weights.hpp"
 #include "runtime/backend.hpp"
+#include "runtime/parallel.hpp"
 
 namespace shardlm {
-
-// Scratch activations for a forward pass over up to `tokens` tokens.
-struct BlockScratch {
-  Tensor normed;     // [T, E]
-  Tensor q, k, v;    // [T, H*D], [T, KV*D], [T, KV*D]
-  Tensor attention;  // [T, H*D]
-  Tensor gate, up;   // [T, F]
-  BlockScratch(Backend& backend, const ModelConfig& config, int64_t tokens);
-  BlockScratch rows(int64_t tokens) const;  // views of the first `tokens` rows
-  BlockScratch() = default;
-};
 
 struct RopeTables {
   Tensor cos, sin;  // [positions, head_dim/2]
   RopeTables(Backend& backend, const ModelConfig& config);
 };
 
-// residual [T, E] += the block's attention and feed-forward outputs.
-void run_decoder_block(Backend& backend, const ModelConfig& config, const LayerWeights& weights,
-                       const KVCacheLayer& cache, const RopeTables& rope,
-                       const BatchLayout& batch, const BlockScratch& scratch,
-                       const Tensor& residual);
+// Where this rank's rows sit for one forward pass.
+struct BlockRows {
+  BatchLayout at_rest;    // rows of the residual stream (split over the batch axes)
+  BatchLayout attention;  // rows attention runs on, slots numbered within the KV cache
+  // Batch-sharded attention only: rows of this rank's block going to each
+  // member of the heads group, and of the KV-heads group, and where this
+  // rank's attention rows start within its rows after the KV all-to-all.
+  std::vector<int64_t> heads_split, kv_split;
+  int64_t kv_slice_begin = 0;
+};
+
+struct BlockContext {
+  Backend& backend;
+  ShardOps& ops;
+  const ParallelContext& ctx;
+  const ModelConfig& config;
+  const PhaseAxes& axes;
+  const RopeTables& rope;
+  const BlockRows& rows;
+};
+
+// RMSNorm of a residual whose E is split over axes.residual_e.
+Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& full_weight);
+
+// residual [rows, E chunk] += the block's attention and feed-forward outputs.
+void run_decoder_block(const BlockContext& b, const LayerWeights& weights,
+                       const KVCacheLayer& cache, const Tensor& residual);
 
 }  // namespace shardlm

@@ -9,12 +9,12 @@
 
 namespace shardlm {
 
-enum class WeightRole { Embedding, Norm, Linear, LmHead };
+enum class WeightKind { Embedding, Norm, Linear, LmHead };
 
 struct WeightSpec {
   std::string name;
   Shape shape;
-  WeightRole role;
+  WeightKind kind;
 };
 
 struct LayerWeightNames {

@@ -2,38 +2,126 @@
 
 #include <map>
 
+#include <fmt/format.h>
+
 #include "models/llama_weights.hpp"
+#include "runtime/errors.hpp"
+#include "runtime/parallel.hpp"
 
 namespace shardlm {
+namespace {
+
+// Which spec letters are a role's rows and cols.
+std::pair<char, char> role_dims(WeightRole role) {
+  switch (role) {
+    case WeightRole::kWq: return {'H', 'E'};
+    case WeightRole::kWk:
+    case WeightRole::kWv: return {'K', 'E'};
+    case WeightRole::kWo: return {'E', 'H'};
+    case WeightRole::kWGate:
+    case WeightRole::kWUp: return {'F', 'E'};
+    case WeightRole::kWDown: return {'E', 'F'};
+    case WeightRole::kEmbedding:
+    case WeightRole::kLmHead: return {'V', 'E'};
+    default: return {'?', 'E'};
+  }
+}
+
+// Mesh axes of size 1 split nothing; dropping them lets two specs be compared.
+std::string effective(const std::string& axes, const Mesh& mesh) {
+  std::string out;
+  for (char a : axes)
+    if (mesh.axis_size(a) > 1) out += a;
+  return out;
+}
+
+}  // namespace
+
+std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role) {
+  const auto [rows, cols] = role_dims(role);
+  const PartitionSpec& spec = layout.weight(role).stored;
+  return {spec.axes_of(rows), spec.axes_of(cols)};
+}
+
+void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefill,
+                     const Layout& decode) {
+  std::vector<std::string> problems;
+  auto need = [&](int64_t value, const char* what, const std::string& axes, const std::string& why) {
+    const int parts = mesh.axes_size(axes);
+    if (value % parts != 0)
+      problems.push_back(fmt::format("{} = {} does not divide into the {} parts of axes '{}' ({})",
+                                     what, value, parts, axes, why));
+  };
+  for (const Layout* l : {&prefill, &decode}) {
+    const PhaseAxes a = PhaseAxes::from_layout(*l);
+    const std::string where = fmt::format("{} layout", name(l->ffn));
+    need(c.hidden_size, "hidden_size", a.residual_e, where + ", residual stream E");
+    need(c.hidden_size, "hidden_size", a.embedding_e, "embedding table E");
+    need(c.intermediate_size, "intermediate_size", a.uf + a.ue, where + ", feed-forward F");
+    need(c.num_heads, "num_attention_heads", a.heads, where + ", query heads");
+    need(c.num_heads, "num_attention_heads", stored_axes(*l, WeightRole::kWq).first, "stored W_q heads");
+    need(c.vocab_size, "vocab_size", a.vocab, "LM head vocabulary");
+  }
+  for (WeightRole r : {WeightRole::kWq, WeightRole::kWk, WeightRole::kWv, WeightRole::kWo,
+                       WeightRole::kWGate, WeightRole::kWUp, WeightRole::kWDown}) {
+    const auto p = stored_axes(prefill, r), d = stored_axes(decode, r);
+    if (effective(p.first, mesh) != effective(d.first, mesh) ||
+        effective(p.second, mesh) != effective(d.second, mesh))
+      problems.push_back(fmt::format(
+          "the {} prefill layout stores {} as {} but the {} decode layout as {}; weights are stored "
+          "once, so pick layouts that share storage (2d and wg-* do; 1d does only when x = 1)",
+          name(prefill.ffn), name(r), prefill.weight(r).stored.str(), name(decode.ffn),
+          decode.weight(r).stored.str()));
+  }
+  if (!problems.empty()) {
+    std::string message = fmt::format("cannot shard the model on mesh {} ({} ranks):", mesh.str(), mesh.size());
+    for (const std::string& p : problems) message += "\n  " + p;
+    throw UsageError(message);
+  }
+}
 
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend) {
+                                Backend& backend, const Layout& layout,
+                                const ParallelContext& ctx) {
   // Validate everything before the first (slow) upload, so a bad checkpoint fails fast.
   std::map<std::string, const TensorRecord*> records;
   for (const WeightSpec& spec : checkpoint_weights(config))
     records[spec.name] = &checkpoint.tensor(spec.name, spec.shape);
 
-  auto upload = [&](const std::string& name) {
+  auto upload_full = [&](const std::string& name) {
     const TensorRecord& r = *records.at(name);
-    return backend.upload_weight(r.data, *r.dtype, r.shape);
+    const Tensor t = backend.upload_weight(r.data, *r.dtype, r.shape, {0, 1, 0, r.shape[0]});
+    release_pages(r);
+    return t;
+  };
+  auto upload = [&](const std::string& name, WeightRole role) {
+    const TensorRecord& r = *records.at(name);
+    auto [row_axes, col_axes] = stored_axes(layout, role);
+    const auto rows = ctx.block(r.shape[0], row_axes), cols = ctx.block(r.shape[1], col_axes);
+    WeightShard shard{backend.upload_weight(r.data, *r.dtype, r.shape,
+                                            {rows.first, rows.second - rows.first, cols.first,
+                                             cols.second - cols.first}),
+                      row_axes, col_axes};
+    release_pages(r);
+    return shard;
   };
   ModelWeights w;
-  w.embed_tokens = upload(kEmbedTokens);
+  w.embed_tokens = upload(kEmbedTokens, WeightRole::kEmbedding);
   for (int layer = 0; layer < config.num_layers; ++layer) {
     const LayerWeightNames n = layer_weight_names(layer);
     LayerWeights& l = w.layers.emplace_back();
-    l.input_norm = upload(n.input_norm);
-    if (!config.parallel_block) l.post_attention_norm = upload(n.post_attention_norm);
-    l.q = upload(n.q);
-    l.k = upload(n.k);
-    l.v = upload(n.v);
-    l.o = upload(n.o);
-    l.gate = upload(n.gate);
-    l.up = upload(n.up);
-    l.down = upload(n.down);
+    l.input_norm = upload_full(n.input_norm);
+    if (!config.parallel_block) l.post_attention_norm = upload_full(n.post_attention_norm);
+    l.q = upload(n.q, WeightRole::kWq);
+    l.k = upload(n.k, WeightRole::kWk);
+    l.v = upload(n.v, WeightRole::kWv);
+    l.o = upload(n.o, WeightRole::kWo);
+    l.gate = upload(n.gate, WeightRole::kWGate);
+    l.up = upload(n.up, WeightRole::kWUp);
+    l.down = upload(n.down, WeightRole::kWDown);
   }
-  w.final_norm = upload(kFinalNorm);
-  w.lm_head = config.tie_word_embeddings ? w.embed_tokens : upload(kLmHead);
+  w.final_norm = upload_full(kFinalNorm);
+  w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
   return w;
 }
 

@@ -1,29 +1,52 @@
 #pragma once
-// A model's weights resident on a backend, loaded from a checkpoint.
+// A model's weights resident on a backend: each rank holds the block of every
+// weight that the layout's stored specs give it, copied out of the mapped
+// checkpoint.
+#include <string>
 #include <vector>
 
 #include "models/model_config.hpp"
 #include "models/safetensors.hpp"
+#include "partitioning/layouts.hpp"
 #include "runtime/backend.hpp"
 
 namespace shardlm {
 
+class ParallelContext;
+
+// A weight block and the mesh axes its rows and cols are split over
+// (Hugging Face orientation: rows are outputs, cols inputs).
+struct WeightShard {
+  Tensor local;
+  std::string row_axes, col_axes;
+};
+
 struct LayerWeights {
-  Tensor input_norm;
+  Tensor input_norm;           // [E], replicated
   Tensor post_attention_norm;  // empty for the parallel block
-  Tensor q, k, v, o;           // [out, in]
-  Tensor gate, up, down;
+  WeightShard q, k, v, o;
+  WeightShard gate, up, down;
 };
 
 struct ModelWeights {
-  Tensor embed_tokens;  // [vocab, hidden]
+  WeightShard embed_tokens;  // [vocab, E chunk]
   std::vector<LayerWeights> layers;
   Tensor final_norm;
-  Tensor lm_head;  // the embedding itself when tied
+  WeightShard lm_head;  // [vocab chunk, E]
 };
 
-// Checks every tensor's presence, shape and dtype, then uploads it.
+// The row and col axes of a weight role under a layout's stored specs.
+std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role);
+
+// Refuses (UsageError) model dimensions the layouts cannot split on `mesh`,
+// naming what divides and what does not, before anything is loaded.
+void check_shardable(const ModelConfig& config, const Mesh& mesh, const Layout& prefill,
+                     const Layout& decode);
+
+// Checks every tensor's presence, shape and dtype, then uploads this rank's
+// blocks as `layout` stores them.
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend);
+                                Backend& backend, const Layout& layout,
+                                const ParallelContext& ctx);
 
 }  // namespace shardlm

@@ -52,13 +52,13 @@ constexpr float kUniformToUnitStd = 1.7320508f;
 void fill_weight(const WeightSpec& spec, uint64_t seed, std::vector<float>& values) {
   values.resize(size_t(numel_of(spec.shape)));
   const uint64_t tensor_seed = splitmix64(seed ^ fnv1a(spec.name));
-  switch (spec.role) {
-    case WeightRole::Embedding:
+  switch (spec.kind) {
+    case WeightKind::Embedding:
       return fill_uniform(values, tensor_seed, 0.f, kUniformToUnitStd);
-    case WeightRole::Norm:
+    case WeightKind::Norm:
       return fill_uniform(values, tensor_seed, 1.f, 0.1f);
-    case WeightRole::Linear:
-    case WeightRole::LmHead:
+    case WeightKind::Linear:
+    case WeightKind::LmHead:
       return fill_uniform(values, tensor_seed, 0.f,
                           kUniformToUnitStd / std::sqrt(float(spec.shape[1])));
   }

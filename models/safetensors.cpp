@@ -198,6 +198,13 @@ const TensorRecord& Checkpoint::tensor(const std::string& name, const Shape& sha
   return r;
 }
 
+void release_pages(const TensorRecord& record) {
+  static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(record.data) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(record.data) + record.nbytes;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json header = json::object();

@@ -55,6 +55,10 @@ class Checkpoint {
   std::map<std::string, const TensorRecord*> index_;
 };
 
+// Drops the mapped pages of a tensor from this process's resident memory once
+// its bytes have been copied out (they are read again from the file if needed).
+void release_pages(const TensorRecord& record);
+
 // Writes a safetensors file atomically (a temporary name, renamed when whole).
 struct TensorToWrite {
   std::string name;

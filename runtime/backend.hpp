@@ -21,6 +21,21 @@ struct KVCacheLayer {
   Tensor v;
 };
 
+// Which heads a rank's attention holds: local query head j is global head
+// q_offset + j and reads global KV head (q_offset + j) / group, which is local
+// KV head (q_offset + j) / group - kv_offset of the cache.
+struct AttentionHeads {
+  int head_dim = 0;
+  int q_offset = 0;
+  int kv_offset = 0;
+  int group = 1;  // query heads per KV head in the whole model
+};
+
+// A rectangle of a row-major matrix; a 1-D tensor is one row.
+struct Block2D {
+  int64_t row_begin = 0, rows = 0, col_begin = 0, cols = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -29,16 +44,26 @@ class Backend {
 
   virtual Tensor alloc(const Shape& shape, DType dtype) = 0;  // contents undefined
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
-  // A weight read from host memory holding `src_dtype` values; the backend
-  // stores it in the format its kernels want.
-  virtual Tensor upload_weight(const void* host, DType src_dtype, const Shape& shape) = 0;
+  // The `block` of a weight of `full_shape` read from host memory holding
+  // `src_dtype` values; the backend stores it in the format its kernels want,
+  // with shape [block.rows, block.cols] (or [block.cols] for a 1-D weight).
+  virtual Tensor upload_weight(const void* host, DType src_dtype, const Shape& full_shape,
+                               const Block2D& block) = 0;
   virtual void copy_from_host(const float* src, const Tensor& dst) = 0;  // dst F32
   virtual void copy_to_host(const Tensor& src, float* dst) = 0;          // src F32
+  // dst[dst_row + i, dst_col + j] = src[src_row + i, src_col + j] for a
+  // rows x cols rectangle of two F32 matrices (2-D tensors).
+  virtual void copy_2d(const Tensor& src, int64_t src_row, int64_t src_col, const Tensor& dst,
+                       int64_t dst_row, int64_t dst_col, int64_t rows, int64_t cols) = 0;
 
   // out[t] = table[ids[t]]
   virtual void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) = 0;
-  // out = x / rms(x) * weight, per row
-  virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+  // sums[r] = sum of x[r, :]^2
+  virtual void row_sum_squares(const Tensor& x, const Tensor& sums) = 0;
+  // out = x * rsqrt(sums / width + eps) * weight, per row; width is the full
+  // row length when x holds only a slice of each row.
+  virtual void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t width,
+                             const Tensor& weight, float eps, const Tensor& out) = 0;
   // out = x · wᵀ (+ out when accumulate)
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) = 0;
   // Rotates each head_dim-wide head of x [tokens, heads*head_dim] in place by
@@ -49,12 +74,17 @@ class Backend {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   // inout += x
   virtual void add(const Tensor& x, const Tensor& inout) = 0;
-  // Writes the batch's new k, v [tokens, kv_heads*head_dim] into the cache at
-  // their positions, then causal attention of q [tokens, heads*head_dim] over
-  // each sequence's cache; query head h reads kv head h / (heads / kv_heads).
-  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                         const KVCacheLayer& cache, const BatchLayout& batch, int head_dim,
-                         const Tensor& out) = 0;
+  // Writes the batch's new k, v [tokens, cache kv_heads * head_dim] into the
+  // cache at each token's slot and position.
+  virtual void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
+                        const BatchLayout& batch) = 0;
+  // Causal attention of q [tokens, heads * head_dim] over each sequence's
+  // cached keys and values up to the token's position.
+  virtual void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
+                         const AttentionHeads& heads, const Tensor& out) = 0;
+
+  // RMSNorm of whole rows: row_sum_squares then rmsnorm_scale.
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
 };
 
 // The CPU backend; `threads` <= 0 means all the cores this process may use.

@@ -17,26 +17,112 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-Engine::Engine(Backend& backend, ModelConfig config, ModelWeights weights)
-    : backend_(backend), config_(std::move(config)), weights_(std::move(weights)),
+Engine::Engine(Backend& backend, ParallelContext& ctx, ModelConfig config, const Layout& prefill,
+               const Layout& decode, ModelWeights weights)
+    : backend_(backend),
+      ctx_(ctx),
+      ops_(backend, ctx),
+      config_(std::move(config)),
+      prefill_axes_(PhaseAxes::from_layout(prefill)),
+      decode_axes_(PhaseAxes::from_layout(decode)),
+      weights_(std::move(weights)),
       rope_(backend, config_) {}
 
-std::vector<float> Engine::forward(const std::vector<int32_t>& tokens, const BatchLayout& batch,
-                                   const std::vector<int32_t>& logit_rows) {
-  const int64_t n = int64_t(tokens.size());
-  Tensor residual = backend_.alloc({n, config_.hidden_size}, DType::F32);
-  backend_.embedding(weights_.embed_tokens, tokens.data(), residual);
-  const BlockScratch scratch(backend_, config_, n);
-  for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
-    run_decoder_block(backend_, config_, weights_.layers[layer], cache_[layer], rope_, batch,
-                      scratch, residual);
+std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t capacity) {
+  const auto [first, end] = ctx_.block(num_slots_, axes.attention_rows());
+  const Shape shape = {end - first, config_.num_kv_heads / ctx_.size(axes.attention_kv_heads()),
+                       std::max<int64_t>(capacity, 1), config_.head_dim};
+  std::vector<KVCacheLayer> cache;
+  for (int64_t layer = 0; layer < config_.num_layers; ++layer)
+    cache.push_back({backend_.alloc(shape, DType::F32), backend_.alloc(shape, DType::F32)});
+  return cache;
+}
 
-  const int64_t rows = int64_t(logit_rows.size());
-  Tensor selected = backend_.alloc({rows, config_.hidden_size}, DType::F32);
-  backend_.embedding(residual, logit_rows.data(), selected);  // a row gather
-  backend_.rmsnorm(selected, weights_.final_norm, float(config_.rms_norm_eps), selected);
-  Tensor logits = backend_.alloc({rows, config_.vocab_size}, DType::F32);
-  backend_.matmul(selected, weights_.lm_head, logits, false);
+void Engine::reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to) {
+  const PhaseAxes& p = prefill_axes_;
+  const int64_t kv = config_.num_kv_heads, from_capacity = from.k.dim(2), to_capacity = to.k.dim(2);
+  const int64_t row = from_capacity * config_.head_dim;  // one (slot, kv head)
+  std::vector<int64_t> slot_counts;
+  for (int m = 0; m < ctx_.size(p.attention_rows()); ++m) {
+    const auto [first, end] = ctx_.block(num_slots_, p.attention_rows(), m);
+    slot_counts.push_back(end - first);
+  }
+  const auto [first, end] = ctx_.block(num_slots_, decode_axes_.attention_rows());
+  const int64_t to_heads = to.k.dim(1);
+  const int64_t head_begin = ctx_.index(decode_axes_.attention_kv_heads()) * to_heads;
+  for (auto [src, dst] : {std::pair{from.k, to.k}, std::pair{from.v, to.v}}) {
+    // Every rank assembles the whole prefill cache, then keeps its part.
+    const Tensor local = src.reshaped({src.dim(0), src.dim(1) * row});
+    const Tensor all = ops_.gather_rows(ops_.gather_cols(local, p.attention_kv_heads()),
+                                        p.attention_rows(), slot_counts)
+                           .reshaped({num_slots_ * kv, row});
+    const Tensor target = dst.reshaped({dst.dim(0) * to_heads, to_capacity * config_.head_dim});
+    for (int64_t slot = first; slot < end; ++slot)
+      backend_.copy_2d(all, slot * kv + head_begin, 0, target, (slot - first) * to_heads, 0,
+                       to_heads, row);
+  }
+}
+
+std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& tokens,
+                                   const BatchLayout& batch,
+                                   const std::vector<int32_t>& logit_rows) {
+  const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
+  const std::vector<KVCacheLayer>& cache =
+      phase == Phase::kPrefill && !prefill_cache_.empty() ? prefill_cache_ : cache_;
+  const int64_t total_tokens = int64_t(tokens.size());
+
+  // Where this rank's rows are: at rest, and for attention.
+  const RowSplit rest = split_rows(ctx_, batch, num_slots_, a.batch);
+  const int rest_member = ctx_.index(a.batch);
+  const int64_t row_begin = rest.token_begin[size_t(rest_member)];
+  const int64_t row_count = rest.token_count[size_t(rest_member)];
+  const RowSplit attention = split_rows(ctx_, batch, num_slots_, a.attention_rows());
+  const int attention_member = ctx_.index(a.attention_rows());
+  BlockRows rows{local_batch(batch, rest, rest_member),
+                 local_batch(batch, attention, attention_member), {}, {}, 0};
+  if (a.batch_attention()) {
+    auto sub_counts = [&](const std::string& inner, const RowSplit& split) {
+      std::vector<int64_t> counts;
+      const int n = ctx_.size(inner);
+      for (int j = 0; j < n; ++j) counts.push_back(split.token_count[size_t(rest_member * n + j)]);
+      return counts;
+    };
+    rows.heads_split = sub_counts(a.heads, attention);
+    const RowSplit kv_rows = split_rows(ctx_, batch, num_slots_, a.batch + a.kv_heads);
+    rows.kv_split = sub_counts(a.kv_heads, kv_rows);
+    rows.kv_slice_begin = attention.token_begin[size_t(attention_member)] -
+                          kv_rows.token_begin[size_t(ctx_.index(a.batch + a.kv_heads))];
+  }
+  const BlockContext block{backend_, ops_, ctx_, config_, a, rope_, rows};
+
+  // Prologue: each rank looks up its E slice of every token; layouts that
+  // split the batch assemble whole rows and keep their own.
+  Tensor embedded = backend_.alloc({total_tokens, weights_.embed_tokens.local.dim(1)}, DType::F32);
+  backend_.embedding(weights_.embed_tokens.local, tokens.data(), embedded);
+  Tensor residual;
+  if (a.batch.empty() && a.residual_e == a.embedding_e) {
+    residual = embedded;
+  } else {
+    const Tensor full = ops_.gather_cols(embedded, a.embedding_e).rows(row_begin, row_count);
+    residual = backend_.alloc({row_count, config_.hidden_size / ctx_.size(a.residual_e)}, DType::F32);
+    backend_.copy_2d(ops_.slice_cols(full, a.residual_e), 0, 0, residual, 0, 0, row_count,
+                     residual.dim(1));
+  }
+
+  for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
+    run_decoder_block(block, weights_.layers[layer], cache[layer], residual);
+
+  // Epilogue: whole rows of the final norm on every rank, this rank's
+  // vocabulary slice of the logits, then all of them everywhere.
+  const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm);
+  const Tensor all_rows =
+      ops_.gather_rows(ops_.gather_cols(normed, a.residual_e), a.batch, rest.token_count);
+  const int64_t selected_rows = int64_t(logit_rows.size());
+  Tensor selected = backend_.alloc({selected_rows, config_.hidden_size}, DType::F32);
+  backend_.embedding(all_rows, logit_rows.data(), selected);  // a row gather
+  Tensor local_logits = backend_.alloc({selected_rows, weights_.lm_head.local.dim(0)}, DType::F32);
+  backend_.matmul(selected, weights_.lm_head.local, local_logits, false);
+  const Tensor logits = ops_.gather_cols(local_logits, a.vocab);
   std::vector<float> host(static_cast<size_t>(logits.numel()));
   backend_.copy_to_host(logits, host.data());
   return host;
@@ -65,11 +151,14 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
         longest, request.max_new_tokens, context, config_.max_position_embeddings));
 
   const int batch_size = int(prompts.size());
-  cache_.clear();
-  const Shape cache_shape = {batch_size, config_.num_kv_heads, std::max<int64_t>(context, 1),
-                             config_.head_dim};
-  for (int64_t layer = 0; layer < config_.num_layers; ++layer)
-    cache_.push_back({backend_.alloc(cache_shape, DType::F32), backend_.alloc(cache_shape, DType::F32)});
+  num_slots_ = batch_size;
+  cache_ = allocate_cache(decode_axes_, context);
+  // Prefill writes the decode cache directly when both shard attention alike.
+  const bool shared_cache =
+      prefill_axes_.attention_rows() == decode_axes_.attention_rows() &&
+      prefill_axes_.attention_kv_heads() == decode_axes_.attention_kv_heads();
+  prefill_cache_.clear();
+  if (!shared_cache) prefill_cache_ = allocate_cache(prefill_axes_, int64_t(longest));
 
   GenerationResult result;
   result.vocab_size = config_.vocab_size;
@@ -112,7 +201,10 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
     logit_rows.push_back(int32_t(tokens.size() - 1));
   }
   result.prompt_tokens = int64_t(tokens.size());
-  std::vector<float> logits = forward(tokens, BatchLayout(segments), logit_rows);
+  std::vector<float> logits = forward(Phase::kPrefill, tokens, BatchLayout(segments), logit_rows);
+  for (size_t layer = 0; layer < prefill_cache_.size(); ++layer)
+    reshard_cache(prefill_cache_[layer], cache_[layer]);
+  prefill_cache_.clear();
   result.prefill_s = seconds_since(start);
   if (request.keep_prompt_logits)
     result.prompt_logits.assign(logits.begin(), logits.begin() + first_sample_row * vocab);
@@ -136,7 +228,7 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
       tokens.push_back(produced.back());
       logit_rows.push_back(int32_t(tokens.size() - 1));
     }
-    logits = forward(tokens, BatchLayout(segments), logit_rows);
+    logits = forward(Phase::kDecode, tokens, BatchLayout(segments), logit_rows);
     result.decode_tokens += int64_t(live.size());
     sample_all(std::vector<int>(live), logits, 0);
     result.step_s.push_back(seconds_since(step_start));

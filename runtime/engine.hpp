@@ -1,6 +1,9 @@
 #pragma once
 // The engine: prefill over the prompts of a batch, then decode step by step
-// with a KV cache, sampling each sequence's next token until it stops.
+// with a KV cache, sampling each sequence's next token until it stops. Every
+// rank of a tensor-parallel job runs the same engine on its shards; each
+// phase runs in its own layout, and all ranks sample the same tokens from
+// the same (all-gathered) logits.
 #include <cstdint>
 #include <vector>
 
@@ -8,6 +11,7 @@
 #include "models/model_config.hpp"
 #include "models/model_weights.hpp"
 #include "runtime/backend.hpp"
+#include "runtime/parallel.hpp"
 #include "runtime/sampler.hpp"
 
 namespace shardlm {
@@ -34,24 +38,37 @@ struct GenerationResult {
   std::vector<double> step_s;        // each decode step
 };
 
+enum class Phase { kPrefill, kDecode };
+
 class Engine {
  public:
-  Engine(Backend& backend, ModelConfig config, ModelWeights weights);
+  // `prefill` and `decode` are the layouts of the two phases on ctx's mesh;
+  // `weights` were loaded as they store them.
+  Engine(Backend& backend, ParallelContext& ctx, ModelConfig config, const Layout& prefill,
+         const Layout& decode, ModelWeights weights);
   // Checks ids and lengths (throws DataError / UsageError), then generates.
   GenerationResult generate(const GenerationRequest& request);
   const ModelConfig& config() const { return config_; }
 
  private:
-  // Runs the batch `tokens`, and returns logits of the rows in `logit_rows`,
-  // [logit_rows.size(), vocab] row-major.
-  std::vector<float> forward(const std::vector<int32_t>& tokens, const BatchLayout& batch,
-                             const std::vector<int32_t>& logit_rows);
+  // Runs the batch `tokens` (every sequence's, in slot order), and returns
+  // logits of the rows in `logit_rows`, [logit_rows.size(), vocab] row-major.
+  std::vector<float> forward(Phase phase, const std::vector<int32_t>& tokens,
+                             const BatchLayout& batch, const std::vector<int32_t>& logit_rows);
+  std::vector<KVCacheLayer> allocate_cache(const PhaseAxes& axes, int64_t capacity);
+  // Copies a prefill cache in the prefill layout's sharding into the decode cache.
+  void reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to);
 
   Backend& backend_;
+  ParallelContext& ctx_;
+  ShardOps ops_;
   ModelConfig config_;
+  PhaseAxes prefill_axes_, decode_axes_;
   ModelWeights weights_;
   RopeTables rope_;
-  std::vector<KVCacheLayer> cache_;
+  int64_t num_slots_ = 0;
+  std::vector<KVCacheLayer> cache_;          // in the decode layout's sharding
+  std::vector<KVCacheLayer> prefill_cache_;  // empty when the prefill layout shares it
 };
 
 }  // namespace shardlm

@@ -50,10 +50,29 @@ class CpuBackend final : public Backend {
     return t;
   }
 
-  Tensor upload_weight(const void* host, DType src_dtype, const Shape& shape) override {
-    Tensor t = alloc(shape, DType::F32);
-    convert_to_f32(host, src_dtype, t.data<float>(), size_t(t.numel()));
+  Tensor upload_weight(const void* host, DType src_dtype, const Shape& full_shape,
+                       const Block2D& block) override {
+    const int64_t full_cols = full_shape.back();
+    Tensor t = alloc(full_shape.size() == 1 ? Shape{block.cols} : Shape{block.rows, block.cols},
+                     DType::F32);
+    const auto* base = static_cast<const char*>(host);
+    const size_t elem = dtype_size(src_dtype);
+    for (int64_t r = 0; r < block.rows; ++r)
+      convert_to_f32(base + ((block.row_begin + r) * full_cols + block.col_begin) * int64_t(elem),
+                     src_dtype, t.data<float>() + r * block.cols, size_t(block.cols));
     return t;
+  }
+
+  void copy_2d(const Tensor& src, int64_t src_row, int64_t src_col, const Tensor& dst,
+               int64_t dst_row, int64_t dst_col, int64_t rows, int64_t cols) override {
+    require_f32(src, "copy_2d wants F32");
+    require_f32(dst, "copy_2d wants F32");
+    const int64_t src_width = src.dim(src.rank() - 1), dst_width = dst.dim(dst.rank() - 1);
+    require(src_col + cols <= src_width && dst_col + cols <= dst_width, "copy_2d outside the matrix");
+    const float* from = src.data<float>() + src_row * src_width + src_col;
+    float* to = dst.data<float>() + dst_row * dst_width + dst_col;
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(to + r * dst_width, from + r * src_width, size_t(cols) * sizeof(float));
   }
 
   void copy_from_host(const float* src, const Tensor& dst) override {
@@ -75,18 +94,31 @@ class CpuBackend final : public Backend {
       std::memcpy(dst + t * width, rows + int64_t(ids[t]) * width, size_t(width) * sizeof(float));
   }
 
-  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {
+  void row_sum_squares(const Tensor& x, const Tensor& sums) override {
     const int64_t rows = x.dim(0), width = x.dim(1);
     const float* src = x.data<float>();
-    const float* w = weight.data<float>();
-    float* dst = out.data<float>();
+    float* out = sums.data<float>();
 #pragma omp parallel for schedule(static) if (rows > 1)
     for (int64_t r = 0; r < rows; ++r) {
       const float* in = src + r * width;
       float sum_sq = 0.f;
 #pragma omp simd reduction(+ : sum_sq)
       for (int64_t i = 0; i < width; ++i) sum_sq += in[i] * in[i];
-      const float scale = 1.0f / std::sqrt(sum_sq / float(width) + eps);
+      out[r] = sum_sq;
+    }
+  }
+
+  void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t full_width, const Tensor& weight,
+                     float eps, const Tensor& out) override {
+    const int64_t rows = x.dim(0), width = x.dim(1);
+    const float* src = x.data<float>();
+    const float* sum_sq = sums.data<float>();
+    const float* w = weight.data<float>();
+    float* dst = out.data<float>();
+#pragma omp parallel for schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float scale = 1.0f / std::sqrt(sum_sq[r] / float(full_width) + eps);
+      const float* in = src + r * width;
       float* o = dst + r * width;
 #pragma omp simd
       for (int64_t i = 0; i < width; ++i) o[i] = in[i] * scale * w[i];
@@ -98,6 +130,11 @@ class CpuBackend final : public Backend {
     require_f32(w, "matmul weight must be F32");
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
     require(w.dim(1) == k && out.dim(0) == m && out.dim(1) == n, "matmul shapes do not agree");
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      if (!accumulate) std::memset(out.raw(), 0, out.nbytes());
+      return;
+    }
     const dnnl_status_t status =
         dnnl_sgemm('N', 'T', m, n, k, 1.0f, x.data<float>(), k, w.data<float>(), k,
                    accumulate ? 1.0f : 0.0f, out.data<float>(), n);
@@ -135,47 +172,51 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
 
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
-                 const BatchLayout& batch, int head_dim, const Tensor& out) override {
-    const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2);
-    const int64_t heads = q.dim(1) / head_dim, group = heads / kv_heads;
-    const int64_t q_stride = heads * head_dim, kv_stride = kv_heads * head_dim;
-    const float scale = 1.0f / std::sqrt(float(head_dim));
-    float* k_cache = cache.k.data<float>();
-    float* v_cache = cache.v.data<float>();
-    auto cache_row = [&](float* base, int64_t slot, int64_t g, int64_t pos) {
-      return base + ((slot * kv_heads + g) * capacity + pos) * head_dim;
-    };
-
-    // Each query token's segment, and the write of the new keys and values.
-    std::vector<int> token_segment(static_cast<size_t>(batch.num_tokens()));
+  void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
+                const BatchLayout& batch) override {
+    const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = cache.k.dim(3);
+    const int64_t stride = kv_heads * head_dim;
+    require(k.dim(1) == stride && v.dim(1) == stride, "kv_write: k/v width differs from the cache");
     int64_t token = 0;
-    for (size_t s = 0; s < batch.segments.size(); ++s) {
-      const Segment& seg = batch.segments[s];
+    for (const Segment& seg : batch.segments) {
       require(seg.start_pos + seg.num_tokens <= capacity, "KV cache capacity exceeded");
-      for (int t = 0; t < seg.num_tokens; ++t, ++token) {
-        token_segment[size_t(token)] = int(s);
+      for (int t = 0; t < seg.num_tokens; ++t, ++token)
         for (int64_t g = 0; g < kv_heads; ++g) {
-          const int64_t pos = seg.start_pos + t;
-          std::memcpy(cache_row(k_cache, seg.slot, g, pos), k.data<float>() + token * kv_stride + g * head_dim,
+          const int64_t offset = ((seg.slot * kv_heads + g) * capacity + seg.start_pos + t) * head_dim;
+          std::memcpy(cache.k.data<float>() + offset, k.data<float>() + token * stride + g * head_dim,
                       size_t(head_dim) * sizeof(float));
-          std::memcpy(cache_row(v_cache, seg.slot, g, pos), v.data<float>() + token * kv_stride + g * head_dim,
+          std::memcpy(cache.v.data<float>() + offset, v.data<float>() + token * stride + g * head_dim,
                       size_t(head_dim) * sizeof(float));
         }
-      }
     }
+  }
+
+  void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
+                 const AttentionHeads& ah, const Tensor& out) override {
+    const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = ah.head_dim;
+    const int64_t heads = q.dim(1) / head_dim, q_stride = heads * head_dim;
+    const float scale = 1.0f / std::sqrt(float(head_dim));
+    const float* k_cache = cache.k.data<float>();
+    const float* v_cache = cache.v.data<float>();
+    auto cache_row = [&](const float* base, int64_t slot, int64_t g, int64_t pos) {
+      return base + ((slot * kv_heads + g) * capacity + pos) * head_dim;
+    };
+    std::vector<int> token_segment(static_cast<size_t>(batch.num_tokens()));
+    for (size_t s = 0, token = 0; s < batch.segments.size(); ++s)
+      for (int t = 0; t < batch.segments[s].num_tokens; ++t) token_segment[token++] = int(s);
 
     const int64_t tokens = batch.num_tokens();
     const float* q_data = q.data<float>();
     float* out_data = out.data<float>();
-#pragma omp parallel
+#pragma omp parallel if (tokens * heads > 1)
     {
       std::vector<float> scores(static_cast<size_t>(capacity));
 #pragma omp for collapse(2) schedule(dynamic, 4)
       for (int64_t t = 0; t < tokens; ++t) {
         for (int64_t h = 0; h < heads; ++h) {
           const Segment& seg = batch.segments[size_t(token_segment[size_t(t)])];
-          const int64_t g = h / group, length = batch.positions[size_t(t)] + 1;
+          const int64_t g = (ah.q_offset + h) / ah.group - ah.kv_offset;
+          const int64_t length = batch.positions[size_t(t)] + 1;
           const float* query = q_data + t * q_stride + h * head_dim;
           float max_score = -INFINITY;
           for (int64_t j = 0; j < length; ++j) {

@@ -1,0 +1,38 @@
+#pragma once
+// Communicator: the collectives of one ordered group of ranks. Member i of
+// the group is the i-th rank of the list the group was made from, so the
+// order of all-gather outputs and reduce-scatter inputs is the shard order of
+// the mesh axes the group spans. MPI on CPU ranks, NCCL on GPUs; the
+// interface is the same. Element type float unless the call says bytes.
+#include <cstddef>
+#include <vector>
+
+namespace shardlm {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int size() const = 0;
+  virtual int rank() const = 0;  // this process's index in the group
+
+  // recv[size][count] <- every member's send[count]
+  virtual void all_gather(const float* send, float* recv, size_t count) = 0;
+  // Like all_gather with member i contributing counts[i] elements.
+  virtual void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) = 0;
+  // recv[count] <- sum over members of their send[rank()][count]
+  virtual void reduce_scatter(const float* send, float* recv, size_t count) = 0;
+  // Like reduce_scatter with member i receiving counts[i] elements.
+  virtual void reduce_scatterv(const float* send, float* recv, const std::vector<size_t>& counts) = 0;
+  virtual void all_reduce(float* data, size_t count) = 0;  // in place, sum
+  // recv[j][count] <- member j's send[rank()][count]
+  virtual void all_to_all(const float* send, float* recv, size_t count) = 0;
+  // send_counts[j] elements go to member j; recv_counts[j] come from member j.
+  virtual void all_to_allv(const float* send, const std::vector<size_t>& send_counts, float* recv,
+                           const std::vector<size_t>& recv_counts) = 0;
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  virtual void send(const void* data, size_t bytes, int to) = 0;
+  virtual void recv(void* data, size_t bytes, int from) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace shardlm

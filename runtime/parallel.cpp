@@ -1,0 +1,210 @@
+#include "runtime/parallel.hpp"
+
+#include <numeric>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+namespace {
+
+std::string axes_in(std::string_view axes, std::string_view subset) {
+  std::string out;
+  for (char a : axes)
+    if (subset.find(a) != std::string_view::npos) out += a;
+  return out;
+}
+
+void require_suffix(std::string_view axes, std::string_view tail, const char* what) {
+  if (!axes.ends_with(tail))
+    throw std::logic_error(fmt::format("{}: axes '{}' are not the least significant end of '{}'",
+                                       what, tail, axes));
+}
+
+}  // namespace
+
+ParallelContext::ParallelContext(World& world, const Mesh& mesh)
+    : world_(world), mesh_(mesh), rank_(world.rank()) {
+  if (mesh.size() != world.size())
+    throw UsageError(fmt::format("--mesh {} holds {} ranks but the job has {} (mpirun -n {})",
+                                 mesh.str(), mesh.size(), world.size(), world.size()));
+}
+
+Communicator& ParallelContext::comm(std::string_view axes) {
+  return world_.group(mesh_.group(rank_, axes));
+}
+
+std::pair<int64_t, int64_t> ParallelContext::block(int64_t count, std::string_view axes,
+                                                   int member) const {
+  std::vector<int> digits(axes.size());
+  for (size_t i = axes.size(); i-- > 0;) {
+    const int s = mesh_.axis_size(axes[i]);
+    digits[i] = member % s;
+    member /= s;
+  }
+  int64_t begin = 0, end = count;
+  for (size_t i = 0; i < axes.size(); ++i) {
+    const int64_t s = mesh_.axis_size(axes[i]), length = end - begin;
+    const int64_t new_begin = begin + digits[i] * length / s;
+    end = begin + (digits[i] + 1) * length / s;
+    begin = new_begin;
+  }
+  return {begin, end};
+}
+
+PhaseAxes PhaseAxes::from_layout(const Layout& l) {
+  PhaseAxes a;
+  a.ffn_layout = l.ffn;
+  a.attn_layout = l.attn;
+  const PartitionSpec& x = l.activations.at(l.residual);
+  a.batch = x.axes_of('B');
+  a.residual_e = x.axes_of('E');
+  const PartitionSpec& up = l.weight(WeightRole::kWUp).used;
+  a.ue = up.axes_of('E');
+  a.uf = up.axes_of('F');
+  a.gathered = layout_params(l.ffn).gathered;
+  a.heads = l.activations.at("q").axes_of('H');
+  a.kv_heads = l.activations.at("k").axes_of('K');
+  a.kv_used = l.weight(WeightRole::kWk).used.axes_of('K');
+  a.embedding_e = l.weight(WeightRole::kEmbedding).stored.axes_of('E');
+  a.vocab = l.weight(WeightRole::kLmHead).stored.axes_of('V');
+  return a;
+}
+
+RowSplit split_rows(const ParallelContext& ctx, const BatchLayout& batch, int64_t num_slots,
+                    std::string_view axes) {
+  const int members = ctx.size(axes);
+  RowSplit split;
+  size_t segment = 0;
+  int64_t token = 0;
+  for (int m = 0; m < members; ++m) {
+    const auto range = ctx.block(num_slots, axes, m);
+    split.slots.push_back(range);
+    split.token_begin.push_back(token);
+    while (segment < batch.segments.size() && batch.segments[segment].slot < range.second) {
+      if (batch.segments[segment].slot < range.first)
+        throw std::logic_error("split_rows: segments must be in slot order");
+      token += batch.segments[segment++].num_tokens;
+    }
+    split.token_count.push_back(token - split.token_begin.back());
+  }
+  return split;
+}
+
+BatchLayout local_batch(const BatchLayout& batch, const RowSplit& split, int member) {
+  const auto [first, end] = split.slots[size_t(member)];
+  std::vector<Segment> segments;
+  for (const Segment& s : batch.segments)
+    if (s.slot >= first && s.slot < end) segments.push_back({int(s.slot - first), s.start_pos, s.num_tokens});
+  return BatchLayout(std::move(segments));
+}
+
+Tensor ShardOps::gather_cols(const Tensor& x, std::string_view axes) {
+  const int n = ctx_.size(axes);
+  if (n == 1) return x;
+  const int64_t rows = x.dim(0), width = x.dim(1);
+  Tensor gathered = backend_.alloc({n, rows * width}, DType::F32);
+  ctx_.comm(axes).all_gather(x.data<float>(), gathered.data<float>(), size_t(rows * width));
+  Tensor out = backend_.alloc({rows, n * width}, DType::F32);
+  for (int j = 0; j < n; ++j)
+    backend_.copy_2d(gathered.rows(j, 1).reshaped({rows, width}), 0, 0, out, 0, j * width, rows, width);
+  return out;
+}
+
+Tensor ShardOps::reduce_scatter_cols(const Tensor& x, std::string_view axes) {
+  const int n = ctx_.size(axes);
+  if (n == 1) return x;
+  const int64_t rows = x.dim(0), width = x.dim(1) / n;
+  Tensor packed = backend_.alloc({n, rows * width}, DType::F32);
+  for (int j = 0; j < n; ++j)
+    backend_.copy_2d(x, 0, j * width, packed.rows(j, 1).reshaped({rows, width}), 0, 0, rows, width);
+  Tensor out = backend_.alloc({rows, width}, DType::F32);
+  ctx_.comm(axes).reduce_scatter(packed.data<float>(), out.data<float>(), size_t(rows * width));
+  return out;
+}
+
+void ShardOps::all_reduce(const Tensor& x, std::string_view axes) {
+  if (ctx_.size(axes) == 1) return;
+  ctx_.comm(axes).all_reduce(x.data<float>(), size_t(x.numel()));
+}
+
+Tensor ShardOps::gather_rows(const Tensor& x, std::string_view axes,
+                             const std::vector<int64_t>& counts) {
+  if (ctx_.size(axes) == 1) return x;
+  const int64_t width = x.dim(1);
+  std::vector<size_t> elements;
+  for (int64_t c : counts) elements.push_back(size_t(c * width));
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  Tensor out = backend_.alloc({total, width}, DType::F32);
+  ctx_.comm(axes).all_gatherv(x.data<float>(), out.data<float>(), elements);
+  return out;
+}
+
+Tensor ShardOps::cols_to_rows(const Tensor& x, std::string_view axes,
+                              const std::vector<int64_t>& sub_counts) {
+  const int n = ctx_.size(axes);
+  if (n == 1) return x;
+  const int64_t width = x.dim(1), mine = sub_counts[size_t(ctx_.index(axes))];
+  std::vector<size_t> send_counts, recv_counts(size_t(n), size_t(mine * width));
+  for (int64_t c : sub_counts) send_counts.push_back(size_t(c * width));
+  Tensor received = backend_.alloc({n, mine * width}, DType::F32);
+  ctx_.comm(axes).all_to_allv(x.data<float>(), send_counts, received.data<float>(), recv_counts);
+  Tensor out = backend_.alloc({mine, n * width}, DType::F32);
+  for (int j = 0; j < n; ++j)
+    backend_.copy_2d(received.rows(j, 1).reshaped({mine, width}), 0, 0, out, 0, j * width, mine, width);
+  return out;
+}
+
+Tensor ShardOps::rows_to_cols(const Tensor& x, std::string_view axes,
+                              const std::vector<int64_t>& sub_counts) {
+  const int n = ctx_.size(axes);
+  if (n == 1) return x;
+  const int64_t mine = x.dim(0), width = x.dim(1) / n;
+  Tensor packed = backend_.alloc({n, mine * width}, DType::F32);
+  for (int j = 0; j < n; ++j)
+    backend_.copy_2d(x, 0, j * width, packed.rows(j, 1).reshaped({mine, width}), 0, 0, mine, width);
+  std::vector<size_t> send_counts(size_t(n), size_t(mine * width)), recv_counts;
+  for (int64_t c : sub_counts) recv_counts.push_back(size_t(c * width));
+  const int64_t total = std::accumulate(sub_counts.begin(), sub_counts.end(), int64_t{0});
+  Tensor out = backend_.alloc({total, width}, DType::F32);
+  ctx_.comm(axes).all_to_allv(packed.data<float>(), send_counts, out.data<float>(), recv_counts);
+  return out;
+}
+
+Tensor ShardOps::slice_cols(const Tensor& x, std::string_view axes) {
+  const int n = ctx_.size(axes);
+  if (n == 1) return x;
+  const int64_t rows = x.dim(0), width = x.dim(1) / n;
+  Tensor out = backend_.alloc({rows, width}, DType::F32);
+  backend_.copy_2d(x, 0, ctx_.index(axes) * width, out, 0, 0, rows, width);
+  return out;
+}
+
+Tensor ShardOps::slice_rows(const Tensor& x, int64_t begin, int64_t count) {
+  return x.rows(begin, count);
+}
+
+Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes,
+                               std::string_view col_axes, std::string_view gathered) {
+  const int n = ctx_.size(gathered);
+  if (n == 1) return w;
+  const std::string row_part = axes_in(row_axes, gathered), col_part = axes_in(col_axes, gathered);
+  require_suffix(row_axes, row_part, "gather_weight rows");
+  require_suffix(col_axes, col_part, "gather_weight cols");
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  Tensor blocks = backend_.alloc({n, rows * cols}, DType::F32);
+  ctx_.comm(gathered).all_gather(w.data<float>(), blocks.data<float>(), size_t(rows * cols));
+  const Mesh& mesh = ctx_.mesh();
+  Tensor out = backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)},
+                              DType::F32);
+  const std::vector<int> members = mesh.group(ctx_.rank(), gathered);
+  for (int j = 0; j < n; ++j)
+    backend_.copy_2d(blocks.rows(j, 1).reshaped({rows, cols}), 0, 0, out,
+                     mesh.group_index(members[size_t(j)], row_part) * rows,
+                     mesh.group_index(members[size_t(j)], col_part) * cols, rows, cols);
+  return out;
+}
+
+}  // namespace shardlm
