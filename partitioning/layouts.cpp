@@ -1,9 +1,9 @@
 #include "partitioning/layouts.hpp"
 
-#include <stdexcept>
-
 #include <fmt/core.h>
 #include <fmt/ranges.h>
+
+#include <stdexcept>
 
 namespace shardlm {
 
@@ -51,8 +51,8 @@ std::string_view name(WeightRole r) {
 FfnLayout parse_ffn_layout(std::string_view text) {
   for (FfnLayout l : kAllFfnLayouts)
     if (name(l) == text) return l;
-  throw std::invalid_argument(
-      fmt::format("unknown feedforward layout '{}' (expected 1d, 2d, wg-x, wg-xy or wg-xyz)", text));
+  throw std::invalid_argument(fmt::format(
+      "unknown feedforward layout '{}' (expected 1d, 2d, wg-x, wg-xy or wg-xyz)", text));
 }
 
 AttnLayout parse_attn_layout(std::string_view text) {
@@ -66,7 +66,9 @@ FfnLayoutParams layout_params(FfnLayout l) {
   // F (and the head dims) are split z-major so that gathering y out of `F_zy`
   // leaves the contiguous `F_z` that wg-xy multiplies with.
   switch (l) {
-    case FfnLayout::k1D: return {"", "xyz", "", ""};
+    // 1d splits F like 2d's E (x, then z, then y) so that both keep the
+    // residual stream as `E_xzy` and the embedding serves every layout.
+    case FfnLayout::k1D: return {"", "xzy", "", ""};
     case FfnLayout::k2D: return {"x", "zy", "", ""};
     case FfnLayout::kWgX: return {"x", "zy", "x", "x"};
     case FfnLayout::kWgXY: return {"x", "zy", "xy", "xy"};
@@ -122,19 +124,22 @@ class LayoutBuilder {
     // With every KV head split like the query heads, a reduce-scatter suffices;
     // otherwise the (small) K/V partial sums are all-reduced and KV heads stay
     // replicated over the remaining axes.
-    kv_scatter_ = !ue_.empty() && kv_used_ == uf_ &&
-                  shape.num_kv_heads % mesh.axes_size(heads_) == 0;
+    kv_scatter_ =
+        !ue_.empty() && kv_used_ == uf_ && shape.num_kv_heads % mesh.axes_size(heads_) == 0;
     kv_heads_ = kv_scatter_ ? heads_ : kv_used_;
   }
 
   Layout build(AttnLayout attn) {
     add_weights();
     add_prologue();
-    if (shape_.parallel_block) add_parallel_layer(attn);
-    else add_serial_layer(attn);
+    if (shape_.parallel_block)
+      add_parallel_layer(attn);
+    else
+      add_serial_layer(attn);
     add_epilogue();
-    out_.kv_cache = attn == AttnLayout::kHeads ? spec(fmt::format("B{} C K{} D", sub(b_), sub(kv_heads_)))
-                                               : spec(fmt::format("B{} C K D", sub(b_ + heads_)));
+    out_.kv_cache = attn == AttnLayout::kHeads
+                        ? spec(fmt::format("B{} C K{} D", sub(b_), sub(kv_heads_)))
+                        : spec(fmt::format("B{} C K D", sub(b_ + heads_)));
     return out_;
   }
 
@@ -166,9 +171,11 @@ class LayoutBuilder {
     if (shape_.gated_ffn) weight(WeightRole::kWGate, fmt::format("E{} F{}", se, sf));
     weight(WeightRole::kWUp, fmt::format("E{} F{}", se, sf));
     weight(WeightRole::kWDown, fmt::format("F{} E{}", sf, se));
-    // Embedding and LM head are split over the vocabulary on every TP axis, so
-    // their storage does not depend on the per-phase layout.
-    out_.weights.push_back({WeightRole::kEmbedding, spec("V_xyz E"), spec("V_xyz E")});
+    // Embedding and LM head do not depend on the per-phase layout. The
+    // embedding is split over E in the order of the weight-stationary residual
+    // stream; the LM head over the vocabulary (tied models keep this second,
+    // vocabulary-split copy).
+    out_.weights.push_back({WeightRole::kEmbedding, spec("V E_xzy"), spec("V E_xzy")});
     out_.weights.push_back({WeightRole::kFinalNorm, spec("E"), spec("E")});
     out_.weights.push_back({WeightRole::kLmHead, spec("E V_xyz"), spec("E V_xyz")});
   }
@@ -184,14 +191,17 @@ class LayoutBuilder {
   std::vector<Step>& L() { return out_.layer; }
 
   void add_prologue() {
-    // Each rank looks up the tokens of its vocabulary slice; the partial
-    // embeddings are summed and scattered straight into the residual layout.
+    // Token ids are replicated; each rank looks up its E slice of every token,
+    // then an all-to-all over the batch axes trades batch rows for E slices.
     act("tokens", spec("BL"));
-    act("embed_partial", spec("BLE (partialsum-xyz)"));
     act("x", bl('E', rest_e_));
-    out_.prologue.push_back(op(OpKind::kMatmul, {"tokens"}, "embed_partial", WeightRole::kEmbedding));
-    out_.prologue.push_back(
-        collective(CollectiveKind::kReduceScatter, "xyz", {"embed_partial"}, "x"));
+    if (b_.empty()) {
+      out_.prologue.push_back(op(OpKind::kMatmul, {"tokens"}, "x", WeightRole::kEmbedding));
+      return;
+    }
+    act("embed", spec("BL E_xzy"));
+    out_.prologue.push_back(op(OpKind::kMatmul, {"tokens"}, "embed", WeightRole::kEmbedding));
+    out_.prologue.push_back(collective(CollectiveKind::kAllToAll, b_, {"embed"}, "x"));
   }
 
   void add_epilogue() {
@@ -201,14 +211,18 @@ class LayoutBuilder {
     act("logits", spec("BLV"));
     const std::string all = b_ + rest_e_;
     if (!all.empty())
-      out_.epilogue.push_back(collective(CollectiveKind::kAllGather, all, {"final_norm"}, "final_full"));
-    out_.epilogue.push_back(op(OpKind::kMatmul, {"final_full"}, "logits_local", WeightRole::kLmHead));
-    out_.epilogue.push_back(collective(CollectiveKind::kAllGather, "xyz", {"logits_local"}, "logits"));
+      out_.epilogue.push_back(
+          collective(CollectiveKind::kAllGather, all, {"final_norm"}, "final_full"));
+    out_.epilogue.push_back(
+        op(OpKind::kMatmul, {"final_full"}, "logits_local", WeightRole::kLmHead));
+    out_.epilogue.push_back(
+        collective(CollectiveKind::kAllGather, "xyz", {"logits_local"}, "logits"));
   }
 
   // RMSNorm over an E split over rest_e_: the per-token sums of squares are
   // all-reduced over those axes first.
-  void add_norm(const std::string& in, const std::string& tag, WeightRole w, std::vector<Step>& to) {
+  void add_norm(const std::string& in, const std::string& tag, WeightRole w,
+                std::vector<Step>& to) {
     const std::string out = tag + "_norm";
     act(out, bl('E', rest_e_));
     if (!rest_e_.empty()) {
@@ -228,9 +242,13 @@ class LayoutBuilder {
     if (p_.gathered.empty()) return;
     for (WeightRole r : roles) {
       if (!out_.has_weight(r)) continue;
-      L().push_back(Step{OpKind::kCollective, {std::string(name(r))},
-                         std::string(name(r)) + "@used", r, CollectiveKind::kAllGather,
-                         p_.gathered, -1});
+      L().push_back(Step{OpKind::kCollective,
+                         {std::string(name(r))},
+                         std::string(name(r)) + "@used",
+                         r,
+                         CollectiveKind::kAllGather,
+                         p_.gathered,
+                         -1});
     }
   }
 
@@ -249,7 +267,8 @@ class LayoutBuilder {
     act("q", spec(fmt::format("B{} L H{} D", sub(b_), sub(heads_))));
     act("k", spec(fmt::format("B{} L K{} D", sub(b_), sub(kv_heads_))));
     act("v", spec(fmt::format("B{} L K{} D", sub(b_), sub(kv_heads_))));
-    for (auto [w, n] : {std::pair{WeightRole::kWq, "q"}, {WeightRole::kWk, "k"}, {WeightRole::kWv, "v"}}) {
+    for (auto [w, n] :
+         {std::pair{WeightRole::kWq, "q"}, {WeightRole::kWk, "k"}, {WeightRole::kWv, "v"}}) {
       const std::string full(n);
       if (ue_.empty()) {
         L().push_back(op(OpKind::kMatmul, {in}, full, w));
@@ -257,12 +276,14 @@ class LayoutBuilder {
       }
       const bool is_q = full == "q";
       const std::string part = full + "_partial";
-      act(part, spec(fmt::format("B{} L {}{} D", sub(b_), is_q ? 'H' : 'K', sub(is_q ? uf_ : kv_used_))));
+      act(part,
+          spec(fmt::format("B{} L {}{} D", sub(b_), is_q ? 'H' : 'K', sub(is_q ? uf_ : kv_used_))));
       out_.activations[part].partial_sum = ue_;
       L().push_back(op(OpKind::kMatmul, {in}, part, w));
       const bool scatter = is_q || kv_scatter_;
-      L().push_back(collective(scatter ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce,
-                               ue_, {part}, full, scatter ? group : -1));
+      L().push_back(
+          collective(scatter ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, ue_,
+                     {part}, full, scatter ? group : -1));
     }
   }
 
@@ -293,8 +314,13 @@ class LayoutBuilder {
       }
       if (!slice.empty()) {
         // ...and a free local slice over the axes that replicate them.
-        L().push_back(Step{OpKind::kLocalSlice, {cur}, n + "_b", std::nullopt,
-                           CollectiveKind::kAllGather, slice, -1});
+        L().push_back(Step{OpKind::kLocalSlice,
+                           {cur},
+                           n + "_b",
+                           std::nullopt,
+                           CollectiveKind::kAllGather,
+                           slice,
+                           -1});
       }
     }
     L().push_back(op(OpKind::kAttention, {"q_b", "k_b", "v_b"}, "attn_b"));
@@ -322,7 +348,8 @@ class LayoutBuilder {
         act(n + "_partial", bl('F', uf_, ue_));
         act(n, bl('F', uf_ + ue_));
         L().push_back(op(OpKind::kMatmul, {in}, n + "_partial", w));
-        L().push_back(collective(CollectiveKind::kReduceScatter, ue_, {n + "_partial"}, n, rs_group));
+        L().push_back(
+            collective(CollectiveKind::kReduceScatter, ue_, {n + "_partial"}, n, rs_group));
       }
       hidden_inputs.push_back(n);
     }
@@ -350,7 +377,7 @@ class LayoutBuilder {
     add_weight_gathers({WeightRole::kWq, WeightRole::kWk, WeightRole::kWv, WeightRole::kWo,
                         WeightRole::kWGate, WeightRole::kWUp, WeightRole::kWDown});
     add_norm("x", "attn", WeightRole::kAttnNorm, L());
-    add_qkv(gather_input("attn_norm", "attn"), -1);
+    add_qkv(gather_input("attn_norm", "qkv"), -1);
     add_attention();
     act("attn_out_partial", bl('E', ue_, uf_));
     L().push_back(op(OpKind::kMatmul, {gather_attn_out(-1)}, "attn_out_partial", WeightRole::kWo));
@@ -433,12 +460,13 @@ static std::string format_steps(const std::vector<Step>& steps, const Layout& l)
 }
 
 std::string format_layout(const Layout& l, const DimSizes& sizes, const Mesh& mesh) {
-  std::string out = fmt::format("layout ffn={} attn={} on mesh {}\nweights (stored -> used, per-rank shape):\n",
-                                name(l.ffn), name(l.attn), mesh.str());
+  std::string out =
+      fmt::format("layout ffn={} attn={} on mesh {}\nweights (stored -> used, per-rank shape):\n",
+                  name(l.ffn), name(l.attn), mesh.str());
   for (const auto& w : l.weights) {
     auto shape = w.stored.local_shape(sizes, mesh);
-    out += fmt::format("  {:<11} {:<12} -> {:<12} [{}]\n", name(w.role), w.stored.str(), w.used.str(),
-                       fmt::join(shape, ", "));
+    out += fmt::format("  {:<11} {:<12} -> {:<12} [{}]\n", name(w.role), w.stored.str(),
+                       w.used.str(), fmt::join(shape, ", "));
   }
   out += fmt::format("kv cache (K and V, per layer): {}\n", l.kv_cache.str());
   out += "prologue:\n" + format_steps(l.prologue, l);

@@ -24,7 +24,18 @@ enum class AttnLayout { kHeads, kBatch };
 enum class CollectiveKind { kAllGather, kReduceScatter, kAllReduce, kAllToAll };
 enum class OpKind { kCollective, kLocalSlice, kNorm, kMatmul, kAttention, kActivation, kAdd };
 enum class WeightRole {
-  kEmbedding, kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kWGate, kWUp, kWDown, kFinalNorm, kLmHead
+  kEmbedding,
+  kAttnNorm,
+  kWq,
+  kWk,
+  kWv,
+  kWo,
+  kFfnNorm,
+  kWGate,
+  kWUp,
+  kWDown,
+  kFinalNorm,
+  kLmHead
 };
 
 inline constexpr FfnLayout kAllFfnLayouts[] = {FfnLayout::k1D, FfnLayout::k2D, FfnLayout::kWgX,
@@ -60,8 +71,8 @@ struct Step {
   std::string output;
   std::optional<WeightRole> weight;  // kMatmul: the weight used; weight gathers: the weight
   CollectiveKind collective = CollectiveKind::kAllGather;  // kCollective only
-  std::string axes;      // kCollective / kLocalSlice: the mesh axes involved
-  int fusion_group = -1; // collectives sharing a group id run as one (parallel block)
+  std::string axes;       // kCollective / kLocalSlice: the mesh axes involved
+  int fusion_group = -1;  // collectives sharing a group id run as one (parallel block)
 };
 
 // What the layout needs from the model and mesh.
@@ -75,13 +86,13 @@ struct Layout {
   FfnLayout ffn;
   AttnLayout attn;
   LayoutShape shape;
-  std::vector<WeightLayout> weights;                // per layer, then embedding/final/lm_head
-  std::map<std::string, PartitionSpec> activations; // every name steps mention
-  std::vector<Step> prologue;                       // token ids -> residual stream
-  std::vector<Step> layer;                          // one decoder layer
-  std::vector<Step> epilogue;                       // residual -> logits
-  PartitionSpec kv_cache;                           // B C K D per layer, K and V each
-  std::string residual = "x";                       // the activation at rest between layers
+  std::vector<WeightLayout> weights;                 // per layer, then embedding/final/lm_head
+  std::map<std::string, PartitionSpec> activations;  // every name steps mention
+  std::vector<Step> prologue;                        // token ids -> residual stream
+  std::vector<Step> layer;                           // one decoder layer
+  std::vector<Step> epilogue;                        // residual -> logits
+  PartitionSpec kv_cache;                            // B C K D per layer, K and V each
+  std::string residual = "x";                        // the activation at rest between layers
 
   const WeightLayout& weight(WeightRole r) const;  // throws std::out_of_range
   bool has_weight(WeightRole r) const;

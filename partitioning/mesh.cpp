@@ -1,9 +1,9 @@
 #include "partitioning/mesh.hpp"
 
+#include <fmt/core.h>
+
 #include <charconv>
 #include <stdexcept>
-
-#include <fmt/core.h>
 
 namespace shardlm {
 

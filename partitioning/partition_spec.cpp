@@ -1,9 +1,9 @@
 #include "partitioning/partition_spec.hpp"
 
+#include <fmt/core.h>
+
 #include <cctype>
 #include <stdexcept>
-
-#include <fmt/core.h>
 
 namespace shardlm {
 
@@ -21,7 +21,8 @@ PartitionSpec PartitionSpec::parse(std::string_view text) {
   const std::string_view marker = "(partialsum-";
   if (size_t p = text.find(marker); p != text.npos) {
     size_t close = text.find(')', p);
-    if (close == text.npos) throw std::invalid_argument(fmt::format("spec '{}': missing ')'", text));
+    if (close == text.npos)
+      throw std::invalid_argument(fmt::format("spec '{}': missing ')'", text));
     spec.partial_sum = std::string(text.substr(p + marker.size(), close - p - marker.size()));
     text = text.substr(0, p);
   }

@@ -1,9 +1,9 @@
 #include "partitioning/yaml_fields.hpp"
 
+#include <fmt/core.h>
+
 #include <cmath>
 #include <filesystem>
-
-#include <fmt/core.h>
 
 #include "runtime/errors.hpp"
 
@@ -29,7 +29,9 @@ std::string YamlFields::where(const std::string& key) const {
   return fmt::format("{}: key '{}{}'", file_, prefix_, key);
 }
 
-bool YamlFields::has(const std::string& key) const { return node_[key].IsDefined() && !node_[key].IsNull(); }
+bool YamlFields::has(const std::string& key) const {
+  return node_[key].IsDefined() && !node_[key].IsNull();
+}
 
 YAML::Node YamlFields::get(const std::string& key) const {
   if (!has(key)) throw DataError(fmt::format("{} is missing", where(key)));

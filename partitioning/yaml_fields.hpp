@@ -1,9 +1,9 @@
 #pragma once
 // Typed access to YAML maps whose errors name the file, the key and what was
 // expected, so a bad spec file is a DataError a user can act on.
-#include <string>
-
 #include <yaml-cpp/yaml.h>
+
+#include <string>
 
 namespace shardlm {
 

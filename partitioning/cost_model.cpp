@@ -1,0 +1,313 @@
+#include "partitioning/cost_model.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+
+std::string_view name(Phase p) { return p == Phase::kPrefill ? "prefill" : "decode"; }
+
+double dtype_bytes(const std::string& dtype) {
+  if (dtype == "bf16" || dtype == "f16") return 2;
+  if (dtype == "int8") return 1;
+  if (dtype == "f32") return 4;
+  throw UsageError(fmt::format("unknown dtype '{}' (expected bf16, int8 or f32)", dtype));
+}
+
+LayoutShape layout_shape(const ModelSpec& m) {
+  return LayoutShape{m.config.num_heads, m.config.num_kv_heads, m.config.parallel_block,
+                     m.gated_ffn};
+}
+
+DimSizes phase_dims(const ModelSpec& m, const Workload& w, Phase phase, int64_t micro_batch) {
+  const ModelConfig& c = m.config;
+  // Decode is priced at the mean context of its steps: the KV time is linear in it.
+  const int64_t context =
+      phase == Phase::kPrefill ? w.prompt_len : w.prompt_len + (w.gen_len + 1) / 2;
+  return DimSizes{{'B', micro_batch},
+                  {'L', phase == Phase::kPrefill ? w.prompt_len : 1},
+                  {'C', context},
+                  {'E', c.hidden_size},
+                  {'F', c.intermediate_size},
+                  {'H', c.num_heads},
+                  {'K', c.num_kv_heads},
+                  {'D', c.head_dim},
+                  {'V', c.vocab_size}};
+}
+
+namespace {
+
+// Product of per-chip extents over the union of the dims of the operands:
+// the multiply-adds one chip performs for an einsum.
+double einsum_macs(const PartitionSpec& lhs, const PartitionSpec& rhs, const DimSizes& dims,
+                   const Mesh& mesh) {
+  double macs = 1;
+  std::set<char> seen;
+  for (const PartitionSpec* s : {&lhs, &rhs}) {
+    auto shape = s->local_shape(dims, mesh);
+    for (size_t i = 0; i < s->dims.size(); ++i)
+      if (seen.insert(s->dims[i].dim).second) macs *= static_cast<double>(shape[i]);
+  }
+  return macs;
+}
+
+// Rows of a matmul on one chip: the lhs extents the weight does not share.
+double matmul_rows(const PartitionSpec& lhs, const PartitionSpec& w, const DimSizes& dims,
+                   const Mesh& mesh) {
+  double rows = 1;
+  auto shape = lhs.local_shape(dims, mesh);
+  for (size_t i = 0; i < lhs.dims.size(); ++i)
+    if (!w.has_dim(lhs.dims[i].dim)) rows *= static_cast<double>(shape[i]);
+  return rows;
+}
+
+struct Pricer {
+  const ModelSpec& model;
+  const HardwareSpec& hw;
+  const Layout& layout;
+  const Mesh& mesh;
+  Phase phase;
+  double weight_bytes, act_bytes, peak;
+
+  const PartitionSpec& spec(const std::string& n) const {
+    auto it = layout.activations.find(n);
+    if (it == layout.activations.end())
+      throw std::logic_error(fmt::format("layout {}/{} has no activation '{}'",
+                                         shardlm::name(layout.ffn), shardlm::name(layout.attn), n));
+    return it->second;
+  }
+  double bytes_per_weight(WeightRole r) const {
+    bool is_norm =
+        r == WeightRole::kAttnNorm || r == WeightRole::kFfnNorm || r == WeightRole::kFinalNorm;
+    return is_norm ? act_bytes : weight_bytes;
+  }
+
+  // Adds the cost of `steps` at `dims` to `out` (roofline and efficiency-weighted compute).
+  void price(const std::vector<Step>& steps, const std::string& stage, const DimSizes& dims,
+             ForwardCost& out) const {
+    const EfficiencyModel& eff = hw.efficiency;
+    std::set<int> groups_started;
+    for (const Step& s : steps) {
+      switch (s.op) {
+        case OpKind::kMatmul: {
+          const WeightLayout& w = layout.weight(*s.weight);
+          const PartitionSpec& lhs = spec(s.inputs[0]);
+          if (*s.weight == WeightRole::kEmbedding) {
+            // A lookup: reads one row per token, no FLOPs.
+            const double rows = static_cast<double>(spec(s.output).local_elements(dims, mesh));
+            out.weight_bytes += rows * weight_bytes;
+            break;
+          }
+          const double flops = 2 * einsum_macs(lhs, w.used, dims, mesh);
+          out.flops += flops;
+          out.compute_s += flops / peak;
+          out.compute_eff_s +=
+              flops / (peak * eff.matmul_fraction(matmul_rows(lhs, w.used, dims, mesh)));
+          out.weight_bytes += static_cast<double>(w.used.local_elements(dims, mesh)) * weight_bytes;
+          break;
+        }
+        case OpKind::kAttention: {
+          const PartitionSpec& q = spec(s.inputs[0]);
+          auto shape = q.local_shape(dims, mesh);  // B L H D
+          const double b = shape[0], l = shape[1], h = shape[2];
+          const double context = static_cast<double>(dims.at('C'));
+          // QK^T and AV; causal prefill touches half of the L x C square.
+          const double flops = 4 * b * l * h * context * static_cast<double>(dims.at('D')) *
+                               (phase == Phase::kPrefill ? 0.5 : 1.0);
+          out.flops += flops;
+          out.compute_s += flops / peak;
+          out.compute_eff_s += flops / (peak * eff.matmul_fraction(b * l));
+          // K and V: decode reads the cache; prefill writes this step's part of it.
+          DimSizes cache = dims;
+          if (phase == Phase::kPrefill) cache['C'] = dims.at('L');
+          out.kv_bytes +=
+              2.0 * static_cast<double>(layout.kv_cache.local_elements(cache, mesh)) * act_bytes;
+          break;
+        }
+        case OpKind::kNorm:
+          if (s.weight) out.weight_bytes += static_cast<double>(dims.at('E')) * act_bytes;
+          break;
+        case OpKind::kCollective: {
+          CollectiveCost c{stage, s.inputs[0], s.collective, s.axes, s.fusion_group, 0, 0};
+          double elems, elem_bytes = act_bytes;
+          if (s.weight) {
+            const WeightLayout& w = layout.weight(*s.weight);
+            elems = static_cast<double>(w.used.local_elements(dims, mesh));
+            elem_bytes = bytes_per_weight(*s.weight);
+          } else {
+            const PartitionSpec& in = spec(s.inputs[0]);
+            const PartitionSpec& result = spec(s.output);
+            elems = static_cast<double>(s.collective == CollectiveKind::kAllGather
+                                            ? result.local_elements(dims, mesh)
+                                            : in.local_elements(dims, mesh));
+            if (s.inputs[0].find("sumsq") != std::string::npos) elem_bytes = 4;  // f32 statistics
+          }
+          c.bytes = elems * elem_bytes * (s.collective == CollectiveKind::kAllReduce ? 2 : 1);
+          // Fused collectives (parallel block) pay one start-up latency.
+          const bool first_of_group =
+              s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
+          const double latency = first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
+          const double bw = hw.collective_bandwidth(mesh, s.axes);
+          c.seconds = latency + c.bytes / bw;
+          out.comm_bytes += c.bytes;
+          out.comm_s += c.seconds;
+          out.comm_eff_s += latency + c.bytes / (bw * eff.collective_bandwidth_fraction);
+          out.collectives.push_back(std::move(c));
+          break;
+        }
+        default: break;
+      }
+    }
+  }
+
+  void finish(ForwardCost& f, bool per_layer) const {
+    const EfficiencyModel& eff = hw.efficiency;
+    f.weight_mem_s = f.weight_bytes / hw.memory_bandwidth;
+    f.kv_mem_s = f.kv_bytes / hw.memory_bandwidth;
+    f.memory_eff_s =
+        (f.weight_bytes + f.kv_bytes) / (hw.memory_bandwidth * eff.memory_bandwidth_fraction);
+    const double busy = std::max(f.compute_eff_s, f.memory_eff_s);
+    f.overlap_s = eff.comm_overlap * std::min(f.comm_eff_s, busy);
+    f.overhead_s = per_layer ? eff.layer_overhead_s : 0.0;
+    f.latency_s = busy + f.comm_eff_s - f.overlap_s + f.overhead_s;
+  }
+};
+
+// Largest few activations of one layer live at once; weights gathered by the
+// weight-gathered layouts are streamed (Looped CollectiveEinsum, §3.5) and
+// count as one extra stored shard.
+double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& mesh,
+                        double act_bytes) {
+  std::vector<double> sizes;
+  std::set<std::string> in_layer;
+  for (const Step& s : layout.layer) in_layer.insert(s.output);
+  for (const auto& [name, s] : layout.activations)
+    if (in_layer.count(name) && s.has_dim('L'))
+      sizes.push_back(static_cast<double>(s.local_elements(dims, mesh)));
+  std::sort(sizes.rbegin(), sizes.rend());
+  double total = 0;
+  for (size_t i = 0; i < std::min<size_t>(3, sizes.size()); ++i) total += sizes[i];
+  // The logits of the last position (the LM head's output, gathered).
+  DimSizes last = dims;
+  last['L'] = 1;
+  total += static_cast<double>(layout.activations.at("logits").local_elements(last, mesh));
+  return total * act_bytes;
+}
+
+}  // namespace
+
+PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
+                         Phase phase, const PhaseConfig& config) {
+  PhaseCost pc;
+  pc.phase = phase;
+  pc.config = config;
+  pc.workload = w;
+  const Mesh& mesh = config.mesh;
+  const ModelConfig& c = model.config;
+  pc.forward_passes = phase == Phase::kPrefill ? 1 : w.gen_len;
+  pc.tokens = w.batch * (phase == Phase::kPrefill ? w.prompt_len : w.gen_len);
+  pc.layers_per_stage = (c.num_layers + mesh.pp - 1) / mesh.pp;
+  pc.micro_batches = std::min<int64_t>(w.batch, mesh.pp);
+  const int64_t micro_batch = (w.batch + pc.micro_batches - 1) / pc.micro_batches;
+
+  const Layout layout = make_layout(config.ffn, config.attn, layout_shape(model), mesh);
+  const double act_bytes = dtype_bytes(hw.activation_dtype);
+  Pricer pricer{model,     hw,
+                layout,    mesh,
+                phase,     dtype_bytes(config.weights),
+                act_bytes, hw.peak(hw.activation_dtype)};
+
+  DimSizes dims = phase_dims(model, w, phase, micro_batch);
+  pricer.price(layout.layer, "layer", dims, pc.layer);
+  pricer.finish(pc.layer, true);
+  pricer.price(layout.prologue, "prologue", dims, pc.edges);
+  DimSizes last_token = dims;
+  last_token['L'] = 1;  // only the last position's logits are needed
+  pricer.price(layout.epilogue, "epilogue", last_token, pc.edges);
+  pricer.finish(pc.edges, false);
+
+  // Pipeline: micro-batches flow through pp stages; activations hop between them.
+  double stage_s = static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s;
+  if (mesh.pp > 1) {
+    const double hop_bytes = static_cast<double>(micro_batch * dims.at('L') * c.hidden_size) *
+                             act_bytes / mesh.tp_size();
+    stage_s += hop_bytes / (hw.topology == "torus" ? hw.link_bandwidth : hw.inter_node_bandwidth);
+  }
+  const double fill = static_cast<double>(mesh.pp - 1) * stage_s;
+  const double per_pass =
+      static_cast<double>(std::max<int64_t>(pc.micro_batches, mesh.pp)) * stage_s;
+  pc.latency_s = static_cast<double>(pc.forward_passes) * (per_pass + pc.edges.latency_s) + fill;
+  if (mesh.pp == 1)
+    pc.latency_s = static_cast<double>(pc.forward_passes) * (stage_s + pc.edges.latency_s);
+
+  const double peak = hw.peak(hw.activation_dtype);
+  pc.mfu = 2.0 * static_cast<double>(model.mfu_params()) * static_cast<double>(pc.tokens) /
+           (mesh.size() * peak * pc.latency_s);
+  pc.cost_chip_ms_per_token = mesh.size() * pc.latency_s * 1e3 / static_cast<double>(pc.tokens);
+
+  // Memory per chip: stored weights of one stage, the whole batch's KV cache
+  // at the longest context, and the live activations.
+  MemoryUse& mem = pc.memory;
+  DimSizes full = dims;
+  full['B'] = w.batch;
+  full['C'] = w.prompt_len + w.gen_len;
+  double layer_weights = 0, edge_weights = 0;
+  for (const auto& wl : layout.weights) {
+    const double bytes = static_cast<double>(wl.stored.local_elements(full, mesh)) *
+                         pricer.bytes_per_weight(wl.role);
+    const bool edge = wl.role == WeightRole::kEmbedding || wl.role == WeightRole::kLmHead ||
+                      wl.role == WeightRole::kFinalNorm;
+    (edge ? edge_weights : layer_weights) += bytes;
+  }
+  mem.weights = static_cast<double>(pc.layers_per_stage) * layer_weights + edge_weights;
+  // The cache is kept in whichever attention layout holds less of it per chip:
+  // moving replicated KV heads to batch shards is a local slice, and the
+  // other way one all-to-all per layer, once, between the phases.
+  const AttnLayout other_attn =
+      config.attn == AttnLayout::kHeads ? AttnLayout::kBatch : AttnLayout::kHeads;
+  const PartitionSpec other_cache =
+      make_layout(config.ffn, other_attn, layout_shape(model), mesh).kv_cache;
+  mem.kv_cache = static_cast<double>(pc.layers_per_stage) * 2.0 * act_bytes *
+                 static_cast<double>(std::min(layout.kv_cache.local_elements(full, mesh),
+                                              other_cache.local_elements(full, mesh)));
+  mem.activations = activation_bytes(layout, dims, mesh, act_bytes);
+  mem.available = hw.memory_bytes * (1.0 - hw.efficiency.memory_reserve_fraction);
+
+  if (std::string why = hw.mesh_problem(mesh); !why.empty())
+    pc.problem = why;
+  else if (!mem.fits())
+    pc.problem = fmt::format(
+        "needs {:.1f} GB per chip (weights {:.1f}, KV cache {:.1f}, activations {:.1f}) "
+        "but {:.1f} GB is usable",
+        mem.total() / 1e9, mem.weights / 1e9, mem.kv_cache / 1e9, mem.activations / 1e9,
+        mem.available / 1e9);
+  return pc;
+}
+
+double kv_cache_bytes(const ModelSpec& m, int64_t batch, int64_t context, double bytes_per_elem) {
+  const ModelConfig& c = m.config;
+  return static_cast<double>(batch) * static_cast<double>(context) *
+         static_cast<double>(c.num_layers) * 2.0 *
+         static_cast<double>(c.num_kv_heads * c.head_dim) * bytes_per_elem;
+}
+
+int64_t max_context(const ModelSpec& model, const HardwareSpec& hw, int64_t batch,
+                    const PhaseConfig& config) {
+  const Workload one{batch, 1, 1};
+  PhaseCost base = estimate_phase(model, hw, one, Phase::kDecode, config);
+  const Layout layout = make_layout(config.ffn, config.attn, layout_shape(model), config.mesh);
+  DimSizes dims = phase_dims(model, one, Phase::kDecode, batch);
+  dims['C'] = 1;
+  const double per_token = static_cast<double>(base.layers_per_stage) * 2.0 *
+                           dtype_bytes(hw.activation_dtype) *
+                           static_cast<double>(layout.kv_cache.local_elements(dims, config.mesh));
+  const double room = base.memory.available - base.memory.weights - base.memory.activations;
+  return room <= 0 ? 0 : static_cast<int64_t>(room / per_token);
+}
+
+}  // namespace shardlm

@@ -1,0 +1,153 @@
+#include "partitioning/hardware.hpp"
+
+#include <fmt/core.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "partitioning/yaml_fields.hpp"
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+
+double HardwareSpec::peak(const std::string& dtype) const {
+  auto it = peak_flops.find(dtype);
+  if (it == peak_flops.end())
+    throw DataError(fmt::format("{}: key 'peak_flops.{}' is missing (matmuls in {} need it)",
+                                source_file, dtype, dtype));
+  return it->second;
+}
+
+bool HardwareSpec::group_spans_nodes(const Mesh& mesh, const std::string& axes) const {
+  // Ranks are numbered x fastest, and nodes hold consecutive ranks.
+  int lo = mesh.size(), hi = 0;
+  for (int r : mesh.group(0, axes)) {
+    lo = std::min(lo, r / chips_per_node);
+    hi = std::max(hi, r / chips_per_node);
+  }
+  return lo != hi;
+}
+
+double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& axes) const {
+  if (topology == "torus") {
+    int long_axes = 3;
+    if (torus_per_axis) {
+      long_axes = 0;
+      for (char a : axes) long_axes += mesh.axis_size(a) > 1;
+    }
+    return std::max(1, long_axes) * links_per_axis * link_bandwidth;
+  }
+  return group_spans_nodes(mesh, axes) ? inter_node_bandwidth : intra_node_bandwidth;
+}
+
+double HardwareSpec::collective_latency(const Mesh& mesh, const std::string& axes) const {
+  if (topology == "torus") return intra_node_latency;
+  return group_spans_nodes(mesh, axes) ? inter_node_latency : intra_node_latency;
+}
+
+std::string HardwareSpec::mesh_problem(const Mesh& mesh) const {
+  if (mesh.size() > max_chips)
+    return fmt::format("{} chips exceed {}'s maximum of {}", mesh.size(), name, max_chips);
+  for (char a : std::string("xyz")) {
+    int s = mesh.axis_size(a);
+    if (s > 1 && s < min_axis_size)
+      return fmt::format("axis {} of size {} is below {}'s minimum axis size {}", a, s, name,
+                         min_axis_size);
+  }
+  return "";
+}
+
+std::string resolve_config(const std::string& name_or_path, const std::string& kind) {
+  namespace fs = std::filesystem;
+  if (fs::is_regular_file(name_or_path)) return name_or_path;
+  std::vector<fs::path> roots = {"configs"};
+  // Next to the binary too (build-dir/shardlm finds ../configs), so the CLI
+  // works from any working directory.
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  for (fs::path dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path();
+       dir = dir.parent_path())
+    if (fs::is_directory(dir / "configs")) {
+      roots.push_back(dir / "configs");
+      break;
+    }
+  if (const char* env = std::getenv("SHARDLM_CONFIGS")) roots.insert(roots.begin(), env);
+  for (const auto& root : roots) {
+    fs::path p = root / kind / (name_or_path + ".yaml");
+    if (fs::is_regular_file(p)) return p.string();
+  }
+  std::string known;
+  for (const auto& root : roots) {
+    for (const auto& e : fs::directory_iterator(root / kind, ec))
+      if (e.path().extension() == ".yaml") known.append(" ").append(e.path().stem().string());
+  }
+  throw DataError(fmt::format("{} '{}': no such file, and no configs/{}/{}.yaml (known:{})", kind,
+                              name_or_path, kind, name_or_path, known.empty() ? " none" : known));
+}
+
+HardwareSpec HardwareSpec::load(const std::string& file) {
+  YamlFields f = YamlFields::load_file(file);
+  HardwareSpec h;
+  h.source_file = file;
+  h.name = f.text("name");
+  YamlFields peaks = f.child("peak_flops");
+  for (const char* dtype : {"bf16", "int8", "f32"})
+    if (peaks.has(dtype)) h.peak_flops[dtype] = peaks.positive(dtype);
+  if (h.peak_flops.empty())
+    throw DataError(fmt::format("{} needs at least one of bf16, int8, f32", f.where("peak_flops")));
+  YamlFields mem = f.child("memory");
+  h.memory_bytes = mem.positive("capacity_bytes");
+  h.memory_bandwidth = mem.positive("bandwidth_Bps");
+  h.chips_per_node = static_cast<int>(f.positive_int("chips_per_node"));
+  h.max_chips = static_cast<int>(f.positive_int("max_chips", h.max_chips));
+  h.activation_dtype = f.text("activation_dtype", "bf16");
+  if (!h.peak_flops.count(h.activation_dtype))
+    throw DataError(fmt::format("{}: '{}' has no peak_flops entry", f.where("activation_dtype"),
+                                h.activation_dtype));
+  YamlFields net = f.child("interconnect");
+  h.topology = net.text("topology");
+  h.min_axis_size = static_cast<int>(net.positive_int("min_axis_size", 1));
+  h.intra_node_latency = net.number("latency_s", 0.0);
+  if (h.topology == "torus") {
+    h.link_bandwidth = net.positive("link_bandwidth_Bps");
+    h.links_per_axis = static_cast<int>(net.positive_int("links_per_axis", 2));
+    const std::string per = net.text("bandwidth_per", "chip");
+    if (per != "chip" && per != "axis")
+      throw DataError(
+          fmt::format("{}: expected 'chip' or 'axis', got '{}'", net.where("bandwidth_per"), per));
+    h.torus_per_axis = per == "axis";
+    h.inter_node_latency = h.intra_node_latency;
+  } else if (h.topology == "switched") {
+    h.intra_node_bandwidth = net.positive("intra_node_bandwidth_Bps");
+    h.inter_node_bandwidth = net.positive("inter_node_bandwidth_Bps");
+    h.inter_node_latency = net.number("inter_node_latency_s", h.intra_node_latency);
+  } else {
+    throw DataError(fmt::format("{}: expected 'torus' or 'switched', got '{}'",
+                                net.where("topology"), h.topology));
+  }
+  if (f.has("efficiency")) {
+    YamlFields e = f.child("efficiency");
+    EfficiencyModel& m = h.efficiency;
+    m.matmul_peak_fraction = e.fraction("matmul_peak_fraction", m.matmul_peak_fraction);
+    m.matmul_half_rows = e.number("matmul_half_rows", m.matmul_half_rows);
+    m.memory_bandwidth_fraction =
+        e.fraction("memory_bandwidth_fraction", m.memory_bandwidth_fraction);
+    m.collective_bandwidth_fraction =
+        e.fraction("collective_bandwidth_fraction", m.collective_bandwidth_fraction);
+    m.comm_overlap = e.number("comm_overlap", m.comm_overlap);
+    m.layer_overhead_s = e.number("layer_overhead_s", m.layer_overhead_s);
+    m.memory_reserve_fraction = e.number("memory_reserve_fraction", m.memory_reserve_fraction);
+    if (m.matmul_half_rows < 0)
+      throw DataError(fmt::format("{}: expected >= 0", e.where("matmul_half_rows")));
+    if (m.comm_overlap < 0 || m.comm_overlap > 1)
+      throw DataError(fmt::format("{}: expected a fraction in [0, 1]", e.where("comm_overlap")));
+    if (m.layer_overhead_s < 0)
+      throw DataError(fmt::format("{}: expected >= 0 seconds", e.where("layer_overhead_s")));
+    if (m.memory_reserve_fraction < 0 || m.memory_reserve_fraction >= 1)
+      throw DataError(
+          fmt::format("{}: expected a fraction in [0, 1)", e.where("memory_reserve_fraction")));
+  }
+  return h;
+}
+
+}  // namespace shardlm

@@ -1,0 +1,73 @@
+#pragma once
+// HardwareSpec: one accelerator (chip) and the network between chips, as the
+// cost model needs it, read from configs/hardware/*.yaml. Units are SI: FLOP/s,
+// bytes, bytes per second (one direction), seconds.
+#include <map>
+#include <string>
+
+#include "partitioning/mesh.hpp"
+
+namespace shardlm {
+
+// The calibrated efficiency model (docs/planner.md §efficiency). The pure
+// roofline is 1.3-3x optimistic; these constants turn it into a latency.
+struct EfficiencyModel {
+  // Achieved fraction of peak matmul FLOP/s for a matmul with `rows` rows per
+  // chip (tokens per chip): matmul_peak_fraction * rows / (rows + matmul_half_rows).
+  double matmul_peak_fraction = 1.0;
+  double matmul_half_rows = 0.0;
+  double memory_bandwidth_fraction = 1.0;      // of the HBM bandwidth
+  double collective_bandwidth_fraction = 1.0;  // of the interconnect bandwidth
+  // Fraction of communication hidden behind compute/memory time
+  // (Looped CollectiveEinsum, §3.5): 0 = none, 1 = all that fits.
+  double comm_overlap = 0.0;
+  double layer_overhead_s = 0.0;  // fixed time per layer per forward pass
+  // Memory per chip kept free for activations, workspace and the runtime.
+  double memory_reserve_fraction = 0.1;
+
+  double matmul_fraction(double rows) const {
+    return matmul_peak_fraction * rows / (rows + matmul_half_rows);
+  }
+};
+
+struct HardwareSpec {
+  std::string name, source_file;
+  std::map<std::string, double> peak_flops;  // by matmul dtype: "bf16", "int8", "f32"
+  double memory_bytes = 0;                   // per chip
+  double memory_bandwidth = 0;               // per chip, HBM/DRAM read
+  int chips_per_node = 1;
+  int max_chips = 1 << 20;
+  std::string topology = "switched";  // "torus" or "switched"
+  int min_axis_size = 1;              // smallest allowed size of a split mesh axis
+  // torus: each axis has links_per_axis links of link_bandwidth each way.
+  // With torus_per_axis false (the paper's model, App. A.1) every collective
+  // gets the chip's whole bandwidth, 3 * links_per_axis * link_bandwidth,
+  // whatever axes it runs over; with true only the links of its own axes.
+  double link_bandwidth = 0;
+  int links_per_axis = 2;
+  bool torus_per_axis = false;
+  // switched: per-chip bandwidth inside a node and across nodes.
+  double intra_node_bandwidth = 0, inter_node_bandwidth = 0;
+  double intra_node_latency = 0, inter_node_latency = 0;  // per collective
+  std::string activation_dtype = "bf16";
+  EfficiencyModel efficiency;
+
+  // Peak matmul FLOP/s for a dtype; int8 weights still multiply in the
+  // activation dtype (the paper's §3.6), so callers pass activation_dtype.
+  double peak(const std::string& dtype) const;
+  // Per-chip bandwidth one collective over `axes` of `mesh` gets, and its
+  // fixed latency. Torus: the links of the named axes longer than 1.
+  // Switched: the slowest link the group crosses (node boundary or not).
+  double collective_bandwidth(const Mesh& mesh, const std::string& axes) const;
+  double collective_latency(const Mesh& mesh, const std::string& axes) const;
+  bool group_spans_nodes(const Mesh& mesh, const std::string& axes) const;
+  // Empty when the mesh is allowed, else why not.
+  std::string mesh_problem(const Mesh& mesh) const;
+
+  static HardwareSpec load(const std::string& file);  // throws DataError
+};
+
+// configs/hardware/NAME.yaml, or NAME itself when it is a path to a file.
+std::string resolve_config(const std::string& name_or_path, const std::string& kind);
+
+}  // namespace shardlm

@@ -1,0 +1,68 @@
+#pragma once
+// The planner: enumerate meshes (and pipeline depths) the hardware allows,
+// weight dtypes and, per phase, feedforward x attention layouts; price each
+// with the cost model; keep what fits in memory; pick by the objective; say
+// why the winner won and why each runner-up lost.
+//
+// The runtime calls make_plan(model, hardware, request) with request.mesh
+// pinned to the mesh it actually runs on to get the layouts for both phases.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "partitioning/cost_model.hpp"
+
+namespace shardlm {
+
+enum class Objective { kLatency, kCost };
+
+struct PlanRequest {
+  Workload workload;
+  int chips = 1;  // the budget; the latency objective uses all of them
+  Objective objective = Objective::kLatency;
+  std::optional<double> latency_target_s;  // prefill + decode
+  std::string weights = "auto";            // bf16, int8 or auto
+  std::optional<FfnLayout> ffn_prefill, ffn_decode;
+  std::optional<AttnLayout> attn_prefill, attn_decode;
+  std::optional<Mesh> mesh;  // pins x, y, z and pp
+  std::optional<int> pp;     // pins the pipeline depth only
+  int max_pp = 8;
+};
+
+struct Alternative {
+  PhaseCost cost;
+  std::string lost_because;
+};
+
+struct PhasePlan {
+  PhaseCost chosen;
+  std::string why;
+  std::vector<Alternative> runners_up;  // best first, a handful
+};
+
+struct Plan {
+  ModelSpec model;
+  std::string hardware;
+  PlanRequest request;
+  Mesh mesh;
+  std::string weights;
+  PhasePlan prefill, decode;
+  std::string why;                        // mesh / dtype / chip-count choice
+  std::vector<Alternative> other_setups;  // best of other meshes, dtypes, pipeline depths
+  std::vector<std::string> notes;         // caveats worth a user's attention
+  double latency_s() const { return prefill.chosen.latency_s + decode.chosen.latency_s; }
+  double cost_chip_ms_per_token() const;  // both phases, per generated+prompt token
+};
+
+// Throws UsageError for impossible requests (e.g. a mesh that does not match
+// the chips) and DataError when nothing fits, saying by how much and what would.
+Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest& request);
+
+// Best (ffn, attn) for one phase on a fixed mesh and dtype, honouring pins.
+PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest& request,
+                     Phase phase, const Mesh& mesh, const std::string& weights);
+
+// "+23% latency: communication 2.4x (..)": why `loser` is worse than `winner`.
+std::string explain_loss(const PhaseCost& loser, const PhaseCost& winner);
+
+}  // namespace shardlm
