@@ -133,10 +133,12 @@ def read_safetensors(path, names=None) -> dict[str, np.ndarray]:
     return out
 
 
-def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
+def write_safetensors(path, tensors: dict, metadata: dict | None = None, align: bool = True) -> None:
     """Writes a safetensors file. Values are numpy arrays (dtype taken from the
     array) or (dtype_name, array) pairs, where for "BF16" the array holds the
-    uint16 bit patterns (or float32 values, which are rounded to bf16)."""
+    uint16 bit patterns (or float32 values, which are rounded to bf16).
+    With align=False the header is padded so the data buffer starts at an odd
+    offset (legal: the format does not require alignment)."""
     entries = []
     for name, value in tensors.items():
         if isinstance(value, tuple):
@@ -162,6 +164,8 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
         blobs.append(blob)
     hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hbytes += b" " * ((8 - len(hbytes) % 8) % 8)  # align the data buffer to 8 bytes
+    if not align:
+        hbytes += b" "  # 8 + len(header) is now odd
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hbytes)))

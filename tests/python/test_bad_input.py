@@ -328,6 +328,20 @@ def test_malformed_prompt_file(shardlm, good, tmp_path):
     expect_failure(shardlm, tmp_path, args, {1, 2}, any_of=[f.name, "--prompt-ids-file"])
 
 
+def test_empty_prompt_file(shardlm, good, tmp_path):
+    f = tmp_path / "empty-prompts.txt"
+    f.write_text("")
+    args = ["generate", "--model", good, "--prompt-ids-file", f, "--max-new-tokens", 2]
+    expect_failure(shardlm, tmp_path, args, {1, 2}, any_of=[f.name, "--prompt-ids-file"])
+
+
+def test_dump_path_in_missing_directory(shardlm, good, tmp_path):
+    out = tmp_path / "no-such-dir" / "logits.npy"
+    args = ["generate", "--model", good, "--prompt-ids", "1,2,3", "--max-new-tokens", 2, "--dump-logits", out]
+    expect_failure(shardlm, tmp_path, args, {1, 2}, names=["no-such-dir"], dump=False)
+    assert not out.exists()
+
+
 def test_missing_prompt_file(shardlm, good, tmp_path):
     f = tmp_path / "no-such-prompts.txt"
     args = ["generate", "--model", good, "--prompt-ids-file", f, "--max-new-tokens", 2]

@@ -122,24 +122,95 @@ def test_python_written_checkpoint_logits(case, shardlm, tmp_path):
     model = write_micro_model(tmp_path / "m", seed=11, **MICRO_CASES[case])
     ids = [1, 7, 3, 60, 22, 5, 9, 41, 0, 63]
     out = tmp_path / "logits.npy"
-    shardlm.run("generate", "--model", model, "--prompt-ids", ids_arg(ids),
-                "--max-new-tokens", 1, "--dump-logits", out)
+    p = shardlm.run("generate", "--model", model, "--prompt-ids", ids_arg(ids),
+                    "--max-new-tokens", 1, "--dump-logits", out, "--json")
     got = load_npy_f32(out)
-    want = llama_ref.LlamaRef.from_dir(model).forward(ids)
+    ref = llama_ref.LlamaRef.from_dir(model)
+    want = ref.forward(ids)
     err = llama_ref.max_rel_err(got, want)
     assert err <= REL_TOL, f"{case}: max rel err {err:.3g}"
+    assert json.loads(p.stdout)["n_params"] == ref.n_params()
 
 
-def test_python_written_bf16_checkpoint_logits(shardlm, tmp_path):
-    """BF16 bits are decoded right: logits near the reference's (which reads
-    the same bf16 values exactly); loose bound since the engine may compute
-    in reduced precision for bf16 weights."""
+def test_checkpoint_with_extra_tensors_and_unaligned_data(shardlm, tmp_path):
+    """Tensors the model does not use (old HF checkpoints carry rotary
+    inv_freq buffers) are ignored, and a data buffer at an odd file offset
+    (no alignment is promised by the format) reads correctly."""
+    from conftest import MICRO_CONFIG, micro_tensors
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(MICRO_CONFIG))
+    t = micro_tensors(MICRO_CONFIG, 13)
+    ref = llama_ref.LlamaRef(MICRO_CONFIG, t)
+    extra = dict(t)
+    for i in range(MICRO_CONFIG["num_hidden_layers"]):
+        extra[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = np.ones(6, np.float32)
+    llama_ref.write_safetensors(model / "model.safetensors", extra, align=False)
+    header, start = llama_ref.read_header(model / "model.safetensors")
+    assert start % 2 == 1
+    ids = [2, 4, 8, 16, 32]
+    out = tmp_path / "logits.npy"
+    shardlm.run("generate", "--model", model, "--prompt-ids", ids_arg(ids), "--max-new-tokens", 1,
+                "--dump-logits", out)
+    assert llama_ref.max_rel_err(load_npy_f32(out), ref.forward(ids)) <= REL_TOL
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("BF16", "bfloat16"), ("F16", "float16")])
+def test_python_written_half_checkpoint_logits(dtype, torch_dtype, shardlm, tmp_path):
+    """BF16 / F16 bits are decoded right: logits near the reference's (which
+    reads the same half-precision values exactly); loose bound since the engine
+    may compute in reduced precision for half-precision weights."""
     from conftest import write_micro_model
 
-    model = write_micro_model(tmp_path / "m", seed=12, dtype="BF16", torch_dtype="bfloat16")
+    model = write_micro_model(tmp_path / "m", seed=12, dtype=dtype, torch_dtype=torch_dtype)
     ids = [3, 1, 4, 1, 5, 9, 2, 6]
     out = tmp_path / "logits.npy"
     shardlm.run("generate", "--model", model, "--prompt-ids", ids_arg(ids),
                 "--max-new-tokens", 1, "--dump-logits", out)
     err = llama_ref.max_rel_err(load_npy_f32(out), llama_ref.LlamaRef.from_dir(model).forward(ids))
-    assert err <= 2e-2, f"bf16: max rel err {err:.3g}"
+    assert err <= 2e-2, f"{dtype}: max rel err {err:.3g}"
+
+
+def test_kv_cache_long_prompt_mqa(shardlm, models, reference_cache, tmp_path):
+    """A longer prompt (more cache rows than a kernel tile) on the MQA preset."""
+    model = models.get("tiny-mqa", "f32")
+    ref = reference_cache(model)
+    prompt = [(7 * i + 3) % 997 for i in range(45)]
+    out = tmp_path / "steps.npy"
+    p = shardlm.run("generate", "--model", model, "--prompt-ids", ids_arg(prompt),
+                    "--max-new-tokens", 4, "--temperature", 0, "--dump-step-logits", out, "--json")
+    gen = json.loads(p.stdout)["generated_ids"][0]
+    steps = load_npy_f32(out)
+    assert steps.shape == (4, ref.V)
+    full = ref.forward(prompt + gen[:-1])
+    for i in range(4):
+        err = llama_ref.max_rel_err(steps[i], full[len(prompt) - 1 + i])
+        assert err <= REL_TOL, f"step {i}: max rel err {err:.3g}"
+
+
+@pytest.mark.parametrize("order", ["short-first", "long-first"])
+def test_batched_prompts_of_different_lengths_logits(order, shardlm, models, reference_cache, tmp_path):
+    """Sequence 0 of a batch whose prompts differ in length (so any padding or
+    per-sequence positions must be right) still gets the reference logits, in
+    prefill and in every decode step."""
+    model = models.get("tiny", "f32")
+    ref = reference_cache(model)
+    short, long_ = PROMPT[:3], PROMPT[:] + [17, 19]
+    prompts = [short, long_, PROMPT[4:9]] if order == "short-first" else [long_, short, PROMPT[4:9]]
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(ids_arg(p) for p in prompts) + "\n")
+    dump, steps_path = tmp_path / "prefill.npy", tmp_path / "steps.npy"
+    p = shardlm.run("generate", "--model", model, "--prompt-ids-file", f, "--max-new-tokens", 5,
+                    "--temperature", 0, "--dump-logits", dump, "--dump-step-logits", steps_path, "--json")
+    gen = json.loads(p.stdout)["generated_ids"]
+    first = prompts[0]
+    prefill = load_npy_f32(dump)
+    assert prefill.shape == (len(first), ref.V)
+    assert llama_ref.max_rel_err(prefill, ref.forward(first)) <= REL_TOL
+    steps = load_npy_f32(steps_path)
+    assert steps.shape == (5, ref.V)
+    full = ref.forward(first + gen[0][:-1])
+    for i in range(5):
+        err = llama_ref.max_rel_err(steps[i], full[len(first) - 1 + i])
+        assert err <= REL_TOL, f"{order}: step {i}: max rel err {err:.3g}"
