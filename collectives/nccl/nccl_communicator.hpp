@@ -1,0 +1,18 @@
+#pragma once
+// The NCCL Communicator: the same collectives as the MPI one, on device
+// memory, for ranks that each drive one GPU. Built only where the CUDA
+// toolkit and NCCL are found; MPI carries the ncclUniqueId to the members.
+#include <memory>
+
+#include "collectives/communicator.hpp"
+
+namespace shardlm {
+
+// True when this process can see a CUDA device (any CUDA error means no).
+bool cuda_device_available();
+
+// A NCCL communicator over the members of `bootstrap` (an MPI group of the
+// same ranks, same order), on the current CUDA device.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap);
+
+}  // namespace shardlm
