@@ -1,4 +1,6 @@
 // `shardlm generate`: load a checkpoint, prefill the prompts, decode.
+#include <sys/resource.h>
+
 #include <charconv>
 #include <csignal>
 #include <cstdlib>
@@ -116,6 +118,16 @@ void inject_fault(int rank) {
   if (kind == "segv") std::raise(SIGSEGV);
 }
 
+// Peak resident memory of every rank, in MiB, on every rank.
+std::vector<float> peak_rss_mb_per_rank(World& world) {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  const float mine = float(usage.ru_maxrss) / 1024.0f;  // Linux reports KiB
+  std::vector<float> all(static_cast<size_t>(world.size()));
+  world.all().all_gather(&mine, all.data(), 1);
+  return all;
+}
+
 void run_generate(const GenerateOptions& o, bool batch_given) {
   if (o.temperature < 0) throw UsageError(fmt::format("--temperature must be >= 0, got {}", o.temperature));
   if (!(o.top_p > 0 && o.top_p <= 1)) throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
@@ -165,6 +177,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
   const GenerationResult r = engine.generate(request);
+  const std::vector<float> peak_rss_mb = peak_rss_mb_per_rank(world);
   if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
 
   if (!o.dump_logits.empty())
@@ -193,6 +206,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"load_ms", load_s * 1e3},
         {"backend", backend->describe()},
         {"ranks", world.size()},
+        {"peak_rss_mb_per_rank", peak_rss_mb},
         {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
         {"layouts", {{"prefill", {{"ffn", name(ffn_prefill)}, {"attn", name(attn_prefill)}}},
                      {"decode", {{"ffn", name(ffn_decode)}, {"attn", name(attn_decode)}}}}},
@@ -209,6 +223,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
                name(attn_decode));
   for (size_t s = 0; s < r.generated.size(); ++s)
     fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
+  fmt::print("peak resident memory per rank (MiB): {:.0f}\n", fmt::join(peak_rss_mb, " "));
   fmt::print("prefill: {} tokens in {:.1f} ms ({:.1f} tokens/s); time to first token {:.1f} ms\n",
              r.prompt_tokens, r.prefill_s * 1e3, prefill_tps, r.ttft_s * 1e3);
   fmt::print("decode: {} tokens in {} steps, {:.1f} ms ({:.1f} tokens/s); mean inter-token latency "
