@@ -21,6 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 60  # every subprocess; a hang fails the test instead of the suite
 
+# OpenMP threads that spin while they wait make a 2-thread run 10-40x slower
+# when other work shares the 2 cores (measured: 0.3 s -> 8 s for 16 tokens of
+# tiny). Waiting passively keeps the suite fast on a busy machine; it changes
+# no result. An explicit setting in the environment wins.
+SUBPROCESS_ENV = dict(os.environ)
+SUBPROCESS_ENV.setdefault("OMP_WAIT_POLICY", "passive")
+
 # The prompt most tests use: 12 ids, all below any preset's vocabulary size.
 PROMPT = [1, 5, 9, 14, 2, 27, 3, 8, 31, 6, 11, 4]
 
@@ -46,7 +53,8 @@ class Shardlm:
     def run(self, *args, check=True, timeout=TIMEOUT_S, cwd=None) -> subprocess.CompletedProcess:
         cmd = [str(self.path)] + [str(a) for a in args]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                               env=SUBPROCESS_ENV)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\nstderr: {e.stderr}")
         if check and p.returncode != 0:

@@ -44,6 +44,7 @@ def expect_failure(shardlm, tmp_path, args, code, names=(), any_of=None, dump=Tr
     assert p.returncode in codes, (f"exit {p.returncode}, expected {sorted(codes)}: {' '.join(args)}\n"
                                    f"stderr: {p.stderr}")
     line = error_line(p.stderr)
+    print(f"exit {p.returncode}: {line}")  # shown with pytest -rA or -s
     for n in names:
         assert str(n) in line, f"error line does not name {n!r}: {line}"
     if any_of is not None:
