@@ -255,3 +255,62 @@ def test_sampled_tokens_respect_top_p(top_p, temperature, shardlm, models, refer
         before = probs[probs > probs[tok]].sum()
         assert before < top_p + 1e-3, f"step {i}: token {tok} lies outside the top-p {top_p} nucleus " \
                                       f"(mass before it {before:.4f})"
+
+
+def _expected_distribution(logits, temperature, top_k=0, top_p=1.0):
+    """The distribution a correct sampler draws from: softmax(logits / T)
+    restricted to the top k, then to the smallest nucleus reaching top_p,
+    renormalised (Hugging Face's order: temperature, top-k, top-p)."""
+    probs = llama_ref.softmax(np.asarray(logits, np.float64) / temperature)
+    order = np.argsort(-probs, kind="stable")
+    keep = np.zeros_like(probs, dtype=bool)
+    kept = order[:top_k] if top_k > 0 else order
+    p = probs[kept] / probs[kept].sum()
+    n = int(np.searchsorted(np.cumsum(p), top_p - 1e-12) + 1) if top_p < 1.0 else len(kept)
+    keep[kept[:n]] = True
+    out = np.where(keep, probs, 0.0)
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 0, 1.0), (1.0, 6, 1.0),
+                                                     (1.0, 0, 0.6)])
+def test_sampling_follows_the_reference_distribution(temperature, top_k, top_p, shardlm, tmp_path):
+    """First tokens of a large batch (one prompt repeated, each sequence its
+    own random stream) follow the distribution from the reference logits:
+    a chi-square bound about 6 standard deviations out, so it holds for any
+    seed when the sampler is right and fails for a wrong temperature, top-k
+    or top-p."""
+    from conftest import write_micro_model
+
+    model = write_micro_model(tmp_path / "m", seed=21)
+    prompt = [3, 14, 15, 9]
+    n = 1500
+    extra = ["--temperature", temperature, "--seed", 123, "--batch", n]
+    if top_k:
+        extra += ["--top-k", top_k]
+    if top_p < 1.0:
+        extra += ["--top-p", top_p]
+    gen = gen_ids(shardlm, model, prompt, *extra, n=1)
+    assert len(gen) == n
+    first = np.array([g[0] for g in gen])
+    logits = llama_ref.LlamaRef.from_dir(model).forward(prompt)[-1]
+    expected = _expected_distribution(logits, temperature, top_k, top_p)
+    assert np.all(expected[first] > 0), \
+        f"sampled tokens outside the allowed set: {sorted(set(first[expected[first] == 0].tolist()))}"
+    counts = np.bincount(first, minlength=len(expected)).astype(np.float64)
+    want = expected * n
+    # Pool rare outcomes so every bin expects at least 5 draws.
+    support = want > 0
+    big = support & (want >= 5)
+    obs = list(counts[big]) + [counts[support & ~big].sum()]
+    exp = list(want[big]) + [want[support & ~big].sum()]
+    obs, exp = np.array(obs), np.array(exp)
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    chi2 = float(np.sum((obs - exp) ** 2 / exp))
+    df = max(len(exp) - 1, 1)
+    assert chi2 < df + 6 * np.sqrt(2 * df) + 10, f"chi-square {chi2:.1f} with {df} degrees of freedom"
+    if len(exp) > 2:
+        # The same bound rejects the distribution without the temperature / truncation.
+        plain = llama_ref.softmax(logits) * n
+        chi2_plain = float(np.sum((counts - plain) ** 2 / np.maximum(plain, 1e-9)))
+        assert chi2_plain > chi2
