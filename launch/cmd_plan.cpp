@@ -291,7 +291,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--gen-len", o->gen_len, "generated tokens per sequence (decode)");
   cmd->add_option("--objective", o->objective, "latency or cost")->capture_default_str();
   cmd->add_option("--latency-target-ms", o->latency_target_ms, "prefill + decode latency to meet");
-  cmd->add_option("--weights", o->weights, "bf16, int8 or auto")->capture_default_str();
+  cmd->add_option("--weights", o->weights, "bf16, int8, f32 or auto")->capture_default_str();
   cmd->add_option("--ffn-layout-prefill", o->ffn_prefill, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
   cmd->add_option("--ffn-layout-decode", o->ffn_decode, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
   cmd->add_option("--attn-layout-prefill", o->attn_prefill, "pin: heads or batch");

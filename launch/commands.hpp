@@ -8,5 +8,7 @@ namespace shardlm {
 void add_make_model_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
+void add_layouts_command(CLI::App& app);
+void add_calibrate_command(CLI::App& app);
 
 }  // namespace shardlm

@@ -1,9 +1,11 @@
 #include "partitioning/hardware.hpp"
 
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 
 #include "partitioning/yaml_fields.hpp"
 #include "runtime/errors.hpp"
@@ -76,15 +78,16 @@ std::string resolve_config(const std::string& name_or_path, const std::string& k
     fs::path p = root / kind / (name_or_path + ".yaml");
     if (fs::is_regular_file(p)) return p.string();
   }
-  std::string known;
+  std::set<std::string> known;
   for (const auto& root : roots) {
     for (const auto& e : fs::directory_iterator(root / kind, ec))
-      if (e.path().extension() == ".yaml") known.append(" ").append(e.path().stem().string());
+      if (e.path().extension() == ".yaml") known.insert(e.path().stem().string());
   }
-  throw DataError(fmt::format("{} '{}': no such file, and no configs/{}/{}.yaml (known:{})", kind,
-                              name_or_path, kind, name_or_path, known.empty() ? " none" : known));
+  const std::string singular = kind == "models" ? "model" : kind;
+  throw DataError(fmt::format("{} '{}': no such file, and no configs/{}/{}.yaml (known: {})",
+                              singular, name_or_path, kind, name_or_path,
+                              known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", "))));
 }
-
 HardwareSpec HardwareSpec::load(const std::string& file) {
   YamlFields f = YamlFields::load_file(file);
   HardwareSpec h;

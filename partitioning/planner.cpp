@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include "runtime/errors.hpp"
 
@@ -121,6 +122,14 @@ struct Setup {
   }
 };
 
+// Setups that differ only by a mesh permutation the layouts do not see.
+std::string setup_key(const Setup& s) {
+  return fmt::format("{}|{}|{}|{}{}{}{}|{:.3g}", s.mesh.size(), s.mesh.pp, s.weights,
+                     name(s.prefill.chosen.config.ffn), name(s.prefill.chosen.config.attn),
+                     name(s.decode.chosen.config.ffn), name(s.decode.chosen.config.attn),
+                     s.latency());
+}
+
 std::vector<Mesh> candidate_meshes(const ModelSpec& model, const PlanRequest& req, int chips) {
   if (req.mesh) return {*req.mesh};
   std::vector<Mesh> out;
@@ -212,12 +221,14 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
   if (req.pp && req.chips % *req.pp)
     throw UsageError(fmt::format("--pp {} does not divide --chips {}", *req.pp, req.chips));
   std::vector<std::string> dtypes;
+  // Hardware that computes in f32 (a calibrated CPU) keeps f32 weights.
   if (req.weights == "auto")
-    dtypes = {"bf16", "int8"};
-  else if (req.weights == "bf16" || req.weights == "int8")
+    dtypes = hw.activation_dtype == "f32" ? std::vector<std::string>{"f32"}
+                                          : std::vector<std::string>{"bf16", "int8"};
+  else if (req.weights == "bf16" || req.weights == "int8" || req.weights == "f32")
     dtypes = {req.weights};
   else
-    throw UsageError(fmt::format("--weights '{}': expected bf16, int8 or auto", req.weights));
+    throw UsageError(fmt::format("--weights '{}': expected bf16, int8, f32 or auto", req.weights));
 
   std::vector<Setup> setups;
   for (int n : chip_counts(req)) {
@@ -262,15 +273,20 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
                     : fmt::format("; none meets the {:.4g} ms target, this one is closest",
                                   *req.latency_target_s * 1e3);
   }
-  // A few of the best setups that differ from the winner.
+  // A few of the best setups that differ from the winner (and from each
+  // other: symmetric meshes often price the same).
+  std::set<std::string> shown = {setup_key(best)};
   for (size_t i = 1; i < fitting.size() && plan.other_setups.size() < 5; ++i) {
     Setup& s = *fitting[i];
-    PhaseCost summary = s.decode.chosen;
-    double ratio = by_cost ? s.cost() / best.cost() : s.latency() / best.latency();
+    if (!shown.insert(setup_key(s)).second) continue;
+    const double ratio = by_cost ? s.cost() / best.cost() : s.latency() / best.latency();
     plan.other_setups.push_back(
-        {summary,
-         fmt::format("mesh {} pp={} {} weights, {} chips: {:+.0f}% {}", s.mesh.str(), s.mesh.pp,
-                     s.weights, s.mesh.size(), (ratio - 1) * 100, by_cost ? "cost" : "latency")});
+        {s.decode.chosen,
+         fmt::format("mesh {}, {} weights, {} chips, prefill {}+{}, decode {}+{}: {:+.1f}% {}",
+                     s.mesh.str(), s.weights, s.mesh.size(), name(s.prefill.chosen.config.ffn),
+                     name(s.prefill.chosen.config.attn), name(s.decode.chosen.config.ffn),
+                     name(s.decode.chosen.config.attn), (ratio - 1) * 100,
+                     by_cost ? "cost" : "latency")});
   }
   if (w.prompt_len + w.gen_len > model.config.max_position_embeddings)
     plan.notes.push_back(

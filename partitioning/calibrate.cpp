@@ -1,0 +1,210 @@
+#include "partitioning/calibrate.hpp"
+
+#include <fmt/core.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <vector>
+
+#include "collectives/communicator.hpp"
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+}  // namespace
+
+double measure_sgemm(int64_t rows, int64_t inner, int64_t cols, int repeats) {
+  std::vector<float> a(size_t(rows * inner), 1.0f), b(size_t(inner * cols), 0.5f),
+      c(size_t(rows * cols));
+  double best = INFINITY;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
+    auto t0 = Clock::now();
+    dnnl_status_t st = dnnl_sgemm('N', 'N', rows, cols, inner, 1.0f, a.data(), inner, b.data(),
+                                  cols, 0.0f, c.data(), cols);
+    const double t = since(t0);
+    if (st != dnnl_success)
+      throw DataError(fmt::format("calibrate: dnnl_sgemm failed with status {}", int(st)));
+    if (r > 0) best = std::min(best, t);
+  }
+  return 2.0 * double(rows) * double(inner) * double(cols) / best;
+}
+
+double measure_memory_read(size_t bytes, int repeats) {
+  const size_t n = bytes / sizeof(float);
+  std::vector<float> data(n);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i)
+    data[i] = float(i & 7);  // touch pages on the threads that read them
+  double best = INFINITY, sink = 0;
+  constexpr size_t kLanes = 32;  // independent sums: the loop runs at memory speed, not add latency
+  for (int r = 0; r <= repeats; ++r) {
+    auto t0 = Clock::now();
+    double sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    {
+      float lanes[kLanes] = {};
+#pragma omp for schedule(static)
+      for (size_t block = 0; block < n / kLanes; ++block)
+        for (size_t j = 0; j < kLanes; ++j) lanes[j] += data[block * kLanes + j];
+      for (float v : lanes) sum += v;
+    }
+    const double t = since(t0);
+    sink += sum;
+    if (r > 0) best = std::min(best, t);
+  }
+  if (sink < 0) fmt::print("");  // keeps the reads
+  return double(n * sizeof(float)) / best;
+}
+
+std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max_bytes) {
+  std::vector<CollectiveSample> out;
+  const int members = comm.size();
+  for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
+    const size_t count = bytes / sizeof(float);
+    std::vector<float> send(count, 1.0f), recv(count * size_t(members));
+    const int repeats = bytes <= (1u << 20) ? 20 : 4;
+    for (const char* kind : {"all-gather", "all-reduce"}) {
+      const bool gather = kind[4] == 'g';
+      double best = INFINITY;
+      for (int r = 0; r <= repeats; ++r) {
+        comm.barrier();
+        auto t0 = Clock::now();
+        if (gather)
+          comm.all_gather(send.data(), recv.data(), count);
+        else
+          comm.all_reduce(send.data(), count);
+        const double t = since(t0);
+        if (r > 0) best = std::min(best, t);
+      }
+      // Bytes as the cost model counts them: all-gather output per rank,
+      // all-reduce twice its input.
+      const double model_bytes = gather ? double(bytes) * members : 2.0 * double(bytes);
+      out.push_back({kind, model_bytes, best});
+    }
+  }
+  return out;
+}
+
+void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& latency,
+                           double& bandwidth) {
+  // Least squares of t = a + b * bytes, then bandwidth = 1 / b.
+  double n = double(s.size()), sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (const auto& p : s)
+    sx += p.bytes, sy += p.seconds, sxx += p.bytes * p.bytes, sxy += p.bytes * p.seconds;
+  const double b = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+  const double a = (sy - b * sx) / n;
+  bandwidth = b > 0 ? 1.0 / b : INFINITY;
+  // The smallest message bounds the start-up cost when the intercept is noisy.
+  double smallest = INFINITY;
+  for (const auto& p : s) smallest = std::min(smallest, p.seconds);
+  latency = a > 0 ? std::min(a, smallest) : smallest;
+}
+
+double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
+  double best_h = 0, best_err = INFINITY;
+  for (double h = 0; h <= 4096; h += h < 16 ? 0.25 : h * 0.02) {
+    double err = 0;
+    for (const auto& m : s) {
+      const double r = double(m.rows);
+      err += std::pow(m.flops_per_s / peak - r / (r + h), 2);
+    }
+    if (err < best_err) best_err = err, best_h = h;
+  }
+  return best_h;
+}
+
+Calibration calibrate(Communicator& comm, int ranks_per_node, const std::string& name, bool quick) {
+  Calibration c;
+  c.ranks = comm.size();
+  c.ranks_per_node = ranks_per_node;
+  c.threads = omp_get_max_threads();
+  // Matmul: the square case gives the peak, thin ones the fall-off with rows.
+  const int64_t big = quick ? 1024 : 2048;
+  comm.barrier();  // every rank measures at once: they share the machine
+  for (int64_t rows : {int64_t(1), int64_t(4), int64_t(16), int64_t(64), int64_t(256), big})
+    c.matmul.push_back({rows, big, big, measure_sgemm(rows, big, big, quick ? 2 : 4)});
+  double peak = 0;
+  for (const auto& m : c.matmul) peak = std::max(peak, m.flops_per_s);
+  comm.barrier();
+  c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
+  c.memory_bytes =
+      double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE)) / ranks_per_node;
+  if (c.ranks > 1) {
+    c.collectives = measure_collectives(comm, size_t(quick ? 4 : 64) << 20);
+    fit_latency_bandwidth(c.collectives, c.collective_latency_s, c.collective_bandwidth_Bps);
+  }
+
+  HardwareSpec& h = c.spec;
+  h.name = name;
+  h.peak_flops["f32"] = peak;
+  h.activation_dtype = "f32";
+  h.memory_bytes = c.memory_bytes;
+  h.memory_bandwidth = c.memory_read_Bps;
+  h.chips_per_node = ranks_per_node;
+  h.topology = "switched";
+  // One rank has nobody to talk to: the memory bandwidth stands in (a copy
+  // through shared memory can not beat it) so plans stay finite.
+  h.intra_node_bandwidth = c.ranks > 1 ? c.collective_bandwidth_Bps : c.memory_read_Bps;
+  h.inter_node_bandwidth = h.intra_node_bandwidth;
+  h.intra_node_latency = h.inter_node_latency = c.ranks > 1 ? c.collective_latency_s : 0;
+  h.efficiency.matmul_peak_fraction = 1.0;  // the peak above is already what sgemm achieves
+  h.efficiency.matmul_half_rows = fit_half_rows(c.matmul, peak);
+  return c;
+}
+
+std::string to_yaml(const Calibration& c) {
+  const HardwareSpec& h = c.spec;
+  char date[32];
+  std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
+  std::string out = fmt::format(
+      "# Measured by `shardlm calibrate` on {} UTC: {} rank(s), {} per node, {} thread(s) each.\n"
+      "# One rank is one chip. Matmul: oneDNN sgemm, best of several runs (rows x inner x cols: "
+      "FLOP/s):\n",
+      date, c.ranks, c.ranks_per_node, c.threads);
+  for (const auto& m : c.matmul)
+    out += fmt::format("#   {} x {} x {}: {:.4g}\n", m.rows, m.inner, m.cols, m.flops_per_s);
+  out += fmt::format("# Memory: parallel read of an array larger than the caches: {:.4g} B/s.\n",
+                     c.memory_read_Bps);
+  if (c.ranks > 1) {
+    out += "# Collectives over all ranks (bytes as the cost model counts them: seconds):\n";
+    for (const auto& s : c.collectives)
+      out += fmt::format("#   {} {:.0f}: {:.4g}\n", s.kind, s.bytes, s.seconds);
+    out += fmt::format("# Fit t = latency + bytes / bandwidth: {:.3g} s + bytes / {:.4g} B/s.\n",
+                       c.collective_latency_s, c.collective_bandwidth_Bps);
+  } else {
+    out +=
+        "# Ran with 1 rank: no collective was measured. The interconnect below is the memory\n"
+        "# bandwidth as a stand-in; run under `mpirun -n N` to measure it.\n";
+  }
+  out += fmt::format(
+      "name: {}\npeak_flops:\n  f32: {:.6g}\nmemory:\n  capacity_bytes: {:.6g}\n  bandwidth_Bps: "
+      "{:.6g}\n"
+      "chips_per_node: {}\nactivation_dtype: f32\ninterconnect:\n  topology: switched\n"
+      "  intra_node_bandwidth_Bps: {:.6g}\n  inter_node_bandwidth_Bps: {:.6g}\n  latency_s: "
+      "{:.6g}\n"
+      "  inter_node_latency_s: {:.6g}\n",
+      h.name, h.peak("f32"), h.memory_bytes, h.memory_bandwidth, h.chips_per_node,
+      h.intra_node_bandwidth, h.inter_node_bandwidth, h.intra_node_latency, h.inter_node_latency);
+  out += fmt::format(
+      "# matmul_half_rows fitted to the sgemm fall-off above; the rest are neutral defaults\n"
+      "# (no overlap: the CPU runtime runs collectives between matmuls).\n"
+      "efficiency:\n  matmul_peak_fraction: 1.0\n  matmul_half_rows: {:.4g}\n  "
+      "memory_bandwidth_fraction: 1.0\n"
+      "  collective_bandwidth_fraction: 1.0\n  comm_overlap: 0.0\n  layer_overhead_s: 0.0\n"
+      "  memory_reserve_fraction: 0.2\n",
+      h.efficiency.matmul_half_rows);
+  return out;
+}
+
+}  // namespace shardlm

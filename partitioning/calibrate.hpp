@@ -1,0 +1,53 @@
+#pragma once
+// `shardlm calibrate`: measure this machine as the cost model sees it — matmul
+// FLOP/s (oneDNN sgemm) and its fall-off with fewer rows, memory read
+// bandwidth, and, under mpirun, collective bandwidth and latency between
+// ranks — and write a hardware spec (configs/hardware format). One rank is
+// one "chip"; ranks on one machine share its cores and memory.
+#include <string>
+#include <vector>
+
+#include "partitioning/hardware.hpp"
+
+namespace shardlm {
+
+class Communicator;
+
+struct MatmulSample {
+  int64_t rows, inner, cols;
+  double flops_per_s;
+};
+
+struct CollectiveSample {
+  std::string kind;  // "all-gather" or "all-reduce"
+  double bytes;      // per rank, as the cost model counts them
+  double seconds;
+};
+
+struct Calibration {
+  int ranks = 1, ranks_per_node = 1, threads = 1;
+  std::vector<MatmulSample> matmul;
+  double memory_read_Bps = 0, memory_bytes = 0;
+  std::vector<CollectiveSample> collectives;
+  double collective_bandwidth_Bps = 0, collective_latency_s = 0;  // fitted, when ranks > 1
+  HardwareSpec spec;                                              // what gets written
+};
+
+// Best-of-`repeats` sgemm FLOP/s for [rows x inner] * [inner x cols].
+double measure_sgemm(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// Read bandwidth of a `bytes` array summed by all threads of this rank.
+double measure_memory_read(size_t bytes, int repeats);
+// Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
+std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max_bytes);
+// Least squares t = latency + bytes / bandwidth over the samples.
+void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& latency,
+                           double& bandwidth);
+// matmul_half_rows h minimising the squared error of f(rows) = rows / (rows + h)
+// against the measured fraction of the best FLOP/s.
+double fit_half_rows(const std::vector<MatmulSample>& s, double peak);
+
+// Runs every measurement (collectives only when comm.size() > 1).
+Calibration calibrate(Communicator& comm, int ranks_per_node, const std::string& name, bool quick);
+std::string to_yaml(const Calibration& c);
+
+}  // namespace shardlm
