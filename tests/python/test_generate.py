@@ -87,6 +87,17 @@ def test_prompt_file_matches_prompts_run_alone(shardlm, models, tmp_path):
     assert llama_ref.max_rel_err(logits, load_npy_f32(alone_dump)) <= 1e-5
 
 
+def test_prompt_file_whitespace(shardlm, models, tmp_path):
+    """CRLF line ends, tabs, blank lines and a missing final newline."""
+    model = models.get("tiny", "f32")
+    f = tmp_path / "prompts.txt"
+    f.write_bytes(b"1,5,9\r\n\n4\t5 ,6\r\n\n7")
+    got = shardlm.generate_json(model, None, "--max-new-tokens", 3, "--temperature", 0,
+                                ids_file=f)["generated_ids"]
+    want = [gen_ids(shardlm, model, p, "--temperature", 0, n=3)[0] for p in ([1, 5, 9], [4, 5, 6], [7])]
+    assert got == want
+
+
 def test_top_k_1_equals_greedy(shardlm, models):
     model = models.get("tiny", "f32")
     greedy = gen_ids(shardlm, model, PROMPT, "--temperature", 0)
@@ -143,9 +154,12 @@ def test_stop_ids(shardlm, models, tmp_path):
         pytest.skip(f"no usable stop id in {full}")
     stop = candidates[0]
     cut = full[0].index(stop) + 1
+    steps = tmp_path / "steps.npy"
     got = shardlm.generate_json(model, None, "--max-new-tokens", N_NEW, "--temperature", 0,
-                                "--stop-ids", stop, ids_file=f)["generated_ids"]
+                                "--stop-ids", stop, "--dump-step-logits", steps, ids_file=f)["generated_ids"]
     assert got[0] == full[0][:cut], f"stop id {stop}: {got[0]} vs full {full[0]}"
+    # One row per token sequence 0 generated.
+    assert load_npy_f32(steps).shape[0] == cut
     assert got[1] == full[1], "a stop in one sequence must not end the others"
     # A stop id that only occurs in the prompt does not end generation.
     in_prompt = [t for t in prompts[0] if t not in full[0]]
