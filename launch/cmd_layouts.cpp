@@ -1,0 +1,59 @@
+// `shardlm layouts`: the partition specs a layout gives every weight and
+// activation on a mesh, with per-rank shapes, and the collectives of one
+// layer: the same tables `generate` executes and `plan` prices.
+#include <fmt/core.h>
+
+#include "launch/commands.hpp"
+#include "models/model_weights.hpp"
+#include "partitioning/cost_model.hpp"
+#include "partitioning/model_spec.hpp"
+#include "runtime/errors.hpp"
+
+namespace shardlm {
+
+void add_layouts_command(CLI::App& app) {
+  struct Options {
+    std::string model, mesh = "1,1,1", ffn = "2d", attn = "heads", phase = "decode";
+    int64_t batch = 1, prompt_len = 128;
+  };
+  auto o = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand("layouts", "print the partition specs of a layout on a mesh");
+  cmd->add_option("--model", o->model,
+                  "configs/models NAME, a YAML file, or a directory with config.json")
+      ->required();
+  cmd->add_option("--mesh", o->mesh, "tensor-parallel mesh X,Y,Z")->capture_default_str();
+  cmd->add_option("--ffn-layout", o->ffn, "1d, 2d, wg-x, wg-xy or wg-xyz")->capture_default_str();
+  cmd->add_option("--attn-layout", o->attn, "heads or batch")->capture_default_str();
+  cmd->add_option("--phase", o->phase, "prefill or decode (sets L, the tokens per step)")
+      ->check(CLI::IsMember({"prefill", "decode"}))
+      ->capture_default_str();
+  cmd->add_option("--batch", o->batch, "sequences (B)")->capture_default_str();
+  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens (L of prefill)")->capture_default_str();
+  cmd->callback([o] {
+    auto parse = [](auto parser, const char* flag, const std::string& text) {
+      try {
+        return parser(text);
+      } catch (const std::invalid_argument& e) {
+        throw UsageError(fmt::format("{} {}: {}", flag, text, e.what()));
+      }
+    };
+    const Mesh mesh = parse(Mesh::parse, "--mesh", o->mesh);
+    const FfnLayout ffn = parse(parse_ffn_layout, "--ffn-layout", o->ffn);
+    const AttnLayout attn = parse(parse_attn_layout, "--attn-layout", o->attn);
+    const ModelSpec model = ModelSpec::resolve(o->model);
+    const Layout layout = make_layout(ffn, attn, layout_shape(model), mesh);
+    const Phase phase = o->phase == "prefill" ? Phase::kPrefill : Phase::kDecode;
+    const Workload workload{o->batch, o->prompt_len, 1};
+    fmt::print("model {}: E={} F={} H={} K={} D={} V={}\n", model.name, model.config.hidden_size,
+               model.config.intermediate_size, model.config.num_heads, model.config.num_kv_heads,
+               model.config.head_dim, model.config.vocab_size);
+    fmt::print("{}", format_layout(layout, phase_dims(model, workload, phase, o->batch), mesh));
+    try {
+      check_shardable(model.config, mesh, layout, layout);
+    } catch (const UsageError& e) {
+      fmt::print("warning: {}\n", e.what());
+    }
+  });
+}
+
+}  // namespace shardlm
