@@ -344,12 +344,18 @@ class LlamaRef:
         k = apply_rope(k, cos, sin)
         group = H // KV
         kv_of = np.arange(H) // group  # query head h reads kv head h // (H/KV)
-        k = k[kv_of]  # [H, T, D]
-        v = v[kv_of]
-        scores = q @ k.transpose(0, 2, 1) / math.sqrt(D)  # [H, T, T]
+        # Contiguous operands keep NumPy's stacked matmul on BLAS.
+        q = np.ascontiguousarray(q)
+        kt = np.ascontiguousarray(k[kv_of].transpose(0, 2, 1))  # [H, D, T]
+        v = np.ascontiguousarray(v[kv_of])  # [H, T, D]
+        scores = q @ kt  # [H, T, T]
+        scores *= 1.0 / math.sqrt(D)
+        # Causal softmax: future positions get probability exactly 0.
         mask = np.triu(np.ones((T, T), dtype=bool), k=1)
-        scores = np.where(mask[None], -np.inf, scores)
-        probs = softmax(scores, axis=-1)
+        scores[:, mask] = -np.inf
+        scores -= np.max(scores, axis=-1, keepdims=True)
+        probs = np.exp(scores, out=scores)
+        probs /= np.sum(probs, axis=-1, keepdims=True)
         a = (probs @ v).transpose(1, 0, 2).reshape(T, H * D)
         out = a @ self.t[p + "o_proj.weight"].T
         return (out, probs) if return_probs else out

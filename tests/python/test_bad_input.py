@@ -356,6 +356,25 @@ def test_bad_numeric_flag(shardlm, good, tmp_path, flag, value):
     expect_failure(shardlm, tmp_path, args, 2, names=[flag])
 
 
+def test_batch_disagrees_with_prompt_file(shardlm, good, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("1,2,3\n4,5\n6\n")
+    args = ["generate", "--model", good, "--prompt-ids-file", f, "--batch", 2, "--max-new-tokens", 2]
+    expect_failure(shardlm, tmp_path, args, {1, 2}, names=["--batch"])
+
+
+@pytest.mark.parametrize("shards", ["0", "100000000", "x"])
+def test_make_model_bad_shards(shardlm, tmp_path, shards):
+    out = tmp_path / "m"
+    expect_failure(shardlm, tmp_path, ["make-model", "--preset", "tiny", "--out", out, "--shards", shards], 2,
+                   names=["--shards"])
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_make_model_missing_out(shardlm, tmp_path):
+    expect_failure(shardlm, tmp_path, ["make-model", "--preset", "tiny"], 2, names=["--out"])
+
+
 def test_make_model_unknown_preset(shardlm, tmp_path):
     out = tmp_path / "m"
     expect_failure(shardlm, tmp_path, ["make-model", "--preset", "no-such-preset", "--out", out], 2,

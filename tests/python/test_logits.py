@@ -214,3 +214,31 @@ def test_batched_prompts_of_different_lengths_logits(order, shardlm, models, ref
     for i in range(5):
         err = llama_ref.max_rel_err(steps[i], full[len(first) - 1 + i])
         assert err <= REL_TOL, f"{order}: step {i}: max rel err {err:.3g}"
+
+
+def test_full_context_window(shardlm, models, reference_cache, tmp_path):
+    """Prompt + new tokens fill max_position_embeddings exactly: RoPE at the
+    far positions and a cache filled to capacity still match the reference."""
+    model = models.get("tiny", "f32")
+    ref = reference_cache(model)
+    ctx = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    n_new = 4
+    prompt = [(i * 37 + 11) % ref.V for i in range(ctx - n_new)]
+    dump, steps_path = tmp_path / "prefill.npy", tmp_path / "steps.npy"
+    p = shardlm.run("generate", "--model", model, "--prompt-ids", ids_arg(prompt), "--max-new-tokens", n_new,
+                    "--temperature", 0, "--dump-logits", dump, "--dump-step-logits", steps_path, "--json",
+                    timeout=120)
+    gen = json.loads(p.stdout)["generated_ids"][0]
+    assert len(gen) == n_new
+    seq = prompt + gen[:-1]
+    h = ref.hidden_states(seq)  # [ctx - 1, E]
+    head = ref.t["model.embed_tokens.weight"] if ref.tied else ref.t["lm_head.weight"]
+    prefill = load_npy_f32(dump)
+    assert prefill.shape == (len(prompt), ref.V)
+    rows = list(range(0, len(prompt), 211)) + [len(prompt) - 1]
+    err = llama_ref.max_rel_err(prefill[rows], h[rows] @ head.T)
+    assert err <= REL_TOL, f"prefill at positions {rows}: max rel err {err:.3g}"
+    steps = load_npy_f32(steps_path)
+    want = h[len(prompt) - 1:] @ head.T
+    err = llama_ref.max_rel_err(steps, want)
+    assert err <= REL_TOL, f"decode steps up to position {ctx - 2}: max rel err {err:.3g}"
