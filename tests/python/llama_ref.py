@@ -348,15 +348,21 @@ class LlamaRef:
         q = np.ascontiguousarray(q)
         kt = np.ascontiguousarray(k[kv_of].transpose(0, 2, 1))  # [H, D, T]
         v = np.ascontiguousarray(v[kv_of])  # [H, T, D]
-        scores = q @ kt  # [H, T, T]
-        scores *= 1.0 / math.sqrt(D)
-        # Causal softmax: future positions get probability exactly 0.
-        mask = np.triu(np.ones((T, T), dtype=bool), k=1)
-        scores[:, mask] = -np.inf
-        scores -= np.max(scores, axis=-1, keepdims=True)
-        probs = np.exp(scores, out=scores)
-        probs /= np.sum(probs, axis=-1, keepdims=True)
-        a = (probs @ v).transpose(1, 0, 2).reshape(T, H * D)
+        scale = 1.0 / math.sqrt(D)
+        mask = np.triu(np.ones((T, T), dtype=bool), k=1)  # key after query
+        probs = np.zeros((H, T, T)) if return_probs else None
+        a = np.empty((H, T, D))
+        for h in range(H):  # 2-D matmuls per head stay on BLAS
+            scores = q[h] @ kt[h]  # [T, T]
+            scores *= scale
+            scores[mask] = -np.inf
+            scores -= np.max(scores, axis=-1, keepdims=True)
+            ph = np.exp(scores, out=scores)
+            ph /= np.sum(ph, axis=-1, keepdims=True)
+            a[h] = ph @ v[h]
+            if return_probs:
+                probs[h] = ph
+        a = a.transpose(1, 0, 2).reshape(T, H * D)
         out = a @ self.t[p + "o_proj.weight"].T
         return (out, probs) if return_probs else out
 
