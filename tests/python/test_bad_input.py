@@ -5,13 +5,17 @@ tensor, field or flag, never crashes or hangs, and leaves no output file."""
 import json
 import os
 import re
+import shutil
 import struct
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import llama_ref
-from conftest import MICRO_CONFIG, ids_arg, micro_tensors, write_micro_model
+from conftest import MICRO_CONFIG, SUBPROCESS_ENV, TIMEOUT_S, ids_arg, micro_tensors, write_micro_model
 
 IDS = [1, 5, 9, 14, 2]
 
@@ -80,13 +84,45 @@ def test_model_path_is_a_file(shardlm, tmp_path):
     expect_failure(shardlm, tmp_path, generate(f), 1, names=[f.name])
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can read any directory")
-def test_unreadable_model_dir(shardlm, good, tmp_path):
-    os.chmod(good, 0)
+def _unprivileged_prefix(shardlm):
+    """Permission checks need a user the kernel enforces them on. As root,
+    drop to nobody with setpriv when that works here; otherwise skip."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: root reads any file")
+    prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run(prefix + [str(shardlm.path), "--help"], capture_output=True, timeout=TIMEOUT_S)
+    if probe.returncode != 0:
+        pytest.skip("cannot run shardlm as nobody here")
+    return prefix
+
+
+@pytest.mark.parametrize("what", ["directory", "config.json", "model.safetensors"])
+def test_unreadable_model(shardlm, what):
+    prefix = _unprivileged_prefix(shardlm)
+    # A directory the unprivileged user can traverse (pytest's tmp dirs are 0700).
+    base = Path(tempfile.mkdtemp(prefix="shardlm-perm-"))
     try:
-        expect_failure(shardlm, tmp_path, generate(good), 1, names=[good.name])
+        base.chmod(0o777)
+        model = write_micro_model(base / "model", seed=3)
+        for p in [model, *model.iterdir()]:
+            p.chmod(0o777 if p.is_dir() else 0o666)
+        target = model if what == "directory" else model / what
+        target.chmod(0)
+        out = base / "logits.npy"
+        cmd = prefix + [str(shardlm.path), *map(str, generate(model)), "--dump-logits", str(out)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=SUBPROCESS_ENV)
+        assert p.returncode == 1, f"exit {p.returncode}: {p.stderr}"
+        line = error_line(p.stderr)
+        print(f"exit {p.returncode}: {line}")
+        assert (model.name if what == "directory" else what) in line, line
+        assert not out.exists()
     finally:
-        os.chmod(good, 0o755)
+        for p in [base, *base.rglob("*")]:
+            p.chmod(0o777)
+        shutil.rmtree(base)
 
 
 def test_missing_config(shardlm, good, tmp_path):

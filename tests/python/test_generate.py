@@ -182,6 +182,8 @@ def upcast_to_f32(src, dst):
         shutil.copy(src / "model.safetensors.index.json", dst)
     for f in llama_ref.checkpoint_files(src):
         tensors = llama_ref.read_safetensors(f)  # BF16 / F16 widen exactly to float32
+        for k, v in tensors.items():
+            assert np.all(np.isfinite(v)), f"{f.name}: {k} holds inf or NaN"
         llama_ref.write_safetensors(dst / f.name, {k: v.astype(np.float32) for k, v in tensors.items()},
                                     metadata={"format": "pt"})
 
