@@ -133,6 +133,7 @@ struct Pricer {
           if (s.weight) out.weight_bytes += static_cast<double>(dims.at('E')) * act_bytes;
           break;
         case OpKind::kCollective: {
+          if (mesh.axes_size(s.axes) == 1) break;  // a group of one: nothing moves
           CollectiveCost c{stage, s.inputs[0], s.collective, s.axes, s.fusion_group, 0, 0};
           double elems, elem_bytes = act_bytes;
           if (s.weight) {

@@ -69,6 +69,12 @@ static bool better(const PhaseCost& a, const PhaseCost& b) {
   if (a.problem.empty() != b.problem.empty()) return a.problem.empty();
   if (!a.problem.empty())
     return a.memory.total() - a.memory.available < b.memory.total() - b.memory.available;
+  // Equal prices (wg-xyz splits only the batch, so its two attention layouts
+  // are one): name it after what is split, as the paper's Table 2 does.
+  if (std::abs(a.latency_s - b.latency_s) <= 1e-9 * b.latency_s) {
+    if (a.layer.kv_bytes != b.layer.kv_bytes) return a.layer.kv_bytes < b.layer.kv_bytes;
+    return a.config.attn == AttnLayout::kBatch && b.config.attn != AttnLayout::kBatch;
+  }
   return a.latency_s < b.latency_s;
 }
 

@@ -137,3 +137,20 @@ TEST_CASE("bad spec files name the file, the key and what was expected", "[specs
   CHECK_THAT(load_error("/nonexistent/h.yaml", true), Catch::Contains("no such file"));
   CHECK_THROWS_AS(resolve_config("no-such-chip", "hardware"), DataError);
 }
+
+TEST_CASE("a Hugging Face model directory is read through ModelConfig::load", "[specs]") {
+  const fs::path dir = fs::temp_directory_path() / "shardlm_test_hf_model";
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json")
+      << R"({"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+             "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 32000,
+             "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+             "tie_word_embeddings": false})";
+  const ModelSpec m = ModelSpec::resolve(dir.string());
+  CHECK(m.config.num_kv_heads == 2);
+  CHECK(m.config.head_dim == 32);
+  CHECK(m.attention_kind() == "GQA");
+  CHECK(m.gated_ffn);
+  CHECK(m.num_params() == m.config.num_params());
+  CHECK(m.mfu_params() == m.num_params());
+}
