@@ -149,7 +149,9 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
     if (m.memory_reserve_fraction < 0 || m.memory_reserve_fraction >= 1)
       throw DataError(
           fmt::format("{}: expected a fraction in [0, 1)", e.where("memory_reserve_fraction")));
+    e.reject_unknown();
   }
+  for (const YamlFields* section : {&f, &peaks, &mem, &net}) section->reject_unknown();
   return h;
 }
 

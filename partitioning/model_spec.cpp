@@ -84,6 +84,7 @@ ModelSpec ModelSpec::load_yaml(const std::string& file) {
                                   f.where("attention"), kind, c.num_heads, c.num_kv_heads,
                                   m.attention_kind()));
   }
+  f.reject_unknown();
   return m;
 }
 

@@ -19,6 +19,8 @@ PublishedSet PublishedSet::load(const std::string& file) {
   YamlFields f = YamlFields::load_file(file);
   PublishedSet set;
   set.hardware = f.text("hardware");
+  if (!f.has("results")) throw DataError(fmt::format("{} is missing", f.where("results")));
+  f.reject_unknown();
   set.config_root = std::filesystem::path(file).parent_path().parent_path().string();
   YAML::Node list = YAML::LoadFile(file)["results"];
   if (!list || !list.IsSequence())
@@ -40,6 +42,8 @@ PublishedSet PublishedSet::load(const std::string& file) {
       throw DataError(fmt::format("{}results[{}]: {}", file + ": ", i, e.what()));
     }
     p.latency_s = r.positive("latency_s");
+    r.positive_int("table", 1);  // which table of the paper: documentation only
+    r.reject_unknown();
     set.results.push_back(std::move(p));
   }
   return set;

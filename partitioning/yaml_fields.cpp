@@ -30,7 +30,22 @@ std::string YamlFields::where(const std::string& key) const {
 }
 
 bool YamlFields::has(const std::string& key) const {
+  asked_.insert(key);
   return node_[key].IsDefined() && !node_[key].IsNull();
+}
+
+void YamlFields::reject_unknown() const {
+  std::string unknown;
+  for (const auto& kv : node_) {
+    const std::string key = kv.first.as<std::string>();
+    if (!asked_.count(key)) unknown += (unknown.empty() ? "'" : ", '") + prefix_ + key + "'";
+  }
+  if (!unknown.empty()) {
+    std::string known;
+    for (const auto& k : asked_) known += (known.empty() ? "" : ", ") + k;
+    throw DataError(fmt::format("{}: unknown or unused key(s) {} here (this section reads: {})",
+                                file_, unknown, known));
+  }
 }
 
 YAML::Node YamlFields::get(const std::string& key) const {

@@ -3,6 +3,7 @@
 // expected, so a bad spec file is a DataError a user can act on.
 #include <yaml-cpp/yaml.h>
 
+#include <set>
 #include <string>
 
 namespace shardlm {
@@ -26,6 +27,10 @@ class YamlFields {
   bool flag(const std::string& key, bool fallback) const;
   YamlFields child(const std::string& key) const;  // a nested map, required
 
+  // Throws DataError naming every key of this map that no accessor asked
+  // for: a misspelt optional key must not be silently ignored.
+  void reject_unknown() const;
+
   const std::string& file() const { return file_; }
   std::string where(const std::string& key) const;  // "FILE: key a.b"
 
@@ -33,6 +38,7 @@ class YamlFields {
   YAML::Node get(const std::string& key) const;
   YAML::Node node_;
   std::string file_, prefix_;
+  mutable std::set<std::string> asked_;
 };
 
 }  // namespace shardlm

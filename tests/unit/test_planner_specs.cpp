@@ -134,6 +134,14 @@ TEST_CASE("bad spec files name the file, the key and what was expected", "[specs
   CHECK_THAT(msg, Catch::Contains("num_kv_heads"));
   CHECK_THAT(msg, Catch::Contains("multiple"));
 
+  const std::string model_typo =
+      write_temp("m2.yaml",
+                 "name: m\nhidden_size: 64\nintermediate_size: 128\nnum_layers: 2\nnum_heads: 4\n"
+                 "vocab_size: 10\nmax_position_embeddings: 16\nparalel_block: true\n");
+  msg = load_error(model_typo, false);
+  CHECK_THAT(msg, Catch::Contains("'paralel_block'"));
+  CHECK_THAT(msg, Catch::Contains("unknown"));
+
   CHECK_THAT(load_error("/nonexistent/h.yaml", true), Catch::Contains("no such file"));
   CHECK_THROWS_AS(resolve_config("no-such-chip", "hardware"), DataError);
 }
