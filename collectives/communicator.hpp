@@ -17,6 +17,9 @@ class Communicator {
 
   // recv[size][count] <- every member's send[count]
   virtual void all_gather(const float* send, float* recv, size_t count) = 0;
+  // recv[size][bytes] <- every member's send[bytes]: any dtype, copied as bytes
+  // (16-bit and int8 weights of the weight-gathered layouts).
+  virtual void all_gather_bytes(const void* send, void* recv, size_t bytes) = 0;
   // Like all_gather with member i contributing counts[i] elements.
   virtual void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) = 0;
   // recv[count] <- sum over members of their send[rank()][count]

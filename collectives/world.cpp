@@ -63,6 +63,11 @@ class MpiCommunicator final : public Communicator {
                         comm_),
           "MPI_Allgather");
   }
+  void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
+    check(MPI_Allgather(send, checked_count(bytes), MPI_BYTE, recv, checked_count(bytes), MPI_BYTE,
+                        comm_),
+          "MPI_Allgather");
+  }
   void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
     const Layout l(counts);
     check(MPI_Allgatherv(send, l.counts[size_t(rank_)], MPI_FLOAT, recv, l.counts.data(),
@@ -117,6 +122,9 @@ class SelfCommunicator final : public Communicator {
   int size() const override { return 1; }
   int rank() const override { return 0; }
   void all_gather(const float* send, float* recv, size_t count) override { copy(send, recv, count); }
+  void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
+    if (send != recv && bytes) std::memmove(recv, send, bytes);
+  }
   void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
     copy(send, recv, counts.at(0));
   }

@@ -81,6 +81,18 @@ SHARDLM_HD inline void rope_rotate_half(float* x, const float* cos_row, const fl
   }
 }
 
+// Int8 weight-only quantization, symmetric per output channel (row): the
+// scale maps the row's largest magnitude to 127, values round to nearest
+// (ties to even, as lrintf does) and clamp to [-127, 127] so -128 never
+// appears and negation stays exact. An all-zero row gets scale 0.
+SHARDLM_HD inline float int8_scale(float max_abs) { return max_abs / 127.0f; }
+
+SHARDLM_HD inline int8_t quantize_int8(float x, float scale) {
+  if (!(scale > 0.0f)) return 0;
+  const float q = rintf(x / scale);
+  return int8_t(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q));
+}
+
 SHARDLM_HD inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 }  // namespace shardlm::math

@@ -29,7 +29,7 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
-  std::string mesh;
+  std::string mesh, weights;
   std::string ffn_prefill = "2d", ffn_decode = "2d", attn_prefill = "heads", attn_decode = "heads";
 };
 
@@ -162,7 +162,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Layout decode = make_layout(ffn_decode, attn_decode, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
   const Checkpoint checkpoint(o.model);
-  std::unique_ptr<Backend> backend = make_cpu_backend(o.threads);
+  std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, parse_weight_dtype(o.weights)});
   Engine engine(*backend, ctx, config, prefill, decode,
                 load_model_weights(checkpoint, config, *backend, decode, ctx));
   const double load_s =
@@ -259,6 +259,7 @@ void add_generate_command(CLI::App& app) {
                   "write the logits each token of sequence 0 was sampled from, as .npy");
   cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--weights", o->weights, weights_flag_help());
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
   cmd->add_option("--mesh", o->mesh,

@@ -4,10 +4,12 @@
 // communication happens here (that is collectives/).
 //
 // Activations are F32 [tokens, features] row-major. Weights are whatever the
-// backend chose in upload_weight; a linear weight is [out, in] as Hugging Face
-// stores it, so matmul computes out = x · wᵀ.
+// backend chose in upload_weight (F32, BF16, F16, or I8 with per-row scales,
+// see Tensor::scales); a linear weight is [out, in] as Hugging Face stores
+// it, so matmul computes out = x · wᵀ.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "runtime/batch.hpp"
@@ -52,11 +54,12 @@ class Backend {
   virtual void copy_from_host(const float* src, const Tensor& dst) = 0;  // dst F32
   virtual void copy_to_host(const Tensor& src, float* dst) = 0;          // src F32
   // dst[dst_row + i, dst_col + j] = src[src_row + i, src_col + j] for a
-  // rows x cols rectangle of two F32 matrices (2-D tensors).
+  // rows x cols rectangle of two matrices (2-D tensors) of one dtype. The
+  // values are copied as they are stored: I8 scales are not copied.
   virtual void copy_2d(const Tensor& src, int64_t src_row, int64_t src_col, const Tensor& dst,
                        int64_t dst_row, int64_t dst_col, int64_t rows, int64_t cols) = 0;
 
-  // out[t] = table[ids[t]]
+  // out[t] = table[ids[t]] (out F32, table of any weight dtype)
   virtual void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) = 0;
   // sums[r] = sum of x[r, :]^2
   virtual void row_sum_squares(const Tensor& x, const Tensor& sums) = 0;
@@ -87,7 +90,17 @@ class Backend {
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
 };
 
-// The CPU backend; `threads` <= 0 means all the cores this process may use.
+struct CpuBackendOptions {
+  int threads = 0;  // <= 0: all the cores this process may use
+  // How upload_weight stores 2-D weights: F32, BF16, F16 or I8 (weight-only,
+  // per-output-channel scales). nullopt keeps each checkpoint tensor's own
+  // dtype. 1-D weights (norms) always stay F32.
+  std::optional<DType> weight_dtype;
+};
+
+// The CPU backend.
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options);
+// F32 weights, `threads` as in CpuBackendOptions.
 std::unique_ptr<Backend> make_cpu_backend(int threads);
 
 }  // namespace shardlm

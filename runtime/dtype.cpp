@@ -3,7 +3,10 @@
 #include <cstring>
 #include <stdexcept>
 
+#include <fmt/format.h>
+
 #include "kernels/math.hpp"
+#include "runtime/errors.hpp"
 
 namespace shardlm {
 
@@ -43,6 +46,33 @@ std::optional<DType> dtype_from_user(std::string_view name) {
   if (name == "bf16" || name == "bfloat16") return DType::BF16;
   if (name == "f16" || name == "float16" || name == "half") return DType::F16;
   return std::nullopt;
+}
+
+std::optional<DType> weight_dtype_from_user(std::string_view name) {
+  if (name == "int8" || name == "i8") return DType::I8;
+  return dtype_from_user(name);
+}
+
+std::string_view weight_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I8: return "int8";
+    case DType::I32: return "i32";
+  }
+  return "?";
+}
+
+std::optional<DType> parse_weight_dtype(std::string_view flag) {
+  if (flag.empty() || flag == "auto") return std::nullopt;
+  if (auto d = weight_dtype_from_user(flag)) return d;
+  throw UsageError(fmt::format("--weights {}: expected f32, bf16, f16, int8 or auto", flag));
+}
+
+const char* weights_flag_help() {
+  return "weight storage: f32, bf16, f16, int8 (weight-only, per-output-channel scales) or auto "
+         "(default: keep the checkpoint's dtype)";
 }
 
 std::string_view torch_dtype_name(DType dtype) {

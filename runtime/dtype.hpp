@@ -15,6 +15,16 @@ std::string_view dtype_name(DType dtype);
 std::optional<DType> dtype_from_safetensors(std::string_view name);
 // Names as config.json's torch_dtype and the CLI write them: float32/f32, ...
 std::optional<DType> dtype_from_user(std::string_view name);
+// A weight storage dtype as `--weights` names it: f32, bf16, f16 or int8
+// (I8: weight-only, per-output-channel scales).
+std::optional<DType> weight_dtype_from_user(std::string_view name);
+// The `--weights` name of a weight storage dtype: "f32", "bf16", "f16", "int8".
+std::string_view weight_dtype_name(DType dtype);
+// The `--weights` flag: empty or "auto" -> nullopt (keep each checkpoint
+// tensor's dtype), else a weight dtype; anything else throws UsageError.
+std::optional<DType> parse_weight_dtype(std::string_view flag);
+// Help text of `--weights`, the same on every command that loads a model.
+const char* weights_flag_help();
 std::string_view torch_dtype_name(DType dtype);
 
 // Converts n values of `src_dtype` (F32, BF16 or F16) at src to float.

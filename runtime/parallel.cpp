@@ -193,17 +193,31 @@ Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes,
   const std::string row_part = axes_in(row_axes, gathered), col_part = axes_in(col_axes, gathered);
   require_suffix(row_axes, row_part, "gather_weight rows");
   require_suffix(col_axes, col_part, "gather_weight cols");
+  // Weights are gathered as stored (f32, bf16, f16 or int8), as bytes.
   const int64_t rows = w.dim(0), cols = w.dim(1);
-  Tensor blocks = backend_.alloc({n, rows * cols}, DType::F32);
-  ctx_.comm(gathered).all_gather(w.data<float>(), blocks.data<float>(), size_t(rows * cols));
+  Tensor blocks = backend_.alloc({n, rows * cols}, w.dtype());
+  Communicator& comm = ctx_.comm(gathered);
+  comm.all_gather_bytes(w.raw(), blocks.raw(), w.nbytes());
   const Mesh& mesh = ctx_.mesh();
   Tensor out = backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)},
-                              DType::F32);
+                              w.dtype());
   const std::vector<int> members = mesh.group(ctx_.rank(), gathered);
   for (int j = 0; j < n; ++j)
     backend_.copy_2d(blocks.rows(j, 1).reshaped({rows, cols}), 0, 0, out,
                      mesh.group_index(members[size_t(j)], row_part) * rows,
                      mesh.group_index(members[size_t(j)], col_part) * cols, rows, cols);
+  if (const Tensor* scales = w.scales()) {
+    // Int8 scales belong to whole output rows (the backend computes them over
+    // the full row at load), so members that differ only in cols hold equal
+    // scales; each member's go to its row block.
+    Tensor all_scales = backend_.alloc({n, rows}, DType::F32);
+    comm.all_gather(scales->data<float>(), all_scales.data<float>(), size_t(rows));
+    Tensor out_scales = backend_.alloc({1, out.dim(0)}, DType::F32);
+    for (int j = 0; j < n; ++j)
+      backend_.copy_2d(all_scales, j, 0, out_scales, 0,
+                       mesh.group_index(members[size_t(j)], row_part) * rows, 1, rows);
+    out = out.with_scales(out_scales.reshaped({out.dim(0)}));
+  }
   return out;
 }
 

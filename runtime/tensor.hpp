@@ -52,12 +52,20 @@ class Tensor {
   // The same memory seen with another shape of equal element count.
   Tensor reshaped(Shape shape) const;
 
+  // Int8 weight-only quantization keeps one F32 scale per row (output
+  // channel) beside the I8 values: row r holds values q * scales[r]. Empty
+  // for every other tensor. `rows` slices the scales with the rows;
+  // `reshaped` keeps them only while the row count stays the same.
+  const Tensor* scales() const { return scales_.get(); }
+  Tensor with_scales(Tensor scales) const;
+
  private:
   std::shared_ptr<void> memory_;
   size_t byte_offset_ = 0;
   Shape shape_;
   DType dtype_ = DType::F32;
   Device device_ = Device::CPU;
+  std::shared_ptr<const Tensor> scales_;
 };
 
 }  // namespace shardlm

@@ -43,6 +43,10 @@ class NcclCommunicator final : public Communicator {
     check_nccl(ncclAllGather(send, recv, count, ncclFloat, comm_, stream_), "ncclAllGather");
     wait();
   }
+  void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
+    check_nccl(ncclAllGather(send, recv, bytes, ncclInt8, comm_, stream_), "ncclAllGather");
+    wait();
+  }
   void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
     // NCCL has no v-collectives: every member broadcasts its block in turn.
     size_t offset = 0;

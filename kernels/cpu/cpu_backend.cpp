@@ -1,5 +1,7 @@
-// The CPU backend: F32 activations and weights, GEMM through oneDNN's sgemm,
-// element-wise kernels and attention as OpenMP loops the compiler vectorizes.
+// The CPU backend: F32 activations; weights stored as F32, BF16, F16 or I8
+// (weight-only, per-output-channel scales) as CpuBackendOptions says; matmul
+// through the streaming and panel kernels of cpu_kernels.hpp; element-wise
+// kernels and attention as OpenMP loops the compiler vectorizes.
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <fmt/format.h>
 #include <oneapi/dnnl/dnnl.h>
 
+#include "kernels/cpu/cpu_kernels.hpp"
 #include "kernels/math.hpp"
 #include "runtime/backend.hpp"
 
@@ -27,14 +30,19 @@ void require_f32(const Tensor& t, const char* what) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) {
-    if (threads > 0) omp_set_num_threads(threads);
+  explicit CpuBackend(const CpuBackendOptions& options) : weight_dtype_(options.weight_dtype) {
+    if (options.threads > 0) omp_set_num_threads(options.threads);
     threads_ = omp_get_max_threads();
+    if (weight_dtype_ && *weight_dtype_ != DType::F32 && *weight_dtype_ != DType::BF16 &&
+        *weight_dtype_ != DType::F16 && *weight_dtype_ != DType::I8)
+      throw std::invalid_argument("cpu backend: weights must be f32, bf16, f16 or int8");
   }
 
   Device device() const override { return Device::CPU; }
   std::string describe() const override {
-    return fmt::format("cpu (oneDNN sgemm, {} threads)", threads_);
+    return fmt::format("cpu ({} weights, AVX-512 streaming matmul + oneDNN sgemm, {} threads)",
+                       weight_dtype_ ? weight_dtype_name(*weight_dtype_) : "checkpoint-dtype",
+                       threads_);
   }
 
   Tensor alloc(const Shape& shape, DType dtype) override {
@@ -53,26 +61,69 @@ class CpuBackend final : public Backend {
   Tensor upload_weight(const void* host, DType src_dtype, const Shape& full_shape,
                        const Block2D& block) override {
     const int64_t full_cols = full_shape.back();
-    Tensor t = alloc(full_shape.size() == 1 ? Shape{block.cols} : Shape{block.rows, block.cols},
-                     DType::F32);
     const auto* base = static_cast<const char*>(host);
-    const size_t elem = dtype_size(src_dtype);
-    for (int64_t r = 0; r < block.rows; ++r)
-      convert_to_f32(base + ((block.row_begin + r) * full_cols + block.col_begin) * int64_t(elem),
-                     src_dtype, t.data<float>() + r * block.cols, size_t(block.cols));
-    return t;
+    const size_t src_elem = dtype_size(src_dtype);
+    auto source_row = [&](int64_t r, int64_t col) {
+      return base + ((block.row_begin + r) * full_cols + col) * int64_t(src_elem);
+    };
+    // Norm weights (1-D) stay F32: they scale activations, not a matmul.
+    const DType dtype = full_shape.size() == 1 ? DType::F32 : weight_dtype_.value_or(src_dtype);
+    if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16 && dtype != DType::I8)
+      throw std::invalid_argument(fmt::format("cpu backend: cannot store {} weights", dtype_name(dtype)));
+    Tensor t = alloc(full_shape.size() == 1 ? Shape{block.cols} : Shape{block.rows, block.cols}, dtype);
+    const size_t elem = dtype_size(dtype);
+    Tensor scales;
+    if (dtype == DType::I8) scales = alloc({block.rows}, DType::F32);
+    bool failed = false;
+#pragma omp parallel if (block.rows > 1)
+    {
+      // Whole source rows in F32: an int8 scale comes from the full row, so
+      // every column block of a sharded weight gets the same scales (which
+      // lets gather_weight join blocks and partial sums over E agree).
+      std::vector<float> row(static_cast<size_t>(dtype == DType::I8 ? full_cols : block.cols));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < block.rows; ++r) {
+        try {
+          char* dst = static_cast<char*>(t.raw()) + size_t(r * block.cols) * elem;
+          if (dtype == src_dtype) {
+            std::memcpy(dst, source_row(r, block.col_begin), size_t(block.cols) * elem);
+          } else if (dtype != DType::I8) {
+            convert_to_f32(source_row(r, block.col_begin), src_dtype, row.data(), size_t(block.cols));
+            convert_from_f32(row.data(), dst, dtype, size_t(block.cols));
+          } else {
+            convert_to_f32(source_row(r, 0), src_dtype, row.data(), size_t(full_cols));
+            float max_abs = 0.f;
+            for (float v : row) max_abs = std::max(max_abs, std::fabs(v));
+            const float scale = math::int8_scale(max_abs);
+            scales.data<float>()[r] = scale;
+            auto* q = reinterpret_cast<int8_t*>(dst);
+            for (int64_t c = 0; c < block.cols; ++c)
+              q[c] = math::quantize_int8(row[size_t(block.col_begin + c)], scale);
+          }
+        } catch (...) {
+#pragma omp atomic write
+          failed = true;
+        }
+      }
+    }
+    if (failed)
+      throw std::invalid_argument(
+          fmt::format("cpu backend: cannot convert {} weights to {}", dtype_name(src_dtype), dtype_name(dtype)));
+    return dtype == DType::I8 ? t.with_scales(scales) : t;
   }
 
   void copy_2d(const Tensor& src, int64_t src_row, int64_t src_col, const Tensor& dst,
                int64_t dst_row, int64_t dst_col, int64_t rows, int64_t cols) override {
-    require_f32(src, "copy_2d wants F32");
-    require_f32(dst, "copy_2d wants F32");
+    require(src.device() == Device::CPU && dst.device() == Device::CPU && src.dtype() == dst.dtype(),
+            "copy_2d wants two CPU tensors of one dtype");
     const int64_t src_width = src.dim(src.rank() - 1), dst_width = dst.dim(dst.rank() - 1);
     require(src_col + cols <= src_width && dst_col + cols <= dst_width, "copy_2d outside the matrix");
-    const float* from = src.data<float>() + src_row * src_width + src_col;
-    float* to = dst.data<float>() + dst_row * dst_width + dst_col;
+    const size_t elem = dtype_size(src.dtype());
+    const char* from = static_cast<const char*>(src.raw()) + size_t(src_row * src_width + src_col) * elem;
+    char* to = static_cast<char*>(dst.raw()) + size_t(dst_row * dst_width + dst_col) * elem;
     for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(to + r * dst_width, from + r * src_width, size_t(cols) * sizeof(float));
+      std::memcpy(to + size_t(r * dst_width) * elem, from + size_t(r * src_width) * elem,
+                  size_t(cols) * elem);
   }
 
   void copy_from_host(const float* src, const Tensor& dst) override {
@@ -86,12 +137,10 @@ class CpuBackend final : public Backend {
   }
 
   void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) override {
-    require_f32(table, "embedding table must be F32");
+    require_f32(out, "embedding output must be F32");
     const int64_t tokens = out.dim(0), width = out.dim(1);
-    const float* rows = table.data<float>();
-    float* dst = out.data<float>();
-    for (int64_t t = 0; t < tokens; ++t)
-      std::memcpy(dst + t * width, rows + int64_t(ids[t]) * width, size_t(width) * sizeof(float));
+    const cpu::WeightView view = weight_view(table);
+    for (int64_t t = 0; t < tokens; ++t) cpu::widen_rows(view, ids[t], 1, out.data<float>() + t * width);
   }
 
   void row_sum_squares(const Tensor& x, const Tensor& sums) override {
@@ -127,18 +176,16 @@ class CpuBackend final : public Backend {
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) override {
     require_f32(x, "matmul input must be F32");
-    require_f32(w, "matmul weight must be F32");
+    require_f32(out, "matmul output must be F32");
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
-    require(w.dim(1) == k && out.dim(0) == m && out.dim(1) == n, "matmul shapes do not agree");
+    require(w.rank() == 2 && w.dim(1) == k && out.dim(0) == m && out.dim(1) == n,
+            "matmul shapes do not agree");
     if (m == 0 || n == 0) return;
     if (k == 0) {
       if (!accumulate) std::memset(out.raw(), 0, out.nbytes());
       return;
     }
-    const dnnl_status_t status =
-        dnnl_sgemm('N', 'T', m, n, k, 1.0f, x.data<float>(), k, w.data<float>(), k,
-                   accumulate ? 1.0f : 0.0f, out.data<float>(), n);
-    require(status == dnnl_success, "dnnl_sgemm failed");
+    cpu::matmul(x.data<float>(), m, k, weight_view(w), out.data<float>(), n, accumulate);
   }
 
   void rope(const Tensor& x, int head_dim, const int32_t* positions, const Tensor& cos,
@@ -246,13 +293,25 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  static cpu::WeightView weight_view(const Tensor& w) {
+    require(w.device() == Device::CPU, "weights must be on the CPU");
+    require(w.dtype() != DType::I8 || w.scales() != nullptr, "int8 weights need their scales");
+    return {w.raw(), w.dtype(), w.scales() ? w.scales()->data<float>() : nullptr, w.dim(0),
+            w.rank() == 2 ? w.dim(1) : 1};
+  }
+
+  std::optional<DType> weight_dtype_;
   int threads_ = 1;
 };
 
 }  // namespace
 
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
+
 std::unique_ptr<Backend> make_cpu_backend(int threads) {
-  return std::make_unique<CpuBackend>(threads);
+  return make_cpu_backend(CpuBackendOptions{threads, DType::F32});
 }
 
 }  // namespace shardlm

@@ -1,0 +1,189 @@
+#include "kernels/cpu/cpu_kernels.hpp"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#include "kernels/math.hpp"
+
+// GCC 12 reports its own _mm512_undefined_*() (a self-initialised variable
+// inside the AVX-512 intrinsics) as uninitialised once they are inlined here;
+// the warning is about the header, not this code.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace shardlm::cpu {
+namespace {
+
+// 16 weights at p (element offset already applied) as F32, `mask` selecting
+// the valid lanes of a tail. One specialisation per stored dtype, so the
+// streaming loop below is compiled once per dtype with the load inlined.
+template <DType D>
+__m512 load16(const void* p, __mmask16 mask);
+
+template <>
+inline __m512 load16<DType::F32>(const void* p, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, p);
+}
+template <>
+inline __m512 load16<DType::BF16>(const void* p, __mmask16 mask) {
+  // bf16 is the upper half of an f32: widen to 32 bits and shift.
+  const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+inline __m512 load16<DType::F16>(const void* p, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
+}
+template <>
+inline __m512 load16<DType::I8>(const void* p, __mmask16 mask) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+}
+
+template <DType D>
+inline void widen_row(const char* src, int64_t k, float scale, float* dst) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 mask = k - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - i)) - 1);
+    _mm512_mask_storeu_ps(dst + i, mask, _mm512_mul_ps(load16<D>(src + size_t(i) * dtype_size(D), mask), s));
+  }
+}
+
+constexpr int kRowTile = 4;    // weight rows per tile
+constexpr int kBatchTile = 4;  // rows of x per tile: 16 accumulators
+
+// Weight rows [r0, r0 + NR) times x rows [m0, m0 + MR) over all of k.
+template <DType D, int NR, int MR>
+inline void stream_tile(const float* x, int64_t ldx, const char* w, int64_t k, int64_t r0,
+                        int64_t m0, float* out, int64_t ldo, const float* scales, bool accumulate) {
+  const size_t elem = dtype_size(D);
+  const char* rows[NR];
+  for (int r = 0; r < NR; ++r) rows[r] = w + size_t(r0 + r) * size_t(k) * elem;
+  __m512 acc[NR][MR];
+  for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < k; kk += 16) {
+    const __mmask16 mask = k - kk >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - kk)) - 1);
+    __m512 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + (m0 + i) * ldx + kk);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wv = load16<D>(rows[r] + size_t(kk) * elem, mask);
+      for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_fmadd_ps(wv, xv[i], acc[r][i]);
+    }
+  }
+  for (int r = 0; r < NR; ++r) {
+    const float scale = scales ? scales[r0 + r] : 1.0f;
+    for (int i = 0; i < MR; ++i) {
+      float* o = out + (m0 + i) * ldo + r0 + r;
+      const float v = _mm512_reduce_add_ps(acc[r][i]) * scale;
+      *o = accumulate ? *o + v : v;
+    }
+  }
+}
+
+template <DType D, int NR>
+inline void stream_rows(const float* x, int64_t m, int64_t ldx, const char* w, int64_t k,
+                        int64_t r0, float* out, int64_t ldo, const float* scales, bool accumulate) {
+  int64_t m0 = 0;
+  for (; m0 + kBatchTile <= m; m0 += kBatchTile)
+    stream_tile<D, NR, kBatchTile>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate);
+  switch (m - m0) {
+    case 3: stream_tile<D, NR, 3>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate); break;
+    case 2: stream_tile<D, NR, 2>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate); break;
+    case 1: stream_tile<D, NR, 1>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate); break;
+    default: break;
+  }
+}
+
+template <DType D>
+void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+               int64_t ldo, bool accumulate) {
+  const char* data = static_cast<const char*>(w.data);
+  const int64_t tiles = (w.n + kRowTile - 1) / kRowTile;
+  // Static split: each thread streams one contiguous range of weight rows.
+#pragma omp parallel for schedule(static) if (tiles > 1)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r0 = t * kRowTile;
+    if (r0 + kRowTile <= w.n) {
+      stream_rows<D, kRowTile>(x, m, ldx, data, w.k, r0, out, ldo, w.scales, accumulate);
+    } else {
+      for (int64_t r = r0; r < w.n; ++r)
+        stream_rows<D, 1>(x, m, ldx, data, w.k, r, out, ldo, w.scales, accumulate);
+    }
+  }
+}
+
+void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, int64_t k,
+           int64_t ldw, float* out, int64_t ldo, bool accumulate) {
+  const dnnl_status_t status = dnnl_sgemm('N', 'T', m, n, k, 1.0f, x, ldx, w, ldw,
+                                          accumulate ? 1.0f : 0.0f, out, ldo);
+  if (status != dnnl_success)
+    throw std::runtime_error(fmt::format("cpu backend: dnnl_sgemm failed (status {})", int(status)));
+}
+
+}  // namespace
+
+void widen_rows(const WeightView& w, int64_t row_begin, int64_t rows, float* dst) {
+  if (w.dtype != DType::F32 && w.dtype != DType::BF16 && w.dtype != DType::F16 && w.dtype != DType::I8)
+    throw std::logic_error("cpu backend: weight dtype must be F32, BF16, F16 or I8");
+  const size_t elem = dtype_size(w.dtype);
+#pragma omp parallel for schedule(static) if (rows * w.k > (1 << 15))
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* src = static_cast<const char*>(w.data) + size_t(row_begin + r) * size_t(w.k) * elem;
+    float* o = dst + r * w.k;
+    switch (w.dtype) {
+      case DType::F32: widen_row<DType::F32>(src, w.k, 1.0f, o); break;
+      case DType::BF16: widen_row<DType::BF16>(src, w.k, 1.0f, o); break;
+      case DType::F16: widen_row<DType::F16>(src, w.k, 1.0f, o); break;
+      case DType::I8: widen_row<DType::I8>(src, w.k, w.scales[row_begin + r], o); break;
+      default: break;  // checked above: no exception may leave the parallel loop
+    }
+  }
+}
+
+void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                      int64_t ldo, bool accumulate) {
+  switch (w.dtype) {
+    case DType::F32: return streaming<DType::F32>(x, m, ldx, w, out, ldo, accumulate);
+    case DType::BF16: return streaming<DType::BF16>(x, m, ldx, w, out, ldo, accumulate);
+    case DType::F16: return streaming<DType::F16>(x, m, ldx, w, out, ldo, accumulate);
+    case DType::I8: return streaming<DType::I8>(x, m, ldx, w, out, ldo, accumulate);
+    default: throw std::logic_error("cpu backend: matmul weight dtype must be F32, BF16, F16 or I8");
+  }
+}
+
+void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                  int64_t ldo, bool accumulate) {
+  if (w.dtype == DType::F32)
+    return sgemm(x, m, ldx, static_cast<const float*>(w.data), w.n, w.k, w.k, out, ldo, accumulate);
+  // Panels of about 8 MiB of F32: large enough for sgemm to run at full
+  // speed, small enough to stay in the last-level cache between the widening
+  // and the GEMM that reads it.
+  const int64_t panel_rows =
+      std::min<int64_t>(w.n, std::max<int64_t>(64, (int64_t(8) << 20) / (4 * std::max<int64_t>(w.k, 1))));
+  std::unique_ptr<float, decltype(&std::free)> panel(
+      static_cast<float*>(std::aligned_alloc(64, (size_t(panel_rows * w.k) * 4 + 63) / 64 * 64)),
+      std::free);
+  if (!panel) throw std::bad_alloc();
+  for (int64_t r0 = 0; r0 < w.n; r0 += panel_rows) {
+    const int64_t rows = std::min(panel_rows, w.n - r0);
+    widen_rows(w, r0, rows, panel.get());
+    sgemm(x, m, ldx, panel.get(), rows, w.k, w.k, out + r0, ldo, accumulate);
+  }
+}
+
+void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
+            bool accumulate) {
+  if (m <= kStreamingMaxRows) matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
+  else matmul_panel(x, m, ldx, w, out, ldo, accumulate);
+}
+
+}  // namespace shardlm::cpu

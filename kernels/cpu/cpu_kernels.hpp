@@ -1,0 +1,47 @@
+#pragma once
+// The CPU backend's matmul kernels, out = x · wᵀ (+ out), for weights stored
+// as F32, BF16, F16 or I8 with per-row scales. Declared here, apart from the
+// Backend class, so the unit tests can run each path on its own against a
+// plain reference (tests/unit/test_cpu_kernels.cpp).
+//
+// Two paths:
+// - streaming (few rows of x, decode): each weight row is read from memory
+//   once, widened to F32 in registers and multiplied with every row of x;
+//   OpenMP splits the weight rows over the threads, so the cores stream
+//   disjoint parts of the weight at the memory's pace.
+// - panel (many rows, prefill): blocks of weight rows are widened to an F32
+//   panel that stays in cache, then oneDNN's sgemm multiplies it; the
+//   widening costs one pass over the weight per call, small beside the
+//   2·M FLOP per weight of the GEMM.
+#include <cstdint>
+
+#include "runtime/dtype.hpp"
+
+namespace shardlm::cpu {
+
+// A weight matrix [n, k] row-major as stored: `data` holds dtype values and,
+// for I8, `scales` one F32 per row (value = q * scales[row]).
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  const float* scales = nullptr;
+  int64_t n = 0, k = 0;
+};
+
+// Rows of x up to which matmul takes the streaming path; above it the panel
+// path (oneDNN) is faster because each weight is reused across many rows.
+constexpr int64_t kStreamingMaxRows = 16;
+
+// out[m, n] (ldo) = x[m, k] (ldx) · wᵀ, plus the old out when accumulate.
+void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                      int64_t ldo, bool accumulate);
+void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                  int64_t ldo, bool accumulate);
+// Chooses the path by m.
+void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
+            bool accumulate);
+
+// Rows [row_begin, row_begin + rows) of w widened to F32 (scales applied), [rows, k].
+void widen_rows(const WeightView& w, int64_t row_begin, int64_t rows, float* dst);
+
+}  // namespace shardlm::cpu

@@ -1,0 +1,195 @@
+// The CPU backend's kernels against plain reference loops: matmul for every
+// weight dtype on both paths (streaming and panel) and through the backend's
+// dispatch, the int8 quantization, copy_2d and embedding of every dtype.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.hpp"
+#include "kernels/math.hpp"
+#include "runtime/backend.hpp"
+
+using namespace shardlm;
+
+namespace {
+
+std::vector<float> random_values(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// What a weight row holds once stored as `dtype`: the reference rounding.
+std::vector<float> stored_values(const std::vector<float>& w, int64_t n, int64_t k, DType dtype) {
+  std::vector<float> out(w.size());
+  for (int64_t r = 0; r < n; ++r) {
+    float max_abs = 0;
+    for (int64_t c = 0; c < k; ++c) max_abs = std::max(max_abs, std::fabs(w[size_t(r * k + c)]));
+    const float scale = math::int8_scale(max_abs);
+    for (int64_t c = 0; c < k; ++c) {
+      const float v = w[size_t(r * k + c)];
+      float& o = out[size_t(r * k + c)];
+      switch (dtype) {
+        case DType::BF16: o = math::bf16_to_float(math::float_to_bf16(v)); break;
+        case DType::F16: o = math::f16_to_float(math::float_to_f16(v)); break;
+        case DType::I8: o = float(math::quantize_int8(v, scale)) * scale; break;
+        default: o = v;
+      }
+    }
+  }
+  return out;
+}
+
+// out = x · wᵀ in double.
+std::vector<double> reference_matmul(const std::vector<float>& x, const std::vector<float>& w,
+                                     int64_t m, int64_t n, int64_t k) {
+  std::vector<double> out(size_t(m * n));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = 0;
+      for (int64_t c = 0; c < k; ++c) sum += double(x[size_t(i * k + c)]) * double(w[size_t(j * k + c)]);
+      out[size_t(i * n + j)] = sum;
+    }
+  return out;
+}
+
+// F32 accumulation error bound: a few ulps of the sum of |products|.
+double tolerance(const std::vector<float>& x, const std::vector<float>& w, int64_t i, int64_t j,
+                 int64_t k) {
+  double abs_sum = 0;
+  for (int64_t c = 0; c < k; ++c)
+    abs_sum += std::fabs(double(x[size_t(i * k + c)]) * double(w[size_t(j * k + c)]));
+  return 1e-6 * double(k) * abs_sum + 1e-30;
+}
+
+Tensor upload(Backend& backend, const std::vector<float>& w, int64_t n, int64_t k) {
+  return backend.upload_weight(w.data(), DType::F32, {n, k}, {0, n, 0, k});
+}
+
+cpu::WeightView view_of(const Tensor& t) {
+  return {t.raw(), t.dtype(), t.scales() ? t.scales()->data<float>() : nullptr, t.dim(0), t.dim(1)};
+}
+
+const DType kWeightDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::I8};
+
+}  // namespace
+
+TEST_CASE("int8 quantization rounds to nearest and clamps to +-127", "[cpu_kernels]") {
+  const float scale = math::int8_scale(2.54f);
+  CHECK(scale == Approx(0.02f));
+  CHECK(math::quantize_int8(2.54f, scale) == 127);
+  CHECK(math::quantize_int8(-2.54f, scale) == -127);
+  CHECK(math::quantize_int8(-9.0f, scale) == -127);  // beyond the row's max clamps
+  CHECK(math::quantize_int8(0.031f, scale) == 2);
+  CHECK(math::quantize_int8(1.0f, 0.0f) == 0);  // an all-zero row
+}
+
+TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[cpu_kernels]") {
+  for (DType dtype : kWeightDtypes) {
+    auto backend = make_cpu_backend(CpuBackendOptions{2, dtype});
+    for (int64_t m : {1, 2, 3, 4, 5, 9, 16, 17, 33}) {
+      for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1}, {5, 15}, {37, 16}, {8, 33}, {67, 100}, {130, 257}}) {
+        const auto x = random_values(size_t(m * k), uint32_t(m * 131 + k));
+        const auto w = random_values(size_t(n * k), uint32_t(n * 17 + k), 0.2f);
+        const Tensor wt = upload(*backend, w, n, k);
+        REQUIRE(wt.dtype() == dtype);
+        REQUIRE((wt.scales() != nullptr) == (dtype == DType::I8));
+        const auto expect = reference_matmul(x, stored_values(w, n, k, dtype), m, n, k);
+        const std::vector<float> prior = random_values(size_t(m * n), 7);
+        for (int path = 0; path < 3; ++path) {
+          for (bool accumulate : {false, true}) {
+            std::vector<float> out = prior;
+            if (path == 0) cpu::matmul_streaming(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
+            if (path == 1) cpu::matmul_panel(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
+            if (path == 2) {
+              Tensor xt = backend->alloc({m, k}, DType::F32), ot = backend->alloc({m, n}, DType::F32);
+              backend->copy_from_host(x.data(), xt);
+              backend->copy_from_host(prior.data(), ot);
+              backend->matmul(xt, wt, ot, accumulate);
+              backend->copy_to_host(ot, out.data());
+            }
+            for (int64_t i = 0; i < m; ++i)
+              for (int64_t j = 0; j < n; ++j) {
+                const double want = expect[size_t(i * n + j)] + (accumulate ? prior[size_t(i * n + j)] : 0.0);
+                INFO("dtype " << dtype_name(dtype) << " m " << m << " n " << n << " k " << k
+                              << " path " << path << " accumulate " << accumulate);
+                REQUIRE(std::fabs(out[size_t(i * n + j)] - want) <=
+                        tolerance(x, w, i, j, k) + 1e-6 * std::fabs(want));
+              }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("16-bit weights are stored as 16-bit and int8 as int8", "[cpu_kernels]") {
+  const int64_t n = 3, k = 40;
+  const auto w = random_values(size_t(n * k), 3);
+  for (DType dtype : kWeightDtypes) {
+    auto backend = make_cpu_backend(CpuBackendOptions{1, dtype});
+    const Tensor t = upload(*backend, w, n, k);
+    CHECK(t.nbytes() == size_t(n * k) * dtype_size(dtype));
+    // 1-D weights (norms) stay F32 whatever the weight dtype.
+    const Tensor norm = backend->upload_weight(w.data(), DType::F32, {k}, {0, 1, 0, k});
+    CHECK(norm.dtype() == DType::F32);
+  }
+  // Without a weight dtype the checkpoint's is kept.
+  auto keep = make_cpu_backend(CpuBackendOptions{1, std::nullopt});
+  std::vector<uint16_t> bf16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) bf16[i] = math::float_to_bf16(w[i]);
+  CHECK(keep->upload_weight(bf16.data(), DType::BF16, {n, k}, {0, n, 0, k}).dtype() == DType::BF16);
+  CHECK(keep->upload_weight(w.data(), DType::F32, {n, k}, {0, n, 0, k}).dtype() == DType::F32);
+}
+
+TEST_CASE("int8 column blocks share the scales of the whole row", "[cpu_kernels]") {
+  const int64_t n = 6, k = 64;
+  auto w = random_values(size_t(n * k), 11);
+  w[size_t(2 * k + 50)] = 9.0f;  // row 2's maximum lies in the second column block
+  auto backend = make_cpu_backend(CpuBackendOptions{2, DType::I8});
+  const Tensor whole = upload(*backend, w, n, k);
+  const Tensor left = backend->upload_weight(w.data(), DType::F32, {n, k}, {1, 4, 0, 32});
+  const Tensor right = backend->upload_weight(w.data(), DType::F32, {n, k}, {1, 4, 32, 32});
+  for (int64_t r = 0; r < 4; ++r) {
+    CHECK(left.scales()->data<float>()[r] == whole.scales()->data<float>()[r + 1]);
+    CHECK(right.scales()->data<float>()[r] == whole.scales()->data<float>()[r + 1]);
+    for (int64_t c = 0; c < 32; ++c) {
+      CHECK(left.data<int8_t>()[r * 32 + c] == whole.data<int8_t>()[(r + 1) * k + c]);
+      CHECK(right.data<int8_t>()[r * 32 + c] == whole.data<int8_t>()[(r + 1) * k + 32 + c]);
+    }
+  }
+  CHECK(whole.scales()->data<float>()[2] == Approx(9.0f / 127));
+  // Row views carry their scales along.
+  CHECK(whole.rows(2, 3).scales()->data<float>()[0] == whole.scales()->data<float>()[2]);
+}
+
+TEST_CASE("copy_2d and embedding work for every weight dtype", "[cpu_kernels]") {
+  const int64_t n = 7, k = 24;
+  const auto w = random_values(size_t(n * k), 5);
+  for (DType dtype : kWeightDtypes) {
+    auto backend = make_cpu_backend(CpuBackendOptions{1, dtype});
+    const Tensor t = upload(*backend, w, n, k);
+    const auto stored = stored_values(w, n, k, dtype);
+    // A 3 x 5 rectangle moved in the stored dtype.
+    Tensor dst = backend->zeros({4, 10}, dtype);
+    backend->copy_2d(t, 2, 3, dst, 1, 4, 3, 5);
+    const size_t elem = dtype_size(dtype);
+    for (int64_t r = 0; r < 3; ++r)
+      for (int64_t c = 0; c < 5; ++c)
+        CHECK(std::memcmp(static_cast<const char*>(dst.raw()) + size_t((1 + r) * 10 + 4 + c) * elem,
+                          static_cast<const char*>(t.raw()) + size_t((2 + r) * k + 3 + c) * elem,
+                          elem) == 0);
+    // Embedding rows come back as F32 values of the stored weights.
+    const int32_t ids[] = {6, 0, 3, 3};
+    Tensor out = backend->alloc({4, k}, DType::F32);
+    backend->embedding(t, ids, out);
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t c = 0; c < k; ++c)
+        CHECK(out.data<float>()[i * k + c] == Approx(stored[size_t(ids[i] * k + c)]).epsilon(1e-6));
+  }
+}
