@@ -37,13 +37,7 @@ std::optional<T> pin(const std::string& text, const char* flag, F parse) {
   }
 }
 
-std::string seconds(double s) {
-  if (s < 0) return "-" + seconds(-s);
-  if (s == 0) return "0";
-  if (s >= 1) return fmt::format("{:.3g} s", s);
-  if (s >= 1e-3) return fmt::format("{:.3g} ms", s * 1e3);
-  return fmt::format("{:.3g} us", s * 1e6);
-}
+std::string seconds(double s) { return format_seconds(s); }
 
 std::string gigabytes(double b) { return fmt::format("{:.2f} GB", b / 1e9); }
 

@@ -36,24 +36,31 @@ std::string dominant_collective(const PhaseCost& pc) {
 std::string explain_loss(const PhaseCost& loser, const PhaseCost& winner) {
   if (!loser.problem.empty()) return loser.problem;
   const double ratio = loser.latency_s / winner.latency_s - 1;
-  const double passes = static_cast<double>(loser.forward_passes);
+  if (ratio < 5e-4)
+    return "ties within 0.05% (bound by compute or memory, its extra communication hidden)";
   const double lw = static_cast<double>(loser.layers_per_stage),
                ww = static_cast<double>(winner.layers_per_stage);
   Part parts[] = {
       {"compute", loser.layer.compute_eff_s * lw, winner.layer.compute_eff_s * ww},
       {"memory", loser.layer.memory_eff_s * lw, winner.layer.memory_eff_s * ww},
-      {"communication", (loser.layer.comm_eff_s - loser.layer.overlap_s) * lw,
+      {"exposed communication", (loser.layer.comm_eff_s - loser.layer.overlap_s) * lw,
        (winner.layer.comm_eff_s - winner.layer.overlap_s) * ww},
   };
   const Part* worst = &parts[0];
   for (const Part& p : parts)
     if (p.loser - p.winner > worst->loser - worst->winner) worst = &p;
-  std::string detail = fmt::format("{} {:.3g} ms vs {:.3g} ms per pass", worst->what,
-                                   worst->loser * 1e3, worst->winner * 1e3);
-  if (std::string(worst->what) == "communication")
-    detail += ", mostly " + dominant_collective(loser);
-  (void)passes;
-  return fmt::format("{:+.0f}% latency: {}", ratio * 100, detail);
+  std::string detail = fmt::format("{} {} vs {} per forward pass", worst->what,
+                                   format_seconds(worst->loser), format_seconds(worst->winner));
+  if (worst == &parts[2]) detail += ", mostly " + dominant_collective(loser);
+  return fmt::format("{:+.1f}% latency: {}", ratio * 100, detail);
+}
+
+std::string format_seconds(double s) {
+  if (s < 0) return "-" + format_seconds(-s);
+  if (s == 0) return "0";
+  if (s >= 1) return fmt::format("{:.3g} s", s);
+  if (s >= 1e-3) return fmt::format("{:.3g} ms", s * 1e3);
+  return fmt::format("{:.3g} us", s * 1e6);
 }
 
 static std::vector<FfnLayout> ffn_choices(const std::optional<FfnLayout>& pin) {
@@ -273,6 +280,12 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
       "mesh {} (pp={}) with {} weights has the lowest predicted {} of {} fitting setups",
       best.mesh.str(), best.mesh.pp, best.weights, by_cost ? "cost per token" : "latency",
       fitting.size());
+  if (fitting.size() > 1) {
+    const Setup& next = *fitting[1];
+    const double margin = by_cost ? next.cost() / best.cost() : next.latency() / best.latency();
+    plan.why += fmt::format("; next best: mesh {}, {} weights, {:+.1f}%", next.mesh.str(),
+                            next.weights, (margin - 1) * 100);
+  }
   if (req.latency_target_s) {
     plan.why += best.latency() <= *req.latency_target_s
                     ? fmt::format(" meeting the {:.4g} ms target", *req.latency_target_s * 1e3)
