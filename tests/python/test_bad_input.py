@@ -386,7 +386,8 @@ def test_missing_prompt_file(shardlm, good, tmp_path):
 
 
 @pytest.mark.parametrize("flag,value", [("--max-new-tokens", "-1"), ("--max-new-tokens", "many"),
-                                        ("--temperature", "-0.5"), ("--batch", "0"), ("--top-k", "-2")])
+                                        ("--temperature", "-0.5"), ("--temperature", "nan"),
+                                        ("--top-p", "nan"), ("--batch", "0"), ("--top-k", "-2")])
 def test_bad_numeric_flag(shardlm, good, tmp_path, flag, value):
     args = ["generate", "--model", good, "--prompt-ids", "1,2,3", f"{flag}={value}"]
     expect_failure(shardlm, tmp_path, args, 2, names=[flag])

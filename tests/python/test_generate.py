@@ -103,6 +103,9 @@ def test_top_k_1_equals_greedy(shardlm, models):
     greedy = gen_ids(shardlm, model, PROMPT, "--temperature", 0)
     topk1 = gen_ids(shardlm, model, PROMPT, "--temperature", 0.8, "--top-k", 1, "--seed", 3)
     assert topk1 == greedy
+    # A vanishing temperature is greedy too (and must not overflow to NaN).
+    cold = gen_ids(shardlm, model, PROMPT, "--temperature", 1e-6, "--seed", 3)
+    assert cold == greedy
 
 
 def test_seeded_sampling_is_reproducible(shardlm, models):
