@@ -320,6 +320,14 @@ def test_prompt_alone_beyond_context(shardlm, good, tmp_path):
                    any_of=["context", "max_position_embeddings"])
 
 
+def test_longest_prompt_in_file_beyond_context(shardlm, good, tmp_path):
+    ctx = MICRO_CONFIG["max_position_embeddings"]
+    f = tmp_path / "prompts.txt"
+    f.write_text("1,2\n" + ids_arg([3] * (ctx - 2)) + "\n")
+    args = ["generate", "--model", good, "--prompt-ids-file", f, "--max-new-tokens", 4]
+    expect_failure(shardlm, tmp_path, args, {1, 2}, any_of=["context", "max_position_embeddings"])
+
+
 def test_prompt_exactly_fills_context(shardlm, good, tmp_path):
     ctx = MICRO_CONFIG["max_position_embeddings"]
     p = shardlm.run("generate", "--model", good, "--prompt-ids", ids_arg([1] * (ctx - 4)),
