@@ -129,9 +129,12 @@ void print_phase(const PhasePlan& p) {
   fmt::print("\n{}: ffn {}, attention {}, {} weights, mesh {}, pp={}\n", name(c.phase),
              name(c.config.ffn), name(c.config.attn), c.config.weights, c.config.mesh.str(),
              c.config.mesh.pp);
-  fmt::print("  latency {} for {} tokens ({} forward pass{}), MFU {:.1f}%, {:.4g} chip-ms/token\n",
-             seconds(c.latency_s), c.tokens, c.forward_passes, c.forward_passes == 1 ? "" : "es",
-             c.mfu * 100, c.cost_chip_ms_per_token);
+  const std::string chunks =
+      c.micro_batches > 1 ? fmt::format(", batch in {} micro-batches", c.micro_batches) : "";
+  fmt::print(
+      "  latency {} for {} tokens ({} forward pass{}{}), MFU {:.1f}%, {:.4g} chip-ms/token\n",
+      seconds(c.latency_s), c.tokens, c.forward_passes, c.forward_passes == 1 ? "" : "es", chunks,
+      c.mfu * 100, c.cost_chip_ms_per_token);
   fmt::print("  why: {}\n", p.why);
   fmt::print("  {:<26} {:>12} {:>12}   {:>12}\n", "roofline (per chip)", "per layer", "phase total",
              "efficiency");

@@ -202,8 +202,10 @@ double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& 
 
 }  // namespace
 
-PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
-                         Phase phase, const PhaseConfig& config) {
+namespace {
+
+PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
+                        Phase phase, const PhaseConfig& config, int64_t micro_batches) {
   PhaseCost pc;
   pc.phase = phase;
   pc.config = config;
@@ -213,7 +215,7 @@ PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const W
   pc.forward_passes = phase == Phase::kPrefill ? 1 : w.gen_len;
   pc.tokens = w.batch * (phase == Phase::kPrefill ? w.prompt_len : w.gen_len);
   pc.layers_per_stage = (c.num_layers + mesh.pp - 1) / mesh.pp;
-  pc.micro_batches = std::min<int64_t>(w.batch, mesh.pp);
+  pc.micro_batches = micro_batches;
   const int64_t micro_batch = (w.batch + pc.micro_batches - 1) / pc.micro_batches;
 
   const Layout layout = make_layout(config.ffn, config.attn, layout_shape(model), mesh);
@@ -239,12 +241,16 @@ PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const W
                              act_bytes / mesh.tp_size();
     stage_s += hop_bytes / (hw.topology == "torus" ? hw.link_bandwidth : hw.inter_node_bandwidth);
   }
-  const double fill = static_cast<double>(mesh.pp - 1) * stage_s;
-  const double per_pass =
-      static_cast<double>(std::max<int64_t>(pc.micro_batches, mesh.pp)) * stage_s;
-  pc.latency_s = static_cast<double>(pc.forward_passes) * (per_pass + pc.edges.latency_s) + fill;
-  if (mesh.pp == 1)
-    pc.latency_s = static_cast<double>(pc.forward_passes) * (stage_s + pc.edges.latency_s);
+  // m micro-batches (pipeline, or batch chunks that bound activation memory):
+  // prefill fills the pipeline once; each decode step runs every micro-batch
+  // through every stage. Each micro-batch runs the embedding and head.
+  const double m = static_cast<double>(pc.micro_batches), pp = mesh.pp;
+  const double passes = static_cast<double>(pc.forward_passes);
+  if (phase == Phase::kPrefill)
+    pc.latency_s = (m + pp - 1) * stage_s + m * pc.edges.latency_s;
+  else
+    pc.latency_s =
+        passes * (std::max(m, pp) * stage_s + m * pc.edges.latency_s) + (pp - 1) * stage_s;
 
   const double peak = hw.peak(hw.activation_dtype);
   pc.mfu = 2.0 * static_cast<double>(model.mfu_params()) * static_cast<double>(pc.tokens) /
@@ -288,6 +294,23 @@ PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const W
         mem.total() / 1e9, mem.weights / 1e9, mem.kv_cache / 1e9, mem.activations / 1e9,
         mem.available / 1e9);
   return pc;
+}
+
+}  // namespace
+
+PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
+                         Phase phase, const PhaseConfig& config) {
+  // As many micro-batches as pipeline stages; more (powers of two) when the
+  // activations of the whole batch do not fit: prefill is then run in chunks.
+  const int64_t base = std::min<int64_t>(w.batch, config.mesh.pp);
+  PhaseCost first = estimate_with(model, hw, w, phase, config, base);
+  if (!first.problem.empty() &&
+      first.memory.weights + first.memory.kv_cache < first.memory.available)
+    for (int64_t m = base * 2; m < w.batch * 2; m *= 2) {
+      PhaseCost chunked = estimate_with(model, hw, w, phase, config, std::min(m, w.batch));
+      if (chunked.problem.empty()) return chunked;
+    }
+  return first;
 }
 
 double kv_cache_bytes(const ModelSpec& m, int64_t batch, int64_t context, double bytes_per_elem) {

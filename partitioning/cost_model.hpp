@@ -76,10 +76,10 @@ struct PhaseCost {
   int64_t forward_passes = 0;  // 1 for prefill, gen_len for decode
   int64_t tokens = 0;          // batch * prompt_len, or batch * gen_len
   int64_t layers_per_stage = 0;
-  int64_t micro_batches = 1;
-  ForwardCost layer;     // decode: at the mean context length
-  ForwardCost edges;     // embedding + final norm + LM head
-  double latency_s = 0;  // the whole phase
+  int64_t micro_batches = 1;  // pipeline micro-batches, or prefill chunks that fit memory
+  ForwardCost layer;          // decode: at the mean context length
+  ForwardCost edges;          // embedding + final norm + LM head
+  double latency_s = 0;       // the whole phase
   double mfu = 0, cost_chip_ms_per_token = 0;
   MemoryUse memory;
   std::string problem;  // why this configuration cannot run; empty when it can

@@ -100,7 +100,7 @@ PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanR
     plan.runners_up.push_back({all[i], explain_loss(all[i], plan.chosen)});
   const PhaseCost& c = plan.chosen;
   const double tokens_per_pass =
-      static_cast<double>(c.tokens) / static_cast<double>(c.forward_passes);
+      static_cast<double>(c.tokens) / static_cast<double>(c.forward_passes * c.micro_batches);
   if (all.size() == 1) {
     plan.why = "pinned on the command line";
   } else {
