@@ -218,3 +218,19 @@ TEST_CASE("MFU and cost follow their definitions (§2, §4.4)", "[cost]") {
   const double attn_flops = 4.0 * 64 * 64 * 256 * (2048 + 32);
   CHECK(c.layer.flops * 64 == Approx(weight_flops + attn_flops).epsilon(1e-6));
 }
+
+TEST_CASE("a batch whose activations do not fit runs in micro-batches", "[cost]") {
+  const ModelSpec m =
+      ModelSpec::load_yaml(std::string(SHARDLM_SOURCE_DIR) + "/configs/models/palm-62b.yaml");
+  const HardwareSpec hw = tpu();
+  const PhaseConfig cfg{FfnLayout::k2D, AttnLayout::kHeads, "bf16", Mesh{1, 2, 2, 2}};
+  const PhaseCost c = estimate_phase(m, hw, Workload{512, 2048, 64}, Phase::kPrefill, cfg);
+  REQUIRE(c.problem.empty());
+  CHECK(c.micro_batches > 1);
+  CHECK(c.memory.fits());
+  // One pipeline stage: every micro-batch runs all layers, then the embedding and head.
+  const double m_batches = static_cast<double>(c.micro_batches);
+  CHECK(c.latency_s == Approx(m_batches * (64 * c.layer.latency_s + c.edges.latency_s)));
+  // The same batch at a size that fits needs no chunks.
+  CHECK(estimate_phase(m, hw, Workload{8, 2048, 64}, Phase::kPrefill, cfg).micro_batches == 1);
+}
