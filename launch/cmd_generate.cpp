@@ -7,6 +7,7 @@
 #include <cmath>
 #include <chrono>
 #include <fstream>
+#include <limits>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -129,7 +130,8 @@ std::vector<float> peak_rss_mb_per_rank(World& world) {
 }
 
 void run_generate(const GenerateOptions& o, bool batch_given) {
-  if (o.temperature < 0) throw UsageError(fmt::format("--temperature must be >= 0, got {}", o.temperature));
+  if (!(o.temperature >= 0 && std::isfinite(o.temperature)))
+    throw UsageError(fmt::format("--temperature must be a finite number >= 0, got {}", o.temperature));
   if (!(o.top_p > 0 && o.top_p <= 1)) throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
   const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
 
@@ -248,7 +250,7 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--temperature", o->temperature, "0 for greedy")->capture_default_str();
   cmd->add_option("--top-k", o->top_k, "keep the k most likely tokens (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
   cmd->add_option("--seed", o->seed, "sampling seed")->capture_default_str();
   cmd->add_option("--stop-ids", o->stop_ids, "token ids that end a sequence")->delimiter(',')
@@ -258,7 +260,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--dump-step-logits", o->dump_step_logits,
                   "write the logits each token of sequence 0 was sampled from, as .npy");
   cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");

@@ -1,5 +1,7 @@
 #include "models/model_config.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <optional>
 
@@ -144,8 +146,9 @@ ModelConfig ModelConfig::load(const std::filesystem::path& model_dir) {
                                 model_dir.string()));
   const std::filesystem::path path = model_dir / "config.json";
   std::ifstream in(path);
-  if (!in) throw DataError(fmt::format("{}: cannot open (expected a Hugging Face config.json)",
-                                       path.string()));
+  if (!in)
+    throw DataError(fmt::format("{}: cannot open ({}; expected a Hugging Face config.json)",
+                                path.string(), std::strerror(errno)));
   json j;
   try {
     j = json::parse(in);
