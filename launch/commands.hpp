@@ -10,5 +10,6 @@ void add_generate_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
 void add_layouts_command(CLI::App& app);
 void add_calibrate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 }  // namespace shardlm

@@ -63,19 +63,31 @@ constexpr int kBatchTile = 4;  // rows of x per tile: 16 accumulators
 // Weight rows [r0, r0 + NR) times x rows [m0, m0 + MR) over all of k.
 template <DType D, int NR, int MR>
 inline void stream_tile(const float* x, int64_t ldx, const char* w, int64_t k, int64_t r0,
-                        int64_t m0, float* out, int64_t ldo, const float* scales, bool accumulate) {
+                        int64_t m0, float* out, int64_t ldo, const float* scales, bool accumulate,
+                        bool prefetch) {
   const size_t elem = dtype_size(D);
   const char* rows[NR];
   for (int r = 0; r < NR; ++r) rows[r] = w + size_t(r0 + r) * size_t(k) * elem;
   __m512 acc[NR][MR];
+#pragma GCC unroll 4
   for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_ps();
+  // The next tile's rows, prefetched into L2 at the offset being read now:
+  // rows of a few KB are too short for the hardware prefetcher to ramp up on
+  // each of the NR streams, and the next tile is where this thread goes next.
+  const size_t next_tile = size_t(NR) * size_t(k) * elem;
   for (int64_t kk = 0; kk < k; kk += 16) {
     const __mmask16 mask = k - kk >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - kk)) - 1);
     __m512 xv[MR];
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + (m0 + i) * ldx + kk);
+#pragma GCC unroll 4
     for (int r = 0; r < NR; ++r) {
-      const __m512 wv = load16<D>(rows[r] + size_t(kk) * elem, mask);
+      const char* p = rows[r] + size_t(kk) * elem;
+      if (prefetch && (kk * elem) % 64 == 0) _mm_prefetch(p + next_tile, _MM_HINT_T1);
+      const __m512 wv = load16<D>(p, mask);
+#pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_fmadd_ps(wv, xv[i], acc[r][i]);
     }
   }
@@ -91,14 +103,15 @@ inline void stream_tile(const float* x, int64_t ldx, const char* w, int64_t k, i
 
 template <DType D, int NR>
 inline void stream_rows(const float* x, int64_t m, int64_t ldx, const char* w, int64_t k,
-                        int64_t r0, float* out, int64_t ldo, const float* scales, bool accumulate) {
+                        int64_t r0, float* out, int64_t ldo, const float* scales, bool accumulate,
+                        bool prefetch) {
   int64_t m0 = 0;
   for (; m0 + kBatchTile <= m; m0 += kBatchTile)
-    stream_tile<D, NR, kBatchTile>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate);
+    stream_tile<D, NR, kBatchTile>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0);
   switch (m - m0) {
-    case 3: stream_tile<D, NR, 3>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate); break;
-    case 2: stream_tile<D, NR, 2>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate); break;
-    case 1: stream_tile<D, NR, 1>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate); break;
+    case 3: stream_tile<D, NR, 3>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0); break;
+    case 2: stream_tile<D, NR, 2>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0); break;
+    case 1: stream_tile<D, NR, 1>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0); break;
     default: break;
   }
 }
@@ -113,10 +126,12 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t r0 = t * kRowTile;
     if (r0 + kRowTile <= w.n) {
-      stream_rows<D, kRowTile>(x, m, ldx, data, w.k, r0, out, ldo, w.scales, accumulate);
+      // The last tile of the matrix has no next tile to prefetch.
+      stream_rows<D, kRowTile>(x, m, ldx, data, w.k, r0, out, ldo, w.scales, accumulate,
+                               r0 + 2 * kRowTile <= w.n);
     } else {
       for (int64_t r = r0; r < w.n; ++r)
-        stream_rows<D, 1>(x, m, ldx, data, w.k, r, out, ldo, w.scales, accumulate);
+        stream_rows<D, 1>(x, m, ldx, data, w.k, r, out, ldo, w.scales, accumulate, false);
     }
   }
 }

@@ -1,0 +1,276 @@
+// `shardlm bench`: prefill and decode speed of a checkpoint over a grid of
+// settings, llama-bench style (every flag takes a list), beside the limits of
+// the machine: prefill MFU against the measured sgemm peak and decode
+// bandwidth utilisation against the measured memory read bandwidth.
+//
+// Definitions (docs/cpu_backend.md):
+// - prefill tok/s = batch * p / prefill time (the forward pass over all prompts);
+// - decode tok/s = tokens produced by decode steps / decode time;
+// - prefill FLOP = 2 * (linear weights of the layers) * batch * p
+//   + 2 * lm_head * batch (logits of the last token only)
+//   + attention 4 * layers * heads * head_dim * batch * p (p + 1) / 2;
+//   MFU = FLOP / prefill time / peak, peak = sgemm 2048^3 with the row's threads;
+// - decode bytes per token = stored weight bytes read per step / batch + KV
+//   cache bytes one token reads (K and V, every layer, at the mean context
+//   length p + (n + 1) / 2); utilisation = bytes * tok/s / measured bandwidth.
+// Under mpirun the peak and bandwidth are the sums over ranks (all measure at
+// once) and the bytes those of all ranks' shards.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "launch/commands.hpp"
+#include "models/model_weights.hpp"
+#include "partitioning/calibrate.hpp"
+#include "runtime/engine.hpp"
+#include "runtime/errors.hpp"
+#include "runtime/parallel.hpp"
+
+namespace shardlm {
+namespace {
+
+struct BenchOptions {
+  std::string model, output = "md", mesh, ffn = "2d", attn = "heads";
+  std::vector<int> prompt = {128, 512}, gen = {128}, threads = {0}, batch = {1};
+  std::vector<std::string> weights = {"auto"};
+  int reps = 3;
+  double bandwidth_gib = 1.5;
+};
+
+struct Limits {
+  double peak_flops = 0, bandwidth = 0;
+};
+
+struct Row {
+  std::string weights;
+  int threads = 0, batch = 0, prompt = 0, gen = 0;
+  double prefill_tps = 0, decode_tps = 0, prefill_flops = 0, mfu = 0;
+  double decode_bytes_per_token = 0, bandwidth_util = 0;
+  Limits limits;
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double sum_over_ranks(World& world, double mine) {
+  float value = float(mine);
+  if (world.size() > 1) world.all().all_reduce(&value, 1);
+  return double(value);
+}
+
+// Bytes of every stored weight this rank holds, I8 scales included.
+double weight_bytes(const ModelWeights& w) {
+  auto bytes = [](const Tensor& t) {
+    return double(t.empty() ? 0 : t.nbytes()) + (t.scales() ? double(t.scales()->nbytes()) : 0.0);
+  };
+  double total = bytes(w.lm_head.local) + bytes(w.final_norm);
+  for (const LayerWeights& l : w.layers)
+    for (const Tensor* t : {&l.input_norm, &l.post_attention_norm, &l.q.local, &l.k.local, &l.v.local,
+                            &l.o.local, &l.gate.local, &l.up.local, &l.down.local})
+      total += bytes(*t);
+  return total;
+}
+
+double prefill_flops(const ModelConfig& c, int batch, int p) {
+  const double e = double(c.hidden_size);
+  const double linear = double(c.num_layers) *
+                        (e * double(c.q_dim()) * 2 + e * double(c.kv_dim()) * 2 +
+                         3 * e * double(c.intermediate_size));
+  const double tokens = double(batch) * p;
+  const double attention = 4.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) *
+                           batch * (double(p) * (p + 1) / 2);
+  return 2 * linear * tokens + 2 * double(c.vocab_size) * e * batch + attention;
+}
+
+std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
+                        const std::vector<Row>& rows, const std::map<int, Limits>& limits) {
+  if (o.output == "json") {
+    nlohmann::json out = {{"model", o.model}, {"ranks", ranks}, {"params", c.num_params()}, {"rows", nlohmann::json::array()}};
+    for (const auto& [t, l] : limits)
+      out["limits"].push_back({{"threads", t}, {"peak_flops", l.peak_flops}, {"bandwidth_Bps", l.bandwidth}});
+    for (const Row& r : rows)
+      out["rows"].push_back({{"weights", r.weights}, {"threads", r.threads}, {"batch", r.batch},
+                             {"p", r.prompt}, {"n", r.gen}, {"prefill_tok_s", r.prefill_tps},
+                             {"decode_tok_s", r.decode_tps}, {"prefill_flop", r.prefill_flops},
+                             {"prefill_mfu", r.mfu}, {"decode_bytes_per_token", r.decode_bytes_per_token},
+                             {"decode_bw_util", r.bandwidth_util}, {"peak_flops", r.limits.peak_flops},
+                             {"bandwidth_Bps", r.limits.bandwidth}, {"reps", o.reps}});
+    return out.dump(2) + "\n";
+  }
+  std::ostringstream s;
+  if (o.output == "csv") {
+    s << "model,ranks,weights,threads,batch,p,n,prefill_tok_s,decode_tok_s,prefill_mfu,"
+         "decode_bw_util,decode_bytes_per_token,peak_flops,bandwidth_Bps\n";
+    for (const Row& r : rows)
+      s << fmt::format("{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g}\n", o.model,
+                       ranks, r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps, r.decode_tps,
+                       r.mfu, r.bandwidth_util, r.decode_bytes_per_token, r.limits.peak_flops,
+                       r.limits.bandwidth);
+    return s.str();
+  }
+  s << fmt::format("model {}: {:.1f}M params, {} layers; {} rank(s); medians of {} repetitions\n\n",
+                   o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.reps);
+  for (const auto& [t, l] : limits)
+    s << fmt::format("- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
+                     "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
+                     t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
+  s << "\n| weights | threads | batch | p | n | prefill tok/s | prefill MFU | decode tok/s | decode "
+       "MB/token | decode BW util |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const Row& r : rows)
+    s << fmt::format("| {} | {} | {} | {} | {} | {:.1f} | {:.1f}% | {:.2f} | {:.1f} | {:.1f}% |\n", r.weights,
+                     r.threads, r.batch, r.prompt, r.gen, r.prefill_tps, 100 * r.mfu, r.decode_tps,
+                     r.decode_bytes_per_token / 1e6, 100 * r.bandwidth_util);
+  return s.str();
+}
+
+void run_bench(const BenchOptions& o) {
+  if (o.output != "md" && o.output != "csv" && o.output != "json")
+    throw UsageError(fmt::format("-o {}: expected md, csv or json", o.output));
+  if (o.reps < 1) throw UsageError("-r must be >= 1");
+  for (int v : o.prompt) if (v < 1) throw UsageError("-p values must be >= 1");
+  for (int v : o.gen) if (v < 1) throw UsageError("-n values must be >= 1 (decode is measured)");
+  for (int v : o.batch) if (v < 1) throw UsageError("-b values must be >= 1");
+  for (int v : o.threads) if (v < 0) throw UsageError("-t values must be >= 0 (0: all cores)");
+  std::vector<std::optional<DType>> weight_dtypes;
+  for (const std::string& w : o.weights) weight_dtypes.push_back(parse_weight_dtype(w));
+
+  World& world = World::get();
+  Mesh mesh{1, 1, world.size(), 1};
+  if (!o.mesh.empty()) {
+    try {
+      mesh = Mesh::parse(o.mesh);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(fmt::format("--mesh {}: {}", o.mesh, e.what()));
+    }
+  }
+  ParallelContext ctx(world, mesh);
+  const ModelConfig config = ModelConfig::load(o.model);
+  const int64_t longest = *std::max_element(o.prompt.begin(), o.prompt.end()) +
+                          *std::max_element(o.gen.begin(), o.gen.end());
+  if (longest > config.max_position_embeddings)
+    throw UsageError(fmt::format("p + n = {} exceeds the model's context length {}", longest,
+                                 config.max_position_embeddings));
+  FfnLayout ffn;
+  AttnLayout attn;
+  try {
+    ffn = parse_ffn_layout(o.ffn);
+    attn = parse_attn_layout(o.attn);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("layout: {}", e.what()));
+  }
+  const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
+  const Layout layout = make_layout(ffn, attn, shape, mesh);
+  check_shardable(config, mesh, layout, layout);
+  const Checkpoint checkpoint(o.model);
+
+  // The limits, per thread count, measured before any weight is resident.
+  const int all_cores = omp_get_max_threads();
+  std::map<int, Limits> limits;
+  for (int t : o.threads) {
+    const int threads = t > 0 ? t : all_cores;
+    if (limits.count(threads)) continue;
+    omp_set_num_threads(threads);
+    Limits& l = limits[threads];
+    l.peak_flops = sum_over_ranks(world, measure_sgemm(2048, 2048, 2048, 3));
+    l.bandwidth = sum_over_ranks(world, measure_memory_read(size_t(o.bandwidth_gib * double(1 << 30)), 3));
+  }
+
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
+  std::vector<Row> rows;
+  for (size_t wi = 0; wi < o.weights.size(); ++wi) {
+    std::unique_ptr<Backend> backend = make_cpu_backend({all_cores, weight_dtypes[wi]});
+    ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx);
+    const double stored_bytes = sum_over_ranks(world, weight_bytes(weights));
+    const std::string weights_name =
+        weight_dtypes[wi] ? std::string(weight_dtype_name(*weight_dtypes[wi]))
+                          : fmt::format("auto ({})", weight_dtype_name(weights.lm_head.local.dtype()));
+    Engine engine(*backend, ctx, config, layout, layout, std::move(weights));
+    for (int t : o.threads) {
+      const int threads = t > 0 ? t : all_cores;
+      omp_set_num_threads(threads);
+      for (int b : o.batch)
+        for (int p : o.prompt)
+          for (int n : o.gen) {
+            GenerationRequest request;
+            for (int s = 0; s < b; ++s) {
+              std::vector<int32_t> ids(static_cast<size_t>(p));
+              for (int32_t& id : ids) id = token(rng);
+              request.prompts.push_back(std::move(ids));
+            }
+            request.max_new_tokens = n;
+            std::vector<double> prefill, decode;
+            for (int rep = -1; rep < o.reps; ++rep) {  // rep -1 warms caches and pages up
+              if (rep < 0) request.max_new_tokens = std::min(n, 4);
+              else request.max_new_tokens = n;
+              const GenerationResult r = engine.generate(request);
+              if (rep < 0) continue;
+              prefill.push_back(double(r.prompt_tokens) / r.prefill_s);
+              decode.push_back(r.decode_s > 0 ? double(r.decode_tokens) / r.decode_s : 0.0);
+            }
+            Row row;
+            row.weights = weights_name;
+            row.threads = threads;
+            row.batch = b;
+            row.prompt = p;
+            row.gen = n;
+            row.limits = limits.at(threads);
+            row.prefill_tps = median(prefill);
+            row.decode_tps = median(decode);
+            row.prefill_flops = prefill_flops(config, b, p);
+            row.mfu = row.prefill_flops * row.prefill_tps / (double(b) * p) / row.limits.peak_flops;
+            const double mean_context = p + (n + 1) / 2.0;
+            const double kv_bytes = 2.0 * double(config.num_layers) * double(config.kv_dim()) * 4 * mean_context;
+            row.decode_bytes_per_token = stored_bytes / b + kv_bytes;
+            row.bandwidth_util = row.decode_bytes_per_token * row.decode_tps / row.limits.bandwidth;
+            rows.push_back(row);
+            if (world.is_root() && o.output == "md")
+              fmt::print(stderr, "bench: {} weights, {} threads, b {}, p {}, n {}: prefill {:.1f} tok/s, "
+                         "decode {:.2f} tok/s\n", row.weights, threads, b, p, n, row.prefill_tps,
+                         row.decode_tps);
+          }
+    }
+  }
+  if (world.is_root()) fmt::print("{}", format_rows(o, config, world.size(), rows, limits));
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  auto* cmd = app.add_subcommand("bench", "prefill and decode speed against the machine's measured limits");
+  cmd->add_option("--model", o->model, "checkpoint directory")->required();
+  auto list = [&](const std::string& flags, auto& target, const std::string& help) {
+    cmd->add_option(flags, target, help)
+        ->delimiter(',')
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->capture_default_str();
+  };
+  list("-p,--prompt", o->prompt, "prompt lengths (tokens per sequence)");
+  list("-n,--gen", o->gen, "tokens generated per sequence");
+  list("-t,--threads", o->threads, "threads per rank (0: all cores this rank may use)");
+  list("-b,--batch", o->batch, "sequences per batch");
+  list("--weights", o->weights, "weight storage: f32, bf16, f16, int8 or auto (the checkpoint's)");
+  cmd->add_option("-o,--output", o->output, "md, csv or json")->capture_default_str();
+  cmd->add_option("-r,--reps", o->reps, "repetitions per row (the median is reported)")->capture_default_str();
+  cmd->add_option("--mesh", o->mesh, "tensor-parallel mesh X,Y,Z (default 1,ranks,1)");
+  cmd->add_option("--ffn-layout", o->ffn, "feed-forward layout of both phases")->capture_default_str();
+  cmd->add_option("--attn-layout", o->attn, "attention layout of both phases")->capture_default_str();
+  cmd->add_option("--bandwidth-gib", o->bandwidth_gib, "GiB streamed to measure memory bandwidth")
+      ->capture_default_str();
+  cmd->callback([o] { run_bench(*o); });
+}
+
+}  // namespace shardlm
