@@ -11,6 +11,7 @@
 
 #include "launch/commands.hpp"
 #include "partitioning/paper_fit.hpp"
+#include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
 #include "runtime/errors.hpp"
 
@@ -41,91 +42,8 @@ std::string seconds(double s) { return format_seconds(s); }
 
 std::string gigabytes(double b) { return fmt::format("{:.2f} GB", b / 1e9); }
 
-nlohmann::json collectives_json(const ForwardCost& f) {
-  nlohmann::json list = nlohmann::json::array();
-  for (const auto& c : f.collectives)
-    list.push_back({{"stage", c.stage},
-                    {"tensor", c.tensor},
-                    {"kind", name(c.kind)},
-                    {"axes", c.axes},
-                    {"fusion_group", c.fusion_group},
-                    {"bytes_per_chip", c.bytes},
-                    {"seconds", c.seconds}});
-  return list;
-}
-
-nlohmann::json forward_json(const ForwardCost& f) {
-  return {{"flops_per_chip", f.flops},
-          {"compute_s", f.compute_s},
-          {"weight_load_s", f.weight_mem_s},
-          {"kv_load_s", f.kv_mem_s},
-          {"communication_s", f.comm_s},
-          {"weight_bytes_per_chip", f.weight_bytes},
-          {"kv_bytes_per_chip", f.kv_bytes},
-          {"communication_bytes_per_chip", f.comm_bytes},
-          {"efficiency",
-           {{"compute_s", f.compute_eff_s},
-            {"memory_s", f.memory_eff_s},
-            {"communication_s", f.comm_eff_s},
-            {"overlap_hidden_s", f.overlap_s},
-            {"overhead_s", f.overhead_s}}},
-          {"latency_s", f.latency_s},
-          {"collectives", collectives_json(f)}};
-}
-
-// Phase totals of the roofline components: per layer x layers x passes, plus edges.
-nlohmann::json breakdown_json(const PhaseCost& c) {
-  const double layers = static_cast<double>(c.layers_per_stage * c.config.mesh.pp);
-  const double passes = static_cast<double>(c.forward_passes);
-  auto total = [&](double layer, double edge) { return passes * (layer * layers + edge); };
-  return {{"compute_s", total(c.layer.compute_s, c.edges.compute_s)},
-          {"weight_load_s", total(c.layer.weight_mem_s, c.edges.weight_mem_s)},
-          {"kv_load_s", total(c.layer.kv_mem_s, c.edges.kv_mem_s)},
-          {"communication_s", total(c.layer.comm_s, c.edges.comm_s)},
-          {"efficiency_compute_s", total(c.layer.compute_eff_s, c.edges.compute_eff_s)},
-          {"efficiency_memory_s", total(c.layer.memory_eff_s, c.edges.memory_eff_s)},
-          {"efficiency_communication_s", total(c.layer.comm_eff_s, c.edges.comm_eff_s)},
-          {"overlap_hidden_s", total(c.layer.overlap_s, c.edges.overlap_s)},
-          {"overhead_s", total(c.layer.overhead_s, 0)},
-          {"per_layer", forward_json(c.layer)},
-          {"embedding_and_head", forward_json(c.edges)}};
-}
-
-nlohmann::json phase_json(const PhasePlan& p) {
-  const PhaseCost& c = p.chosen;
-  nlohmann::json alternatives = nlohmann::json::array();
-  for (const auto& a : p.runners_up)
-    alternatives.push_back({{"ffn_layout", name(a.cost.config.ffn)},
-                            {"attn_layout", name(a.cost.config.attn)},
-                            {"latency_s", a.cost.latency_s},
-                            {"mfu", a.cost.mfu},
-                            {"fits", a.cost.problem.empty()},
-                            {"lost_because", a.lost_because}});
-  return {{"ffn_layout", name(c.config.ffn)},
-          {"attn_layout", name(c.config.attn)},
-          {"weights", c.config.weights},
-          {"mesh", {{"x", c.config.mesh.x}, {"y", c.config.mesh.y}, {"z", c.config.mesh.z}}},
-          {"pp", c.config.mesh.pp},
-          {"micro_batches", c.micro_batches},
-          {"forward_passes", c.forward_passes},
-          {"tokens", c.tokens},
-          {"latency_s", c.latency_s},
-          {"mfu", c.mfu},
-          {"cost_chip_ms_per_token", c.cost_chip_ms_per_token},
-          {"breakdown", breakdown_json(c)},
-          {"memory_per_chip",
-           {{"weights_bytes", c.memory.weights},
-            {"kv_cache_bytes", c.memory.kv_cache},
-            {"activations_bytes", c.memory.activations},
-            {"usable_bytes", c.memory.available}}},
-          {"why", p.why},
-          {"alternatives", alternatives}};
-}
-
 void print_phase(const PhasePlan& p) {
   const PhaseCost& c = p.chosen;
-  const double layers = static_cast<double>(c.layers_per_stage * c.config.mesh.pp);
-  const double passes = static_cast<double>(c.forward_passes);
   fmt::print("\n{}: ffn {}, attention {}, {} weights, mesh {}, pp={}\n", name(c.phase),
              name(c.config.ffn), name(c.config.attn), c.config.weights, c.config.mesh.str(),
              c.config.mesh.pp);
@@ -140,8 +58,7 @@ void print_phase(const PhasePlan& p) {
              "efficiency");
   auto row = [&](const char* what, double layer, double edge, double eff_layer, double eff_edge) {
     fmt::print("  {:<26} {:>12} {:>12}   {:>12}\n", what, seconds(layer),
-               seconds(passes * (layer * layers + edge)),
-               seconds(passes * (eff_layer * layers + eff_edge)));
+               seconds(phase_total(c, layer, edge)), seconds(phase_total(c, eff_layer, eff_edge)));
   };
   row("compute", c.layer.compute_s, c.edges.compute_s, c.layer.compute_eff_s,
       c.edges.compute_eff_s);
@@ -217,30 +134,7 @@ void run_plan(const PlanOptions& o) {
 
   Plan plan = make_plan(model, hw, req);
   if (o.json) {
-    nlohmann::json others = nlohmann::json::array();
-    for (const auto& a : plan.other_setups) others.push_back(a.lost_because);
-    nlohmann::json j = {
-        {"model",
-         {{"name", model.name},
-          {"params", model.num_params()},
-          {"mfu_params", model.mfu_params()},
-          {"layers", model.config.num_layers},
-          {"attention", model.attention_kind()},
-          {"parallel_block", model.config.parallel_block}}},
-        {"hardware", hw.name},
-        {"chips", plan.mesh.size()},
-        {"workload", {{"batch", o.batch}, {"prompt_len", o.prompt_len}, {"gen_len", o.gen_len}}},
-        {"objective", o.objective},
-        {"mesh", {{"x", plan.mesh.x}, {"y", plan.mesh.y}, {"z", plan.mesh.z}}},
-        {"pp", plan.mesh.pp},
-        {"weights", plan.weights},
-        {"latency_s", plan.latency_s()},
-        {"cost_chip_ms_per_token", plan.cost_chip_ms_per_token()},
-        {"why", plan.why},
-        {"prefill", phase_json(plan.prefill)},
-        {"decode", phase_json(plan.decode)},
-        {"other_setups", others},
-        {"notes", plan.notes}};
+    nlohmann::json j = plan_json(plan, hw);
     fmt::print("{}\n", j.dump(2));
     return;
   }
