@@ -1,8 +1,8 @@
 #include "partitioning/calibrate.hpp"
 
 #include <fmt/core.h>
-#include <omp.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <unistd.h>
 

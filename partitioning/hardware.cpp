@@ -39,7 +39,16 @@ double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& a
     }
     return std::max(1, long_axes) * links_per_axis * link_bandwidth;
   }
-  return group_spans_nodes(mesh, axes) ? inter_node_bandwidth : intra_node_bandwidth;
+  if (!group_spans_nodes(mesh, axes)) return intra_node_bandwidth;
+  // Across nodes, NCCL-style collectives run one ring or tree per network
+  // card: what crosses the boundary moves over the cards of every member on
+  // the node at once, so the group gets the members' combined network
+  // bandwidth, up to the in-node link.
+  std::set<int> nodes;
+  const std::vector<int> members = mesh.group(0, axes);
+  for (int r : members) nodes.insert(r / chips_per_node);
+  const double per_node = static_cast<double>(members.size()) / static_cast<double>(nodes.size());
+  return std::min(intra_node_bandwidth, inter_node_bandwidth * per_node);
 }
 
 double HardwareSpec::collective_latency(const Mesh& mesh, const std::string& axes) const {

@@ -57,7 +57,9 @@ struct HardwareSpec {
   double peak(const std::string& dtype) const;
   // Per-chip bandwidth one collective over `axes` of `mesh` gets, and its
   // fixed latency. Torus: the links of the named axes longer than 1.
-  // Switched: the slowest link the group crosses (node boundary or not).
+  // Switched: in a node, the in-node link; across nodes, the network bandwidth
+  // of the group's members on one node together (one ring per network card),
+  // capped by the in-node link.
   double collective_bandwidth(const Mesh& mesh, const std::string& axes) const;
   double collective_latency(const Mesh& mesh, const std::string& axes) const;
   bool group_spans_nodes(const Mesh& mesh, const std::string& axes) const;

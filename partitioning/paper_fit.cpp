@@ -31,9 +31,10 @@ PublishedSet PublishedSet::load(const std::string& file) {
     p.label = r.text("label");
     p.model = r.text("model");
     const std::string phase = r.text("phase");
-    if (phase != "prefill" && phase != "decode")
-      throw DataError(fmt::format("{}: expected prefill or decode", r.where("phase")));
+    if (phase != "prefill" && phase != "decode" && phase != "both")
+      throw DataError(fmt::format("{}: expected prefill, decode or both", r.where("phase")));
     p.phase = phase == "prefill" ? Phase::kPrefill : Phase::kDecode;
+    p.both_phases = phase == "both";
     p.workload = {r.positive_int("batch"), r.positive_int("prompt_len"), r.positive_int("gen_len")};
     try {
       p.config = {parse_ffn_layout(r.text("ffn")), parse_attn_layout(r.text("attn")),
@@ -55,6 +56,12 @@ ModelSpec PublishedSet::model(const std::string& name) const {
                                                  : ModelSpec::resolve(name);
 }
 
+double predict(const ModelSpec& m, const HardwareSpec& hw, const PublishedResult& p) {
+  double t = estimate_phase(m, hw, p.workload, p.phase, p.config).latency_s;
+  if (p.both_phases) t += estimate_phase(m, hw, p.workload, Phase::kPrefill, p.config).latency_s;
+  return t;
+}
+
 std::vector<FidelityRow> evaluate(const PublishedSet& set, const HardwareSpec& hw) {
   std::map<std::string, ModelSpec> models;
   HardwareSpec ideal = hw;
@@ -64,8 +71,14 @@ std::vector<FidelityRow> evaluate(const PublishedSet& set, const HardwareSpec& h
   for (const auto& p : set.results) {
     if (!models.count(p.model)) models.emplace(p.model, set.model(p.model));
     const ModelSpec& m = models.at(p.model);
-    rows.push_back({p, estimate_phase(m, hw, p.workload, p.phase, p.config),
-                    estimate_phase(m, ideal, p.workload, p.phase, p.config).latency_s});
+    const double t = predict(m, hw, p);
+    const Workload& w = p.workload;
+    const double tokens = static_cast<double>(
+        w.batch * (p.both_phases ? w.prompt_len + w.gen_len
+                                 : (p.phase == Phase::kPrefill ? w.prompt_len : w.gen_len)));
+    const double mfu = 2.0 * static_cast<double>(m.mfu_params()) * tokens /
+                       (p.config.mesh.size() * hw.peak(hw.activation_dtype) * t);
+    rows.push_back({p, t, mfu, predict(m, ideal, p)});
   }
   return rows;
 }
@@ -81,8 +94,8 @@ std::string format_fidelity(const std::vector<FidelityRow>& rows, const Hardware
     out += fmt::format(
         "| {} | {},{},{} | {} + {} | {:.3g} | {:.3g} | {:+.1f}% | {:.3g} | {:.1f}% |\n", p.label,
         p.config.mesh.x, p.config.mesh.y, p.config.mesh.z, name(p.config.ffn), name(p.config.attn),
-        p.latency_s, r.predicted.latency_s, r.error() * 100, r.roofline_s, r.predicted.mfu * 100);
-    sum_sq += std::pow(std::log(r.predicted.latency_s / p.latency_s), 2);
+        p.latency_s, r.predicted_s, r.error() * 100, r.roofline_s, r.predicted_mfu * 100);
+    sum_sq += std::pow(std::log(r.predicted_s / p.latency_s), 2);
     worst = std::max(worst, std::abs(r.error()));
   }
   out += fmt::format("\nRMS log error {:.3f}; largest error {:.1f}%.\n",
@@ -172,8 +185,7 @@ HardwareSpec fit_efficiency(const PublishedSet& set, const HardwareSpec& hw) {
     trial.efficiency = decode(q, hw.efficiency);
     double sum = 0;
     for (const auto& p : set.results) {
-      PhaseCost c = estimate_phase(models.at(p.model), trial, p.workload, p.phase, p.config);
-      sum += std::pow(std::log(c.latency_s / p.latency_s), 2);
+      sum += std::pow(std::log(predict(models.at(p.model), trial, p) / p.latency_s), 2);
     }
     return sum;
   };

@@ -11,6 +11,7 @@ namespace shardlm {
 struct PublishedResult {
   std::string label, model;
   Phase phase;
+  bool both_phases = false;  // the latency covers prefill and decode (FasterTransformer's tables)
   Workload workload;
   PhaseConfig config;
   double latency_s;
@@ -26,12 +27,15 @@ struct PublishedSet {
 
 struct FidelityRow {
   PublishedResult published;
-  PhaseCost predicted;
+  double predicted_s;  // the phase, or prefill + decode
+  double predicted_mfu;
   double roofline_s;  // the same configuration with a perfect efficiency model
-  double error() const { return predicted.latency_s / published.latency_s - 1; }
+  double error() const { return predicted_s / published.latency_s - 1; }
 };
 
 std::vector<FidelityRow> evaluate(const PublishedSet& set, const HardwareSpec& hw);
+// The predicted latency of one published configuration.
+double predict(const ModelSpec& m, const HardwareSpec& hw, const PublishedResult& p);
 // Markdown table: published, predicted, error, roofline; then the RMS log error.
 std::string format_fidelity(const std::vector<FidelityRow>& rows, const HardwareSpec& hw);
 

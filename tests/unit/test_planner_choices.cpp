@@ -79,7 +79,7 @@ TEST_CASE("the fitted efficiency model is within 20% of every published latency"
   const PublishedSet set = PublishedSet::load(kRoot + "/configs/paper/pope2022_tables.yaml");
   REQUIRE(set.results.size() == 8);
   for (const FidelityRow& r : evaluate(set, tpu())) {
-    INFO(r.published.label << ": predicted " << r.predicted.latency_s << " s, published "
+    INFO(r.published.label << ": predicted " << r.predicted_s << " s, published "
                            << r.published.latency_s);
     CHECK(std::abs(r.error()) < 0.20);
     // The pure roofline is optimistic (§4.3 of PAPER_NOTES): it must stay below.
