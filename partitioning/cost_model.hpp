@@ -23,7 +23,6 @@
 
 namespace shardlm {
 
-enum class Phase { kPrefill, kDecode };
 std::string_view name(Phase p);
 
 struct Workload {

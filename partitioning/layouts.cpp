@@ -191,8 +191,10 @@ class LayoutBuilder {
   std::vector<Step>& L() { return out_.layer; }
 
   void add_prologue() {
-    // Token ids are replicated; each rank looks up its E slice of every token,
-    // then an all-to-all over the batch axes trades batch rows for E slices.
+    // Token ids are replicated; each rank looks up its E slice of every token.
+    // Layouts that split the batch gather whole rows and keep their own rows
+    // and E slice: an all-to-all over the batch axes would leave E_xzy's
+    // chunks out of order for the E split at rest (wg-xy keeps E_z).
     act("tokens", spec("BL"));
     act("x", bl('E', rest_e_));
     if (b_.empty()) {
@@ -200,8 +202,11 @@ class LayoutBuilder {
       return;
     }
     act("embed", spec("BL E_xzy"));
+    act("embed_full", spec("BLE"));
     out_.prologue.push_back(op(OpKind::kMatmul, {"tokens"}, "embed", WeightRole::kEmbedding));
-    out_.prologue.push_back(collective(CollectiveKind::kAllToAll, b_, {"embed"}, "x"));
+    out_.prologue.push_back(collective(CollectiveKind::kAllGather, "xzy", {"embed"}, "embed_full"));
+    out_.prologue.push_back(Step{OpKind::kLocalSlice, {"embed_full"}, "x", std::nullopt,
+                                 CollectiveKind::kAllGather, b_ + rest_e_, -1});
   }
 
   void add_epilogue() {
@@ -460,15 +465,25 @@ static std::string format_steps(const std::vector<Step>& steps, const Layout& l)
 }
 
 std::string format_layout(const Layout& l, const DimSizes& sizes, const Mesh& mesh) {
-  std::string out =
-      fmt::format("layout ffn={} attn={} on mesh {}\nweights (stored -> used, per-rank shape):\n",
-                  name(l.ffn), name(l.attn), mesh.str());
-  for (const auto& w : l.weights) {
-    auto shape = w.stored.local_shape(sizes, mesh);
-    out += fmt::format("  {:<11} {:<12} -> {:<12} [{}]\n", name(w.role), w.stored.str(),
-                       w.used.str(), fmt::join(shape, ", "));
-  }
-  out += fmt::format("kv cache (K and V, per layer): {}\n", l.kv_cache.str());
+  const Mesh one_chip{};  // every spec's global shape is its shape on a single chip
+  auto shape = [&](const PartitionSpec& s, const Mesh& m) {
+    return fmt::format("[{}]", fmt::join(s.local_shape(sizes, m), ", "));
+  };
+  std::string out = fmt::format(
+      "layout ffn={} attn={} on mesh {}\n"
+      "weights: {:<11} {:<18} {:<13} {:<13} {}\n",
+      name(l.ffn), name(l.attn), mesh.str(), "", "global shape", "stored spec", "used spec",
+      "per-rank shape (stored)");
+  for (const auto& w : l.weights)
+    out += fmt::format("  {:<18} {:<18} {:<13} {:<13} {}\n", name(w.role), shape(w.stored, one_chip),
+                       w.stored.str(), w.used.str(), shape(w.stored, mesh));
+  out += fmt::format("activations: {:<14} {:<18} {:<24} {}\n", "", "global shape", "spec",
+                     "per-rank shape");
+  for (const auto& [n, spec] : l.activations)
+    out += fmt::format("  {:<25} {:<18} {:<24} {}\n", n, shape(spec, one_chip), spec.str(),
+                       shape(spec, mesh));
+  out += fmt::format("kv cache (K and V, per layer): {:<18} {} per rank {}\n",
+                     shape(l.kv_cache, one_chip), l.kv_cache.str(), shape(l.kv_cache, mesh));
   out += "prologue:\n" + format_steps(l.prologue, l);
   out += "layer:\n" + format_steps(l.layer, l);
   out += "epilogue:\n" + format_steps(l.epilogue, l);

@@ -19,6 +19,9 @@
 
 namespace shardlm {
 
+// Prefill runs every prompt token in one forward pass; decode one token per
+// sequence per pass. Each phase has its own layout.
+enum class Phase { kPrefill, kDecode };
 enum class FfnLayout { k1D, k2D, kWgX, kWgXY, kWgXYZ };
 enum class AttnLayout { kHeads, kBatch };
 enum class CollectiveKind { kAllGather, kReduceScatter, kAllReduce, kAllToAll };

@@ -38,8 +38,6 @@ struct GenerationResult {
   std::vector<double> step_s;        // each decode step
 };
 
-enum class Phase { kPrefill, kDecode };
-
 class Engine {
  public:
   // `prefill` and `decode` are the layouts of the two phases on ctx's mesh;
