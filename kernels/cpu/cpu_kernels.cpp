@@ -144,7 +144,117 @@ void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, in
     throw std::runtime_error(fmt::format("cpu backend: dnnl_sgemm failed (status {})", int(status)));
 }
 
+// exp on 16 lanes: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a
+// degree-6 Taylor polynomial (relative error below 1e-6); inputs clamp to
+// [-87.33, 88.72], the normal F32 range of the result.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-87.33f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln2 split in two
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+}
+
 }  // namespace
+
+void exp_inplace(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, exp16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+#pragma omp parallel for schedule(static) if (n > 16384)
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    // silu(g) = g / (1 + exp(-g)), as math::silu computes it.
+    const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
+
+int64_t attention_scratch(int64_t tokens, int64_t first_pos) {
+  return std::min(tokens, kAttentionBlockRows) * (first_pos + tokens);
+}
+
+void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
+                    const float* v, int64_t head_dim, float scale, float* out, float* scratch) {
+  for (int64_t i0 = 0; i0 < tokens; i0 += kAttentionBlockRows) {
+    const int64_t rows = std::min(kAttentionBlockRows, tokens - i0);
+    // Keys the block's last query sees; earlier queries mask the rest.
+    const int64_t keys = first_pos + i0 + rows;
+    if (rows == 1) {
+      // One query (decode): dot products directly, no GEMM call overhead.
+      const float* query = q + i0 * ldq;
+      for (int64_t j = 0; j < keys; ++j) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < head_dim; d += 16) {
+          const __mmask16 m = tail_mask(head_dim - d);
+          acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, query + d),
+                                _mm512_maskz_loadu_ps(m, k + j * head_dim + d), acc);
+        }
+        scratch[j] = _mm512_reduce_add_ps(acc);
+      }
+    } else {
+      sgemm(q + i0 * ldq, rows, ldq, k, keys, head_dim, head_dim, scratch, keys, false);
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      float* s = scratch + i * keys;
+      const int64_t length = first_pos + i0 + i + 1;  // causal: keys 0 .. its own position
+      __m512 vmax = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < length; j += 16) {
+        const __mmask16 m = tail_mask(length - j);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
+      }
+      const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+      const __m512 vscale = _mm512_set1_ps(scale);
+      __m512 vsum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < length; j += 16) {
+        const __mmask16 m = tail_mask(length - j);
+        const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
+        vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+        _mm512_mask_storeu_ps(s + j, m, e);
+      }
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+      for (int64_t j = 0; j < keys; j += 16) {
+        const __mmask16 m = tail_mask(keys - j);
+        // Masked-out (future) keys get weight 0.
+        const __mmask16 live = j < length ? __mmask16(m & tail_mask(length - j)) : __mmask16(0);
+        _mm512_mask_storeu_ps(s + j, m, _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(m, s + j), inv));
+      }
+    }
+    // out rows = weights [rows, keys] · V [keys, head_dim]
+    if (rows == 1) {
+      float* o = out + i0 * ldq;
+      for (int64_t d = 0; d < head_dim; d += 16) {
+        const __mmask16 m = tail_mask(head_dim - d);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = 0; j < keys; ++j)
+          acc = _mm512_fmadd_ps(_mm512_set1_ps(scratch[j]), _mm512_maskz_loadu_ps(m, v + j * head_dim + d), acc);
+        _mm512_mask_storeu_ps(o + d, m, acc);
+      }
+      continue;
+    }
+    const dnnl_status_t status = dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.0f, scratch, keys, v,
+                                            head_dim, 0.0f, out + i0 * ldq, ldq);
+    if (status != dnnl_success) throw std::runtime_error("cpu backend: dnnl_sgemm failed in attention");
+  }
+}
 
 void widen_rows(const WeightView& w, int64_t row_begin, int64_t rows, float* dst) {
   if (w.dtype != DType::F32 && w.dtype != DType::BF16 && w.dtype != DType::F16 && w.dtype != DType::I8)

@@ -44,4 +44,23 @@ void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
 // Rows [row_begin, row_begin + rows) of w widened to F32 (scales applied), [rows, k].
 void widen_rows(const WeightView& w, int64_t row_begin, int64_t rows, float* dst);
 
+// x[i] = exp(x[i]) for n floats, vectorised (relative error below 1e-6);
+// inputs above 88.72 give the largest float instead of inf, below -87.33 give
+// about 1e-38 (softmax and silu never need more).
+void exp_inplace(float* x, int64_t n);
+// out[i] = silu(gate[i]) * up[i] (out may alias gate or up).
+void silu_mul(const float* gate, const float* up, float* out, int64_t n);
+
+// Causal attention of one head over one sequence: `tokens` queries at
+// positions first_pos .. first_pos + tokens - 1 (row stride ldq, also the
+// stride of out), keys and values at positions 0 .. first_pos + tokens - 1
+// (row stride head_dim, as the KV cache holds them). Scores and weights are
+// computed a block of queries at a time with sgemm (single-threaded: the
+// caller runs heads in parallel); `scratch` holds block_rows * (first_pos +
+// tokens) floats, see attention_scratch.
+constexpr int64_t kAttentionBlockRows = 64;
+int64_t attention_scratch(int64_t tokens, int64_t first_pos);
+void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
+                    const float* v, int64_t head_dim, float scale, float* out, float* scratch);
+
 }  // namespace shardlm::cpu

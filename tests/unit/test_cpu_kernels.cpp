@@ -193,3 +193,57 @@ TEST_CASE("copy_2d and embedding work for every weight dtype", "[cpu_kernels]") 
         CHECK(out.data<float>()[i * k + c] == Approx(stored[size_t(ids[i] * k + c)]).epsilon(1e-6));
   }
 }
+
+TEST_CASE("vectorised exp and silu match libm", "[cpu_kernels]") {
+  std::vector<float> x;
+  for (float v = -100.0f; v <= 88.5f; v += 0.37f) x.push_back(v);  // above 88.72 exp saturates
+  std::vector<float> e = x;
+  cpu::exp_inplace(e.data(), int64_t(e.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    INFO("x = " << x[i]);
+    CHECK(e[i] == Approx(std::exp(x[i])).epsilon(1e-6).margin(1e-37));
+  }
+  const auto up = random_values(x.size(), 9);
+  std::vector<float> out(x.size());
+  cpu::silu_mul(x.data(), up.data(), out.data(), int64_t(x.size()));
+  for (size_t i = 0; i < x.size(); ++i)
+    CHECK(out[i] == Approx(math::silu(x[i]) * up[i]).epsilon(1e-6).margin(1e-30));
+}
+
+TEST_CASE("attention matches a plain causal softmax reference", "[cpu_kernels]") {
+  const int64_t head_dim = 40;  // not a multiple of 16: masked tails
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  // Prefill from 0 (blocks of queries, some past the first block), a chunk
+  // continuing a cached prefix, and single-query decode steps.
+  for (auto [tokens, first_pos] : {std::pair<int64_t, int64_t>{1, 0}, {5, 0}, {70, 0}, {150, 0},
+                                   {9, 13}, {1, 37}, {1, 200}}) {
+    const int64_t keys = first_pos + tokens, ldq = 3 * head_dim;
+    const auto q = random_values(size_t(tokens * ldq), uint32_t(tokens * 7 + first_pos));
+    const auto k = random_values(size_t(keys * head_dim), uint32_t(keys + 1));
+    const auto v = random_values(size_t(keys * head_dim), uint32_t(keys + 2));
+    std::vector<float> out(size_t(tokens * ldq), -1.0f);
+    std::vector<float> scratch(size_t(cpu::attention_scratch(tokens, first_pos)));
+    cpu::attention_head(q.data(), ldq, tokens, first_pos, k.data(), v.data(), head_dim, scale,
+                        out.data(), scratch.data());
+    for (int64_t i = 0; i < tokens; ++i) {
+      const int64_t length = first_pos + i + 1;
+      std::vector<double> w(static_cast<size_t>(length));
+      double top = -1e300, total = 0;
+      for (int64_t j = 0; j < length; ++j) {
+        double dot = 0;
+        for (int64_t d = 0; d < head_dim; ++d) dot += double(q[size_t(i * ldq + d)]) * k[size_t(j * head_dim + d)];
+        w[size_t(j)] = dot * scale;
+        top = std::max(top, w[size_t(j)]);
+      }
+      for (double& x : w) total += (x = std::exp(x - top));
+      for (int64_t d = 0; d < head_dim; ++d) {
+        double want = 0;
+        for (int64_t j = 0; j < length; ++j) want += w[size_t(j)] / total * v[size_t(j * head_dim + d)];
+        INFO("tokens " << tokens << " first_pos " << first_pos << " query " << i << " d " << d);
+        REQUIRE(out[size_t(i * ldq + d)] == Approx(want).margin(2e-5));
+      }
+      // Only this head's columns are written.
+      REQUIRE(out[size_t(i * ldq + head_dim)] == -1.0f);
+    }
+  }
+}
