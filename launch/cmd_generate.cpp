@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.hpp"
+#include "launch/layout_choice.hpp"
 #include "models/model_weights.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
@@ -31,7 +32,8 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
   std::string mesh, weights;
-  std::string ffn_prefill = "2d", ffn_decode = "2d", attn_prefill = "heads", attn_decode = "heads";
+  LayoutFlags layouts{false, "", "", "", "", "cpu-local", false};
+  std::string plan = "pinned";
 };
 
 // x near the paper's 2-D optimum 0.5·sqrt(n) (for d_ff = 4·d_model), y the rest.
@@ -145,26 +147,21 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
     }
   }
   ParallelContext ctx(world, mesh);
-  auto parse_layout = [](auto parse, const std::string& flag, const std::string& value) {
-    try {
-      return parse(value);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(fmt::format("{} {}: {}", flag, value, e.what()));
-    }
-  };
-  const FfnLayout ffn_prefill = parse_layout(parse_ffn_layout, "--ffn-layout-prefill", o.ffn_prefill);
-  const FfnLayout ffn_decode = parse_layout(parse_ffn_layout, "--ffn-layout-decode", o.ffn_decode);
-  const AttnLayout attn_prefill = parse_layout(parse_attn_layout, "--attn-layout-prefill", o.attn_prefill);
-  const AttnLayout attn_decode = parse_layout(parse_attn_layout, "--attn-layout-decode", o.attn_decode);
-
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);
+  const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
+  size_t longest_prompt = 0;
+  for (const auto& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
+  const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
+  const std::string weights_name(weight_dtype_name(
+      weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
+  const LayoutChoice choice = choose_layouts(o.layouts, config, mesh, workload, weights_name);
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
-  const Layout prefill = make_layout(ffn_prefill, attn_prefill, shape, mesh);
-  const Layout decode = make_layout(ffn_decode, attn_decode, shape, mesh);
+  const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
+  const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
   const Checkpoint checkpoint(o.model);
-  std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, parse_weight_dtype(o.weights)});
+  std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, weight_dtype});
   Engine engine(*backend, ctx, config, prefill, decode,
                 load_model_weights(checkpoint, config, *backend, decode, ctx));
   const double load_s =
@@ -188,6 +185,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
     write_npy_f32(o.dump_step_logits, r.step_logits.data(),
                   {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
 
+  const nlohmann::json predicted = predicted_costs(choice, config, workload);
   auto per_second = [](double count, double seconds) { return seconds > 0 ? count / seconds : 0.0; };
   const double prefill_tps = per_second(double(r.prompt_tokens), r.prefill_s);
   const double decode_tps = per_second(double(r.decode_tokens), r.decode_s);
@@ -210,8 +208,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"ranks", world.size()},
         {"peak_rss_mb_per_rank", peak_rss_mb},
         {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
-        {"layouts", {{"prefill", {{"ffn", name(ffn_prefill)}, {"attn", name(attn_prefill)}}},
-                     {"decode", {{"ffn", name(ffn_decode)}, {"attn", name(attn_decode)}}}}},
+        {"layouts", {{"prefill", {{"ffn", name(prefill.ffn)}, {"attn", name(prefill.attn)}}},
+                     {"decode", {{"ffn", name(decode.ffn)}, {"attn", name(decode.attn)}}}}},
+        {"plan", o.layouts.plan_auto ? "auto" : "pinned"},
+        {"predicted", predicted},
     };
     fmt::print("{}\n", out.dump());
     return;
@@ -219,10 +219,11 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
              double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
              backend->describe(), load_s);
-  if (world.size() > 1)
-    fmt::print("{} ranks, mesh {}; prefill {} / {} attention, decode {} / {} attention\n",
-               world.size(), mesh.str(), name(ffn_prefill), name(attn_prefill), name(ffn_decode),
-               name(attn_decode));
+  fmt::print("{} rank{}, mesh {}; prefill {} / {} attention, decode {} / {} attention{}\n",
+             world.size(), world.size() > 1 ? "s" : "", mesh.str(), name(prefill.ffn),
+             name(prefill.attn), name(decode.ffn), name(decode.attn),
+             o.layouts.plan_auto ? " (chosen by the planner)" : "");
+  if (!choice.why.empty()) fmt::print("planner: {}\n", choice.why);
   for (size_t s = 0; s < r.generated.size(); ++s)
     fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
   fmt::print("peak resident memory per rank (MiB): {:.0f}\n", fmt::join(peak_rss_mb, " "));
@@ -231,6 +232,12 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   fmt::print("decode: {} tokens in {} steps, {:.1f} ms ({:.1f} tokens/s); mean inter-token latency "
              "{:.2f} ms\n",
              r.decode_tokens, r.step_s.size(), r.decode_s * 1e3, decode_tps, itl_ms);
+  if (!predicted.is_null())
+    fmt::print("predicted on {}: prefill {:.1f} ms, decode {:.1f} ms (measured {:.1f} ms, {:.1f} ms)\n",
+               predicted["hardware"].get<std::string>(),
+               predicted["prefill"]["latency_s"].get<double>() * 1e3,
+               predicted["decode"]["latency_s"].get<double>() * 1e3, r.prefill_s * 1e3,
+               r.decode_s * 1e3);
 }
 
 }  // namespace
@@ -266,13 +273,23 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
   cmd->add_option("--mesh", o->mesh,
                   "tensor-parallel mesh X,Y,Z with X*Y*Z = ranks (default: X near sqrt(ranks)/2)");
-  const std::string ffn_help = "feed-forward layout: 1d, 2d, wg-x, wg-xy or wg-xyz";
-  const std::string attn_help = "attention layout: heads or batch";
-  cmd->add_option("--ffn-layout-prefill", o->ffn_prefill, ffn_help)->capture_default_str();
-  cmd->add_option("--ffn-layout-decode", o->ffn_decode, ffn_help)->capture_default_str();
-  cmd->add_option("--attn-layout-prefill", o->attn_prefill, attn_help)->capture_default_str();
-  cmd->add_option("--attn-layout-decode", o->attn_decode, attn_help)->capture_default_str();
+  const std::string ffn_help = "feed-forward layout: 1d, 2d, wg-x, wg-xy or wg-xyz (default 2d)";
+  const std::string attn_help = "attention layout: heads or batch (default heads)";
+  cmd->add_option("--ffn-layout-prefill", o->layouts.ffn_prefill, ffn_help);
+  cmd->add_option("--ffn-layout-decode", o->layouts.ffn_decode, ffn_help);
+  cmd->add_option("--attn-layout-prefill", o->layouts.attn_prefill, attn_help);
+  cmd->add_option("--attn-layout-decode", o->layouts.attn_decode, attn_help);
+  cmd->add_option("--plan", o->plan,
+                  "pinned: layouts from the flags above; auto: the planner picks what they leave open")
+      ->check(CLI::IsMember({"pinned", "auto"}))
+      ->capture_default_str();
+  cmd->add_option("--hardware", o->layouts.hardware,
+                  "hardware spec (configs/hardware NAME or a YAML file from `shardlm calibrate`) "
+                  "for --plan auto and for the predicted times reported beside the measured ones")
+      ->capture_default_str();
   cmd->callback([o, cmd] {
+    o->layouts.plan_auto = o->plan == "auto";
+    o->layouts.hardware_given = cmd->count("--hardware") > 0;
     if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0)
       throw UsageError("generate: give --prompt-ids or --prompt-ids-file");
     run_generate(*o, cmd->count("--batch") > 0);

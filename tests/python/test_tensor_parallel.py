@@ -163,3 +163,36 @@ def test_layouts_that_store_weights_differently_are_refused(shardlm, models):
                "--mesh", "2,1,1", "--ffn-layout-prefill", "1d", "--ffn-layout-decode", "2d")
     assert p.returncode == 2, p.stderr
     assert "stores" in p.stderr, p.stderr
+
+
+def test_plan_auto_picks_layouts_and_records_the_prediction(shardlm, models, prompts_file, single_rank,
+                                                             tmp_path):
+    expected, expected_prefill, _ = single_rank("tiny-mqa")
+    result, prefill, _ = run_generate(shardlm, models.get("tiny-mqa", "f32"), prompts_file, tmp_path, 2,
+                                      ["--plan", "auto", "--hardware", "cpu-local"])
+    assert result["plan"] == "auto"
+    assert result["generated_ids"] == expected["generated_ids"]
+    assert_close(prefill, expected_prefill, "--plan auto")
+    predicted = result["predicted"]
+    for phase in ("prefill", "decode"):
+        assert predicted[phase]["ffn_layout"] == result["layouts"][phase]["ffn"]
+        assert predicted[phase]["attn_layout"] == result["layouts"][phase]["attn"]
+        assert predicted[phase]["latency_s"] > 0
+        assert predicted[phase]["mesh"] == result["mesh"]
+
+
+def test_pinned_layouts_are_kept_under_plan_auto(shardlm, models):
+    p = mpirun(shardlm, 2, "generate", "--model", models.get("tiny", "f32"), "--prompt-ids", "1,2,3",
+               "--max-new-tokens", 2, "--threads", 1, "--json", "--plan", "auto",
+               "--ffn-layout-decode", "wg-x", "--attn-layout-prefill", "batch")
+    assert p.returncode == 0, p.stderr
+    result = parse_single_json(p.stdout)
+    assert result["layouts"]["decode"]["ffn"] == "wg-x"
+    assert result["layouts"]["prefill"]["attn"] == "batch"
+
+
+def test_unknown_hardware_spec_is_named(shardlm, models):
+    p = shardlm.run("generate", "--model", models.get("tiny", "f32"), "--prompt-ids", "1,2,3",
+                    "--plan", "auto", "--hardware", "no-such-machine", check=False)
+    assert p.returncode == 1, p.stderr
+    assert "no-such-machine" in p.stderr, p.stderr
