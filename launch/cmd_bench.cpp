@@ -14,7 +14,8 @@
 //   cache bytes one token reads (K and V, every layer, at the mean context
 //   length p + (n + 1) / 2); utilisation = bytes * tok/s / measured bandwidth.
 // Under mpirun the peak and bandwidth are the sums over ranks (all measure at
-// once) and the bytes those of all ranks' shards.
+// once) and the bytes those of all ranks' shards. Limits are measured before
+// and after the rows; the higher of the two is used.
 #include <omp.h>
 
 #include <algorithm>
@@ -175,17 +176,22 @@ void run_bench(const BenchOptions& o) {
   check_shardable(config, mesh, layout, layout);
   const Checkpoint checkpoint(o.model);
 
-  // The limits, per thread count, measured before any weight is resident.
+  // The limits, per thread count: measured before the weights are loaded and
+  // again after the last row, keeping the higher value of each, so a burst of
+  // other work on a shared machine during one measurement does not lower them.
   const int all_cores = omp_get_max_threads();
   std::map<int, Limits> limits;
-  for (int t : o.threads) {
-    const int threads = t > 0 ? t : all_cores;
-    if (limits.count(threads)) continue;
-    omp_set_num_threads(threads);
-    Limits& l = limits[threads];
-    l.peak_flops = sum_over_ranks(world, measure_sgemm(2048, 2048, 2048, 3));
-    l.bandwidth = sum_over_ranks(world, measure_memory_read(size_t(o.bandwidth_gib * double(1 << 30)), 3));
-  }
+  auto measure_limits = [&] {
+    for (int t : o.threads) {
+      const int threads = t > 0 ? t : all_cores;
+      omp_set_num_threads(threads);
+      Limits& l = limits[threads];
+      l.peak_flops = std::max(l.peak_flops, sum_over_ranks(world, measure_sgemm(2048, 2048, 2048, 3)));
+      l.bandwidth = std::max(l.bandwidth, sum_over_ranks(world, measure_memory_read(
+                                                                    size_t(o.bandwidth_gib * double(1 << 30)), 3)));
+    }
+  };
+  measure_limits();
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
@@ -242,6 +248,13 @@ void run_bench(const BenchOptions& o) {
                          row.decode_tps);
           }
     }
+  }
+  measure_limits();
+  for (Row& row : rows) {
+    const Limits& l = limits.at(row.threads);
+    row.mfu *= row.limits.peak_flops / l.peak_flops;
+    row.bandwidth_util *= row.limits.bandwidth / l.bandwidth;
+    row.limits = l;
   }
   if (world.is_root()) fmt::print("{}", format_rows(o, config, world.size(), rows, limits));
 }
