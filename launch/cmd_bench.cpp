@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.hpp"
+#include "launch/flags.hpp"
 #include "models/model_weights.hpp"
 #include "partitioning/calibrate.hpp"
 #include "runtime/engine.hpp"
@@ -148,14 +149,7 @@ void run_bench(const BenchOptions& o) {
   for (const std::string& w : o.weights) weight_dtypes.push_back(parse_weight_dtype(w));
 
   World& world = World::get();
-  Mesh mesh{1, 1, world.size(), 1};
-  if (!o.mesh.empty()) {
-    try {
-      mesh = Mesh::parse(o.mesh);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(fmt::format("--mesh {}: {}", o.mesh, e.what()));
-    }
-  }
+  const Mesh mesh = mesh_flag(o.mesh, world.size());
   ParallelContext ctx(world, mesh);
   const ModelConfig config = ModelConfig::load(o.model);
   const int64_t longest = *std::max_element(o.prompt.begin(), o.prompt.end()) +
@@ -163,14 +157,8 @@ void run_bench(const BenchOptions& o) {
   if (longest > config.max_position_embeddings)
     throw UsageError(fmt::format("p + n = {} exceeds the model's context length {}", longest,
                                  config.max_position_embeddings));
-  FfnLayout ffn;
-  AttnLayout attn;
-  try {
-    ffn = parse_ffn_layout(o.ffn);
-    attn = parse_attn_layout(o.attn);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(fmt::format("layout: {}", e.what()));
-  }
+  const FfnLayout ffn = parse_flag("--ffn-layout", o.ffn, parse_ffn_layout);
+  const AttnLayout attn = parse_flag("--attn-layout", o.attn, parse_attn_layout);
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
   const Layout layout = make_layout(ffn, attn, shape, mesh);
   check_shardable(config, mesh, layout, layout);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.hpp"
+#include "launch/flags.hpp"
 #include "launch/layout_choice.hpp"
 #include "models/model_weights.hpp"
 #include "runtime/engine.hpp"
@@ -35,15 +36,6 @@ struct GenerateOptions {
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false};
   std::string plan = "pinned";
 };
-
-// x near the paper's 2-D optimum 0.5·sqrt(n) (for d_ff = 4·d_model), y the rest.
-Mesh default_mesh(int ranks) {
-  Mesh best{1, 1, ranks, 1};
-  const double target = 0.5 * std::sqrt(double(ranks));
-  for (int x = 1; x <= ranks; ++x)
-    if (ranks % x == 0 && std::abs(x - target) < std::abs(best.x - target)) best = {1, x, ranks / x, 1};
-  return best;
-}
 
 // Token ids separated by commas and/or whitespace. `where` names the flag or
 // file line for the message; `make_error` picks usage (flag) or data (file).
@@ -138,14 +130,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
 
   World& world = World::get();
-  Mesh mesh = default_mesh(world.size());
-  if (!o.mesh.empty()) {
-    try {
-      mesh = Mesh::parse(o.mesh);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(fmt::format("--mesh {}: {}", o.mesh, e.what()));
-    }
-  }
+  const Mesh mesh = mesh_flag(o.mesh, world.size());
   ParallelContext ctx(world, mesh);
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);

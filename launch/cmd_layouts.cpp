@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include "launch/commands.hpp"
+#include "launch/flags.hpp"
 #include "models/model_weights.hpp"
 #include "partitioning/cost_model.hpp"
 #include "partitioning/model_spec.hpp"
@@ -30,16 +31,9 @@ void add_layouts_command(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "sequences (B)")->capture_default_str();
   cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens (L of prefill)")->capture_default_str();
   cmd->callback([o] {
-    auto parse = [](auto parser, const char* flag, const std::string& text) {
-      try {
-        return parser(text);
-      } catch (const std::invalid_argument& e) {
-        throw UsageError(fmt::format("{} {}: {}", flag, text, e.what()));
-      }
-    };
-    const Mesh mesh = parse(Mesh::parse, "--mesh", o->mesh);
-    const FfnLayout ffn = parse(parse_ffn_layout, "--ffn-layout", o->ffn);
-    const AttnLayout attn = parse(parse_attn_layout, "--attn-layout", o->attn);
+    const Mesh mesh = parse_flag("--mesh", o->mesh, Mesh::parse);
+    const FfnLayout ffn = parse_flag("--ffn-layout", o->ffn, parse_ffn_layout);
+    const AttnLayout attn = parse_flag("--attn-layout", o->attn, parse_attn_layout);
     const ModelSpec model = ModelSpec::resolve(o->model);
     const Layout layout = make_layout(ffn, attn, layout_shape(model), mesh);
     const Phase phase = o->phase == "prefill" ? Phase::kPrefill : Phase::kDecode;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "launch/commands.hpp"
+#include "launch/flags.hpp"
 #include "partitioning/paper_fit.hpp"
 #include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
@@ -27,16 +28,6 @@ struct PlanOptions {
   bool json = false, show_layouts = false, hardware_given = false;
   std::string paper_table, fit_paper;
 };
-
-template <typename T, typename F>
-std::optional<T> pin(const std::string& text, const char* flag, F parse) {
-  if (text.empty()) return std::nullopt;
-  try {
-    return parse(text);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(fmt::format("{}: {}", flag, e.what()));
-  }
-}
 
 std::string seconds(double s) { return format_seconds(s); }
 
@@ -124,12 +115,12 @@ void run_plan(const PlanOptions& o) {
   req.objective = o.objective == "cost" ? Objective::kCost : Objective::kLatency;
   if (o.latency_target_ms > 0) req.latency_target_s = o.latency_target_ms / 1e3;
   req.weights = o.weights;
-  req.ffn_prefill = pin<FfnLayout>(o.ffn_prefill, "--ffn-layout-prefill", parse_ffn_layout);
-  req.ffn_decode = pin<FfnLayout>(o.ffn_decode, "--ffn-layout-decode", parse_ffn_layout);
-  req.attn_prefill = pin<AttnLayout>(o.attn_prefill, "--attn-layout-prefill", parse_attn_layout);
-  req.attn_decode = pin<AttnLayout>(o.attn_decode, "--attn-layout-decode", parse_attn_layout);
+  req.ffn_prefill = parse_optional_flag<FfnLayout>("--ffn-layout-prefill", o.ffn_prefill, parse_ffn_layout);
+  req.ffn_decode = parse_optional_flag<FfnLayout>("--ffn-layout-decode", o.ffn_decode, parse_ffn_layout);
+  req.attn_prefill = parse_optional_flag<AttnLayout>("--attn-layout-prefill", o.attn_prefill, parse_attn_layout);
+  req.attn_decode = parse_optional_flag<AttnLayout>("--attn-layout-decode", o.attn_decode, parse_attn_layout);
   if (o.pp > 0) req.pp = o.pp;
-  req.mesh = pin<Mesh>(o.mesh, "--mesh", Mesh::parse);
+  req.mesh = parse_optional_flag<Mesh>("--mesh", o.mesh, Mesh::parse);
   if (req.mesh) req.mesh->pp = o.pp > 0 ? o.pp : 1;
 
   Plan plan = make_plan(model, hw, req);

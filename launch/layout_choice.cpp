@@ -2,32 +2,19 @@
 
 #include <fmt/format.h>
 
+#include "launch/flags.hpp"
 #include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
-namespace {
-
-template <typename T, typename Parse>
-std::optional<T> pinned(const std::string& text, const char* flag, Parse parse) {
-  if (text.empty()) return std::nullopt;
-  try {
-    return parse(text);
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(fmt::format("{} {}: {}", flag, text, e.what()));
-  }
-}
-
-}  // namespace
-
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
                             const Workload& workload, const std::string& weights) {
   LayoutChoice choice;
-  const auto ffn_prefill = pinned<FfnLayout>(flags.ffn_prefill, "--ffn-layout-prefill", parse_ffn_layout);
-  const auto ffn_decode = pinned<FfnLayout>(flags.ffn_decode, "--ffn-layout-decode", parse_ffn_layout);
-  const auto attn_prefill = pinned<AttnLayout>(flags.attn_prefill, "--attn-layout-prefill", parse_attn_layout);
-  const auto attn_decode = pinned<AttnLayout>(flags.attn_decode, "--attn-layout-decode", parse_attn_layout);
+  const auto ffn_prefill = parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
+  const auto ffn_decode = parse_optional_flag<FfnLayout>("--ffn-layout-decode", flags.ffn_decode, parse_ffn_layout);
+  const auto attn_prefill = parse_optional_flag<AttnLayout>("--attn-layout-prefill", flags.attn_prefill, parse_attn_layout);
+  const auto attn_decode = parse_optional_flag<AttnLayout>("--attn-layout-decode", flags.attn_decode, parse_attn_layout);
   // Predictions need a spec; without --hardware a missing default spec only
   // drops the prediction, while --plan auto cannot do without one.
   if (flags.hardware_given || flags.plan_auto) {
