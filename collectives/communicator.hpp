@@ -25,7 +25,8 @@ class Communicator {
   // recv[count] <- sum over members of their send[rank()][count]
   virtual void reduce_scatter(const float* send, float* recv, size_t count) = 0;
   // Like reduce_scatter with member i receiving counts[i] elements.
-  virtual void reduce_scatterv(const float* send, float* recv, const std::vector<size_t>& counts) = 0;
+  virtual void reduce_scatterv(const float* send, float* recv,
+                               const std::vector<size_t>& counts) = 0;
   virtual void all_reduce(float* data, size_t count) = 0;  // in place, sum
   // recv[j][count] <- member j's send[rank()][count]
   virtual void all_to_all(const float* send, float* recv, size_t count) = 0;

@@ -1,5 +1,6 @@
 #include "collectives/world.hpp"
 
+#include <fmt/format.h>
 #include <mpi.h>
 #include <unistd.h>
 
@@ -11,14 +12,13 @@
 #include <numeric>
 #include <stdexcept>
 
-#include <fmt/format.h>
-
 namespace shardlm {
 namespace {
 
 int checked_count(size_t count) {
   if (count > size_t(std::numeric_limits<int>::max()))
-    throw std::runtime_error(fmt::format("collective of {} elements exceeds MPI's int count", count));
+    throw std::runtime_error(
+        fmt::format("collective of {} elements exceeds MPI's int count", count));
   return int(count);
 }
 
@@ -59,8 +59,8 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
 
   void all_gather(const float* send, float* recv, size_t count) override {
-    check(MPI_Allgather(send, checked_count(count), MPI_FLOAT, recv, checked_count(count), MPI_FLOAT,
-                        comm_),
+    check(MPI_Allgather(send, checked_count(count), MPI_FLOAT, recv, checked_count(count),
+                        MPI_FLOAT, comm_),
           "MPI_Allgather");
   }
   void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
@@ -121,19 +121,25 @@ class SelfCommunicator final : public Communicator {
  public:
   int size() const override { return 1; }
   int rank() const override { return 0; }
-  void all_gather(const float* send, float* recv, size_t count) override { copy(send, recv, count); }
+  void all_gather(const float* send, float* recv, size_t count) override {
+    copy(send, recv, count);
+  }
   void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
     if (send != recv && bytes) std::memmove(recv, send, bytes);
   }
   void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
     copy(send, recv, counts.at(0));
   }
-  void reduce_scatter(const float* send, float* recv, size_t count) override { copy(send, recv, count); }
+  void reduce_scatter(const float* send, float* recv, size_t count) override {
+    copy(send, recv, count);
+  }
   void reduce_scatterv(const float* send, float* recv, const std::vector<size_t>& counts) override {
     copy(send, recv, counts.at(0));
   }
   void all_reduce(float*, size_t) override {}
-  void all_to_all(const float* send, float* recv, size_t count) override { copy(send, recv, count); }
+  void all_to_all(const float* send, float* recv, size_t count) override {
+    copy(send, recv, count);
+  }
   void all_to_allv(const float* send, const std::vector<size_t>& send_counts, float* recv,
                    const std::vector<size_t>&) override {
     copy(send, recv, send_counts.at(0));

@@ -25,7 +25,9 @@ SHARDLM_HD inline uint32_t float_to_bits(float f) {
   return bits;
 }
 
-SHARDLM_HD inline float bf16_to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
+SHARDLM_HD inline float bf16_to_float(uint16_t h) {
+  return bits_to_float(uint32_t(h) << 16);
+}
 
 // Round to nearest even, as PyTorch does; NaN stays NaN.
 SHARDLM_HD inline uint16_t float_to_bf16(float f) {
@@ -54,9 +56,9 @@ SHARDLM_HD inline uint16_t float_to_f16(float f) {
   const uint32_t bits = float_to_bits(f);
   const uint32_t sign = (bits >> 16) & 0x8000u;
   const uint32_t abs_bits = bits & 0x7fffffffu;
-  if (abs_bits > 0x7f800000u) return uint16_t(sign | 0x7e00u);        // NaN
-  if (abs_bits >= 0x477ff000u) return uint16_t(sign | 0x7c00u);       // overflow -> inf
-  if (abs_bits < 0x38800000u) {                                       // subnormal or zero
+  if (abs_bits > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN
+  if (abs_bits >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // overflow -> inf
+  if (abs_bits < 0x38800000u) {                                  // subnormal or zero
     const float magnitude = bits_to_float(abs_bits);
     return uint16_t(sign | uint32_t(lrintf(magnitude * 16777216.0f)));  // / 2^-24
   }
@@ -85,7 +87,9 @@ SHARDLM_HD inline void rope_rotate_half(float* x, const float* cos_row, const fl
 // scale maps the row's largest magnitude to 127, values round to nearest
 // (ties to even, as lrintf does) and clamp to [-127, 127] so -128 never
 // appears and negation stays exact. An all-zero row gets scale 0.
-SHARDLM_HD inline float int8_scale(float max_abs) { return max_abs / 127.0f; }
+SHARDLM_HD inline float int8_scale(float max_abs) {
+  return max_abs / 127.0f;
+}
 
 SHARDLM_HD inline int8_t quantize_int8(float x, float scale) {
   if (!(scale > 0.0f)) return 0;
@@ -93,6 +97,8 @@ SHARDLM_HD inline int8_t quantize_int8(float x, float scale) {
   return int8_t(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q));
 }
 
-SHARDLM_HD inline float silu(float x) { return x / (1.0f + expf(-x)); }
+SHARDLM_HD inline float silu(float x) {
+  return x / (1.0f + expf(-x));
+}
 
 }  // namespace shardlm::math

@@ -16,17 +16,16 @@
 // Under mpirun the peak and bandwidth are the sums over ranks (all measure at
 // once) and the bytes those of all ranks' shards. Limits are measured before
 // and after the rows; the higher of the two is used.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
@@ -79,17 +78,17 @@ double weight_bytes(const ModelWeights& w) {
   };
   double total = bytes(w.lm_head.local) + bytes(w.final_norm);
   for (const LayerWeights& l : w.layers)
-    for (const Tensor* t : {&l.input_norm, &l.post_attention_norm, &l.q.local, &l.k.local, &l.v.local,
-                            &l.o.local, &l.gate.local, &l.up.local, &l.down.local})
+    for (const Tensor* t : {&l.input_norm, &l.post_attention_norm, &l.q.local, &l.k.local,
+                            &l.v.local, &l.o.local, &l.gate.local, &l.up.local, &l.down.local})
       total += bytes(*t);
   return total;
 }
 
 double prefill_flops(const ModelConfig& c, int batch, int p) {
   const double e = double(c.hidden_size);
-  const double linear = double(c.num_layers) *
-                        (e * double(c.q_dim()) * 2 + e * double(c.kv_dim()) * 2 +
-                         3 * e * double(c.intermediate_size));
+  const double linear =
+      double(c.num_layers) * (e * double(c.q_dim()) * 2 + e * double(c.kv_dim()) * 2 +
+                              3 * e * double(c.intermediate_size));
   const double tokens = double(batch) * p;
   const double attention = 4.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) *
                            batch * (double(p) * (p + 1) / 2);
@@ -99,16 +98,28 @@ double prefill_flops(const ModelConfig& c, int batch, int p) {
 std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                         const std::vector<Row>& rows, const std::map<int, Limits>& limits) {
   if (o.output == "json") {
-    nlohmann::json out = {{"model", o.model}, {"ranks", ranks}, {"params", c.num_params()}, {"rows", nlohmann::json::array()}};
+    nlohmann::json out = {{"model", o.model},
+                          {"ranks", ranks},
+                          {"params", c.num_params()},
+                          {"rows", nlohmann::json::array()}};
     for (const auto& [t, l] : limits)
-      out["limits"].push_back({{"threads", t}, {"peak_flops", l.peak_flops}, {"bandwidth_Bps", l.bandwidth}});
+      out["limits"].push_back(
+          {{"threads", t}, {"peak_flops", l.peak_flops}, {"bandwidth_Bps", l.bandwidth}});
     for (const Row& r : rows)
-      out["rows"].push_back({{"weights", r.weights}, {"threads", r.threads}, {"batch", r.batch},
-                             {"p", r.prompt}, {"n", r.gen}, {"prefill_tok_s", r.prefill_tps},
-                             {"decode_tok_s", r.decode_tps}, {"prefill_flop", r.prefill_flops},
-                             {"prefill_mfu", r.mfu}, {"decode_bytes_per_token", r.decode_bytes_per_token},
-                             {"decode_bw_util", r.bandwidth_util}, {"peak_flops", r.limits.peak_flops},
-                             {"bandwidth_Bps", r.limits.bandwidth}, {"reps", o.reps}});
+      out["rows"].push_back({{"weights", r.weights},
+                             {"threads", r.threads},
+                             {"batch", r.batch},
+                             {"p", r.prompt},
+                             {"n", r.gen},
+                             {"prefill_tok_s", r.prefill_tps},
+                             {"decode_tok_s", r.decode_tps},
+                             {"prefill_flop", r.prefill_flops},
+                             {"prefill_mfu", r.mfu},
+                             {"decode_bytes_per_token", r.decode_bytes_per_token},
+                             {"decode_bw_util", r.bandwidth_util},
+                             {"peak_flops", r.limits.peak_flops},
+                             {"bandwidth_Bps", r.limits.bandwidth},
+                             {"reps", o.reps}});
     return out.dump(2) + "\n";
   }
   std::ostringstream s;
@@ -116,24 +127,26 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
     s << "model,ranks,weights,threads,batch,p,n,prefill_tok_s,decode_tok_s,prefill_mfu,"
          "decode_bw_util,decode_bytes_per_token,peak_flops,bandwidth_Bps\n";
     for (const Row& r : rows)
-      s << fmt::format("{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g}\n", o.model,
-                       ranks, r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps, r.decode_tps,
-                       r.mfu, r.bandwidth_util, r.decode_bytes_per_token, r.limits.peak_flops,
-                       r.limits.bandwidth);
+      s << fmt::format("{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g}\n",
+                       o.model, ranks, r.weights, r.threads, r.batch, r.prompt, r.gen,
+                       r.prefill_tps, r.decode_tps, r.mfu, r.bandwidth_util,
+                       r.decode_bytes_per_token, r.limits.peak_flops, r.limits.bandwidth);
     return s.str();
   }
   s << fmt::format("model {}: {:.1f}M params, {} layers; {} rank(s); medians of {} repetitions\n\n",
                    o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.reps);
   for (const auto& [t, l] : limits)
-    s << fmt::format("- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
-                     "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
-                     t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
-  s << "\n| weights | threads | batch | p | n | prefill tok/s | prefill MFU | decode tok/s | decode "
+    s << fmt::format(
+        "- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
+        "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
+        t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
+  s << "\n| weights | threads | batch | p | n | prefill tok/s | prefill MFU | decode tok/s | "
+       "decode "
        "MB/token | decode BW util |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const Row& r : rows)
-    s << fmt::format("| {} | {} | {} | {} | {} | {:.1f} | {:.1f}% | {:.2f} | {:.1f} | {:.1f}% |\n", r.weights,
-                     r.threads, r.batch, r.prompt, r.gen, r.prefill_tps, 100 * r.mfu, r.decode_tps,
-                     r.decode_bytes_per_token / 1e6, 100 * r.bandwidth_util);
+    s << fmt::format("| {} | {} | {} | {} | {} | {:.1f} | {:.1f}% | {:.2f} | {:.1f} | {:.1f}% |\n",
+                     r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps, 100 * r.mfu,
+                     r.decode_tps, r.decode_bytes_per_token / 1e6, 100 * r.bandwidth_util);
   return s.str();
 }
 
@@ -141,10 +154,14 @@ void run_bench(const BenchOptions& o) {
   if (o.output != "md" && o.output != "csv" && o.output != "json")
     throw UsageError(fmt::format("-o {}: expected md, csv or json", o.output));
   if (o.reps < 1) throw UsageError("-r must be >= 1");
-  for (int v : o.prompt) if (v < 1) throw UsageError("-p values must be >= 1");
-  for (int v : o.gen) if (v < 1) throw UsageError("-n values must be >= 1 (decode is measured)");
-  for (int v : o.batch) if (v < 1) throw UsageError("-b values must be >= 1");
-  for (int v : o.threads) if (v < 0) throw UsageError("-t values must be >= 0 (0: all cores)");
+  for (int v : o.prompt)
+    if (v < 1) throw UsageError("-p values must be >= 1");
+  for (int v : o.gen)
+    if (v < 1) throw UsageError("-n values must be >= 1 (decode is measured)");
+  for (int v : o.batch)
+    if (v < 1) throw UsageError("-b values must be >= 1");
+  for (int v : o.threads)
+    if (v < 0) throw UsageError("-t values must be >= 0 (0: all cores)");
   std::vector<std::optional<DType>> weight_dtypes;
   for (const std::string& w : o.weights) weight_dtypes.push_back(parse_weight_dtype(w));
 
@@ -174,9 +191,11 @@ void run_bench(const BenchOptions& o) {
       const int threads = t > 0 ? t : all_cores;
       omp_set_num_threads(threads);
       Limits& l = limits[threads];
-      l.peak_flops = std::max(l.peak_flops, sum_over_ranks(world, measure_sgemm(2048, 2048, 2048, 3)));
-      l.bandwidth = std::max(l.bandwidth, sum_over_ranks(world, measure_memory_read(
-                                                                    size_t(o.bandwidth_gib * double(1 << 30)), 3)));
+      l.peak_flops =
+          std::max(l.peak_flops, sum_over_ranks(world, measure_sgemm(2048, 2048, 2048, 3)));
+      l.bandwidth = std::max(
+          l.bandwidth,
+          sum_over_ranks(world, measure_memory_read(size_t(o.bandwidth_gib * double(1 << 30)), 3)));
     }
   };
   measure_limits();
@@ -189,8 +208,9 @@ void run_bench(const BenchOptions& o) {
     ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx);
     const double stored_bytes = sum_over_ranks(world, weight_bytes(weights));
     const std::string weights_name =
-        weight_dtypes[wi] ? std::string(weight_dtype_name(*weight_dtypes[wi]))
-                          : fmt::format("auto ({})", weight_dtype_name(weights.lm_head.local.dtype()));
+        weight_dtypes[wi]
+            ? std::string(weight_dtype_name(*weight_dtypes[wi]))
+            : fmt::format("auto ({})", weight_dtype_name(weights.lm_head.local.dtype()));
     Engine engine(*backend, ctx, config, layout, layout, std::move(weights));
     for (int t : o.threads) {
       const int threads = t > 0 ? t : all_cores;
@@ -207,8 +227,10 @@ void run_bench(const BenchOptions& o) {
             request.max_new_tokens = n;
             std::vector<double> prefill, decode;
             for (int rep = -1; rep < o.reps; ++rep) {  // rep -1 warms caches and pages up
-              if (rep < 0) request.max_new_tokens = std::min(n, 4);
-              else request.max_new_tokens = n;
+              if (rep < 0)
+                request.max_new_tokens = std::min(n, 4);
+              else
+                request.max_new_tokens = n;
               const GenerationResult r = engine.generate(request);
               if (rep < 0) continue;
               prefill.push_back(double(r.prompt_tokens) / r.prefill_s);
@@ -226,14 +248,16 @@ void run_bench(const BenchOptions& o) {
             row.prefill_flops = prefill_flops(config, b, p);
             row.mfu = row.prefill_flops * row.prefill_tps / (double(b) * p) / row.limits.peak_flops;
             const double mean_context = p + (n + 1) / 2.0;
-            const double kv_bytes = 2.0 * double(config.num_layers) * double(config.kv_dim()) * 4 * mean_context;
+            const double kv_bytes =
+                2.0 * double(config.num_layers) * double(config.kv_dim()) * 4 * mean_context;
             row.decode_bytes_per_token = stored_bytes / b + kv_bytes;
             row.bandwidth_util = row.decode_bytes_per_token * row.decode_tps / row.limits.bandwidth;
             rows.push_back(row);
             if (world.is_root() && o.output == "md")
-              fmt::print(stderr, "bench: {} weights, {} threads, b {}, p {}, n {}: prefill {:.1f} tok/s, "
-                         "decode {:.2f} tok/s\n", row.weights, threads, b, p, n, row.prefill_tps,
-                         row.decode_tps);
+              fmt::print(stderr,
+                         "bench: {} weights, {} threads, b {}, p {}, n {}: prefill {:.1f} tok/s, "
+                         "decode {:.2f} tok/s\n",
+                         row.weights, threads, b, p, n, row.prefill_tps, row.decode_tps);
           }
     }
   }
@@ -251,7 +275,8 @@ void run_bench(const BenchOptions& o) {
 
 void add_bench_command(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
-  auto* cmd = app.add_subcommand("bench", "prefill and decode speed against the machine's measured limits");
+  auto* cmd =
+      app.add_subcommand("bench", "prefill and decode speed against the machine's measured limits");
   cmd->add_option("--model", o->model, "checkpoint directory")->required();
   auto list = [&](const std::string& flags, auto& target, const std::string& help) {
     cmd->add_option(flags, target, help)
@@ -265,10 +290,14 @@ void add_bench_command(CLI::App& app) {
   list("-b,--batch", o->batch, "sequences per batch");
   list("--weights", o->weights, "weight storage: f32, bf16, f16, int8 or auto (the checkpoint's)");
   cmd->add_option("-o,--output", o->output, "md, csv or json")->capture_default_str();
-  cmd->add_option("-r,--reps", o->reps, "repetitions per row (the median is reported)")->capture_default_str();
-  cmd->add_option("--mesh", o->mesh, "tensor-parallel mesh X,Y,Z (default 1,ranks,1)");
-  cmd->add_option("--ffn-layout", o->ffn, "feed-forward layout of both phases")->capture_default_str();
-  cmd->add_option("--attn-layout", o->attn, "attention layout of both phases")->capture_default_str();
+  cmd->add_option("-r,--reps", o->reps, "repetitions per row (the median is reported)")
+      ->capture_default_str();
+  cmd->add_option("--mesh", o->mesh,
+                  "tensor-parallel mesh X,Y,Z (default: x near sqrt(ranks)/2, y the rest)");
+  cmd->add_option("--ffn-layout", o->ffn, "feed-forward layout of both phases")
+      ->capture_default_str();
+  cmd->add_option("--attn-layout", o->attn, "attention layout of both phases")
+      ->capture_default_str();
   cmd->add_option("--bandwidth-gib", o->bandwidth_gib, "GiB streamed to measure memory bandwidth")
       ->capture_default_str();
   cmd->callback([o] { run_bench(*o); });

@@ -1,16 +1,15 @@
 // `shardlm generate`: load a checkpoint, prefill the prompts, decode.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/resource.h>
 
 #include <charconv>
+#include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
-#include <cmath>
-#include <chrono>
 #include <fstream>
 #include <limits>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.hpp"
@@ -59,8 +58,8 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
     auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
     if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() ||
         value < INT32_MIN || value > INT32_MAX)
-      throw Error(fmt::format("{}: \"{}\" is not a token id (expected integers separated by commas)",
-                              where, item));
+      throw Error(fmt::format(
+          "{}: \"{}\" is not a token id (expected integers separated by commas)", where, item));
     ids.push_back(int32_t(value));
     i = end;
     skip_spaces();
@@ -85,7 +84,8 @@ std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool ba
     std::string line;
     for (int number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r,") == std::string::npos) continue;
-      prompts.push_back(parse_ids<DataError>(line, fmt::format("{} line {}", o.prompt_ids_file, number)));
+      prompts.push_back(
+          parse_ids<DataError>(line, fmt::format("{} line {}", o.prompt_ids_file, number)));
     }
     if (prompts.empty()) throw DataError(fmt::format("{}: holds no prompt", o.prompt_ids_file));
   }
@@ -125,8 +125,10 @@ std::vector<float> peak_rss_mb_per_rank(World& world) {
 
 void run_generate(const GenerateOptions& o, bool batch_given) {
   if (!(o.temperature >= 0 && std::isfinite(o.temperature)))
-    throw UsageError(fmt::format("--temperature must be a finite number >= 0, got {}", o.temperature));
-  if (!(o.top_p > 0 && o.top_p <= 1)) throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
+    throw UsageError(
+        fmt::format("--temperature must be a finite number >= 0, got {}", o.temperature));
+  if (!(o.top_p > 0 && o.top_p <= 1))
+    throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
   const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
 
   World& world = World::get();
@@ -165,13 +167,16 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
 
   if (!o.dump_logits.empty())
-    write_npy_f32(o.dump_logits, r.prompt_logits.data(), {int64_t(prompts[0].size()), r.vocab_size});
+    write_npy_f32(o.dump_logits, r.prompt_logits.data(),
+                  {int64_t(prompts[0].size()), r.vocab_size});
   if (!o.dump_step_logits.empty())
     write_npy_f32(o.dump_step_logits, r.step_logits.data(),
                   {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
 
   const nlohmann::json predicted = predicted_costs(choice, config, workload);
-  auto per_second = [](double count, double seconds) { return seconds > 0 ? count / seconds : 0.0; };
+  auto per_second = [](double count, double seconds) {
+    return seconds > 0 ? count / seconds : 0.0;
+  };
   const double prefill_tps = per_second(double(r.prompt_tokens), r.prefill_s);
   const double decode_tps = per_second(double(r.decode_tokens), r.decode_s);
   const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
@@ -193,8 +198,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"ranks", world.size()},
         {"peak_rss_mb_per_rank", peak_rss_mb},
         {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
-        {"layouts", {{"prefill", {{"ffn", name(prefill.ffn)}, {"attn", name(prefill.attn)}}},
-                     {"decode", {{"ffn", name(decode.ffn)}, {"attn", name(decode.attn)}}}}},
+        {"layouts",
+         {{"prefill", {{"ffn", name(prefill.ffn)}, {"attn", name(prefill.attn)}}},
+          {"decode", {{"ffn", name(decode.ffn)}, {"attn", name(decode.attn)}}}}},
         {"plan", o.layouts.plan_auto ? "auto" : "pinned"},
         {"predicted", predicted},
     };
@@ -214,15 +220,16 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   fmt::print("peak resident memory per rank (MiB): {:.0f}\n", fmt::join(peak_rss_mb, " "));
   fmt::print("prefill: {} tokens in {:.1f} ms ({:.1f} tokens/s); time to first token {:.1f} ms\n",
              r.prompt_tokens, r.prefill_s * 1e3, prefill_tps, r.ttft_s * 1e3);
-  fmt::print("decode: {} tokens in {} steps, {:.1f} ms ({:.1f} tokens/s); mean inter-token latency "
-             "{:.2f} ms\n",
-             r.decode_tokens, r.step_s.size(), r.decode_s * 1e3, decode_tps, itl_ms);
+  fmt::print(
+      "decode: {} tokens in {} steps, {:.1f} ms ({:.1f} tokens/s); mean inter-token latency "
+      "{:.2f} ms\n",
+      r.decode_tokens, r.step_s.size(), r.decode_s * 1e3, decode_tps, itl_ms);
   if (!predicted.is_null())
-    fmt::print("predicted on {}: prefill {:.1f} ms, decode {:.1f} ms (measured {:.1f} ms, {:.1f} ms)\n",
-               predicted["hardware"].get<std::string>(),
-               predicted["prefill"]["latency_s"].get<double>() * 1e3,
-               predicted["decode"]["latency_s"].get<double>() * 1e3, r.prefill_s * 1e3,
-               r.decode_s * 1e3);
+    fmt::print(
+        "predicted on {}: prefill {:.1f} ms, decode {:.1f} ms (measured {:.1f} ms, {:.1f} ms)\n",
+        predicted["hardware"].get<std::string>(),
+        predicted["prefill"]["latency_s"].get<double>() * 1e3,
+        predicted["decode"]["latency_s"].get<double>() * 1e3, r.prefill_s * 1e3, r.decode_s * 1e3);
 }
 
 }  // namespace
@@ -230,7 +237,8 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
 void add_generate_command(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   auto* cmd = app.add_subcommand("generate", "generate tokens from a checkpoint");
-  cmd->add_option("--model", o->model, "checkpoint directory (config.json + safetensors)")->required();
+  cmd->add_option("--model", o->model, "checkpoint directory (config.json + safetensors)")
+      ->required();
   auto* ids = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt token ids, e.g. 1,2,3");
   auto* file = cmd->add_option("--prompt-ids-file", o->prompt_ids_file,
                                "file of prompts, one per line, ids separated by commas or spaces");
@@ -245,7 +253,8 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1]");
   cmd->add_option("--seed", o->seed, "sampling seed")->capture_default_str();
-  cmd->add_option("--stop-ids", o->stop_ids, "token ids that end a sequence")->delimiter(',')
+  cmd->add_option("--stop-ids", o->stop_ids, "token ids that end a sequence")
+      ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--dump-logits", o->dump_logits,
                   "write prefill logits of sequence 0, [prompt_tokens, vocab], as .npy");
@@ -264,8 +273,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--ffn-layout-decode", o->layouts.ffn_decode, ffn_help);
   cmd->add_option("--attn-layout-prefill", o->layouts.attn_prefill, attn_help);
   cmd->add_option("--attn-layout-decode", o->layouts.attn_decode, attn_help);
-  cmd->add_option("--plan", o->plan,
-                  "pinned: layouts from the flags above; auto: the planner picks what they leave open")
+  cmd->add_option(
+         "--plan", o->plan,
+         "pinned: layouts from the flags above; auto: the planner picks what they leave open")
       ->check(CLI::IsMember({"pinned", "auto"}))
       ->capture_default_str();
   cmd->add_option("--hardware", o->layouts.hardware,

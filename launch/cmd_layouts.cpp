@@ -29,7 +29,8 @@ void add_layouts_command(CLI::App& app) {
       ->check(CLI::IsMember({"prefill", "decode"}))
       ->capture_default_str();
   cmd->add_option("--batch", o->batch, "sequences (B)")->capture_default_str();
-  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens (L of prefill)")->capture_default_str();
+  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens (L of prefill)")
+      ->capture_default_str();
   cmd->callback([o] {
     const Mesh mesh = parse_flag("--mesh", o->mesh, Mesh::parse);
     const FfnLayout ffn = parse_flag("--ffn-layout", o->ffn, parse_ffn_layout);

@@ -1,6 +1,7 @@
 // `shardlm make-model`: writes a deterministic random-weight checkpoint.
-#include <chrono>
 #include <fmt/format.h>
+
+#include <chrono>
 
 #include "launch/commands.hpp"
 #include "models/presets.hpp"
@@ -24,7 +25,9 @@ void add_make_model_command(CLI::App& app) {
                                double(p.config.num_params()) / 1e6);
   }
   auto* cmd = app.add_subcommand("make-model", "write a random-weight Llama checkpoint");
-  cmd->add_option("--preset", options->preset, preset_help)->required()->check(CLI::IsMember(names));
+  cmd->add_option("--preset", options->preset, preset_help)
+      ->required()
+      ->check(CLI::IsMember(names));
   cmd->add_option("--out", options->out, "output directory (created if missing)")->required();
   cmd->add_option("--dtype", options->dtype, "weight dtype: f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))

@@ -29,9 +29,13 @@ struct PlanOptions {
   std::string paper_table, fit_paper;
 };
 
-std::string seconds(double s) { return format_seconds(s); }
+std::string seconds(double s) {
+  return format_seconds(s);
+}
 
-std::string gigabytes(double b) { return fmt::format("{:.2f} GB", b / 1e9); }
+std::string gigabytes(double b) {
+  return fmt::format("{:.2f} GB", b / 1e9);
+}
 
 void print_phase(const PhasePlan& p) {
   const PhaseCost& c = p.chosen;
@@ -115,10 +119,14 @@ void run_plan(const PlanOptions& o) {
   req.objective = o.objective == "cost" ? Objective::kCost : Objective::kLatency;
   if (o.latency_target_ms > 0) req.latency_target_s = o.latency_target_ms / 1e3;
   req.weights = o.weights;
-  req.ffn_prefill = parse_optional_flag<FfnLayout>("--ffn-layout-prefill", o.ffn_prefill, parse_ffn_layout);
-  req.ffn_decode = parse_optional_flag<FfnLayout>("--ffn-layout-decode", o.ffn_decode, parse_ffn_layout);
-  req.attn_prefill = parse_optional_flag<AttnLayout>("--attn-layout-prefill", o.attn_prefill, parse_attn_layout);
-  req.attn_decode = parse_optional_flag<AttnLayout>("--attn-layout-decode", o.attn_decode, parse_attn_layout);
+  req.ffn_prefill =
+      parse_optional_flag<FfnLayout>("--ffn-layout-prefill", o.ffn_prefill, parse_ffn_layout);
+  req.ffn_decode =
+      parse_optional_flag<FfnLayout>("--ffn-layout-decode", o.ffn_decode, parse_ffn_layout);
+  req.attn_prefill =
+      parse_optional_flag<AttnLayout>("--attn-layout-prefill", o.attn_prefill, parse_attn_layout);
+  req.attn_decode =
+      parse_optional_flag<AttnLayout>("--attn-layout-decode", o.attn_decode, parse_attn_layout);
   if (o.pp > 0) req.pp = o.pp;
   req.mesh = parse_optional_flag<Mesh>("--mesh", o.mesh, Mesh::parse);
   if (req.mesh) req.mesh->pp = o.pp > 0 ? o.pp : 1;

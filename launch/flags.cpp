@@ -9,7 +9,8 @@ Mesh mesh_flag(const std::string& text, int ranks) {
   Mesh best{1, 1, ranks, 1};
   const double target = 0.5 * std::sqrt(double(ranks));
   for (int x = 1; x <= ranks; ++x)
-    if (ranks % x == 0 && std::abs(x - target) < std::abs(best.x - target)) best = {1, x, ranks / x, 1};
+    if (ranks % x == 0 && std::abs(x - target) < std::abs(best.x - target))
+      best = {1, x, ranks / x, 1};
   return best;
 }
 

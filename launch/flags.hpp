@@ -1,11 +1,11 @@
 #pragma once
 // Turning flag text into values, shared by every subcommand: a parser's
 // std::invalid_argument becomes a UsageError (exit 2) that names the flag.
+#include <fmt/format.h>
+
 #include <optional>
 #include <stdexcept>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "partitioning/mesh.hpp"
 #include "runtime/errors.hpp"

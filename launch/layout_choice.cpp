@@ -11,10 +11,14 @@ namespace shardlm {
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
                             const Workload& workload, const std::string& weights) {
   LayoutChoice choice;
-  const auto ffn_prefill = parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
-  const auto ffn_decode = parse_optional_flag<FfnLayout>("--ffn-layout-decode", flags.ffn_decode, parse_ffn_layout);
-  const auto attn_prefill = parse_optional_flag<AttnLayout>("--attn-layout-prefill", flags.attn_prefill, parse_attn_layout);
-  const auto attn_decode = parse_optional_flag<AttnLayout>("--attn-layout-decode", flags.attn_decode, parse_attn_layout);
+  const auto ffn_prefill =
+      parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
+  const auto ffn_decode =
+      parse_optional_flag<FfnLayout>("--ffn-layout-decode", flags.ffn_decode, parse_ffn_layout);
+  const auto attn_prefill = parse_optional_flag<AttnLayout>("--attn-layout-prefill",
+                                                            flags.attn_prefill, parse_attn_layout);
+  const auto attn_decode =
+      parse_optional_flag<AttnLayout>("--attn-layout-decode", flags.attn_decode, parse_attn_layout);
   // Predictions need a spec; without --hardware a missing default spec only
   // drops the prediction, while --plan auto cannot do without one.
   if (flags.hardware_given || flags.plan_auto) {

@@ -2,10 +2,9 @@
 // How `generate` picks its per-phase layouts — pinned by flags, or asked of
 // the planner for the mesh it runs on — and the planner's prediction for the
 // layouts it runs, recorded beside the measured times.
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "models/model_config.hpp"
 #include "partitioning/cost_model.hpp"

@@ -1,13 +1,13 @@
 // shardlm: the command-line entry point. Exit codes: 0 success, 2 usage
 // error (bad flag or request), 1 data error (bad file, value or runtime fault).
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <exception>
 #include <string_view>
 
-#include <fmt/core.h>
-
-#include "launch/commands.hpp"
 #include "collectives/world.hpp"
+#include "launch/commands.hpp"
 #include "runtime/errors.hpp"
 
 namespace {
@@ -20,15 +20,19 @@ int fail(const char* message, int exit_code) {
     return exit_code;
   }
   shardlm::World& world = shardlm::World::get();
-  if (world.size() > 1) fmt::print(stderr, "shardlm: error: rank {}: {}\n", world.rank(), message);
-  else fmt::print(stderr, "shardlm: error: {}\n", message);
+  if (world.size() > 1)
+    fmt::print(stderr, "shardlm: error: rank {}: {}\n", world.rank(), message);
+  else
+    fmt::print(stderr, "shardlm: error: {}\n", message);
   world.abort(exit_code);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer Inference"};
+  CLI::App app{
+      "shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer "
+      "Inference"};
   app.require_subcommand(1);
   // A flag given twice takes its last value, as most command lines do.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);

@@ -41,8 +41,8 @@ Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& ful
   Tensor sums = b.backend.alloc({x.dim(0)}, DType::F32);
   b.backend.row_sum_squares(x, sums);
   b.ops.all_reduce(sums, b.axes.residual_e);
-  const Tensor weight = b.ops.slice_cols(full_weight.reshaped({1, full_weight.numel()}),
-                                         b.axes.residual_e);
+  const Tensor weight =
+      b.ops.slice_cols(full_weight.reshaped({1, full_weight.numel()}), b.axes.residual_e);
   Tensor out = b.backend.alloc(x.shape(), DType::F32);
   b.backend.rmsnorm_scale(x, sums, b.config.hidden_size, weight.reshaped({weight.numel()}),
                           float(b.config.rms_norm_eps), out);
@@ -87,8 +87,10 @@ void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCac
   if (a.batch_attention()) {
     q = ops.cols_to_rows(q, a.heads, b.rows.heads_split);
     const int64_t rows = q.dim(0);
-    k = ops.slice_rows(ops.cols_to_rows(k, a.kv_heads, b.rows.kv_split), b.rows.kv_slice_begin, rows);
-    v = ops.slice_rows(ops.cols_to_rows(v, a.kv_heads, b.rows.kv_split), b.rows.kv_slice_begin, rows);
+    k = ops.slice_rows(ops.cols_to_rows(k, a.kv_heads, b.rows.kv_split), b.rows.kv_slice_begin,
+                       rows);
+    v = ops.slice_rows(ops.cols_to_rows(v, a.kv_heads, b.rows.kv_split), b.rows.kv_slice_begin,
+                       rows);
   } else {
     heads.q_offset = int(b.ctx.index(a.heads) * (c.num_heads / b.ctx.size(a.heads)));
     heads.kv_offset = int(b.ctx.index(a.kv_heads) * (c.num_kv_heads / b.ctx.size(a.kv_heads)));
@@ -107,8 +109,10 @@ void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCac
   if (c.parallel_block) {
     block_partial = matmul(be, attention, w_o);
   } else {
-    if (sum_over_f) add_projection(b, matmul(be, attention, w_o), residual);
-    else be.matmul(attention, w_o, residual, true);
+    if (sum_over_f)
+      add_projection(b, matmul(be, attention, w_o), residual);
+    else
+      be.matmul(attention, w_o, residual, true);
     post_norm_input = matmul_input(sharded_rmsnorm(b, residual, w.post_attention_norm));
     ffn_input = &post_norm_input;
   }

@@ -6,7 +6,7 @@ namespace shardlm {
 
 LayerWeightNames layer_weight_names(int layer) {
   const std::string p = fmt::format("model.layers.{}.", layer);
-  return {p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
+  return {p + "input_layernorm.weight",  p + "post_attention_layernorm.weight",
           p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
           p + "self_attn.v_proj.weight", p + "self_attn.o_proj.weight",
           p + "mlp.gate_proj.weight",    p + "mlp.up_proj.weight",

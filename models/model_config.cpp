@@ -1,12 +1,12 @@
 #include "models/model_config.hpp"
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
-#include <optional>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "runtime/errors.hpp"
 
@@ -102,9 +102,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.parallel_block = field.boolean("parallel_block", false);
   c.torch_dtype = field.string("torch_dtype", "float32");
   if (c.num_heads % c.num_kv_heads != 0)
-    field.fail("num_key_value_heads",
-               fmt::format("a divisor of num_attention_heads = {}, got {}", c.num_heads,
-                           c.num_kv_heads));
+    field.fail("num_key_value_heads", fmt::format("a divisor of num_attention_heads = {}, got {}",
+                                                  c.num_heads, c.num_kv_heads));
   if (!j.contains("head_dim") && c.hidden_size % c.num_heads != 0)
     field.fail("head_dim", fmt::format("to be given, since hidden_size = {} is not a multiple of "
                                        "num_attention_heads = {}",

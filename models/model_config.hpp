@@ -3,9 +3,8 @@
 // decoder-only Llama-family transformer, read from a Hugging Face config.json.
 #include <cstdint>
 #include <filesystem>
-#include <string>
-
 #include <nlohmann/json_fwd.hpp>
+#include <string>
 
 namespace shardlm {
 

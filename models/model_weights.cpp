@@ -1,8 +1,8 @@
 #include "models/model_weights.hpp"
 
-#include <map>
-
 #include <fmt/format.h>
+
+#include <map>
 
 #include "models/llama_weights.hpp"
 #include "runtime/errors.hpp"
@@ -46,7 +46,8 @@ std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole
 void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefill,
                      const Layout& decode) {
   std::vector<std::string> problems;
-  auto need = [&](int64_t value, const char* what, const std::string& axes, const std::string& why) {
+  auto need = [&](int64_t value, const char* what, const std::string& axes,
+                  const std::string& why) {
     const int parts = mesh.axes_size(axes);
     if (value % parts != 0)
       problems.push_back(fmt::format("{} = {} does not divide into the {} parts of axes '{}' ({})",
@@ -59,7 +60,8 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
     need(c.hidden_size, "hidden_size", a.embedding_e, "embedding table E");
     need(c.intermediate_size, "intermediate_size", a.uf + a.ue, where + ", feed-forward F");
     need(c.num_heads, "num_attention_heads", a.heads, where + ", query heads");
-    need(c.num_heads, "num_attention_heads", stored_axes(*l, WeightRole::kWq).first, "stored W_q heads");
+    need(c.num_heads, "num_attention_heads", stored_axes(*l, WeightRole::kWq).first,
+         "stored W_q heads");
     need(c.vocab_size, "vocab_size", a.vocab, "LM head vocabulary");
   }
   for (WeightRole r : {WeightRole::kWq, WeightRole::kWk, WeightRole::kWv, WeightRole::kWo,
@@ -68,13 +70,15 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
     if (effective(p.first, mesh) != effective(d.first, mesh) ||
         effective(p.second, mesh) != effective(d.second, mesh))
       problems.push_back(fmt::format(
-          "the {} prefill layout stores {} as {} but the {} decode layout as {}; weights are stored "
+          "the {} prefill layout stores {} as {} but the {} decode layout as {}; weights are "
+          "stored "
           "once, so pick layouts that share storage (2d and wg-* do; 1d does only when x = 1)",
           name(prefill.ffn), name(r), prefill.weight(r).stored.str(), name(decode.ffn),
           decode.weight(r).stored.str()));
   }
   if (!problems.empty()) {
-    std::string message = fmt::format("cannot shard the model on mesh {} ({} ranks):", mesh.str(), mesh.size());
+    std::string message =
+        fmt::format("cannot shard the model on mesh {} ({} ranks):", mesh.str(), mesh.size());
     for (const std::string& p : problems) message += "\n  " + p;
     throw UsageError(message);
   }

@@ -46,7 +46,6 @@ void check_shardable(const ModelConfig& config, const Mesh& mesh, const Layout& 
 // Checks every tensor's presence, shape and dtype, then uploads this rank's
 // blocks as `layout` stores them.
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend, const Layout& layout,
-                                const ParallelContext& ctx);
+                                Backend& backend, const Layout& layout, const ParallelContext& ctx);
 
 }  // namespace shardlm

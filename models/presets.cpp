@@ -27,7 +27,8 @@ ModelConfig parallel_block(ModelConfig c) {
 
 const std::vector<ModelPreset>& model_presets() {
   static const std::vector<ModelPreset> presets = {
-      {"tiny", "~19M params, grouped-query attention (8 heads, 4 KV heads)", llama(256, 688, 4, 8, 4)},
+      {"tiny", "~19M params, grouped-query attention (8 heads, 4 KV heads)",
+       llama(256, 688, 4, 8, 4)},
       {"tiny-mha", "tiny with multi-head attention (KV heads = heads)", llama(256, 688, 4, 8, 8)},
       {"tiny-mqa", "tiny with multi-query attention (1 KV head)", llama(256, 688, 4, 8, 1)},
       {"tiny-parallel", "tiny with PaLM's parallel block, 2 KV heads",

@@ -1,12 +1,12 @@
 #include "models/random_checkpoint.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <vector>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "models/llama_weights.hpp"
 #include "models/safetensors.hpp"
@@ -53,10 +53,8 @@ void fill_weight(const WeightSpec& spec, uint64_t seed, std::vector<float>& valu
   values.resize(size_t(numel_of(spec.shape)));
   const uint64_t tensor_seed = splitmix64(seed ^ fnv1a(spec.name));
   switch (spec.kind) {
-    case WeightKind::Embedding:
-      return fill_uniform(values, tensor_seed, 0.f, kUniformToUnitStd);
-    case WeightKind::Norm:
-      return fill_uniform(values, tensor_seed, 1.f, 0.1f);
+    case WeightKind::Embedding: return fill_uniform(values, tensor_seed, 0.f, kUniformToUnitStd);
+    case WeightKind::Norm: return fill_uniform(values, tensor_seed, 1.f, 0.1f);
     case WeightKind::Linear:
     case WeightKind::LmHead:
       return fill_uniform(values, tensor_seed, 0.f,
@@ -82,7 +80,8 @@ void write_random_checkpoint(const ModelConfig& config_in, const fs::path& dir,
   config.torch_dtype = std::string(torch_dtype_name(options.dtype));
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) throw DataError(fmt::format("{}: cannot create directory: {}", dir.string(), ec.message()));
+  if (ec)
+    throw DataError(fmt::format("{}: cannot create directory: {}", dir.string(), ec.message()));
 
   const std::vector<WeightSpec> specs = checkpoint_weights(config);
   const size_t elem = dtype_size(options.dtype);
@@ -93,15 +92,16 @@ void write_random_checkpoint(const ModelConfig& config_in, const fs::path& dir,
   // falls in, and no file is left empty.
   const int64_t shards = options.shards;
   if (shards < 1 || shards > int64_t(specs.size()))
-    throw UsageError(fmt::format("--shards must be between 1 and {} (the number of tensors), got {}",
-                                 specs.size(), shards));
+    throw UsageError(fmt::format(
+        "--shards must be between 1 and {} (the number of tensors), got {}", specs.size(), shards));
   std::vector<std::vector<const WeightSpec*>> shard_specs(static_cast<size_t>(shards));
   {
     int64_t written = 0, shard = 0;
     for (size_t i = 0; i < specs.size(); ++i) {
       const int64_t bytes = numel_of(specs[i].shape) * int64_t(elem);
       const int64_t tensors_left = int64_t(specs.size() - i);
-      shard = std::max({shard, (written + bytes / 2) * shards / total_bytes, shards - tensors_left});
+      shard =
+          std::max({shard, (written + bytes / 2) * shards / total_bytes, shards - tensors_left});
       shard = std::min({shard, shards - 1});
       if (shard > 0 && shard_specs[size_t(shard - 1)].empty()) --shard;
       shard_specs[size_t(shard)].push_back(&specs[i]);

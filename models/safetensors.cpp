@@ -1,6 +1,7 @@
 #include "models/safetensors.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,8 +10,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "runtime/errors.hpp"
@@ -62,9 +61,9 @@ namespace {
 // tensors shardlm does not use are still checked for consistent offsets.
 std::optional<size_t> safetensors_dtype_size(const std::string& name) {
   static const std::map<std::string, size_t> sizes = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
-      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
-      {"F64", 8},  {"I64", 8}, {"U64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"F64", 8}, {"I64", 8},     {"U64", 8}};
   auto it = sizes.find(name);
   if (it == sizes.end()) return std::nullopt;
   return it->second;
@@ -79,12 +78,15 @@ TensorRecord parse_entry(const std::string& file, const std::string& name, const
   TensorRecord r;
   r.name = name;
   r.file = file;
-  if (!entry.contains("dtype") || !entry["dtype"].is_string()) throw bad("dtype missing or not a string");
+  if (!entry.contains("dtype") || !entry["dtype"].is_string())
+    throw bad("dtype missing or not a string");
   r.dtype_name = entry["dtype"].get<std::string>();
   r.dtype = dtype_from_safetensors(r.dtype_name);
-  if (!entry.contains("shape") || !entry["shape"].is_array()) throw bad("shape missing or not a list");
+  if (!entry.contains("shape") || !entry["shape"].is_array())
+    throw bad("shape missing or not a list");
   for (const json& d : entry["shape"]) {
-    if (!d.is_number_unsigned()) throw bad("shape holds a value that is not a non-negative integer");
+    if (!d.is_number_unsigned())
+      throw bad("shape holds a value that is not a non-negative integer");
     r.shape.push_back(d.get<int64_t>());
   }
   const json& offsets = entry.contains("data_offsets") ? entry["data_offsets"] : json();
@@ -92,7 +94,8 @@ TensorRecord parse_entry(const std::string& file, const std::string& name, const
       !offsets[1].is_number_unsigned())
     throw bad("data_offsets must be [begin, end], two non-negative integers");
   const auto begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
-  if (begin > end) throw bad(fmt::format("data_offsets [{}, {}] end before they begin", begin, end));
+  if (begin > end)
+    throw bad(fmt::format("data_offsets [{}, {}] end before they begin", begin, end));
   if (end > data_size)
     throw DataError(fmt::format(
         "{}: tensor \"{}\": data_offsets [{}, {}] run past the end of the data ({} bytes); "
@@ -116,15 +119,17 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
   const std::string file = path.string();
   const size_t size = mapping_->size();
   if (size < 8)
-    throw DataError(fmt::format("{}: file is {} bytes, too short for a safetensors header "
-                                "(8-byte length, then JSON); it is truncated or not safetensors",
-                                file, size));
+    throw DataError(
+        fmt::format("{}: file is {} bytes, too short for a safetensors header "
+                    "(8-byte length, then JSON); it is truncated or not safetensors",
+                    file, size));
   uint64_t header_len = 0;
   std::memcpy(&header_len, mapping_->data(), 8);  // little-endian, as on every supported host
   if (header_len > size - 8)
-    throw DataError(fmt::format("{}: corrupt header: header length {} runs past the end of the "
-                                "file ({} bytes); it is truncated or not safetensors",
-                                file, header_len, size));
+    throw DataError(
+        fmt::format("{}: corrupt header: header length {} runs past the end of the "
+                    "file ({} bytes); it is truncated or not safetensors",
+                    file, header_len, size));
   const char* header_text = reinterpret_cast<const char*>(mapping_->data()) + 8;
   json header;
   try {
@@ -163,15 +168,17 @@ Checkpoint::Checkpoint(const fs::path& model_dir) : dir_(model_dir) {
     std::map<std::string, size_t> file_slot;
     for (const auto& [name, file] : index["weight_map"].items()) {
       if (!file.is_string())
-        throw DataError(fmt::format("{}: weight_map[\"{}\"]: expected a file name",
-                                    index_path.string(), name));
+        throw DataError(
+            fmt::format("{}: weight_map[\"{}\"]: expected a file name", index_path.string(), name));
       const std::string file_name = file.get<std::string>();
-      if (file_slot.emplace(file_name, files_.size()).second) files_.emplace_back(model_dir / file_name);
+      if (file_slot.emplace(file_name, files_.size()).second)
+        files_.emplace_back(model_dir / file_name);
       const auto& held = files_[file_slot[file_name]].tensors();
       auto it = held.find(name);
       if (it == held.end())
-        throw DataError(fmt::format("{}: weight_map puts tensor \"{}\" in {}, which does not hold it",
-                                    index_path.string(), name, file_name));
+        throw DataError(
+            fmt::format("{}: weight_map puts tensor \"{}\" in {}, which does not hold it",
+                        index_path.string(), name, file_name));
       index_[name] = &it->second;
     }
   } else if (fs::exists(single, ec)) {
@@ -193,8 +200,8 @@ const TensorRecord& Checkpoint::tensor(const std::string& name, const Shape& sha
     throw DataError(fmt::format("{}: tensor \"{}\" has shape {}, expected {}", r.file, name,
                                 shape_str(r.shape), shape_str(shape)));
   if (!r.dtype || (*r.dtype != DType::F32 && *r.dtype != DType::BF16 && *r.dtype != DType::F16))
-    throw DataError(fmt::format("{}: tensor \"{}\" has dtype {}, expected F32, BF16 or F16",
-                                r.file, name, r.dtype_name));
+    throw DataError(fmt::format("{}: tensor \"{}\" has dtype {}, expected F32, BF16 or F16", r.file,
+                                name, r.dtype_name));
   return r;
 }
 
@@ -222,7 +229,8 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
   const fs::path partial = path.string() + ".partial";
   {
     std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    if (!out) throw DataError(fmt::format("{}: cannot create: {}", partial.string(), std::strerror(errno)));
+    if (!out)
+      throw DataError(fmt::format("{}: cannot create: {}", partial.string(), std::strerror(errno)));
     const uint64_t header_len = text.size();
     out.write(reinterpret_cast<const char*>(&header_len), 8);
     out.write(text.data(), std::streamsize(text.size()));

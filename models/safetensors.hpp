@@ -17,7 +17,7 @@ namespace shardlm {
 
 struct TensorRecord {
   std::string name;
-  std::string dtype_name;     // as written in the header, e.g. "BF16"
+  std::string dtype_name;      // as written in the header, e.g. "BF16"
   std::optional<DType> dtype;  // when shardlm knows the dtype
   Shape shape;
   const std::byte* data = nullptr;

@@ -10,7 +10,9 @@
 
 namespace shardlm {
 
-std::string_view name(Phase p) { return p == Phase::kPrefill ? "prefill" : "decode"; }
+std::string_view name(Phase p) {
+  return p == Phase::kPrefill ? "prefill" : "decode";
+}
 
 double dtype_bytes(const std::string& dtype) {
   if (dtype == "bf16" || dtype == "f16") return 2;

@@ -18,7 +18,9 @@ std::string_view name(FfnLayout l) {
   return "?";
 }
 
-std::string_view name(AttnLayout l) { return l == AttnLayout::kHeads ? "heads" : "batch"; }
+std::string_view name(AttnLayout l) {
+  return l == AttnLayout::kHeads ? "heads" : "batch";
+}
 
 std::string_view name(CollectiveKind k) {
   switch (k) {
@@ -104,7 +106,9 @@ std::string dividing_prefix(const std::string& axes, int64_t count, const Mesh& 
   return prefix;
 }
 
-PartitionSpec spec(const std::string& text) { return PartitionSpec::parse(text); }
+PartitionSpec spec(const std::string& text) {
+  return PartitionSpec::parse(text);
+}
 
 // Builds the specs and steps from the layout's parameters.
 class LayoutBuilder {
@@ -205,8 +209,13 @@ class LayoutBuilder {
     act("embed_full", spec("BLE"));
     out_.prologue.push_back(op(OpKind::kMatmul, {"tokens"}, "embed", WeightRole::kEmbedding));
     out_.prologue.push_back(collective(CollectiveKind::kAllGather, "xzy", {"embed"}, "embed_full"));
-    out_.prologue.push_back(Step{OpKind::kLocalSlice, {"embed_full"}, "x", std::nullopt,
-                                 CollectiveKind::kAllGather, b_ + rest_e_, -1});
+    out_.prologue.push_back(Step{OpKind::kLocalSlice,
+                                 {"embed_full"},
+                                 "x",
+                                 std::nullopt,
+                                 CollectiveKind::kAllGather,
+                                 b_ + rest_e_,
+                                 -1});
   }
 
   void add_epilogue() {
@@ -475,8 +484,9 @@ std::string format_layout(const Layout& l, const DimSizes& sizes, const Mesh& me
       name(l.ffn), name(l.attn), mesh.str(), "", "global shape", "stored spec", "used spec",
       "per-rank shape (stored)");
   for (const auto& w : l.weights)
-    out += fmt::format("  {:<18} {:<18} {:<13} {:<13} {}\n", name(w.role), shape(w.stored, one_chip),
-                       w.stored.str(), w.used.str(), shape(w.stored, mesh));
+    out +=
+        fmt::format("  {:<18} {:<18} {:<13} {:<13} {}\n", name(w.role), shape(w.stored, one_chip),
+                    w.stored.str(), w.used.str(), shape(w.stored, mesh));
   out += fmt::format("activations: {:<14} {:<18} {:<24} {}\n", "", "global shape", "spec",
                      "per-rank shape");
   for (const auto& [n, spec] : l.activations)

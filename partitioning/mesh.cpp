@@ -33,7 +33,9 @@ MeshCoord Mesh::coord(int rank) const {
   return c;
 }
 
-int Mesh::rank(const MeshCoord& c) const { return c.x + x * (c.y + y * (c.z + z * c.pp)); }
+int Mesh::rank(const MeshCoord& c) const {
+  return c.x + x * (c.y + y * (c.z + z * c.pp));
+}
 
 static int& coord_of(MeshCoord& c, char axis) {
   switch (axis) {

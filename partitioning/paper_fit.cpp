@@ -108,7 +108,9 @@ namespace {
 constexpr int kParams = 6;
 using Vec = std::array<double, kParams>;
 
-double sigmoid(double v) { return 1 / (1 + std::exp(-std::clamp(v, -40.0, 40.0))); }
+double sigmoid(double v) {
+  return 1 / (1 + std::exp(-std::clamp(v, -40.0, 40.0)));
+}
 
 // Unconstrained coordinates -> efficiency constants within their ranges.
 EfficiencyModel decode(const Vec& q, EfficiencyModel base) {

@@ -14,7 +14,9 @@ std::string axes_minus(std::string_view a, std::string_view b) {
   return out;
 }
 
-static bool is_axis(char c) { return c == 'x' || c == 'y' || c == 'z'; }
+static bool is_axis(char c) {
+  return c == 'x' || c == 'y' || c == 'z';
+}
 
 PartitionSpec PartitionSpec::parse(std::string_view text) {
   PartitionSpec spec;
@@ -64,8 +66,12 @@ static std::string format_spec(const PartitionSpec& spec, bool paper_order) {
   return out;
 }
 
-std::string PartitionSpec::str() const { return format_spec(*this, false); }
-std::string PartitionSpec::paper_str() const { return format_spec(*this, true); }
+std::string PartitionSpec::str() const {
+  return format_spec(*this, false);
+}
+std::string PartitionSpec::paper_str() const {
+  return format_spec(*this, true);
+}
 
 const std::string& PartitionSpec::axes_of(char dim) const {
   static const std::string none;

@@ -1,9 +1,9 @@
 #include "runtime/dtype.hpp"
 
+#include <fmt/format.h>
+
 #include <cstring>
 #include <stdexcept>
-
-#include <fmt/format.h>
 
 #include "kernels/math.hpp"
 #include "runtime/errors.hpp"
@@ -13,13 +13,10 @@ namespace shardlm {
 size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::F32:
-    case DType::I32:
-      return 4;
+    case DType::I32: return 4;
     case DType::BF16:
-    case DType::F16:
-      return 2;
-    case DType::I8:
-      return 1;
+    case DType::F16: return 2;
+    case DType::I8: return 1;
   }
   return 0;
 }
@@ -88,9 +85,7 @@ std::string_view torch_dtype_name(DType dtype) {
 
 void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n) {
   switch (src_dtype) {
-    case DType::F32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
+    case DType::F32: std::memcpy(dst, src, n * sizeof(float)); return;
     case DType::BF16: {
       const auto* h = static_cast<const uint16_t*>(src);
 #pragma omp parallel for simd schedule(static) if (n > (1 << 16))
@@ -103,16 +98,13 @@ void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = math::f16_to_float(h[i]);
       return;
     }
-    default:
-      throw std::logic_error("convert_to_f32: unsupported source dtype");
+    default: throw std::logic_error("convert_to_f32: unsupported source dtype");
   }
 }
 
 void convert_from_f32(const float* src, void* dst, DType dst_dtype, size_t n) {
   switch (dst_dtype) {
-    case DType::F32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
+    case DType::F32: std::memcpy(dst, src, n * sizeof(float)); return;
     case DType::BF16: {
       auto* h = static_cast<uint16_t*>(dst);
 #pragma omp parallel for simd schedule(static) if (n > (1 << 16))
@@ -125,8 +117,7 @@ void convert_from_f32(const float* src, void* dst, DType dst_dtype, size_t n) {
       for (size_t i = 0; i < n; ++i) h[i] = math::float_to_f16(src[i]);
       return;
     }
-    default:
-      throw std::logic_error("convert_from_f32: unsupported destination dtype");
+    default: throw std::logic_error("convert_from_f32: unsupported destination dtype");
   }
 }
 

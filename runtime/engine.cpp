@@ -1,10 +1,10 @@
 #include "runtime/engine.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <random>
-
-#include <fmt/format.h>
 
 #include "runtime/errors.hpp"
 
@@ -79,7 +79,10 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
   const RowSplit attention = split_rows(ctx_, batch, num_slots_, a.attention_rows());
   const int attention_member = ctx_.index(a.attention_rows());
   BlockRows rows{local_batch(batch, rest, rest_member),
-                 local_batch(batch, attention, attention_member), {}, {}, 0};
+                 local_batch(batch, attention, attention_member),
+                 {},
+                 {},
+                 0};
   if (a.batch_attention()) {
     auto sub_counts = [&](const std::string& inner, const RowSplit& split) {
       std::vector<int64_t> counts;
@@ -104,7 +107,8 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
     residual = embedded;
   } else {
     const Tensor full = ops_.gather_cols(embedded, a.embedding_e).rows(row_begin, row_count);
-    residual = backend_.alloc({row_count, config_.hidden_size / ctx_.size(a.residual_e)}, DType::F32);
+    residual =
+        backend_.alloc({row_count, config_.hidden_size / ctx_.size(a.residual_e)}, DType::F32);
     backend_.copy_2d(ops_.slice_cols(full, a.residual_e), 0, 0, residual, 0, 0, row_count,
                      residual.dim(1));
   }
@@ -139,9 +143,10 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
     longest = std::max(longest, prompts[s].size());
     for (size_t i = 0; i < prompts[s].size(); ++i)
       if (prompts[s][i] < 0 || prompts[s][i] >= config_.vocab_size)
-        throw DataError(fmt::format("token id {} (prompt {}, position {}) is outside the vocabulary "
-                                    "[0, {})",
-                                    prompts[s][i], s, i, config_.vocab_size));
+        throw DataError(
+            fmt::format("token id {} (prompt {}, position {}) is outside the vocabulary "
+                        "[0, {})",
+                        prompts[s][i], s, i, config_.vocab_size));
   }
   const int64_t context = int64_t(longest) + request.max_new_tokens;
   if (context > config_.max_position_embeddings)
@@ -154,9 +159,8 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
   num_slots_ = batch_size;
   cache_ = allocate_cache(decode_axes_, context);
   // Prefill writes the decode cache directly when both shard attention alike.
-  const bool shared_cache =
-      prefill_axes_.attention_rows() == decode_axes_.attention_rows() &&
-      prefill_axes_.attention_kv_heads() == decode_axes_.attention_kv_heads();
+  const bool shared_cache = prefill_axes_.attention_rows() == decode_axes_.attention_rows() &&
+                            prefill_axes_.attention_kv_heads() == decode_axes_.attention_kv_heads();
   prefill_cache_.clear();
   if (!shared_cache) prefill_cache_ = allocate_cache(prefill_axes_, int64_t(longest));
 

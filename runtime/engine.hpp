@@ -20,7 +20,7 @@ struct GenerationRequest {
   std::vector<std::vector<int32_t>> prompts;  // one per sequence, token ids
   int max_new_tokens = 16;
   SamplingParams sampling;
-  std::vector<int32_t> stop_ids;  // a sequence ends right after emitting one
+  std::vector<int32_t> stop_ids;    // a sequence ends right after emitting one
   bool keep_prompt_logits = false;  // logits at every prompt position of sequence 0
   bool keep_step_logits = false;    // logits each token of sequence 0 was sampled from
 };

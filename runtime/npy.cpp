@@ -1,9 +1,9 @@
 #include "runtime/npy.hpp"
 
-#include <fstream>
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include <fstream>
 
 #include "runtime/errors.hpp"
 #include "runtime/tensor.hpp"
@@ -12,8 +12,8 @@ namespace shardlm {
 
 void write_npy_f32(const std::filesystem::path& path, const float* data,
                    const std::vector<int64_t>& shape) {
-  const std::string shape_text =
-      shape.size() == 1 ? fmt::format("({},)", shape[0]) : fmt::format("({})", fmt::join(shape, ", "));
+  const std::string shape_text = shape.size() == 1 ? fmt::format("({},)", shape[0])
+                                                   : fmt::format("({})", fmt::join(shape, ", "));
   std::string header =
       fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': {}, }}", shape_text);
   // Magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.

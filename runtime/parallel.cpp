@@ -1,9 +1,9 @@
 #include "runtime/parallel.hpp"
 
+#include <fmt/format.h>
+
 #include <numeric>
 #include <stdexcept>
-
-#include <fmt/format.h>
 
 #include "runtime/errors.hpp"
 
@@ -19,8 +19,8 @@ std::string axes_in(std::string_view axes, std::string_view subset) {
 
 void require_suffix(std::string_view axes, std::string_view tail, const char* what) {
   if (!axes.ends_with(tail))
-    throw std::logic_error(fmt::format("{}: axes '{}' are not the least significant end of '{}'",
-                                       what, tail, axes));
+    throw std::logic_error(
+        fmt::format("{}: axes '{}' are not the least significant end of '{}'", what, tail, axes));
 }
 
 }  // namespace
@@ -97,7 +97,8 @@ BatchLayout local_batch(const BatchLayout& batch, const RowSplit& split, int mem
   const auto [first, end] = split.slots[size_t(member)];
   std::vector<Segment> segments;
   for (const Segment& s : batch.segments)
-    if (s.slot >= first && s.slot < end) segments.push_back({int(s.slot - first), s.start_pos, s.num_tokens});
+    if (s.slot >= first && s.slot < end)
+      segments.push_back({int(s.slot - first), s.start_pos, s.num_tokens});
   return BatchLayout(std::move(segments));
 }
 
@@ -109,7 +110,8 @@ Tensor ShardOps::gather_cols(const Tensor& x, std::string_view axes) {
   ctx_.comm(axes).all_gather(x.data<float>(), gathered.data<float>(), size_t(rows * width));
   Tensor out = backend_.alloc({rows, n * width}, DType::F32);
   for (int j = 0; j < n; ++j)
-    backend_.copy_2d(gathered.rows(j, 1).reshaped({rows, width}), 0, 0, out, 0, j * width, rows, width);
+    backend_.copy_2d(gathered.rows(j, 1).reshaped({rows, width}), 0, 0, out, 0, j * width, rows,
+                     width);
   return out;
 }
 
@@ -153,7 +155,8 @@ Tensor ShardOps::cols_to_rows(const Tensor& x, std::string_view axes,
   ctx_.comm(axes).all_to_allv(x.data<float>(), send_counts, received.data<float>(), recv_counts);
   Tensor out = backend_.alloc({mine, n * width}, DType::F32);
   for (int j = 0; j < n; ++j)
-    backend_.copy_2d(received.rows(j, 1).reshaped({mine, width}), 0, 0, out, 0, j * width, mine, width);
+    backend_.copy_2d(received.rows(j, 1).reshaped({mine, width}), 0, 0, out, 0, j * width, mine,
+                     width);
   return out;
 }
 
@@ -199,8 +202,8 @@ Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes,
   Communicator& comm = ctx_.comm(gathered);
   comm.all_gather_bytes(w.raw(), blocks.raw(), w.nbytes());
   const Mesh& mesh = ctx_.mesh();
-  Tensor out = backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)},
-                              w.dtype());
+  Tensor out =
+      backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)}, w.dtype());
   const std::vector<int> members = mesh.group(ctx_.rank(), gathered);
   for (int j = 0; j < n; ++j)
     backend_.copy_2d(blocks.rows(j, 1).reshaped({rows, cols}), 0, 0, out,

@@ -50,15 +50,15 @@ class ParallelContext {
 struct PhaseAxes {
   FfnLayout ffn_layout;
   AttnLayout attn_layout;
-  std::string batch;       // rows of the residual stream (weight-gathered layouts)
-  std::string residual_e;  // E of the residual stream
-  std::string ue, uf;      // E and F (and H) of the weights as multiplied
-  std::string gathered;    // weights are all-gathered over these before use
-  std::string heads;       // query heads after the projections
-  std::string kv_heads;    // KV heads after the projections
-  std::string kv_used;     // KV heads of W_k / W_v as multiplied
-  std::string embedding_e; // E of the stored embedding table
-  std::string vocab;       // V of the stored LM head
+  std::string batch;        // rows of the residual stream (weight-gathered layouts)
+  std::string residual_e;   // E of the residual stream
+  std::string ue, uf;       // E and F (and H) of the weights as multiplied
+  std::string gathered;     // weights are all-gathered over these before use
+  std::string heads;        // query heads after the projections
+  std::string kv_heads;     // KV heads after the projections
+  std::string kv_used;      // KV heads of W_k / W_v as multiplied
+  std::string embedding_e;  // E of the stored embedding table
+  std::string vocab;        // V of the stored LM head
 
   static PhaseAxes from_layout(const Layout& layout);
   bool batch_attention() const { return attn_layout == AttnLayout::kBatch && !heads.empty(); }
@@ -71,8 +71,8 @@ struct PhaseAxes {
 // Rows of the batch per member of a row split: the token range and the
 // batch's segments (with slots renumbered from 0) each member owns.
 struct RowSplit {
-  std::vector<int64_t> token_begin, token_count;  // per member, in member order
-  std::vector<std::pair<int64_t, int64_t>> slots; // per member: [first, end) slot
+  std::vector<int64_t> token_begin, token_count;   // per member, in member order
+  std::vector<std::pair<int64_t, int64_t>> slots;  // per member: [first, end) slot
 };
 RowSplit split_rows(const ParallelContext& ctx, const BatchLayout& batch, int64_t num_slots,
                     std::string_view axes);
@@ -94,9 +94,11 @@ class ShardOps {
   // Moves a split from cols to rows: [r, w] with cols split over `axes` ->
   // [sub_counts[me], |axes| w], where sub_counts[i] rows of this member's r
   // rows go to member i (the rows are split further over `axes`).
-  Tensor cols_to_rows(const Tensor& x, std::string_view axes, const std::vector<int64_t>& sub_counts);
+  Tensor cols_to_rows(const Tensor& x, std::string_view axes,
+                      const std::vector<int64_t>& sub_counts);
   // The inverse of cols_to_rows.
-  Tensor rows_to_cols(const Tensor& x, std::string_view axes, const std::vector<int64_t>& sub_counts);
+  Tensor rows_to_cols(const Tensor& x, std::string_view axes,
+                      const std::vector<int64_t>& sub_counts);
   // This member's chunk of the cols, split over `axes`.
   Tensor slice_cols(const Tensor& x, std::string_view axes);
   Tensor slice_rows(const Tensor& x, int64_t begin, int64_t count);

@@ -9,8 +9,7 @@ namespace shardlm {
 
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& params,
                      std::mt19937_64& rng) {
-  if (params.temperature <= 0.f)
-    return int32_t(std::max_element(logits, logits + vocab) - logits);
+  if (params.temperature <= 0.f) return int32_t(std::max_element(logits, logits + vocab) - logits);
 
   std::vector<int32_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);

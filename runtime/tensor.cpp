@@ -5,7 +5,9 @@
 
 namespace shardlm {
 
-std::string shape_str(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_str(const Shape& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 Tensor Tensor::rows(int64_t begin, int64_t count) const {
   if (shape_.empty() || begin < 0 || count < 0 || begin + count > shape_[0])
@@ -13,7 +15,8 @@ Tensor Tensor::rows(int64_t begin, int64_t count) const {
         fmt::format("Tensor::rows({}, {}) outside shape {}", begin, count, shape_str(shape_)));
   Shape sub = shape_;
   sub[0] = count;
-  const size_t row_bytes = size_t(numel_of(Shape(shape_.begin() + 1, shape_.end()))) * dtype_size(dtype_);
+  const size_t row_bytes =
+      size_t(numel_of(Shape(shape_.begin() + 1, shape_.end()))) * dtype_size(dtype_);
   Tensor view(memory_, byte_offset_ + size_t(begin) * row_bytes, std::move(sub), dtype_, device_);
   if (scales_) view.scales_ = std::make_shared<const Tensor>(scales_->rows(begin, count));
   return view;

@@ -1,13 +1,12 @@
 #include "collectives/nccl/nccl_communicator.hpp"
 
 #include <cuda_runtime.h>
+#include <fmt/format.h>
 #include <nccl.h>
 
 #include <numeric>
 #include <stdexcept>
 #include <thread>
-
-#include <fmt/format.h>
 
 namespace shardlm {
 namespace {
@@ -79,7 +78,8 @@ class NcclCommunicator final : public Communicator {
     wait();
   }
   void all_reduce(float* data, size_t count) override {
-    check_nccl(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_), "ncclAllReduce");
+    check_nccl(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_),
+               "ncclAllReduce");
     wait();
   }
   void all_to_all(const float* send, float* recv, size_t count) override {
@@ -91,10 +91,12 @@ class NcclCommunicator final : public Communicator {
     size_t send_offset = 0, recv_offset = 0;
     check_nccl(ncclGroupStart(), "ncclGroupStart");
     for (int peer = 0; peer < size_; ++peer) {
-      check_nccl(ncclSend(send + send_offset, send_counts[size_t(peer)], ncclFloat, peer, comm_, stream_),
-                 "ncclSend");
-      check_nccl(ncclRecv(recv + recv_offset, recv_counts[size_t(peer)], ncclFloat, peer, comm_, stream_),
-                 "ncclRecv");
+      check_nccl(
+          ncclSend(send + send_offset, send_counts[size_t(peer)], ncclFloat, peer, comm_, stream_),
+          "ncclSend");
+      check_nccl(
+          ncclRecv(recv + recv_offset, recv_counts[size_t(peer)], ncclFloat, peer, comm_, stream_),
+          "ncclRecv");
       send_offset += send_counts[size_t(peer)];
       recv_offset += recv_counts[size_t(peer)];
     }

@@ -2,17 +2,16 @@
 // (weight-only, per-output-channel scales) as CpuBackendOptions says; matmul
 // through the streaming and panel kernels of cpu_kernels.hpp; element-wise
 // kernels and attention as OpenMP loops the compiler vectorizes.
+#include <fmt/format.h>
 #include <malloc.h>
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
-
-#include <fmt/format.h>
-#include <oneapi/dnnl/dnnl.h>
 
 #include "kernels/cpu/cpu_kernels.hpp"
 #include "kernels/math.hpp"
@@ -76,8 +75,10 @@ class CpuBackend final : public Backend {
     // Norm weights (1-D) stay F32: they scale activations, not a matmul.
     const DType dtype = full_shape.size() == 1 ? DType::F32 : weight_dtype_.value_or(src_dtype);
     if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16 && dtype != DType::I8)
-      throw std::invalid_argument(fmt::format("cpu backend: cannot store {} weights", dtype_name(dtype)));
-    Tensor t = alloc(full_shape.size() == 1 ? Shape{block.cols} : Shape{block.rows, block.cols}, dtype);
+      throw std::invalid_argument(
+          fmt::format("cpu backend: cannot store {} weights", dtype_name(dtype)));
+    Tensor t =
+        alloc(full_shape.size() == 1 ? Shape{block.cols} : Shape{block.rows, block.cols}, dtype);
     const size_t elem = dtype_size(dtype);
     Tensor scales;
     if (dtype == DType::I8) scales = alloc({block.rows}, DType::F32);
@@ -95,7 +96,8 @@ class CpuBackend final : public Backend {
           if (dtype == src_dtype) {
             std::memcpy(dst, source_row(r, block.col_begin), size_t(block.cols) * elem);
           } else if (dtype != DType::I8) {
-            convert_to_f32(source_row(r, block.col_begin), src_dtype, row.data(), size_t(block.cols));
+            convert_to_f32(source_row(r, block.col_begin), src_dtype, row.data(),
+                           size_t(block.cols));
             convert_from_f32(row.data(), dst, dtype, size_t(block.cols));
           } else {
             convert_to_f32(source_row(r, 0), src_dtype, row.data(), size_t(full_cols));
@@ -114,19 +116,22 @@ class CpuBackend final : public Backend {
       }
     }
     if (failed)
-      throw std::invalid_argument(
-          fmt::format("cpu backend: cannot convert {} weights to {}", dtype_name(src_dtype), dtype_name(dtype)));
+      throw std::invalid_argument(fmt::format("cpu backend: cannot convert {} weights to {}",
+                                              dtype_name(src_dtype), dtype_name(dtype)));
     return dtype == DType::I8 ? t.with_scales(scales) : t;
   }
 
   void copy_2d(const Tensor& src, int64_t src_row, int64_t src_col, const Tensor& dst,
                int64_t dst_row, int64_t dst_col, int64_t rows, int64_t cols) override {
-    require(src.device() == Device::CPU && dst.device() == Device::CPU && src.dtype() == dst.dtype(),
-            "copy_2d wants two CPU tensors of one dtype");
+    require(
+        src.device() == Device::CPU && dst.device() == Device::CPU && src.dtype() == dst.dtype(),
+        "copy_2d wants two CPU tensors of one dtype");
     const int64_t src_width = src.dim(src.rank() - 1), dst_width = dst.dim(dst.rank() - 1);
-    require(src_col + cols <= src_width && dst_col + cols <= dst_width, "copy_2d outside the matrix");
+    require(src_col + cols <= src_width && dst_col + cols <= dst_width,
+            "copy_2d outside the matrix");
     const size_t elem = dtype_size(src.dtype());
-    const char* from = static_cast<const char*>(src.raw()) + size_t(src_row * src_width + src_col) * elem;
+    const char* from =
+        static_cast<const char*>(src.raw()) + size_t(src_row * src_width + src_col) * elem;
     char* to = static_cast<char*>(dst.raw()) + size_t(dst_row * dst_width + dst_col) * elem;
     for (int64_t r = 0; r < rows; ++r)
       std::memcpy(to + size_t(r * dst_width) * elem, from + size_t(r * src_width) * elem,
@@ -147,7 +152,8 @@ class CpuBackend final : public Backend {
     require_f32(out, "embedding output must be F32");
     const int64_t tokens = out.dim(0), width = out.dim(1);
     const cpu::WeightView view = weight_view(table);
-    for (int64_t t = 0; t < tokens; ++t) cpu::widen_rows(view, ids[t], 1, out.data<float>() + t * width);
+    for (int64_t t = 0; t < tokens; ++t)
+      cpu::widen_rows(view, ids[t], 1, out.data<float>() + t * width);
   }
 
   void row_sum_squares(const Tensor& x, const Tensor& sums) override {
@@ -231,10 +237,13 @@ class CpuBackend final : public Backend {
       require(seg.start_pos + seg.num_tokens <= capacity, "KV cache capacity exceeded");
       for (int t = 0; t < seg.num_tokens; ++t, ++token)
         for (int64_t g = 0; g < kv_heads; ++g) {
-          const int64_t offset = ((seg.slot * kv_heads + g) * capacity + seg.start_pos + t) * head_dim;
-          std::memcpy(cache.k.data<float>() + offset, k.data<float>() + token * stride + g * head_dim,
+          const int64_t offset =
+              ((seg.slot * kv_heads + g) * capacity + seg.start_pos + t) * head_dim;
+          std::memcpy(cache.k.data<float>() + offset,
+                      k.data<float>() + token * stride + g * head_dim,
                       size_t(head_dim) * sizeof(float));
-          std::memcpy(cache.v.data<float>() + offset, v.data<float>() + token * stride + g * head_dim,
+          std::memcpy(cache.v.data<float>() + offset,
+                      v.data<float>() + token * stride + g * head_dim,
                       size_t(head_dim) * sizeof(float));
         }
     }

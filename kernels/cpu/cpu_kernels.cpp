@@ -1,16 +1,15 @@
 #include "kernels/cpu/cpu_kernels.hpp"
 
+#include <fmt/format.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
-
-#include <fmt/format.h>
-#include <oneapi/dnnl/dnnl.h>
 
 #include "kernels/math.hpp"
 
@@ -53,7 +52,8 @@ inline void widen_row(const char* src, int64_t k, float scale, float* dst) {
   const __m512 s = _mm512_set1_ps(scale);
   for (int64_t i = 0; i < k; i += 16) {
     const __mmask16 mask = k - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - i)) - 1);
-    _mm512_mask_storeu_ps(dst + i, mask, _mm512_mul_ps(load16<D>(src + size_t(i) * dtype_size(D), mask), s));
+    _mm512_mask_storeu_ps(dst + i, mask,
+                          _mm512_mul_ps(load16<D>(src + size_t(i) * dtype_size(D), mask), s));
   }
 }
 
@@ -107,18 +107,28 @@ inline void stream_rows(const float* x, int64_t m, int64_t ldx, const char* w, i
                         bool prefetch) {
   int64_t m0 = 0;
   for (; m0 + kBatchTile <= m; m0 += kBatchTile)
-    stream_tile<D, NR, kBatchTile>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0);
+    stream_tile<D, NR, kBatchTile>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate,
+                                   prefetch && m0 == 0);
   switch (m - m0) {
-    case 3: stream_tile<D, NR, 3>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0); break;
-    case 2: stream_tile<D, NR, 2>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0); break;
-    case 1: stream_tile<D, NR, 1>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate, prefetch && m0 == 0); break;
+    case 3:
+      stream_tile<D, NR, 3>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate,
+                            prefetch && m0 == 0);
+      break;
+    case 2:
+      stream_tile<D, NR, 2>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate,
+                            prefetch && m0 == 0);
+      break;
+    case 1:
+      stream_tile<D, NR, 1>(x, ldx, w, k, r0, m0, out, ldo, scales, accumulate,
+                            prefetch && m0 == 0);
+      break;
     default: break;
   }
 }
 
 template <DType D>
-void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
-               int64_t ldo, bool accumulate) {
+void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
+               bool accumulate) {
   const char* data = static_cast<const char*>(w.data);
   const int64_t tiles = (w.n + kRowTile - 1) / kRowTile;
   // Static split: each thread streams one contiguous range of weight rows.
@@ -138,10 +148,11 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
 
 void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, int64_t k,
            int64_t ldw, float* out, int64_t ldo, bool accumulate) {
-  const dnnl_status_t status = dnnl_sgemm('N', 'T', m, n, k, 1.0f, x, ldx, w, ldw,
-                                          accumulate ? 1.0f : 0.0f, out, ldo);
+  const dnnl_status_t status =
+      dnnl_sgemm('N', 'T', m, n, k, 1.0f, x, ldx, w, ldw, accumulate ? 1.0f : 0.0f, out, ldo);
   if (status != dnnl_success)
-    throw std::runtime_error(fmt::format("cpu backend: dnnl_sgemm failed (status {})", int(status)));
+    throw std::runtime_error(
+        fmt::format("cpu backend: dnnl_sgemm failed (status {})", int(status)));
 }
 
 // exp on 16 lanes: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a
@@ -183,7 +194,8 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
     const __mmask16 m = tail_mask(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
     // silu(g) = g / (1 + exp(-g)), as math::silu computes it.
-    const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    const __m512 s =
+        _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
     _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
   }
 }
@@ -235,7 +247,8 @@ void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_p
         const __mmask16 m = tail_mask(keys - j);
         // Masked-out (future) keys get weight 0.
         const __mmask16 live = j < length ? __mmask16(m & tail_mask(length - j)) : __mmask16(0);
-        _mm512_mask_storeu_ps(s + j, m, _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(m, s + j), inv));
+        _mm512_mask_storeu_ps(s + j, m,
+                              _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(m, s + j), inv));
       }
     }
     // out rows = weights [rows, keys] · V [keys, head_dim]
@@ -245,19 +258,22 @@ void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_p
         const __mmask16 m = tail_mask(head_dim - d);
         __m512 acc = _mm512_setzero_ps();
         for (int64_t j = 0; j < keys; ++j)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(scratch[j]), _mm512_maskz_loadu_ps(m, v + j * head_dim + d), acc);
+          acc = _mm512_fmadd_ps(_mm512_set1_ps(scratch[j]),
+                                _mm512_maskz_loadu_ps(m, v + j * head_dim + d), acc);
         _mm512_mask_storeu_ps(o + d, m, acc);
       }
       continue;
     }
     const dnnl_status_t status = dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.0f, scratch, keys, v,
                                             head_dim, 0.0f, out + i0 * ldq, ldq);
-    if (status != dnnl_success) throw std::runtime_error("cpu backend: dnnl_sgemm failed in attention");
+    if (status != dnnl_success)
+      throw std::runtime_error("cpu backend: dnnl_sgemm failed in attention");
   }
 }
 
 void widen_rows(const WeightView& w, int64_t row_begin, int64_t rows, float* dst) {
-  if (w.dtype != DType::F32 && w.dtype != DType::BF16 && w.dtype != DType::F16 && w.dtype != DType::I8)
+  if (w.dtype != DType::F32 && w.dtype != DType::BF16 && w.dtype != DType::F16 &&
+      w.dtype != DType::I8)
     throw std::logic_error("cpu backend: weight dtype must be F32, BF16, F16 or I8");
   const size_t elem = dtype_size(w.dtype);
 #pragma omp parallel for schedule(static) if (rows * w.k > (1 << 15))
@@ -281,7 +297,8 @@ void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& 
     case DType::BF16: return streaming<DType::BF16>(x, m, ldx, w, out, ldo, accumulate);
     case DType::F16: return streaming<DType::F16>(x, m, ldx, w, out, ldo, accumulate);
     case DType::I8: return streaming<DType::I8>(x, m, ldx, w, out, ldo, accumulate);
-    default: throw std::logic_error("cpu backend: matmul weight dtype must be F32, BF16, F16 or I8");
+    default:
+      throw std::logic_error("cpu backend: matmul weight dtype must be F32, BF16, F16 or I8");
   }
 }
 
@@ -292,8 +309,8 @@ void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
   // Panels of about 8 MiB of F32: large enough for sgemm to run at full
   // speed, small enough to stay in the last-level cache between the widening
   // and the GEMM that reads it.
-  const int64_t panel_rows =
-      std::min<int64_t>(w.n, std::max<int64_t>(64, (int64_t(8) << 20) / (4 * std::max<int64_t>(w.k, 1))));
+  const int64_t panel_rows = std::min<int64_t>(
+      w.n, std::max<int64_t>(64, (int64_t(8) << 20) / (4 * std::max<int64_t>(w.k, 1))));
   std::unique_ptr<float, decltype(&std::free)> panel(
       static_cast<float*>(std::aligned_alloc(64, (size_t(panel_rows * w.k) * 4 + 63) / 64 * 64)),
       std::free);
@@ -307,8 +324,10 @@ void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
 
 void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
             bool accumulate) {
-  if (m <= kStreamingMaxRows) matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
-  else matmul_panel(x, m, ldx, w, out, ldo, accumulate);
+  if (m <= kStreamingMaxRows)
+    matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
+  else
+    matmul_panel(x, m, ldx, w, out, ldo, accumulate);
 }
 
 }  // namespace shardlm::cpu

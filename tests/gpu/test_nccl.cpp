@@ -37,9 +37,11 @@ int main() {
   cudaMemcpy(device, std::vector<float>(count, float(world.rank())).data(), count * sizeof(float),
              cudaMemcpyHostToDevice);
   comm->all_gather(device, device_gathered, count);
-  cudaMemcpy(gathered.data(), device_gathered, gathered.size() * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaMemcpy(gathered.data(), device_gathered, gathered.size() * sizeof(float),
+             cudaMemcpyDeviceToHost);
   for (size_t i = 0; i < gathered.size(); ++i) failures += gathered[i] != float(i / count);
-  std::printf("rank %d: NCCL all_reduce and all_gather: %s\n", world.rank(), failures ? "FAILED" : "ok");
+  std::printf("rank %d: NCCL all_reduce and all_gather: %s\n", world.rank(),
+              failures ? "FAILED" : "ok");
   cudaFree(device);
   cudaFree(device_gathered);
   comm.reset();

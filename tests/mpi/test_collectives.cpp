@@ -1,12 +1,11 @@
 // Every collective on every subset of mesh axes, on every mesh shape the
 // world size allows, against results each rank computes on its own.
-#include <catch2/catch.hpp>
+#include <fmt/format.h>
 
+#include <catch2/catch.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "collectives/world.hpp"
 #include "partitioning/mesh.hpp"
@@ -16,7 +15,9 @@ using namespace shardlm;
 namespace {
 
 // The value rank `rank` holds at index i before a collective.
-float value(int rank, size_t i) { return float(rank * 1000 + int(i)); }
+float value(int rank, size_t i) {
+  return float(rank * 1000 + int(i));
+}
 
 std::vector<float> values(int rank, size_t count, size_t offset = 0) {
   std::vector<float> v(count);

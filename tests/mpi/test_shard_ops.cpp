@@ -1,7 +1,6 @@
 // The activation collectives of tensor parallelism, checked against slices
 // of a global matrix that every rank can build for itself.
 #include <catch2/catch.hpp>
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,13 +14,17 @@ namespace {
 
 constexpr int64_t kRows = 7, kCols = 24;  // 24 splits over any 1, 2 or 4 ranks
 
-float global_value(int64_t r, int64_t c) { return float(r * 100 + c); }
+float global_value(int64_t r, int64_t c) {
+  return float(r * 100 + c);
+}
 
 // Rows [r0, r0 + rows) and cols [c0, c0 + cols) of the global matrix (times `scale`).
-Tensor block(Backend& backend, int64_t r0, int64_t rows, int64_t c0, int64_t cols, float scale = 1) {
+Tensor block(Backend& backend, int64_t r0, int64_t rows, int64_t c0, int64_t cols,
+             float scale = 1) {
   Tensor t = backend.alloc({rows, cols}, DType::F32);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) t.data<float>()[r * cols + c] = scale * global_value(r0 + r, c0 + c);
+    for (int64_t c = 0; c < cols; ++c)
+      t.data<float>()[r * cols + c] = scale * global_value(r0 + r, c0 + c);
   return t;
 }
 
@@ -34,7 +37,8 @@ bool equal(const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
-TEST_CASE("column gathers, reduce-scatters and row/column all-to-alls agree with the global matrix") {
+TEST_CASE(
+    "column gathers, reduce-scatters and row/column all-to-alls agree with the global matrix") {
   World& world = World::get();
   auto backend = make_cpu_backend(1);
   for (const Mesh& mesh : Mesh::factorizations(world.size()))

@@ -2,7 +2,6 @@
 // weight dtype on both paths (streaming and panel) and through the backend's
 // dispatch, the int8 quantization, copy_2d and embedding of every dtype.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -52,7 +51,8 @@ std::vector<double> reference_matmul(const std::vector<float>& x, const std::vec
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) {
       double sum = 0;
-      for (int64_t c = 0; c < k; ++c) sum += double(x[size_t(i * k + c)]) * double(w[size_t(j * k + c)]);
+      for (int64_t c = 0; c < k; ++c)
+        sum += double(x[size_t(i * k + c)]) * double(w[size_t(j * k + c)]);
       out[size_t(i * n + j)] = sum;
     }
   return out;
@@ -93,7 +93,8 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
   for (DType dtype : kWeightDtypes) {
     auto backend = make_cpu_backend(CpuBackendOptions{2, dtype});
     for (int64_t m : {1, 2, 3, 4, 5, 9, 16, 17, 33}) {
-      for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1}, {5, 15}, {37, 16}, {8, 33}, {67, 100}, {130, 257}}) {
+      for (auto [n, k] :
+           {std::pair<int64_t, int64_t>{1, 1}, {5, 15}, {37, 16}, {8, 33}, {67, 100}, {130, 257}}) {
         const auto x = random_values(size_t(m * k), uint32_t(m * 131 + k));
         const auto w = random_values(size_t(n * k), uint32_t(n * 17 + k), 0.2f);
         const Tensor wt = upload(*backend, w, n, k);
@@ -104,10 +105,13 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
         for (int path = 0; path < 3; ++path) {
           for (bool accumulate : {false, true}) {
             std::vector<float> out = prior;
-            if (path == 0) cpu::matmul_streaming(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
-            if (path == 1) cpu::matmul_panel(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
+            if (path == 0)
+              cpu::matmul_streaming(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
+            if (path == 1)
+              cpu::matmul_panel(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
             if (path == 2) {
-              Tensor xt = backend->alloc({m, k}, DType::F32), ot = backend->alloc({m, n}, DType::F32);
+              Tensor xt = backend->alloc({m, k}, DType::F32),
+                     ot = backend->alloc({m, n}, DType::F32);
               backend->copy_from_host(x.data(), xt);
               backend->copy_from_host(prior.data(), ot);
               backend->matmul(xt, wt, ot, accumulate);
@@ -115,7 +119,8 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
             }
             for (int64_t i = 0; i < m; ++i)
               for (int64_t j = 0; j < n; ++j) {
-                const double want = expect[size_t(i * n + j)] + (accumulate ? prior[size_t(i * n + j)] : 0.0);
+                const double want =
+                    expect[size_t(i * n + j)] + (accumulate ? prior[size_t(i * n + j)] : 0.0);
                 INFO("dtype " << dtype_name(dtype) << " m " << m << " n " << n << " k " << k
                               << " path " << path << " accumulate " << accumulate);
                 REQUIRE(std::fabs(out[size_t(i * n + j)] - want) <=
@@ -215,8 +220,8 @@ TEST_CASE("attention matches a plain causal softmax reference", "[cpu_kernels]")
   const float scale = 1.0f / std::sqrt(float(head_dim));
   // Prefill from 0 (blocks of queries, some past the first block), a chunk
   // continuing a cached prefix, and single-query decode steps.
-  for (auto [tokens, first_pos] : {std::pair<int64_t, int64_t>{1, 0}, {5, 0}, {70, 0}, {150, 0},
-                                   {9, 13}, {1, 37}, {1, 200}}) {
+  for (auto [tokens, first_pos] :
+       {std::pair<int64_t, int64_t>{1, 0}, {5, 0}, {70, 0}, {150, 0}, {9, 13}, {1, 37}, {1, 200}}) {
     const int64_t keys = first_pos + tokens, ldq = 3 * head_dim;
     const auto q = random_values(size_t(tokens * ldq), uint32_t(tokens * 7 + first_pos));
     const auto k = random_values(size_t(keys * head_dim), uint32_t(keys + 1));
@@ -231,14 +236,16 @@ TEST_CASE("attention matches a plain causal softmax reference", "[cpu_kernels]")
       double top = -1e300, total = 0;
       for (int64_t j = 0; j < length; ++j) {
         double dot = 0;
-        for (int64_t d = 0; d < head_dim; ++d) dot += double(q[size_t(i * ldq + d)]) * k[size_t(j * head_dim + d)];
+        for (int64_t d = 0; d < head_dim; ++d)
+          dot += double(q[size_t(i * ldq + d)]) * k[size_t(j * head_dim + d)];
         w[size_t(j)] = dot * scale;
         top = std::max(top, w[size_t(j)]);
       }
       for (double& x : w) total += (x = std::exp(x - top));
       for (int64_t d = 0; d < head_dim; ++d) {
         double want = 0;
-        for (int64_t j = 0; j < length; ++j) want += w[size_t(j)] / total * v[size_t(j * head_dim + d)];
+        for (int64_t j = 0; j < length; ++j)
+          want += w[size_t(j)] / total * v[size_t(j * head_dim + d)];
         INFO("tokens " << tokens << " first_pos " << first_pos << " query " << i << " d " << d);
         REQUIRE(out[size_t(i * ldq + d)] == Approx(want).margin(2e-5));
       }

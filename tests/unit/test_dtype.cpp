@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <vector>
 
@@ -22,8 +21,8 @@ TEST_CASE("f16 conversion matches IEEE binary16 on normal, subnormal and overflo
   CHECK(math::float_to_f16(1.0f) == 0x3c00);
   CHECK(math::float_to_f16(-2.0f) == 0xc000);
   CHECK(math::float_to_f16(65504.0f) == 0x7bff);
-  CHECK(math::float_to_f16(1e6f) == 0x7c00);                        // overflow to inf
-  CHECK(math::float_to_f16(std::ldexp(1.0f, -24)) == 0x0001);       // smallest subnormal
+  CHECK(math::float_to_f16(1e6f) == 0x7c00);                   // overflow to inf
+  CHECK(math::float_to_f16(std::ldexp(1.0f, -24)) == 0x0001);  // smallest subnormal
   CHECK(math::f16_to_float(0x0001) == std::ldexp(1.0f, -24));
   CHECK(math::f16_to_float(0x3555) == Approx(0.33325195f));
   for (uint32_t h = 0; h < 0x7c00; h += 7)  // every finite positive half, sampled

@@ -14,7 +14,9 @@ const std::string kRoot = SHARDLM_SOURCE_DIR;
 ModelSpec model(const std::string& n) {
   return ModelSpec::load_yaml(kRoot + "/configs/models/" + n + ".yaml");
 }
-HardwareSpec tpu() { return HardwareSpec::load(kRoot + "/configs/hardware/tpu-v4.yaml"); }
+HardwareSpec tpu() {
+  return HardwareSpec::load(kRoot + "/configs/hardware/tpu-v4.yaml");
+}
 const Mesh k444{1, 4, 4, 4};
 
 PhasePlan best(const std::string& m, Phase phase, Workload w, const std::string& weights,
