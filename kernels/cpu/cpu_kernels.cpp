@@ -6,10 +6,12 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "kernels/math.hpp"
 
@@ -145,6 +147,123 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
     }
   }
 }
+
+#ifdef __AVX512VNNI__
+// I8 weights take an integer path for few rows: each row of x is scaled to
+// int16 (error at most 2^-16 of its largest |value|, far below the int8
+// weights' own rounding), weights widen to int16, and VNNI's vpdpwssd
+// accumulates exact int32 products of 32 columns per instruction: half the
+// instructions of widening to F32, which lets the loop keep pace with memory.
+// Column chunks of kI8ChunkCols keep the int32 lane sums from overflowing
+// (each pair adds at most 2 * 127 * 32767).
+constexpr int64_t kI8ChunkCols = 8192;
+constexpr int kI8RowTile = 2;
+
+struct QuantizedRows {
+  std::vector<int16_t> values;  // [m, k_padded], zero past k
+  std::vector<float> scales;    // x ≈ values * scale, per row
+  int64_t k_padded = 0;
+};
+
+QuantizedRows quantize_rows_int16(const float* x, int64_t m, int64_t ldx, int64_t k) {
+  QuantizedRows q;
+  q.k_padded = (k + 31) / 32 * 32;
+  q.values.assign(size_t(m * q.k_padded), 0);
+  q.scales.resize(size_t(m));
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * ldx;
+    float largest = 0.f;
+    for (int64_t j = 0; j < k; ++j) largest = std::max(largest, std::fabs(row[j]));
+    const float scale = largest > 0.f ? largest / 32767.f : 1.f;
+    q.scales[size_t(i)] = scale;
+    const float inverse = 1.f / scale;
+    int16_t* dst = q.values.data() + i * q.k_padded;
+    for (int64_t j = 0; j < k; ++j) dst[j] = int16_t(std::lrint(row[j] * inverse));
+  }
+  return q;
+}
+
+template <int NR, int MR>
+inline void stream_tile_i8(const QuantizedRows& xq, int64_t m0, const int8_t* w, int64_t k,
+                           int64_t r0, const float* w_scales, float* out, int64_t ldo,
+                           bool accumulate, bool prefetch) {
+  const int8_t* rows[NR];
+  for (int r = 0; r < NR; ++r) rows[r] = w + (r0 + r) * k;
+  const int64_t next_tile = NR * k;
+  __m512 sums[NR][MR];
+  for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MR; ++i) sums[r][i] = _mm512_setzero_ps();
+  for (int64_t c0 = 0; c0 < k; c0 += kI8ChunkCols) {
+    const int64_t c1 = std::min(k, c0 + kI8ChunkCols);
+    __m512i acc[NR][MR];
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_si512();
+    for (int64_t kk = c0; kk < c1; kk += 32) {
+      const __mmask32 mask = c1 - kk >= 32 ? ~__mmask32(0) : __mmask32((1u << (c1 - kk)) - 1);
+      __m512i xv[MR];
+      for (int i = 0; i < MR; ++i)
+        xv[i] = _mm512_loadu_si512(xq.values.data() + (m0 + i) * xq.k_padded + kk);
+      for (int r = 0; r < NR; ++r) {
+        const int8_t* p = rows[r] + kk;
+        if (prefetch && kk % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(p + next_tile), _MM_HINT_T1);
+        const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, p));
+        for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_dpwssd_epi32(acc[r][i], wv, xv[i]);
+      }
+    }
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < MR; ++i)
+        sums[r][i] = _mm512_add_ps(sums[r][i], _mm512_cvtepi32_ps(acc[r][i]));
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MR; ++i) {
+      float* o = out + (m0 + i) * ldo + r0 + r;
+      const float v =
+          _mm512_reduce_add_ps(sums[r][i]) * xq.scales[size_t(m0 + i)] * w_scales[r0 + r];
+      *o = accumulate ? *o + v : v;
+    }
+}
+
+template <int NR>
+inline void stream_rows_i8(const QuantizedRows& xq, int64_t m, const int8_t* w, int64_t k,
+                           int64_t r0, const float* w_scales, float* out, int64_t ldo,
+                           bool accumulate, bool prefetch) {
+  int64_t m0 = 0;
+  for (; m0 + kBatchTile <= m; m0 += kBatchTile)
+    stream_tile_i8<NR, kBatchTile>(xq, m0, w, k, r0, w_scales, out, ldo, accumulate,
+                                   prefetch && m0 == 0);
+  switch (m - m0) {
+    case 3:
+      stream_tile_i8<NR, 3>(xq, m0, w, k, r0, w_scales, out, ldo, accumulate, prefetch && m0 == 0);
+      break;
+    case 2:
+      stream_tile_i8<NR, 2>(xq, m0, w, k, r0, w_scales, out, ldo, accumulate, prefetch && m0 == 0);
+      break;
+    case 1:
+      stream_tile_i8<NR, 1>(xq, m0, w, k, r0, w_scales, out, ldo, accumulate, prefetch && m0 == 0);
+      break;
+    default: break;
+  }
+}
+
+void streaming_i8(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                  int64_t ldo, bool accumulate) {
+  const QuantizedRows xq = quantize_rows_int16(x, m, ldx, w.k);
+  const auto* data = static_cast<const int8_t*>(w.data);
+  const int64_t tiles = (w.n + kI8RowTile - 1) / kI8RowTile;
+#pragma omp parallel for schedule(static) if (tiles > 1)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r0 = t * kI8RowTile;
+    if (r0 + kI8RowTile <= w.n) {
+      stream_rows_i8<kI8RowTile>(xq, m, data, w.k, r0, w.scales, out, ldo, accumulate,
+                                 r0 + 2 * kI8RowTile <= w.n);
+    } else {
+      for (int64_t r = r0; r < w.n; ++r)
+        stream_rows_i8<1>(xq, m, data, w.k, r, w.scales, out, ldo, accumulate, false);
+    }
+  }
+}
+#endif
 
 void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, int64_t k,
            int64_t ldw, float* out, int64_t ldo, bool accumulate) {
@@ -296,7 +415,11 @@ void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& 
     case DType::F32: return streaming<DType::F32>(x, m, ldx, w, out, ldo, accumulate);
     case DType::BF16: return streaming<DType::BF16>(x, m, ldx, w, out, ldo, accumulate);
     case DType::F16: return streaming<DType::F16>(x, m, ldx, w, out, ldo, accumulate);
+#ifdef __AVX512VNNI__
+    case DType::I8: return streaming_i8(x, m, ldx, w, out, ldo, accumulate);
+#else
     case DType::I8: return streaming<DType::I8>(x, m, ldx, w, out, ldo, accumulate);
+#endif
     default:
       throw std::logic_error("cpu backend: matmul weight dtype must be F32, BF16, F16 or I8");
   }
