@@ -192,7 +192,7 @@ void run_bench(const BenchOptions& o) {
       omp_set_num_threads(threads);
       Limits& l = limits[threads];
       l.peak_flops =
-          std::max(l.peak_flops, sum_over_ranks(world, measure_sgemm(2048, 2048, 2048, 3)));
+          std::max(l.peak_flops, sum_over_ranks(world, measure_matmul(2048, 2048, 2048, 3)));
       l.bandwidth = std::max(
           l.bandwidth,
           sum_over_ranks(world, measure_memory_read(size_t(o.bandwidth_gib * double(1 << 30)), 3)));

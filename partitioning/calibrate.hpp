@@ -1,6 +1,6 @@
 #pragma once
 // `shardlm calibrate`: measure this machine as the cost model sees it — matmul
-// FLOP/s (oneDNN sgemm) and its fall-off with fewer rows, memory read
+// FLOP/s (the CPU backend's matmul) and its fall-off with fewer rows, memory read
 // bandwidth, and, under mpirun, collective bandwidth and latency between
 // ranks — and write a hardware spec (configs/hardware format). One rank is
 // one "chip"; ranks on one machine share its cores and memory.
@@ -33,8 +33,9 @@ struct Calibration {
   HardwareSpec spec;                                              // what gets written
 };
 
-// Best-of-`repeats` sgemm FLOP/s for [rows x inner] * [inner x cols].
-double measure_sgemm(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// Best-of-`repeats` FLOP/s of the CPU backend's matmul for [rows x inner] ·
+// [cols x inner]ᵀ, F32 weights (oneDNN sgemm above 16 rows).
+double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).

@@ -25,7 +25,7 @@ TEST_CASE("matmul_half_rows is recovered from rows / (rows + h)", "[calibrate]")
 }
 
 TEST_CASE("measurements return plausible numbers", "[calibrate]") {
-  const double flops = measure_sgemm(128, 128, 128, 1);
+  const double flops = measure_matmul(128, 128, 128, 1);
   CHECK(flops > 1e8);   // any CPU of this century
   CHECK(flops < 1e14);  // and no CPU at all
   const double bw = measure_memory_read(size_t(16) << 20, 1);
