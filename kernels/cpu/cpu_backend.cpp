@@ -265,9 +265,44 @@ class CpuBackend final : public Backend {
       token += seg.num_tokens;
       scratch = std::max(scratch, cpu::attention_scratch(seg.num_tokens, seg.start_pos));
     }
-    const int64_t tasks = int64_t(batch.segments.size()) * heads;
     const float* k_cache = cache.k.data<float>();
     const float* v_cache = cache.v.data<float>();
+    const bool decode = std::all_of(batch.segments.begin(), batch.segments.end(),
+                                    [](const Segment& seg) { return seg.num_tokens == 1; });
+    if (decode) {
+      // One task per (sequence, KV head): its query heads share each key and
+      // value row as it streams past, instead of rereading the cache per head.
+      struct HeadGroup {
+        int64_t first, count, kv;
+      };
+      std::vector<HeadGroup> groups;
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t g = (ah.q_offset + h) / ah.group - ah.kv_offset;
+        if (groups.empty() || groups.back().kv != g) groups.push_back({h, 0, g});
+        ++groups.back().count;
+      }
+      const int64_t tasks = int64_t(batch.segments.size() * groups.size());
+      int64_t longest = 0;
+      for (const Segment& seg : batch.segments)
+        longest = std::max<int64_t>(longest, seg.start_pos + 1);
+#pragma omp parallel if (tasks > 1)
+      {
+        std::vector<float> buffer(static_cast<size_t>(longest * heads));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < tasks; ++task) {
+          const size_t s = size_t(task) / groups.size();
+          const HeadGroup& group = groups[size_t(task) % groups.size()];
+          const Segment& seg = batch.segments[s];
+          const int64_t cache_offset = (seg.slot * kv_heads + group.kv) * capacity * head_dim;
+          const int64_t row = int64_t(s) * q_stride + group.first * head_dim;
+          cpu::attention_decode_group(q.data<float>() + row, group.count, seg.start_pos + 1,
+                                      k_cache + cache_offset, v_cache + cache_offset, head_dim,
+                                      scale, out.data<float>() + row, buffer.data());
+        }
+      }
+      return;
+    }
+    const int64_t tasks = int64_t(batch.segments.size()) * heads;
 #pragma omp parallel if (tasks > 1)
     {
       std::vector<float> buffer(static_cast<size_t>(scratch));

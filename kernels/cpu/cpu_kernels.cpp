@@ -323,6 +323,62 @@ int64_t attention_scratch(int64_t tokens, int64_t first_pos) {
   return std::min(tokens, kAttentionBlockRows) * (first_pos + tokens);
 }
 
+void attention_decode_group(const float* q, int64_t heads, int64_t keys, const float* k,
+                            const float* v, int64_t head_dim, float scale, float* out,
+                            float* scratch) {
+  // Scores: one pass over the keys, every head's dot product per key.
+  for (int64_t j = 0; j < keys; ++j) {
+    const float* key = k + j * head_dim;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* query = q + h * head_dim;
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t d = 0; d < head_dim; d += 16) {
+        const __mmask16 m = tail_mask(head_dim - d);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, query + d),
+                              _mm512_maskz_loadu_ps(m, key + d), acc);
+      }
+      scratch[h * keys + j] = _mm512_reduce_add_ps(acc);
+    }
+  }
+  // Softmax of each head's scores (all keys are visible to the newest token).
+  for (int64_t h = 0; h < heads; ++h) {
+    float* s = scratch + h * keys;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < keys; j += 16) {
+      const __mmask16 m = tail_mask(keys - j);
+      vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
+    }
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+    const __m512 vscale = _mm512_set1_ps(scale);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < keys; j += 16) {
+      const __mmask16 m = tail_mask(keys - j);
+      const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
+      vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+      _mm512_mask_storeu_ps(s + j, m, e);
+    }
+    const float inverse = 1.0f / _mm512_reduce_add_ps(vsum);
+    for (int64_t j = 0; j < keys; ++j) s[j] *= inverse;
+  }
+  // Outputs: one pass over the values per 16 columns, every head at once.
+  constexpr int64_t kMaxHeads = 16;  // accumulators held in registers
+  for (int64_t h0 = 0; h0 < heads; h0 += kMaxHeads) {
+    const int64_t hn = std::min(kMaxHeads, heads - h0);
+    for (int64_t d = 0; d < head_dim; d += 16) {
+      const __mmask16 m = tail_mask(head_dim - d);
+      __m512 acc[kMaxHeads];
+      for (int64_t h = 0; h < hn; ++h) acc[h] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < keys; ++j) {
+        const __m512 value = _mm512_maskz_loadu_ps(m, v + j * head_dim + d);
+        for (int64_t h = 0; h < hn; ++h)
+          acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[(h0 + h) * keys + j]), value, acc[h]);
+      }
+      for (int64_t h = 0; h < hn; ++h)
+        _mm512_mask_storeu_ps(out + (h0 + h) * head_dim + d, m, acc[h]);
+    }
+  }
+}
+
 void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
                     const float* v, int64_t head_dim, float scale, float* out, float* scratch) {
   for (int64_t i0 = 0; i0 < tokens; i0 += kAttentionBlockRows) {

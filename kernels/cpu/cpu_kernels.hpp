@@ -60,6 +60,13 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 // tokens) floats, see attention_scratch.
 constexpr int64_t kAttentionBlockRows = 64;
 int64_t attention_scratch(int64_t tokens, int64_t first_pos);
+// Decode attention of the `heads` query heads (contiguous in q and out, each
+// head_dim wide) that share one KV head, for one new token that sees `keys`
+// cached positions: each key and value row is read once for all of them.
+// `scratch` holds heads * keys floats.
+void attention_decode_group(const float* q, int64_t heads, int64_t keys, const float* k,
+                            const float* v, int64_t head_dim, float scale, float* out,
+                            float* scratch);
 void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
                     const float* v, int64_t head_dim, float scale, float* out, float* scratch);
 

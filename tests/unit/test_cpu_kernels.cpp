@@ -271,3 +271,24 @@ TEST_CASE("attention matches a plain causal softmax reference", "[cpu_kernels]")
     }
   }
 }
+
+TEST_CASE("grouped decode attention equals per-head attention", "[cpu_kernels]") {
+  for (int64_t head_dim : {16, 24, 64})
+    for (int64_t heads : {1, 3, 8, 20})
+      for (int64_t keys : {1, 17, 130}) {
+        const auto q = random_values(size_t(heads * head_dim), uint32_t(heads * 7 + keys));
+        const auto k = random_values(size_t(keys * head_dim), uint32_t(keys * 3 + 1));
+        const auto v = random_values(size_t(keys * head_dim), uint32_t(keys * 5 + 2));
+        const float scale = 1.0f / std::sqrt(float(head_dim));
+        std::vector<float> grouped(q.size()), scratch(size_t(heads * keys));
+        cpu::attention_decode_group(q.data(), heads, keys, k.data(), v.data(), head_dim, scale,
+                                    grouped.data(), scratch.data());
+        std::vector<float> single(q.size()),
+            head_scratch(size_t(cpu::attention_scratch(1, keys - 1)));
+        for (int64_t h = 0; h < heads; ++h)
+          cpu::attention_head(q.data() + h * head_dim, head_dim, 1, keys - 1, k.data(), v.data(),
+                              head_dim, scale, single.data() + h * head_dim, head_scratch.data());
+        INFO("head_dim " << head_dim << " heads " << heads << " keys " << keys);
+        for (size_t i = 0; i < q.size(); ++i) REQUIRE(grouped[i] == Approx(single[i]).margin(1e-6));
+      }
+}
