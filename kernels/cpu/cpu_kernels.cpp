@@ -323,6 +323,32 @@ int64_t attention_scratch(int64_t tokens, int64_t first_pos) {
   return std::min(tokens, kAttentionBlockRows) * (first_pos + tokens);
 }
 
+// s[0, length) <- softmax(scale * s[0, length)); s[length, width) <- 0, the
+// weights of keys a causal query must not see.
+void softmax_row(float* s, int64_t length, int64_t width, float scale) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < length; j += 16) {
+    const __mmask16 m = tail_mask(length - j);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
+  }
+  const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < length; j += 16) {
+    const __mmask16 m = tail_mask(length - j);
+    const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
+    vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+    _mm512_mask_storeu_ps(s + j, m, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+  for (int64_t j = 0; j < width; j += 16) {
+    const __mmask16 m = tail_mask(width - j);
+    const __mmask16 live = j < length ? __mmask16(m & tail_mask(length - j)) : __mmask16(0);
+    _mm512_mask_storeu_ps(s + j, m,
+                          _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(m, s + j), inv));
+  }
+}
+
 void attention_decode_group(const float* q, int64_t heads, int64_t keys, const float* k,
                             const float* v, int64_t head_dim, float scale, float* out,
                             float* scratch) {
@@ -341,25 +367,7 @@ void attention_decode_group(const float* q, int64_t heads, int64_t keys, const f
     }
   }
   // Softmax of each head's scores (all keys are visible to the newest token).
-  for (int64_t h = 0; h < heads; ++h) {
-    float* s = scratch + h * keys;
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < keys; j += 16) {
-      const __mmask16 m = tail_mask(keys - j);
-      vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
-    }
-    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
-    const __m512 vscale = _mm512_set1_ps(scale);
-    __m512 vsum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < keys; j += 16) {
-      const __mmask16 m = tail_mask(keys - j);
-      const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
-      vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
-      _mm512_mask_storeu_ps(s + j, m, e);
-    }
-    const float inverse = 1.0f / _mm512_reduce_add_ps(vsum);
-    for (int64_t j = 0; j < keys; ++j) s[j] *= inverse;
-  }
+  for (int64_t h = 0; h < heads; ++h) softmax_row(scratch + h * keys, keys, keys, scale);
   // Outputs: one pass over the values per 16 columns, every head at once.
   constexpr int64_t kMaxHeads = 16;  // accumulators held in registers
   for (int64_t h0 = 0; h0 < heads; h0 += kMaxHeads) {
@@ -386,59 +394,14 @@ void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_p
     // Keys the block's last query sees; earlier queries mask the rest.
     const int64_t keys = first_pos + i0 + rows;
     if (rows == 1) {
-      // One query (decode): dot products directly, no GEMM call overhead.
-      const float* query = q + i0 * ldq;
-      for (int64_t j = 0; j < keys; ++j) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t d = 0; d < head_dim; d += 16) {
-          const __mmask16 m = tail_mask(head_dim - d);
-          acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, query + d),
-                                _mm512_maskz_loadu_ps(m, k + j * head_dim + d), acc);
-        }
-        scratch[j] = _mm512_reduce_add_ps(acc);
-      }
-    } else {
-      sgemm(q + i0 * ldq, rows, ldq, k, keys, head_dim, head_dim, scratch, keys, false);
-    }
-    for (int64_t i = 0; i < rows; ++i) {
-      float* s = scratch + i * keys;
-      const int64_t length = first_pos + i0 + i + 1;  // causal: keys 0 .. its own position
-      __m512 vmax = _mm512_set1_ps(-INFINITY);
-      for (int64_t j = 0; j < length; j += 16) {
-        const __mmask16 m = tail_mask(length - j);
-        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
-      }
-      const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
-      const __m512 vscale = _mm512_set1_ps(scale);
-      __m512 vsum = _mm512_setzero_ps();
-      for (int64_t j = 0; j < length; j += 16) {
-        const __mmask16 m = tail_mask(length - j);
-        const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
-        vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
-        _mm512_mask_storeu_ps(s + j, m, e);
-      }
-      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
-      for (int64_t j = 0; j < keys; j += 16) {
-        const __mmask16 m = tail_mask(keys - j);
-        // Masked-out (future) keys get weight 0.
-        const __mmask16 live = j < length ? __mmask16(m & tail_mask(length - j)) : __mmask16(0);
-        _mm512_mask_storeu_ps(s + j, m,
-                              _mm512_maskz_mul_ps(live, _mm512_maskz_loadu_ps(m, s + j), inv));
-      }
-    }
-    // out rows = weights [rows, keys] · V [keys, head_dim]
-    if (rows == 1) {
-      float* o = out + i0 * ldq;
-      for (int64_t d = 0; d < head_dim; d += 16) {
-        const __mmask16 m = tail_mask(head_dim - d);
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t j = 0; j < keys; ++j)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(scratch[j]),
-                                _mm512_maskz_loadu_ps(m, v + j * head_dim + d), acc);
-        _mm512_mask_storeu_ps(o + d, m, acc);
-      }
+      // One query sees every key: the GEMM-free single-head decode kernel.
+      attention_decode_group(q + i0 * ldq, 1, keys, k, v, head_dim, scale, out + i0 * ldq, scratch);
       continue;
     }
+    sgemm(q + i0 * ldq, rows, ldq, k, keys, head_dim, head_dim, scratch, keys, false);
+    for (int64_t i = 0; i < rows; ++i)  // causal: query i sees keys 0 .. its own position
+      softmax_row(scratch + i * keys, first_pos + i0 + i + 1, keys, scale);
+    // out rows = weights [rows, keys] · V [keys, head_dim]
     const dnnl_status_t status = dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.0f, scratch, keys, v,
                                             head_dim, 0.0f, out + i0 * ldq, ldq);
     if (status != dnnl_success)
