@@ -102,26 +102,37 @@ BatchLayout local_batch(const BatchLayout& batch, const RowSplit& split, int mem
   return BatchLayout(std::move(segments));
 }
 
+Tensor ShardOps::blocks_to_cols(const Tensor& blocks, int64_t rows, int64_t width) {
+  const int64_t n = blocks.dim(0);
+  Tensor out = backend_.alloc({rows, n * width}, DType::F32);
+  for (int64_t j = 0; j < n; ++j)
+    backend_.copy_2d(blocks.rows(j, 1).reshaped({rows, width}), 0, 0, out, 0, j * width, rows,
+                     width);
+  return out;
+}
+
+Tensor ShardOps::cols_to_blocks(const Tensor& x, int n) {
+  const int64_t rows = x.dim(0), width = x.dim(1) / n;
+  Tensor blocks = backend_.alloc({n, rows * width}, DType::F32);
+  for (int j = 0; j < n; ++j)
+    backend_.copy_2d(x, 0, j * width, blocks.rows(j, 1).reshaped({rows, width}), 0, 0, rows, width);
+  return blocks;
+}
+
 Tensor ShardOps::gather_cols(const Tensor& x, std::string_view axes) {
   const int n = ctx_.size(axes);
   if (n == 1) return x;
   const int64_t rows = x.dim(0), width = x.dim(1);
   Tensor gathered = backend_.alloc({n, rows * width}, DType::F32);
   ctx_.comm(axes).all_gather(x.data<float>(), gathered.data<float>(), size_t(rows * width));
-  Tensor out = backend_.alloc({rows, n * width}, DType::F32);
-  for (int j = 0; j < n; ++j)
-    backend_.copy_2d(gathered.rows(j, 1).reshaped({rows, width}), 0, 0, out, 0, j * width, rows,
-                     width);
-  return out;
+  return blocks_to_cols(gathered, rows, width);
 }
 
 Tensor ShardOps::reduce_scatter_cols(const Tensor& x, std::string_view axes) {
   const int n = ctx_.size(axes);
   if (n == 1) return x;
   const int64_t rows = x.dim(0), width = x.dim(1) / n;
-  Tensor packed = backend_.alloc({n, rows * width}, DType::F32);
-  for (int j = 0; j < n; ++j)
-    backend_.copy_2d(x, 0, j * width, packed.rows(j, 1).reshaped({rows, width}), 0, 0, rows, width);
+  const Tensor packed = cols_to_blocks(x, n);
   Tensor out = backend_.alloc({rows, width}, DType::F32);
   ctx_.comm(axes).reduce_scatter(packed.data<float>(), out.data<float>(), size_t(rows * width));
   return out;
@@ -153,11 +164,7 @@ Tensor ShardOps::cols_to_rows(const Tensor& x, std::string_view axes,
   for (int64_t c : sub_counts) send_counts.push_back(size_t(c * width));
   Tensor received = backend_.alloc({n, mine * width}, DType::F32);
   ctx_.comm(axes).all_to_allv(x.data<float>(), send_counts, received.data<float>(), recv_counts);
-  Tensor out = backend_.alloc({mine, n * width}, DType::F32);
-  for (int j = 0; j < n; ++j)
-    backend_.copy_2d(received.rows(j, 1).reshaped({mine, width}), 0, 0, out, 0, j * width, mine,
-                     width);
-  return out;
+  return blocks_to_cols(received, mine, width);
 }
 
 Tensor ShardOps::rows_to_cols(const Tensor& x, std::string_view axes,
@@ -165,9 +172,7 @@ Tensor ShardOps::rows_to_cols(const Tensor& x, std::string_view axes,
   const int n = ctx_.size(axes);
   if (n == 1) return x;
   const int64_t mine = x.dim(0), width = x.dim(1) / n;
-  Tensor packed = backend_.alloc({n, mine * width}, DType::F32);
-  for (int j = 0; j < n; ++j)
-    backend_.copy_2d(x, 0, j * width, packed.rows(j, 1).reshaped({mine, width}), 0, 0, mine, width);
+  const Tensor packed = cols_to_blocks(x, n);
   std::vector<size_t> send_counts(size_t(n), size_t(mine * width)), recv_counts;
   for (int64_t c : sub_counts) recv_counts.push_back(size_t(c * width));
   const int64_t total = std::accumulate(sub_counts.begin(), sub_counts.end(), int64_t{0});

@@ -109,6 +109,11 @@ class ShardOps {
                        std::string_view gathered);
 
  private:
+  // [n, rows * width] blocks (as collectives move them) <-> [rows, n * width]
+  // with block j as col chunk j.
+  Tensor blocks_to_cols(const Tensor& blocks, int64_t rows, int64_t width);
+  Tensor cols_to_blocks(const Tensor& x, int n);
+
   Backend& backend_;
   ParallelContext& ctx_;
 };
