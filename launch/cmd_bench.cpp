@@ -171,9 +171,9 @@ void run_bench(const BenchOptions& o) {
   const ModelConfig config = ModelConfig::load(o.model);
   const int64_t longest = *std::max_element(o.prompt.begin(), o.prompt.end()) +
                           *std::max_element(o.gen.begin(), o.gen.end());
-  if (longest > config.max_position_embeddings)
+  if (longest > config.context_length())
     throw UsageError(fmt::format("p + n = {} exceeds the model's context length {}", longest,
-                                 config.max_position_embeddings));
+                                 config.context_length()));
   const FfnLayout ffn = parse_flag("--ffn-layout", o.ffn, parse_ffn_layout);
   const AttnLayout attn = parse_flag("--attn-layout", o.attn, parse_attn_layout);
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};

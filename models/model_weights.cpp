@@ -89,10 +89,21 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
                                 const ParallelContext& ctx) {
   // Validate everything before the first (slow) upload, so a bad checkpoint fails fast.
   std::map<std::string, const TensorRecord*> records;
-  for (const WeightSpec& spec : checkpoint_weights(config))
+  for (const WeightSpec& spec : checkpoint_weights(config)) {
+    if (spec.kind == WeightKind::Bias && !checkpoint.contains(spec.name))
+      throw DataError(fmt::format(
+          "{}: tensor \"{}\" is missing from the checkpoint, but the config says the model has "
+          "this bias ({})",
+          checkpoint.dir().string(), spec.name,
+          config.architecture == "Qwen2ForCausalLM"      ? "Qwen2ForCausalLM"
+          : spec.name.find(".mlp.") != std::string::npos ? "mlp_bias: true"
+                                                         : "attention_bias: true"));
     records[spec.name] = &checkpoint.tensor(spec.name, spec.shape);
+  }
+  check_unused_tensors(checkpoint.records(), config, checkpoint.dir().string(), ctx.is_root());
 
   auto upload_full = [&](const std::string& name) {
+    if (!records.count(name)) return Tensor();  // a bias the model does not have
     const TensorRecord& r = *records.at(name);
     const Tensor t = backend.upload_weight(r.data, *r.dtype, r.shape, {0, 1, 0, r.shape[0]});
     release_pages(r);
@@ -123,6 +134,13 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     l.gate = upload(n.gate, WeightRole::kWGate);
     l.up = upload(n.up, WeightRole::kWUp);
     l.down = upload(n.down, WeightRole::kWDown);
+    l.q_bias = upload_full(n.q_bias);
+    l.k_bias = upload_full(n.k_bias);
+    l.v_bias = upload_full(n.v_bias);
+    l.o_bias = upload_full(n.o_bias);
+    l.gate_bias = upload_full(n.gate_bias);
+    l.up_bias = upload_full(n.up_bias);
+    l.down_bias = upload_full(n.down_bias);
   }
   w.final_norm = upload_full(kFinalNorm);
   w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);

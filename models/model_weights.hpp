@@ -26,6 +26,10 @@ struct LayerWeights {
   Tensor post_attention_norm;  // empty for the parallel block
   WeightShard q, k, v, o;
   WeightShard gate, up, down;
+  // Biases, [out features] F32, empty when the model has none. They are
+  // O(E) per layer, so every rank keeps them whole and adds the chunk of its
+  // own split of the output (models/decoder_block.cpp).
+  Tensor q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;
 };
 
 struct ModelWeights {
@@ -43,8 +47,9 @@ std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole
 void check_shardable(const ModelConfig& config, const Mesh& mesh, const Layout& prefill,
                      const Layout& decode);
 
-// Checks every tensor's presence, shape and dtype, then uploads this rank's
-// blocks as `layout` stores them.
+// Checks every tensor's presence, shape and dtype, and that the checkpoint
+// holds nothing the model would not use, then uploads this rank's blocks as
+// `layout` stores them.
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
                                 Backend& backend, const Layout& layout, const ParallelContext& ctx);
 

@@ -82,7 +82,9 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
                  local_batch(batch, attention, attention_member),
                  {},
                  {},
-                 0};
+                 0,
+                 {}};
+  rows.rope = rope_.rows_for(backend_, rows.at_rest);
   if (a.batch_attention()) {
     auto sub_counts = [&](const std::string& inner, const RowSplit& split) {
       std::vector<int64_t> counts;
@@ -96,7 +98,7 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
     rows.kv_slice_begin = attention.token_begin[size_t(attention_member)] -
                           kv_rows.token_begin[size_t(ctx_.index(a.batch + a.kv_heads))];
   }
-  const BlockContext block{backend_, ops_, ctx_, config_, a, rope_, rows};
+  const BlockContext block{backend_, ops_, ctx_, config_, a, rows};
 
   // Prologue: each rank looks up its E slice of every token; layouts that
   // split the batch assemble whole rows and keep their own.
@@ -114,7 +116,7 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
   }
 
   for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
-    run_decoder_block(block, weights_.layers[layer], cache[layer], residual);
+    run_decoder_block(block, int64_t(layer), weights_.layers[layer], cache[layer], residual);
 
   // Epilogue: whole rows of the final norm on every rank, this rank's
   // vocabulary slice of the logits, then all of them everywhere.
@@ -149,11 +151,13 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
                         prompts[s][i], s, i, config_.vocab_size));
   }
   const int64_t context = int64_t(longest) + request.max_new_tokens;
-  if (context > config_.max_position_embeddings)
+  if (context > config_.context_length())
     throw UsageError(fmt::format(
-        "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length "
-        "(max_position_embeddings = {})",
-        longest, request.max_new_tokens, context, config_.max_position_embeddings));
+        "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length {} "
+        "(max_position_embeddings = {}{})",
+        longest, request.max_new_tokens, context, config_.context_length(),
+        config_.max_position_embeddings,
+        config_.rope_scaling.type == RopeType::kDynamic ? " times the dynamic RoPE factor" : ""));
 
   const int batch_size = int(prompts.size());
   num_slots_ = batch_size;

@@ -68,6 +68,7 @@ PhaseAxes PhaseAxes::from_layout(const Layout& l) {
   a.heads = l.activations.at("q").axes_of('H');
   a.kv_heads = l.activations.at("k").axes_of('K');
   a.kv_used = l.weight(WeightRole::kWk).used.axes_of('K');
+  a.hidden_f = l.activations.at("up").axes_of('F');
   a.embedding_e = l.weight(WeightRole::kEmbedding).stored.axes_of('E');
   a.vocab = l.weight(WeightRole::kLmHead).stored.axes_of('V');
   return a;

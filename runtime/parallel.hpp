@@ -57,6 +57,7 @@ struct PhaseAxes {
   std::string heads;        // query heads after the projections
   std::string kv_heads;     // KV heads after the projections
   std::string kv_used;      // KV heads of W_k / W_v as multiplied
+  std::string hidden_f;     // F of the feed-forward hidden (gate, up) after reduction
   std::string embedding_e;  // E of the stored embedding table
   std::string vocab;        // V of the stored LM head
 
