@@ -205,7 +205,8 @@ void run_bench(const BenchOptions& o) {
   std::vector<Row> rows;
   for (size_t wi = 0; wi < o.weights.size(); ++wi) {
     std::unique_ptr<Backend> backend = make_cpu_backend({all_cores, weight_dtypes[wi]});
-    ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx);
+    ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx,
+                                              {0, config.num_layers, true, true});
     const double stored_bytes = sum_over_ranks(world, weight_bytes(weights));
     const std::string weights_name =
         weight_dtypes[wi]

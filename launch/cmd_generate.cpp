@@ -8,6 +8,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <tuple>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -34,6 +35,9 @@ struct GenerateOptions {
   std::string mesh, weights;
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false};
   std::string plan = "pinned";
+  int pp = 1, micro_batches = 0;
+  bool pp_given = false;
+  std::string pp_layers;
 };
 
 // Token ids separated by commas and/or whitespace. `where` names the flag or
@@ -98,19 +102,41 @@ std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool ba
   return prompts;
 }
 
-// Test hook: SHARDLM_FAULT=RANK:throw|segv|abort makes that rank fail after
-// loading, while the others go on into the first collective; the job must
-// still end promptly with the failing rank's message.
-void inject_fault(int rank) {
+// Test hook: SHARDLM_FAULT=RANK:throw|segv|abort[:prefill|decode:N] makes that
+// rank fail after loading (or when it starts prefill micro-batch N, or decode
+// step N), while the others go on into their next collective or stage
+// message; the job must still end promptly with the failing rank's message.
+struct FaultSpec {
+  int rank = -1;
+  std::string kind, phase;
+  int64_t step = 0;
+};
+
+FaultSpec fault_spec() {
   const char* spec = std::getenv("SHARDLM_FAULT");
-  if (!spec) return;
-  const std::string text = spec;
-  const size_t colon = text.find(':');
-  if (colon == std::string::npos || std::stoi(text.substr(0, colon)) != rank) return;
-  const std::string kind = text.substr(colon + 1);
-  if (kind == "throw") throw std::runtime_error(fmt::format("injected fault on rank {}", rank));
-  if (kind == "abort") std::abort();
-  if (kind == "segv") std::raise(SIGSEGV);
+  if (!spec) return {};
+  std::vector<std::string> parts;
+  std::string text = spec;
+  for (size_t begin = 0;;) {
+    const size_t colon = text.find(':', begin);
+    parts.push_back(text.substr(begin, colon - begin));
+    if (colon == std::string::npos) break;
+    begin = colon + 1;
+  }
+  FaultSpec f;
+  f.rank = std::stoi(parts.at(0));
+  f.kind = parts.at(1);
+  if (parts.size() > 3) {
+    f.phase = parts[2];
+    f.step = std::stoll(parts[3]);
+  }
+  return f;
+}
+
+void fail_now(const FaultSpec& f, int rank) {
+  if (f.kind == "throw") throw std::runtime_error(fmt::format("injected fault on rank {}", rank));
+  if (f.kind == "abort") std::abort();
+  if (f.kind == "segv") std::raise(SIGSEGV);
 }
 
 // Peak resident memory of every rank, in MiB, on every rank.
@@ -132,8 +158,11 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
 
   World& world = World::get();
-  const Mesh mesh = mesh_flag(o.mesh, world.size());
-  ParallelContext ctx(world, mesh);
+  if (world.size() % o.pp != 0)
+    throw UsageError(fmt::format("--pp {} does not divide the job's {} ranks (mpirun -n {})", o.pp,
+                                 world.size(), world.size()));
+  Mesh mesh = mesh_flag(o.mesh, world.size() / o.pp);
+  mesh.pp = o.pp;
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
@@ -142,20 +171,58 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
-  const LayoutChoice choice = choose_layouts(o.layouts, config, mesh, workload, weights_name);
+  const bool mesh_pinned = !o.mesh.empty() || o.pp_given;
+  LayoutChoice choice =
+      choose_layouts(o.layouts, config, mesh, mesh_pinned, workload, weights_name);
+  mesh = choice.decode.mesh;
+  if (mesh.pp > config.num_layers)
+    throw UsageError(fmt::format("--pp {}: more pipeline stages than the model's {} layers",
+                                 mesh.pp, config.num_layers));
+  ParallelContext ctx(world, mesh);
+  const StageSplit split = choose_stage_split(o.pp_layers, config, choice, workload);
+  const StageInfo stage = StageInfo::of(ctx, split);
+  if (mesh.pp > 1) world.set_label(fmt::format("rank {} (stage {})", world.rank(), stage.stage));
+  // Micro-batches: as given, else one per stage (more when the planner wants
+  // more for memory); a lone pipeline stage runs the batch whole.
+  int micro_batches = o.micro_batches;
+  if (micro_batches == 0 && mesh.pp > 1) {
+    micro_batches = mesh.pp;
+    if (choice.hardware)
+      micro_batches = int(std::max<int64_t>(
+          micro_batches, estimate_phase(ModelSpec::from_config(config, "model"), *choice.hardware,
+                                        workload, Phase::kDecode, choice.decode)
+                             .micro_batches));
+  }
+  {
+    std::vector<int64_t> lengths;
+    for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
+    choice.prefill.micro_batches =
+        int64_t(prefill_micro_batches(lengths, std::max(micro_batches, 1)).size());
+    choice.decode.micro_batches =
+        int64_t(decode_groups(int(prompts.size()), std::max(micro_batches, 1)).size());
+  }
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
   const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
   const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
   const Checkpoint checkpoint(o.model);
   std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, weight_dtype});
+  const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
+                        stage.is_first(), stage.is_last()};
   Engine engine(*backend, ctx, config, prefill, decode,
-                load_model_weights(checkpoint, config, *backend, decode, ctx));
+                load_model_weights(checkpoint, config, *backend, decode, ctx, part), stage);
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
-  inject_fault(world.rank());
+  const FaultSpec fault = fault_spec();
+  if (fault.rank == world.rank() && fault.phase.empty()) fail_now(fault, world.rank());
   GenerationRequest request;
+  request.micro_batches = micro_batches;
+  if (fault.rank == world.rank() && !fault.phase.empty())
+    request.on_micro_batch = [fault, &world](Phase phase, int64_t step) {
+      if (step == fault.step && fault.phase == (phase == Phase::kPrefill ? "prefill" : "decode"))
+        fail_now(fault, world.rank());
+    };
   request.prompts = prompts;
   request.max_new_tokens = o.max_new_tokens;
   request.sampling = {o.temperature, o.top_k, o.top_p, o.seed};
@@ -164,7 +231,12 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   request.keep_step_logits = !o.dump_step_logits.empty();
   const GenerationResult r = engine.generate(request);
   const std::vector<float> peak_rss_mb = peak_rss_mb_per_rank(world);
-  if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
+  // Each stage's busy time, from its first rank, for the measured bubble.
+  std::vector<float> busy(size_t(2 * world.size()));
+  const float mine[2] = {float(r.prefill_busy_s), float(r.decode_busy_s)};
+  world.all().all_gather(mine, busy.data(), 2);
+  // The first stage holds the results, and its ranks all the same ones.
+  if (!stage.is_first() || (!world.is_root() && !o.verbose)) return;
 
   if (!o.dump_logits.empty())
     write_npy_f32(o.dump_logits, r.prompt_logits.data(),
@@ -180,6 +252,27 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const double prefill_tps = per_second(double(r.prompt_tokens), r.prefill_s);
   const double decode_tps = per_second(double(r.decode_tokens), r.decode_s);
   const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
+  // The pipeline: per stage, its busy time in each phase (first rank of the
+  // stage) and the bubble, 1 - busy / phase time, beside the prediction.
+  nlohmann::json pipeline = {{"pp", mesh.pp},
+                             {"layers_per_stage", split.layers},
+                             {"micro_batches",
+                              {{"prefill", r.prefill_micro_batches},
+                               {"decode", r.decode_micro_batches}}}};
+  for (const auto& [phase_name, index, phase_s] :
+       {std::tuple{"prefill", 0, r.prefill_s}, std::tuple{"decode", 1, r.decode_s}}) {
+    std::vector<double> stage_busy;
+    double bubble = 0;
+    for (int s = 0; s < mesh.pp; ++s) {
+      const double b = busy[size_t(2 * ctx.rank_in_stage(s) + index)];
+      stage_busy.push_back(b * 1e3);
+      bubble += phase_s > 0 ? std::max(0.0, 1.0 - b / phase_s) / mesh.pp : 0.0;
+    }
+    pipeline["measured"]["stage_busy_ms"][phase_name] = stage_busy;
+    pipeline["measured"]["bubble"][phase_name] = bubble;
+    if (!predicted.is_null())
+      pipeline["predicted_bubble"][phase_name] = predicted[phase_name]["pipeline_bubble"];
+  }
   if (o.json) {
     const nlohmann::json out = {
         {"generated_ids", r.generated},
@@ -197,7 +290,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"backend", backend->describe()},
         {"ranks", world.size()},
         {"peak_rss_mb_per_rank", peak_rss_mb},
-        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
+        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}, {"pp", mesh.pp}}},
+        {"pp", mesh.pp},
+        {"micro_batches", micro_batches},
+        {"pipeline", pipeline},
         {"layouts",
          {{"prefill", {{"ffn", name(prefill.ffn)}, {"attn", name(prefill.attn)}}},
           {"decode", {{"ffn", name(decode.ffn)}, {"attn", name(decode.attn)}}}}},
@@ -215,6 +311,18 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
              name(prefill.attn), name(decode.ffn), name(decode.attn),
              o.layouts.plan_auto ? " (chosen by the planner)" : "");
   if (!choice.why.empty()) fmt::print("planner: {}\n", choice.why);
+  if (mesh.pp > 1)
+    fmt::print(
+        "pipeline: {} stages of {} layers; {} prefill / {} decode micro-batches; bubble "
+        "measured {:.0f}% / {:.0f}%{}\n",
+        mesh.pp, split.str(), r.prefill_micro_batches, r.decode_micro_batches,
+        100 * pipeline["measured"]["bubble"]["prefill"].get<double>(),
+        100 * pipeline["measured"]["bubble"]["decode"].get<double>(),
+        predicted.is_null()
+            ? ""
+            : fmt::format(", predicted {:.0f}% / {:.0f}%",
+                          100 * predicted["prefill"]["pipeline_bubble"].get<double>(),
+                          100 * predicted["decode"]["pipeline_bubble"].get<double>()));
   for (size_t s = 0; s < r.generated.size(); ++s)
     fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
   fmt::print("peak resident memory per rank (MiB): {:.0f}\n", fmt::join(peak_rss_mb, " "));
@@ -266,7 +374,16 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
   cmd->add_option("--mesh", o->mesh,
-                  "tensor-parallel mesh X,Y,Z with X*Y*Z = ranks (default: X near sqrt(ranks)/2)");
+                  "tensor-parallel mesh X,Y,Z of each pipeline stage, X*Y*Z*pp = ranks (default: X "
+                  "near sqrt(ranks/pp)/2)");
+  cmd->add_option("--pp", o->pp, "pipeline stages (the slowest mesh axis)")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option("--pp-layers", o->pp_layers,
+                  "decoder layers per stage, e.g. 7,9 (default: balance the predicted time)");
+  cmd->add_option("--micro-batches", o->micro_batches,
+                  "pipeline micro-batches (default: one per stage, or what the planner needs)")
+      ->check(CLI::Range(1, 1 << 20));
   const std::string ffn_help = "feed-forward layout: 1d, 2d, wg-x, wg-xy or wg-xyz (default 2d)";
   const std::string attn_help = "attention layout: heads or batch (default heads)";
   cmd->add_option("--ffn-layout-prefill", o->layouts.ffn_prefill, ffn_help);
@@ -285,6 +402,7 @@ void add_generate_command(CLI::App& app) {
   cmd->callback([o, cmd] {
     o->layouts.plan_auto = o->plan == "auto";
     o->layouts.hardware_given = cmd->count("--hardware") > 0;
+    o->pp_given = cmd->count("--pp") > 0;
     if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0)
       throw UsageError("generate: give --prompt-ids or --prompt-ids-file");
     run_generate(*o, cmd->count("--batch") > 0);

@@ -21,7 +21,7 @@ int fail(const char* message, int exit_code) {
   }
   shardlm::World& world = shardlm::World::get();
   if (world.size() > 1)
-    fmt::print(stderr, "shardlm: error: rank {}: {}\n", world.rank(), message);
+    fmt::print(stderr, "shardlm: error: {}: {}\n", world.label(), message);
   else
     fmt::print(stderr, "shardlm: error: {}\n", message);
   world.abort(exit_code);

@@ -85,8 +85,8 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
 }
 
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend, const Layout& layout,
-                                const ParallelContext& ctx) {
+                                Backend& backend, const Layout& layout, const ParallelContext& ctx,
+                                const WeightsPart& part) {
   // Validate everything before the first (slow) upload, so a bad checkpoint fails fast.
   std::map<std::string, const TensorRecord*> records;
   for (const WeightSpec& spec : checkpoint_weights(config)) {
@@ -121,8 +121,8 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     return shard;
   };
   ModelWeights w;
-  w.embed_tokens = upload(kEmbedTokens, WeightRole::kEmbedding);
-  for (int layer = 0; layer < config.num_layers; ++layer) {
+  if (part.embedding) w.embed_tokens = upload(kEmbedTokens, WeightRole::kEmbedding);
+  for (int layer = int(part.first_layer); layer < int(part.end_layer); ++layer) {
     const LayerWeightNames n = layer_weight_names(layer);
     LayerWeights& l = w.layers.emplace_back();
     l.input_norm = upload_full(n.input_norm);
@@ -142,8 +142,10 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     l.up_bias = upload_full(n.up_bias);
     l.down_bias = upload_full(n.down_bias);
   }
-  w.final_norm = upload_full(kFinalNorm);
-  w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
+  if (part.head) {
+    w.final_norm = upload_full(kFinalNorm);
+    w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
+  }
   return w;
 }
 

@@ -33,10 +33,18 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  WeightShard embed_tokens;  // [vocab, E chunk]
-  std::vector<LayerWeights> layers;
-  Tensor final_norm;
-  WeightShard lm_head;  // [vocab chunk, E]
+  WeightShard embed_tokens;  // [vocab, E chunk]; first pipeline stage only
+  std::vector<LayerWeights> layers;  // the stage's layers
+  Tensor final_norm;                 // last stage only
+  WeightShard lm_head;               // [vocab chunk, E]; last stage only
+};
+
+// The part of the model one pipeline stage holds: its layers, the embedding
+// on the first stage, the final norm and LM head on the last (a tied model's
+// embedding table is then read by both).
+struct WeightsPart {
+  int64_t first_layer = 0, end_layer = 0;
+  bool embedding = true, head = true;
 };
 
 // The row and col axes of a weight role under a layout's stored specs.
@@ -51,6 +59,7 @@ void check_shardable(const ModelConfig& config, const Mesh& mesh, const Layout& 
 // holds nothing the model would not use, then uploads this rank's blocks as
 // `layout` stores them.
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend, const Layout& layout, const ParallelContext& ctx);
+                                Backend& backend, const Layout& layout, const ParallelContext& ctx,
+                                const WeightsPart& part);
 
 }  // namespace shardlm

@@ -28,12 +28,24 @@ void require_suffix(std::string_view axes, std::string_view tail, const char* wh
 ParallelContext::ParallelContext(World& world, const Mesh& mesh)
     : world_(world), mesh_(mesh), rank_(world.rank()) {
   if (mesh.size() != world.size())
-    throw UsageError(fmt::format("--mesh {} holds {} ranks but the job has {} (mpirun -n {})",
-                                 mesh.str(), mesh.size(), world.size(), world.size()));
+    throw UsageError(
+        mesh.pp > 1
+            ? fmt::format("--pp {} x --mesh {},{},{} holds {} ranks but the job has {} (mpirun -n {})",
+                          mesh.pp, mesh.x, mesh.y, mesh.z, mesh.size(), world.size(), world.size())
+            : fmt::format("--mesh {} holds {} ranks but the job has {} (mpirun -n {})", mesh.str(),
+                          mesh.size(), world.size(), world.size()));
 }
 
 Communicator& ParallelContext::comm(std::string_view axes) {
   return world_.group(mesh_.group(rank_, axes));
+}
+
+Communicator& ParallelContext::world_comm() { return world_.all(); }
+
+int ParallelContext::rank_in_stage(int stage) const {
+  MeshCoord c = mesh_.coord(rank_);
+  c.pp = stage;
+  return mesh_.rank(c);
 }
 
 std::pair<int64_t, int64_t> ParallelContext::block(int64_t count, std::string_view axes,
