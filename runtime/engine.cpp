@@ -183,6 +183,7 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
         result.step_logits.insert(result.step_logits.end(), row, row + vocab);
       const int32_t token = sample_token(row, vocab, request.sampling, rngs[size_t(s)]);
       result.generated[size_t(s)].push_back(token);
+      if (request.on_token) request.on_token(s, token);
       const bool stopped = std::find(request.stop_ids.begin(), request.stop_ids.end(), token) !=
                            request.stop_ids.end();
       if (!stopped && int(result.generated[size_t(s)].size()) < request.max_new_tokens)

@@ -5,6 +5,7 @@
 // phase runs in its own layout, and all ranks sample the same tokens from
 // the same (all-gathered) logits.
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "models/decoder_block.hpp"
@@ -23,6 +24,9 @@ struct GenerationRequest {
   std::vector<int32_t> stop_ids;    // a sequence ends right after emitting one
   bool keep_prompt_logits = false;  // logits at every prompt position of sequence 0
   bool keep_step_logits = false;    // logits each token of sequence 0 was sampled from
+  // Called with (sequence, token) as each token is sampled, in order, so a
+  // caller can stream text while decoding goes on.
+  std::function<void(int, int32_t)> on_token;
 };
 
 struct GenerationResult {
