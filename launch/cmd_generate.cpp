@@ -32,6 +32,7 @@ struct GenerateOptions {
   std::vector<std::string> prompts;  // --prompt, text
   std::string prompt_file;
   std::optional<bool> stream;  // unset: stream when stdout is a terminal
+  bool stream_flag = false, no_stream_flag = false;
   bool ignore_eos = false;
   int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0;
   float temperature = 0.f, top_p = 1.f;
@@ -320,8 +321,10 @@ void add_generate_command(CLI::App& app) {
   for (CLI::Option* a : {text, text_file, ids, file})
     for (CLI::Option* b : {text, text_file, ids, file})
       if (a != b) a->excludes(b);
-  cmd->add_flag("--stream,!--no-stream", o->stream,
+  cmd->add_flag("--stream", o->stream_flag,
                 "print the continuation as it is generated (default: when stdout is a terminal)");
+  cmd->add_flag("--no-stream", o->no_stream_flag, "print the text once generation has ended")
+      ->excludes("--stream");
   cmd->add_flag("--ignore-eos", o->ignore_eos,
                 "with text prompts, do not stop at the tokenizer's end-of-sequence tokens");
   cmd->add_option("--batch", o->batch, "sequences per batch (a single prompt is repeated)")
@@ -366,6 +369,8 @@ void add_generate_command(CLI::App& app) {
   cmd->callback([o, cmd] {
     o->layouts.plan_auto = o->plan == "auto";
     o->layouts.hardware_given = cmd->count("--hardware") > 0;
+    if (o->stream_flag) o->stream = true;
+    if (o->no_stream_flag) o->stream = false;
     if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0 &&
         cmd->count("--prompt") == 0 && cmd->count("--prompt-file") == 0)
       throw UsageError("generate: give --prompt, --prompt-file, --prompt-ids or --prompt-ids-file");

@@ -137,8 +137,10 @@ void write_demo_tokenizer(const ModelConfig& config, const fs::path& dir) {
     if (all_letters(rest)) heads.push_back(t);
     if (all_letters(t)) tails.push_back(t);
   }
-  for (size_t sum = 0; int64_t(tokens.size()) < vocab_size && sum < heads.size() + tails.size();
-       ++sum)
+  // A join is a head itself, so the supply grows faster than it is used.
+  for (size_t sum = 0; int64_t(tokens.size()) < vocab_size; ++sum) {
+    if (tails.empty() || sum > heads.size() + tails.size())
+      throw UsageError(fmt::format("the built-in tokenizer cannot fill vocab_size {}", vocab_size));
     for (size_t i = 0; i <= sum && int64_t(tokens.size()) < vocab_size; ++i) {
       const size_t j = sum - i;
       if (i >= heads.size() || j >= tails.size()) continue;
@@ -146,7 +148,9 @@ void write_demo_tokenizer(const ModelConfig& config, const fs::path& dir) {
       if (!known.insert(merged).second) continue;
       merges.emplace_back(heads[i], tails[j]);
       tokens.push_back(merged);
+      heads.push_back(merged);
     }
+  }
 
   ojson vocab = ojson::object();
   for (size_t id = 0; id < tokens.size(); ++id) vocab[tokens[id]] = id;

@@ -377,6 +377,9 @@ struct Tokenizer::Impl {
   AddedMatcher raw_added, normalized_added;
   std::vector<std::string> id_to_token;
   std::vector<uint8_t> has_token, special;
+  // Decoding reads a normalized added token in its normalized form, as
+  // Hugging Face does, so the decoder can undo the normalisation.
+  std::unordered_map<int32_t, std::string> decode_form;
   Vocab added_by_content;
   // The post-processor's single-sequence template: ids before and after.
   std::vector<int32_t> prefix_ids, suffix_ids;
@@ -649,6 +652,7 @@ void Tokenizer::Impl::parse(const json& root) {
     if (a.normalized) {
       AddedToken n = a;
       n.content = normalize(a.content);
+      if (n.content != a.content) decode_form[a.id] = n.content;
       normalized_added.add(n);
     } else {
       raw_added.add(a);
@@ -853,7 +857,8 @@ std::string Tokenizer::Impl::decode_bytes(std::span<const int32_t> ids, bool ski
                       ids[i], i, source, int64_t(has_token.size()) - 1));
     }
     if (skip_special && special[size_t(ids[i])]) continue;
-    tokens.push_back(*t);
+    const auto form = decode_form.find(ids[i]);
+    tokens.push_back(form == decode_form.end() ? *t : form->second);
   }
   if (!has_decoder) {
     std::string out;
