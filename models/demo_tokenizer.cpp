@@ -34,6 +34,7 @@ the prompt, and picks the layout that should be the fastest for each phase of th
 Prefill reads the whole prompt at once and is limited by compute; decode makes one token for
 every sequence in each step and is limited by how fast the weights can be read from memory.
 This is why the two phases may use different layouts, and why the cache is moved between them.
+Hello, my name is Ada, and I am glad to meet you. What is your name, and where are you from?
 Once upon a time there was a little village by the river. The people of the village worked in
 the fields during the day and told stories by the fire at night. One evening a traveller came
 from the mountains with a book that nobody could read. The children wanted to know what was
