@@ -81,6 +81,18 @@ def test_encode_equals_hf(shardlm, kinds, kind, special, tmp_path):
             assert hf.token_to_id(name) in sum(got, [])
 
 
+def test_byte_level_prefix_space_equals_hf(shardlm, kinds, tmp_path):
+    """ByteLevel with add_prefix_space (RoBERTa's layout): a space before every piece."""
+    directory, _ = kinds["gpt2"]
+    d = json.loads((directory / "tokenizer.json").read_text())
+    d["pre_tokenizer"]["add_prefix_space"] = True
+    out = tmp_path / "prefix"
+    out.mkdir()
+    (out / "tokenizer.json").write_text(json.dumps(d))
+    hf = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert shardlm_encode(shardlm, out, TEXTS, tmp_path) == [hf.encode(t).ids for t in TEXTS]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("skip_special", [False, True])
 def test_decode_and_stream_equal_hf(shardlm, kinds, kind, skip_special, tmp_path):
