@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <charconv>
 #include <chrono>
@@ -16,7 +17,9 @@
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/layout_choice.hpp"
+#include "launch/prompt_text.hpp"
 #include "models/model_weights.hpp"
+#include "models/tokenizer.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/npy.hpp"
@@ -27,6 +30,11 @@ namespace {
 
 struct GenerateOptions {
   std::string model, prompt_ids, prompt_ids_file, dump_logits, dump_step_logits;
+  std::vector<std::string> prompts;  // --prompt, text
+  std::string prompt_file;
+  std::optional<bool> stream;  // unset: stream when stdout is a terminal
+  bool stream_flag = false, no_stream_flag = false;
+  bool ignore_eos = false;
   int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0;
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
@@ -78,6 +86,18 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   return ids;
 }
 
+// One prompt is repeated --batch times; several set the batch themselves.
+template <typename Prompt>
+void apply_batch(std::vector<Prompt>& prompts, const GenerateOptions& o, bool batch_given,
+                 const std::string& source) {
+  if (prompts.size() == 1) {
+    prompts.resize(size_t(o.batch), prompts[0]);
+  } else if (batch_given && size_t(o.batch) != prompts.size()) {
+    throw UsageError(fmt::format("--batch {} disagrees with the {} prompts in {}", o.batch,
+                                 prompts.size(), source));
+  }
+}
+
 std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool batch_given) {
   std::vector<std::vector<int32_t>> prompts;
   if (!o.prompt_ids.empty()) {
@@ -93,12 +113,7 @@ std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool ba
     }
     if (prompts.empty()) throw DataError(fmt::format("{}: holds no prompt", o.prompt_ids_file));
   }
-  if (prompts.size() == 1) {
-    prompts.resize(size_t(o.batch), prompts[0]);
-  } else if (batch_given && size_t(o.batch) != prompts.size()) {
-    throw UsageError(fmt::format("--batch {} disagrees with the {} prompts in {}", o.batch,
-                                 prompts.size(), o.prompt_ids_file));
-  }
+  apply_batch(prompts, o, batch_given, o.prompt_ids_file);
   return prompts;
 }
 
@@ -155,7 +170,23 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         fmt::format("--temperature must be a finite number >= 0, got {}", o.temperature));
   if (!(o.top_p > 0 && o.top_p <= 1))
     throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
-  const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
+  // Text prompts go through the model's tokenizer; the prompt file and the
+  // tokenizer are checked before any weight is read.
+  const bool text_mode = !o.prompts.empty() || !o.prompt_file.empty();
+  std::optional<Tokenizer> tokenizer;
+  std::vector<TextPrompt> texts;
+  std::vector<std::vector<int32_t>> prompts;
+  if (text_mode) {
+    texts = read_text_prompts(o.prompts, o.prompt_file);
+    tokenizer.emplace(Tokenizer::load(o.model));
+    for (const TextPrompt& t : texts) prompts.push_back(encode_prompt(*tokenizer, t));
+    apply_batch(texts, o, batch_given, o.prompt_file.empty() ? "--prompt" : o.prompt_file);
+    apply_batch(prompts, o, batch_given, o.prompt_file.empty() ? "--prompt" : o.prompt_file);
+  } else {
+    prompts = read_prompts(o, batch_given);
+  }
+  if (o.stream.value_or(false) && (!text_mode || prompts.size() != 1 || o.json))
+    throw UsageError("--stream needs one text prompt (--prompt or --prompt-file) and no --json");
 
   World& world = World::get();
   if (world.size() % o.pp != 0)
@@ -216,6 +247,18 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
 
   const FaultSpec fault = fault_spec();
   if (fault.rank == world.rank() && fault.phase.empty()) fail_now(fault, world.rank());
+  // The first stage holds the results, and its ranks all the same ones.
+  const bool prints = stage.is_first() && (world.is_root() || o.verbose);
+  if (prints && !o.json) {
+    fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
+               double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
+               backend->describe(), load_s);
+    fmt::print("{} rank{}, mesh {}; prefill {} / {} attention, decode {} / {} attention{}\n",
+               world.size(), world.size() > 1 ? "s" : "", mesh.str(), name(prefill.ffn),
+               name(prefill.attn), name(decode.ffn), name(decode.attn),
+               o.layouts.plan_auto ? " (chosen by the planner)" : "");
+    if (!choice.why.empty()) fmt::print("planner: {}\n", choice.why);
+  }
   GenerationRequest request;
   request.micro_batches = micro_batches;
   if (fault.rank == world.rank() && !fault.phase.empty())
@@ -227,16 +270,38 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   request.max_new_tokens = o.max_new_tokens;
   request.sampling = {o.temperature, o.top_k, o.top_p, o.seed};
   request.stop_ids = o.stop_ids;
+  // Text generation ends at the tokenizer's end-of-sequence tokens, as other
+  // servers do; ids in, ids out keeps only the --stop-ids asked for.
+  if (tokenizer && !o.ignore_eos)
+    request.stop_ids.insert(request.stop_ids.end(), tokenizer->eos_ids().begin(),
+                            tokenizer->eos_ids().end());
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
+  // On a terminal the continuation appears as it is generated. Special
+  // tokens (EOS) are not shown; ids beyond the tokenizer's vocabulary (a
+  // model's padded embedding rows) read as nothing, as in Hugging Face.
+  const bool streaming = tokenizer && world.is_root() && !o.json && prompts.size() == 1 &&
+                         o.stream.value_or(isatty(STDOUT_FILENO) == 1);
+  std::optional<TextStream> stream;
+  if (streaming) {
+    stream.emplace(*tokenizer, true, true);
+    fmt::print("{}", texts[0].text);
+    std::fflush(stdout);
+    request.on_token = [&](int, int32_t token) {
+      const std::string piece = stream->push(token);
+      if (piece.empty()) return;
+      fmt::print("{}", piece);
+      std::fflush(stdout);
+    };
+  }
   const GenerationResult r = engine.generate(request);
+  if (stream) fmt::print("{}\n", stream->finish());
   const std::vector<float> peak_rss_mb = peak_rss_mb_per_rank(world);
   // Each stage's busy time, from its first rank, for the measured bubble.
   std::vector<float> busy(size_t(2 * world.size()));
   const float mine[2] = {float(r.prefill_busy_s), float(r.decode_busy_s)};
   world.all().all_gather(mine, busy.data(), 2);
-  // The first stage holds the results, and its ranks all the same ones.
-  if (!stage.is_first() || (!world.is_root() && !o.verbose)) return;
+  if (!prints) return;
 
   if (!o.dump_logits.empty())
     write_npy_f32(o.dump_logits, r.prompt_logits.data(),
@@ -274,7 +339,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
       pipeline["predicted_bubble"][phase_name] = predicted[phase_name]["pipeline_bubble"];
   }
   if (o.json) {
-    const nlohmann::json out = {
+    nlohmann::json out = {
         {"generated_ids", r.generated},
         {"ttft_ms", r.ttft_s * 1e3},
         {"itl_ms", itl_ms},
@@ -300,17 +365,15 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"plan", o.layouts.plan_auto ? "auto" : "pinned"},
         {"predicted", predicted},
     };
+    if (tokenizer) {
+      out["prompt_ids"] = prompts;
+      std::vector<std::string> text;
+      for (const auto& ids : r.generated) text.push_back(tokenizer->decode(ids, true, true));
+      out["text"] = text;
+    }
     fmt::print("{}\n", out.dump());
     return;
   }
-  fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
-             double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
-             backend->describe(), load_s);
-  fmt::print("{} rank{}, mesh {}; prefill {} / {} attention, decode {} / {} attention{}\n",
-             world.size(), world.size() > 1 ? "s" : "", mesh.str(), name(prefill.ffn),
-             name(prefill.attn), name(decode.ffn), name(decode.attn),
-             o.layouts.plan_auto ? " (chosen by the planner)" : "");
-  if (!choice.why.empty()) fmt::print("planner: {}\n", choice.why);
   if (mesh.pp > 1)
     fmt::print(
         "pipeline: {} stages of {} layers; {} prefill / {} decode micro-batches; bubble "
@@ -323,8 +386,14 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
             : fmt::format(", predicted {:.0f}% / {:.0f}%",
                           100 * predicted["prefill"]["pipeline_bubble"].get<double>(),
                           100 * predicted["decode"]["pipeline_bubble"].get<double>()));
-  for (size_t s = 0; s < r.generated.size(); ++s)
-    fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
+  if (tokenizer && !stream) {
+    for (size_t s = 0; s < r.generated.size(); ++s)
+      fmt::print("sequence {}: {}{}\n", s, texts[s].text,
+                 tokenizer->decode(r.generated[s], true, true));
+  } else if (!tokenizer) {
+    for (size_t s = 0; s < r.generated.size(); ++s)
+      fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
+  }
   fmt::print("peak resident memory per rank (MiB): {:.0f}\n", fmt::join(peak_rss_mb, " "));
   fmt::print("prefill: {} tokens in {:.1f} ms ({:.1f} tokens/s); time to first token {:.1f} ms\n",
              r.prompt_tokens, r.prefill_s * 1e3, prefill_tps, r.ttft_s * 1e3);
@@ -347,10 +416,25 @@ void add_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "generate tokens from a checkpoint");
   cmd->add_option("--model", o->model, "checkpoint directory (config.json + safetensors)")
       ->required();
+  auto* text = cmd->add_option("--prompt", o->prompts,
+                               "prompt text, encoded with the model's tokenizer.json; repeat the "
+                               "flag for a batch")
+                   ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* text_file =
+      cmd->add_option("--prompt-file", o->prompt_file,
+                      "file of text prompts: one a line, or JSON Lines with a \"prompt\" field");
   auto* ids = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt token ids, e.g. 1,2,3");
   auto* file = cmd->add_option("--prompt-ids-file", o->prompt_ids_file,
                                "file of prompts, one per line, ids separated by commas or spaces");
-  ids->excludes(file);
+  for (CLI::Option* a : {text, text_file, ids, file})
+    for (CLI::Option* b : {text, text_file, ids, file})
+      if (a != b) a->excludes(b);
+  cmd->add_flag("--stream", o->stream_flag,
+                "print the continuation as it is generated (default: when stdout is a terminal)");
+  cmd->add_flag("--no-stream", o->no_stream_flag, "print the text once generation has ended")
+      ->excludes("--stream");
+  cmd->add_flag("--ignore-eos", o->ignore_eos,
+                "with text prompts, do not stop at the tokenizer's end-of-sequence tokens");
   cmd->add_option("--batch", o->batch, "sequences per batch (a single prompt is repeated)")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate per sequence")
@@ -403,8 +487,11 @@ void add_generate_command(CLI::App& app) {
     o->layouts.plan_auto = o->plan == "auto";
     o->layouts.hardware_given = cmd->count("--hardware") > 0;
     o->pp_given = cmd->count("--pp") > 0;
-    if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0)
-      throw UsageError("generate: give --prompt-ids or --prompt-ids-file");
+    if (o->stream_flag) o->stream = true;
+    if (o->no_stream_flag) o->stream = false;
+    if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0 &&
+        cmd->count("--prompt") == 0 && cmd->count("--prompt-file") == 0)
+      throw UsageError("generate: give --prompt, --prompt-file, --prompt-ids or --prompt-ids-file");
     run_generate(*o, cmd->count("--batch") > 0);
   });
 }

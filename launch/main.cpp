@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   shardlm::add_layouts_command(app);
   shardlm::add_calibrate_command(app);
   shardlm::add_bench_command(app);
+  shardlm::add_tokenize_commands(app);
   try {
     // CLI11 reads "--flag=" as a flag still waiting for its value and takes the
     // next argument; refuse it here so the message names the flag.

@@ -293,6 +293,7 @@ void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segment
 void Engine::apply_tokens(const std::vector<SampledToken>& tokens) {
   for (const SampledToken& t : tokens) {
     result_->generated[size_t(t.sequence)].push_back(t.token);
+    if (request_->on_token) request_->on_token(t.sequence, t.token);
     ++known_tokens_[size_t(t.sequence)];
     if (t.finished) finished_[size_t(t.sequence)] = true;
   }

@@ -40,6 +40,9 @@ struct GenerationRequest {
   // Called as a stage starts a micro-batch: prefill micro-batch `step`, or
   // decode step `step` (fault-injection tests).
   std::function<void(Phase phase, int64_t step)> on_micro_batch;
+  // Called with (sequence, token) as each token is sampled, in order, so a
+  // caller can stream text while decoding goes on.
+  std::function<void(int, int32_t)> on_token;
 };
 
 struct GenerationResult {
