@@ -9,10 +9,10 @@
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
-#include <tuple>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
@@ -239,7 +239,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Checkpoint checkpoint(o.model);
   std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, weight_dtype});
   const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
-                        stage.is_first(), stage.is_last()};
+                         stage.is_first(), stage.is_last()};
   Engine engine(*backend, ctx, config, prefill, decode,
                 load_model_weights(checkpoint, config, *backend, decode, ctx, part), stage);
   const double load_s =
@@ -319,11 +319,11 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
   // The pipeline: per stage, its busy time in each phase (first rank of the
   // stage) and the bubble, 1 - busy / phase time, beside the prediction.
-  nlohmann::json pipeline = {{"pp", mesh.pp},
-                             {"layers_per_stage", split.layers},
-                             {"micro_batches",
-                              {{"prefill", r.prefill_micro_batches},
-                               {"decode", r.decode_micro_batches}}}};
+  nlohmann::json pipeline = {
+      {"pp", mesh.pp},
+      {"layers_per_stage", split.layers},
+      {"micro_batches",
+       {{"prefill", r.prefill_micro_batches}, {"decode", r.decode_micro_batches}}}};
   for (const auto& [phase_name, index, phase_s] :
        {std::tuple{"prefill", 0, r.prefill_s}, std::tuple{"decode", 1, r.decode_s}}) {
     std::vector<double> stage_busy;
@@ -355,7 +355,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"backend", backend->describe()},
         {"ranks", world.size()},
         {"peak_rss_mb_per_rank", peak_rss_mb},
-        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}, {"pp", mesh.pp}}},
+        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
         {"pp", mesh.pp},
         {"micro_batches", micro_batches},
         {"pipeline", pipeline},

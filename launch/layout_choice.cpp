@@ -9,7 +9,8 @@
 
 namespace shardlm {
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
-                            bool mesh_pinned, const Workload& workload, const std::string& weights) {
+                            bool mesh_pinned, const Workload& workload,
+                            const std::string& weights) {
   LayoutChoice choice;
   const auto ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
@@ -58,8 +59,8 @@ StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& c
   double layer_cost = double(config.params_per_layer());
   double head_cost = double(config.vocab_size * config.hidden_size + config.hidden_size);
   if (choice.hardware) {
-    const PhaseCost cost = estimate_phase(ModelSpec::from_config(config, "model"),
-                                          *choice.hardware, workload, Phase::kDecode, choice.decode);
+    const PhaseCost cost = estimate_phase(ModelSpec::from_config(config, "model"), *choice.hardware,
+                                          workload, Phase::kDecode, choice.decode);
     layer_cost = cost.layer.latency_s;
     head_cost = cost.edges.latency_s;
   }

@@ -21,7 +21,7 @@ struct LayoutFlags {
 };
 
 struct LayoutChoice {
-  PhaseConfig prefill, decode;  // both on the mesh to run (pp included)
+  PhaseConfig prefill, decode;           // both on the mesh to run (pp included)
   std::optional<HardwareSpec> hardware;  // absent when no spec was found
   std::string why;                       // the planner's reasoning, under --plan auto
 };

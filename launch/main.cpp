@@ -2,9 +2,11 @@
 // error (bad flag or request), 1 data error (bad file, value or runtime fault).
 #include <fmt/core.h>
 
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <string_view>
+#include <thread>
 
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
@@ -20,6 +22,13 @@ int fail(const char* message, int exit_code) {
     return exit_code;
   }
   shardlm::World& world = shardlm::World::get();
+  if (world.size() > 1 && exit_code == 2 && !world.is_root()) {
+    // A usage error (bad flag, mesh or request) is found alike by every rank
+    // before any work: rank 0 says it once and ends the job. This rank
+    // speaks only if the job is still alive after a moment, i.e. when the
+    // error was its own.
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+  }
   if (world.size() > 1)
     fmt::print(stderr, "shardlm: error: {}: {}\n", world.label(), message);
   else

@@ -15,7 +15,9 @@ int64_t StageSplit::first_layer(int stage) const {
   return std::accumulate(layers.begin(), layers.begin() + stage, int64_t{0});
 }
 
-std::string StageSplit::str() const { return fmt::format("{}", fmt::join(layers, ",")); }
+std::string StageSplit::str() const {
+  return fmt::format("{}", fmt::join(layers, ","));
+}
 
 StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_layers) {
   StageSplit split;
@@ -39,8 +41,8 @@ StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_la
     begin = end + 1;
   }
   if (split.stages() != stages)
-    throw UsageError(fmt::format("--pp-layers {} lists {} stages but --pp is {}", text,
-                                 split.stages(), stages));
+    throw UsageError(
+        fmt::format("--pp-layers {} lists {} stages but --pp is {}", text, split.stages(), stages));
   const int64_t total = std::accumulate(split.layers.begin(), split.layers.end(), int64_t{0});
   if (total != num_layers)
     throw UsageError(fmt::format("--pp-layers {} sums to {} layers but the model has {}", text,
@@ -48,8 +50,8 @@ StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_la
   return split;
 }
 
-StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cost,
-                                double head_cost, double embedding_cost) {
+StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cost, double head_cost,
+                                double embedding_cost) {
   if (stages == 1) return {{num_layers}};
   // The last stage's count decides the rest: the layers left are spread as
   // evenly as possible over the stages before it, the first taking the
@@ -63,9 +65,9 @@ StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cos
     layers.push_back(last);
     double slowest = 0;
     for (int s = 0; s < stages; ++s)
-      slowest = std::max(slowest, double(layers[size_t(s)]) * layer_cost +
-                                      (s == 0 ? embedding_cost : 0) +
-                                      (s == stages - 1 ? head_cost : 0));
+      slowest =
+          std::max(slowest, double(layers[size_t(s)]) * layer_cost + (s == 0 ? embedding_cost : 0) +
+                                (s == stages - 1 ? head_cost : 0));
     if (slowest < best_time * (1 - 1e-12)) {
       best_time = slowest;
       best.layers = layers;

@@ -30,8 +30,8 @@ StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_la
 // `layer_cost` and the last stage also runs the final norm and LM head
 // (`head_cost`) and the first the embedding (`embedding_cost`); ties go to
 // the split that puts fewer layers on the later stages. Needs stages <= num_layers.
-StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cost,
-                                double head_cost, double embedding_cost);
+StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cost, double head_cost,
+                                double embedding_cost);
 
 // Prefill micro-batches: with at least `m` sequences, m groups of sequences
 // (sequence s in group s mod m, so each group spans the whole slot range and
@@ -48,10 +48,10 @@ std::vector<std::vector<int>> decode_groups(int batch, int m);
 enum class StageMessageKind : int32_t { kBatch = 1, kEndOfPrefill = 2, kDone = 3, kTokens = 4 };
 struct StageHeader {
   StageMessageKind kind = StageMessageKind::kBatch;
-  int32_t phase = 0;     // Phase of a batch (0 prefill, 1 decode)
-  int32_t step = 0;      // prefill micro-batch index, or decode step
-  int32_t count = 0;     // segments of a batch, tokens of a kTokens message
-  int64_t floats = 0;    // residual floats that follow
+  int32_t phase = 0;   // Phase of a batch (0 prefill, 1 decode)
+  int32_t step = 0;    // prefill micro-batch index, or decode step
+  int32_t count = 0;   // segments of a batch, tokens of a kTokens message
+  int64_t floats = 0;  // residual floats that follow
 };
 
 // A token sampled on the last stage, travelling back to the first.
