@@ -56,15 +56,19 @@ StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& c
                               const LayoutChoice& choice, const Workload& workload) {
   const int pp = choice.decode.mesh.pp;
   if (!pp_layers.empty()) return parse_stage_split(pp_layers, pp, config.num_layers);
-  double layer_cost = double(config.params_per_layer());
-  double head_cost = double(config.vocab_size * config.hidden_size + config.hidden_size);
+  // Memory: weights held (the embedding table and the LM head are each
+  // vocab x hidden). Time: the predicted decode step, where the head is a
+  // matmul and the embedding a row lookup; by weight bytes without a spec.
+  const double table = double(config.vocab_size * config.hidden_size);
+  const StageCosts memory{double(config.params_per_layer()), table + double(config.hidden_size),
+                          table};
+  StageCosts time{memory.layer, memory.head, 0.0};
   if (choice.hardware) {
     const PhaseCost cost = estimate_phase(ModelSpec::from_config(config, "model"), *choice.hardware,
                                           workload, Phase::kDecode, choice.decode);
-    layer_cost = cost.layer.latency_s;
-    head_cost = cost.edges.latency_s;
+    time = {cost.layer.latency_s, cost.edges.latency_s, 0.0};
   }
-  return balanced_stage_split(config.num_layers, pp, layer_cost, head_cost, 0.0);
+  return balanced_stage_split(config.num_layers, pp, time, memory);
 }
 
 nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& config,

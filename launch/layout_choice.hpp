@@ -33,10 +33,12 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
                             bool mesh_pinned, const Workload& workload, const std::string& weights);
 
 // How many layers each pipeline stage of `mesh` owns: `--pp-layers` text when
-// given, else the split that balances the predicted decode time per stage
-// (the final norm and LM head counted on the last stage; the embedding, one
-// table row per token, costs next to nothing on the first). Without a
-// hardware spec the prediction is by weight bytes, which decode streams.
+// given, else balanced_stage_split (runtime/pipeline.hpp) over the predicted
+// decode time per stage (the final norm and LM head counted on the last
+// stage; the embedding, one table row per token, costs next to nothing on
+// the first) and the weights each stage holds (the embedding table counted
+// on the first). Without a hardware spec time is by weight bytes, which
+// decode streams.
 StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& config,
                               const LayoutChoice& choice, const Workload& workload);
 
