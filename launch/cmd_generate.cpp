@@ -27,12 +27,13 @@ namespace {
 struct GenerateOptions {
   std::string model, prompt_ids, prompt_ids_file, dump_logits, dump_step_logits;
   int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0;
+  double comm_timeout = 60;
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
   std::string mesh, weights;
-  LayoutFlags layouts{false, "", "", "", "", "cpu-local", false};
+  LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
 };
 
@@ -134,6 +135,16 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   World& world = World::get();
   const Mesh mesh = mesh_flag(o.mesh, world.size());
   ParallelContext ctx(world, mesh);
+  if (o.verbose && world.is_root()) {
+    // Where each rank runs and which shard it holds, before anything is loaded.
+    std::string map = world.placement_report();
+    for (int r = 0; r < world.size(); ++r) {
+      const MeshCoord c = mesh.coord(r);
+      fmt::print(stderr, "{}", map.substr(0, map.find('\n')));
+      fmt::print(stderr, ", mesh x={} y={} z={}\n", c.x, c.y, c.z);
+      map.erase(0, map.find('\n') + 1);
+    }
+  }
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
@@ -142,15 +153,25 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
-  const LayoutChoice choice = choose_layouts(o.layouts, config, mesh, workload, weights_name);
+  LayoutFlags layout_flags = o.layouts;
+  layout_flags.rank_nodes = world.node_of_ranks();
+  const LayoutChoice choice = choose_layouts(layout_flags, config, mesh, workload, weights_name);
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
   const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
   const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
+  // From here on what fails may fail on one rank only (a file, a node), and
+  // each rank says so itself. Loading may take each rank a different time:
+  // the collectives up to the first step get a longer allowance.
+  world.set_errors_agree(false);
+  world.set_comm_timeout(o.comm_timeout > 0 ? std::max(600.0, 10 * o.comm_timeout) : 0);
   const Checkpoint checkpoint(o.model);
-  std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, weight_dtype});
+  const int threads = o.threads > 0 ? o.threads : world.default_threads(world.rank());
+  std::unique_ptr<Backend> backend = make_cpu_backend({threads, weight_dtype});
   Engine engine(*backend, ctx, config, prefill, decode,
                 load_model_weights(checkpoint, config, *backend, decode, ctx));
+  if (world.size() > 1) world.all().barrier();
+  world.set_comm_timeout(o.comm_timeout);
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
@@ -260,11 +281,20 @@ void add_generate_command(CLI::App& app) {
                   "write prefill logits of sequence 0, [prompt_tokens, vocab], as .npy");
   cmd->add_option("--dump-step-logits", o->dump_step_logits,
                   "write the logits each token of sequence 0 was sampled from, as .npy");
-  cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
+  cmd->add_option("--threads", o->threads,
+                  "compute threads (0: the cores this process may use, divided by the ranks of "
+                  "its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
   cmd->add_flag("--json", o->json, "print one JSON object of results");
-  cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
+  cmd->add_flag("--verbose", o->verbose,
+                "print where each rank runs (host, local rank, threads, mesh coordinate) and let "
+                "every rank print its results, not only rank 0");
+  cmd->add_option("--comm-timeout", o->comm_timeout,
+                  "end the job when one collective waits longer than SECONDS (a stopped rank or a "
+                  "cut-off node); 0: wait forever")
+      ->check(CLI::Range(0.0, 1e9))
+      ->capture_default_str();
   cmd->add_option("--mesh", o->mesh,
                   "tensor-parallel mesh X,Y,Z with X*Y*Z = ranks (default: X near sqrt(ranks)/2)");
   const std::string ffn_help = "feed-forward layout: 1d, 2d, wg-x, wg-xy or wg-xyz (default 2d)";
