@@ -185,14 +185,18 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   request.keep_step_logits = !o.dump_step_logits.empty();
   const GenerationResult r = engine.generate(request);
   const std::vector<float> peak_rss_mb = peak_rss_mb_per_rank(world);
-  if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
-
-  if (!o.dump_logits.empty())
-    write_npy_f32(o.dump_logits, r.prompt_logits.data(),
-                  {int64_t(prompts[0].size()), r.vocab_size});
-  if (!o.dump_step_logits.empty())
-    write_npy_f32(o.dump_step_logits, r.step_logits.data(),
-                  {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
+  // Every rank holds the same result: rank 0 writes the files (ranks on one
+  // machine would otherwise write the same path at once), and prints unless
+  // --verbose asks every rank to.
+  if (world.is_root()) {
+    if (!o.dump_logits.empty())
+      write_npy_f32(o.dump_logits, r.prompt_logits.data(),
+                    {int64_t(prompts[0].size()), r.vocab_size});
+    if (!o.dump_step_logits.empty())
+      write_npy_f32(o.dump_step_logits, r.step_logits.data(),
+                    {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
+  }
+  if (!world.is_root() && !o.verbose) return;
 
   const nlohmann::json predicted = predicted_costs(choice, config, workload);
   auto per_second = [](double count, double seconds) {
