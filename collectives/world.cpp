@@ -202,19 +202,19 @@ char g_rank_name[320] = "rank 0";
 // others waiting in a collective forever.
 void abort_on_signal(int signal) {
   char message[448];
-  const int length = std::snprintf(message, sizeof message,
-                                   "shardlm: error: %s: fatal signal %d (%s)\n", g_rank_name,
-                                   signal, strsignal(signal));
+  const int length =
+      std::snprintf(message, sizeof message, "shardlm: error: %s: fatal signal %d (%s)\n",
+                    g_rank_name, signal, strsignal(signal));
   if (length > 0) (void)!::write(STDERR_FILENO, message, size_t(length));
   MPI_Abort(MPI_COMM_WORLD, 1);
   std::_Exit(1);
 }
 
-
 int cores_allowed() {
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  if (sched_getaffinity(0, sizeof set, &set) != 0)
+    return int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   return std::max(1, CPU_COUNT(&set));
 }
 
@@ -227,8 +227,7 @@ int cores_allowed() {
 void yield_when_oversubscribed() {
   const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   if (!local) local = std::getenv("MPI_LOCALNRANKS");
-  if (local && std::atoi(local) > cores_allowed())
-    setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
+  if (local && std::atoi(local) > cores_allowed()) setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
 }
 
 }  // namespace
@@ -244,10 +243,10 @@ std::string World::describe_ranks(const std::vector<int>& ranks) const {
     by_host[h].push_back(r);
   }
   std::vector<std::string> parts;
-  for (const auto& h : hosts) parts.push_back(fmt::format("{} on {}", fmt::join(by_host[h], ","), h));
+  for (const auto& h : hosts)
+    parts.push_back(fmt::format("{} on {}", fmt::join(by_host[h], ","), h));
   return fmt::format("ranks {}", fmt::join(parts, ", "));
 }
-
 
 bool World::launched_by_mpi() {
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
@@ -384,7 +383,9 @@ void World::enter_collective(const char* what, const std::vector<int>* ranks) {
   collective_start_ns_ = now_ns();
 }
 
-void World::leave_collective() { collective_start_ns_ = 0; }
+void World::leave_collective() {
+  collective_start_ns_ = 0;
+}
 
 void World::watch() {
   while (!stop_watch_) {

@@ -31,7 +31,8 @@ int fail(const char* message, int exit_code) {
   // An error every rank meets alike (a bad flag, mesh or config) is said once,
   // by rank 0, whose MPI_Abort ends the others while they wait here. Should
   // rank 0 not have met it after all, the rank says it itself.
-  if (world.errors_agree() && !world.is_root()) std::this_thread::sleep_for(std::chrono::seconds(5));
+  if (world.errors_agree() && !world.is_root())
+    std::this_thread::sleep_for(std::chrono::seconds(5));
   fmt::print(stderr, "shardlm: error: {}: {}\n", world.rank_name(world.rank()), message);
   world.abort(exit_code);
 }

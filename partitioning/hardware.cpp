@@ -64,8 +64,7 @@ double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& a
     // groups with members on the node share those cards.
     for (const auto& [node, members] : members_on) {
       const double on_node = ranks_on[node];
-      const double share =
-          inter_node_bandwidth * std::min(cards, on_node) * members / on_node;
+      const double share = inter_node_bandwidth * std::min(cards, on_node) * members / on_node;
       slowest = std::min(slowest, share);
     }
   }
