@@ -30,6 +30,8 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
     } catch (const DataError&) {
     }
   }
+  // Collectives are priced by the links the job's groups actually cross.
+  if (choice.hardware) choice.hardware->rank_nodes = flags.rank_nodes;
   choice.prefill = {ffn_prefill.value_or(FfnLayout::k2D), attn_prefill.value_or(AttnLayout::kHeads),
                     weights, mesh};
   choice.decode = {ffn_decode.value_or(FfnLayout::k2D), attn_decode.value_or(AttnLayout::kHeads),

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "models/model_config.hpp"
 #include "partitioning/cost_model.hpp"
@@ -18,6 +19,7 @@ struct LayoutFlags {
   std::string ffn_prefill, ffn_decode, attn_prefill, attn_decode;
   std::string hardware;  // spec for the planner and the prediction
   bool hardware_given = false;
+  std::vector<int> rank_nodes;  // node of each rank of the job (empty: by the spec's nodes)
 };
 
 struct LayoutChoice {

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string_view>
@@ -11,6 +12,7 @@
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/npy.hpp"
 
 namespace {
 
@@ -22,23 +24,31 @@ int fail(const char* message, int exit_code) {
     return exit_code;
   }
   shardlm::World& world = shardlm::World::get();
-  if (world.size() > 1 && exit_code == 2 && !world.is_root()) {
-    // A usage error (bad flag, mesh or request) is found alike by every rank
-    // before any work: rank 0 says it once and ends the job. This rank
-    // speaks only if the job is still alive after a moment, i.e. when the
-    // error was its own.
-    std::this_thread::sleep_for(std::chrono::seconds(3));
-  }
-  if (world.size() > 1)
-    fmt::print(stderr, "shardlm: error: {}: {}\n", world.label(), message);
-  else
+  if (world.size() == 1) {
     fmt::print(stderr, "shardlm: error: {}\n", message);
+    world.abort(exit_code);
+  }
+  // An error every rank meets alike (a bad flag, mesh or config) is said once,
+  // by rank 0, whose MPI_Abort ends the others while they wait here. Should
+  // rank 0 not have met it after all, the rank says it itself.
+  if (world.errors_agree() && !world.is_root())
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+  fmt::print(stderr, "shardlm: error: {}: {}\n", world.rank_name(world.rank()), message);
   world.abort(exit_code);
+}
+
+// Ctrl-C (mpirun passes it on as SIGTERM) ends the rank without leaving a
+// half-written output file behind.
+void end_on_interrupt(int signal) {
+  shardlm::remove_partial_output();
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int s : {SIGINT, SIGTERM}) std::signal(s, end_on_interrupt);
   CLI::App app{
       "shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer "
       "Inference"};
