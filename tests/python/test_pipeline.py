@@ -192,3 +192,17 @@ def test_layouts_shows_the_stages(shardlm, models):
                     "--pp-layers", "3,1")
     assert "stage 0: layers 0-2" in p.stdout and "embedding" in p.stdout.split("stage 1")[0], p.stdout
     assert "stage 1: layers 3-3" in p.stdout and "lm_head" in p.stdout.split("stage 1")[1], p.stdout
+
+
+def test_plan_auto_may_choose_the_pipeline_depth(shardlm, models, prompt_files, reference, tmp_path):
+    """Without --mesh or --pp, --plan auto picks the mesh, pipeline depth
+    included, and the run it picks gives the single-rank result."""
+    expected, expected_prefill, _ = reference("tiny", "three")
+    result, prefill, _ = run_generate(shardlm, models.get("tiny", "f32"), prompt_files["three"], tmp_path,
+                                      4, ["--plan", "auto", "--hardware", "cpu-local"])
+    assert result["generated_ids"] == expected["generated_ids"]
+    assert_close(prefill, expected_prefill, "--plan auto")
+    predicted = result["predicted"]
+    assert result["pp"] == predicted["decode"]["pp"] == predicted["prefill"]["pp"]
+    assert result["mesh"] == predicted["decode"]["mesh"]
+    assert sum(result["pipeline"]["layers_per_stage"]) == 4
