@@ -47,8 +47,9 @@ def run(binary, model, ranks, flags, batch, prompt_len, gen_len):
 def suite(name, batch):
     """(label, ranks, flags) per configuration."""
     if name == "prefill":
+        # tp=2 on the same two ranks is the control: what two ranks give here.
         return [("pp=1", 1, [])] + [(f"pp=2 M={m}", 2, ["--pp", 2, "--micro-batches", m])
-                                    for m in (1, 2, 4, 8)]
+                                    for m in (1, 2, 4, 8)] + [("tp=2 (2,1,1) 2d", 2, ["--mesh", "2,1,1"])]
     if name == "decode":
         return [("pp=1", 1, []), ("pp=2 M=2", 2, ["--pp", 2, "--micro-batches", 2]),
                 ("pp=2 M=1", 2, ["--pp", 2, "--micro-batches", 1]),
