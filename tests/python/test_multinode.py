@@ -183,6 +183,27 @@ def test_tensor_parallel_across_nodes_matches_single_rank(shardlm, models, promp
     assert hosts == expected_hosts, f"map-by {map_by}: rank map\n{p.stderr}"
 
 
+@pytest.mark.parametrize("map_by,mesh", [("slot", "2,1,1"), ("node", "2,1,1"), ("node", "1,1,1")])
+def test_pipeline_stages_across_nodes_match_single_rank(shardlm, models, prompts, single_rank, cluster,
+                                                        tmp_path, map_by, mesh):
+    """Two pipeline stages: 2 ranks each by slot is one stage per node (its
+    tensor-parallel pair inside the node, the stage boundary across); by node
+    every stage spans both nodes (tensor parallelism across nodes within each
+    stage); 1 rank each by node is one stage per node."""
+    expected, expected_prefill, expected_steps = single_rank
+    ranks = 2 * int(mesh[0])
+    p = cluster.mpirun(ranks, *generate_args(models.get("tiny", "f32"), prompts, tmp_path, "--pp", 2,
+                                             "--mesh", mesh, "--micro-batches", 2),
+                       mpirun_args=["--map-by", map_by])
+    what = f"pp=2 mesh {mesh} map-by {map_by}"
+    assert p.returncode == 0, f"{what}: exit {p.returncode}\n{p.stderr[-3000:]}"
+    result = parse_single_json(p.stdout)
+    assert result["pp"] == 2
+    assert result["generated_ids"] == expected["generated_ids"], f"{what}: greedy tokens differ"
+    assert_close(load_npy_f32(tmp_path / "prefill.npy"), expected_prefill, f"{what}: prefill logits")
+    assert_close(load_npy_f32(tmp_path / "steps.npy"), expected_steps, f"{what}: decode logits")
+
+
 def test_verbose_prints_the_rank_map_and_threads_fit_the_node(shardlm, models, cluster):
     p = cluster.mpirun(4, "generate", "--model", models.get("tiny", "f32"), "--prompt-ids", "1,2,3",
                        "--max-new-tokens", 1, "--mesh", "2,2,1", "--verbose")
