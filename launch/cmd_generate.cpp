@@ -180,11 +180,14 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const double prefill_tps = per_second(double(r.prompt_tokens), r.prefill_s);
   const double decode_tps = per_second(double(r.decode_tokens), r.decode_s);
   const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
+  std::vector<double> step_ms;  // each decode step, for ITL percentiles in sweeps
+  for (double s : r.step_s) step_ms.push_back(s * 1e3);
   if (o.json) {
     const nlohmann::json out = {
         {"generated_ids", r.generated},
         {"ttft_ms", r.ttft_s * 1e3},
         {"itl_ms", itl_ms},
+        {"step_ms", step_ms},
         {"prefill_tokens_per_s", prefill_tps},
         {"decode_tokens_per_s", decode_tps},
         {"n_params", config.num_params()},
