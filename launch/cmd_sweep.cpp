@@ -261,8 +261,18 @@ Outcome classify(const ChildResult& r, double timeout_s) {
   std::string reason;
   std::string last;
   std::istringstream lines(r.err);
+  bool continuing = false;  // a message's indented detail lines follow its first line
   for (std::string line; std::getline(lines, line);) {
-    if (line.rfind("shardlm: error: ", 0) == 0 && reason.empty()) reason = line.substr(16);
+    if (continuing && line.rfind("  ", 0) == 0 && reason.back() == ':') {
+      reason += " " + trim(line);
+      continuing = false;
+    } else {
+      continuing = false;
+    }
+    if (line.rfind("shardlm: error: ", 0) == 0 && reason.empty()) {
+      reason = trim(line.substr(16));
+      continuing = true;
+    }
     if (!trim(line).empty()) last = trim(line);
   }
   if (reason.empty()) reason = last;
