@@ -26,7 +26,7 @@ namespace {
 
 struct GenerateOptions {
   std::string model, prompt_ids, prompt_ids_file, dump_logits, dump_step_logits;
-  int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0;
+  int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0, warmup = 0;
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
@@ -162,6 +162,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   request.stop_ids = o.stop_ids;
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
+  // Untimed runs first, so the timed one measures warm kernels (oneDNN
+  // primitives, page faults) rather than a cold process; sweeps use it.
+  for (int i = 0; i < o.warmup; ++i) engine.generate(request);
   const GenerationResult r = engine.generate(request);
   const std::vector<float> peak_rss_mb = peak_rss_mb_per_rank(world);
   if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
@@ -266,6 +269,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
+  cmd->add_option("--warmup", o->warmup, "untimed runs of the same request before the timed one")
+      ->check(CLI::Range(0, 1000));
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
   cmd->add_option("--mesh", o->mesh,

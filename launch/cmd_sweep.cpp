@@ -311,6 +311,7 @@ std::vector<std::string> generate_command(const Experiment& e, const json& cfg,
                prompt_ids(get("prompt_len"), config.vocab_size), "--batch",
                std::to_string(get("batch")), "--max-new-tokens", std::to_string(get("gen_len")),
                "--threads", std::to_string(get("threads")), "--hardware", e.hardware, "--json"});
+  if (get("warmup") > 0) argv.insert(argv.end(), {"--warmup", std::to_string(get("warmup"))});
   if (setup.mesh)
     argv.insert(argv.end(),
                 {"--mesh", fmt::format("{},{},{}", setup.mesh->x, setup.mesh->y, setup.mesh->z)});
@@ -413,7 +414,7 @@ class Sweep {
     prov["command"] = argv;
     const auto deadline = start + std::chrono::duration<double>(e_.timeout_s);
     std::vector<json> reps;
-    const int launches = e_.warmup + e_.repetitions;
+    const int launches = e_.repetitions;
     for (int i = 0; i < launches; ++i) {
       const double left =
           std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
@@ -435,7 +436,7 @@ class Sweep {
         record["log"] = fmt::format("logs/{}.log", p.hash);
         return finish({"failed", "generate printed no JSON object on its last line"});
       }
-      if (i >= e_.warmup) reps.push_back(std::move(j));
+      reps.push_back(std::move(j));
     }
 
     // Every repetition's numbers; percentiles pool the decode steps of all.

@@ -29,6 +29,8 @@ struct SweepPoint {
 struct Experiment {
   std::string file, name, description, hardware = "cpu-local";
   Launcher launcher;
+  // Repetitions are separate launches (load and start-up vary between them);
+  // warm-up runs are untimed `generate --warmup` runs inside each launch.
   int repetitions = 1, warmup = 0;
   double timeout_s = 600;
   std::vector<SweepPoint> points;  // grid order, after exclude/where
