@@ -39,8 +39,8 @@ void add_report_command(CLI::App& app) {
   cmd->add_option("dir", *dir, "a sweep's --out directory")->required();
   cmd->callback([dir] {
     if (!fs::is_regular_file(fs::path(*dir) / "results.jsonl"))
-      throw DataError(fmt::format("{}: no results.jsonl (run `shardlm sweep EXP --out {}` first)",
-                                  *dir, *dir));
+      throw DataError(
+          fmt::format("{}: no results.jsonl (run `shardlm sweep EXP --out {}` first)", *dir, *dir));
     const std::string script = report_script().string();
     const char* python = std::getenv("PYTHON");
     const std::string interpreter = python && *python ? python : "python3";

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <mpi.h>
+#include <oneapi/dnnl/dnnl_version.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,7 +20,6 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <oneapi/dnnl/dnnl_version.h>
 #include <set>
 
 #include "launch/commands.hpp"
@@ -72,7 +72,9 @@ std::string exe_path() {
   return ec ? "shardlm" : p.string();
 }
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+std::string first_line(const std::string& s) {
+  return s.substr(0, s.find('\n'));
+}
 
 std::string trim(std::string s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
@@ -121,12 +123,20 @@ json common_provenance(const SweepOptions& o, const HardwareSpec& hw) {
       {"versions",
        {{"compiler", __VERSION__},
         {"mpi", trim(first_line(mpi_version))},
-        {"onednn", fmt::format("{}.{}.{}", DNNL_VERSION_MAJOR, DNNL_VERSION_MINOR,
-                               DNNL_VERSION_PATCH)},
+        {"onednn",
+         fmt::format("{}.{}.{}", DNNL_VERSION_MAJOR, DNNL_VERSION_MINOR, DNNL_VERSION_PATCH)},
         {"fmt", FMT_VERSION},
         {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR,
                                       NLOHMANN_JSON_VERSION_MINOR, NLOHMANN_JSON_VERSION_PATCH)}}},
   };
+}
+
+// 1, 5 and 15-minute load averages from /proc/loadavg; empty where unreadable.
+json load_average() {
+  std::ifstream in("/proc/loadavg");
+  double a = 0, b = 0, c = 0;
+  if (!(in >> a >> b >> c)) return json::array();
+  return {a, b, c};
 }
 
 // Linear interpolation between order statistics (NumPy's default).
@@ -167,15 +177,17 @@ double bandwidth_utilisation(const json& phase, double seconds) {
 // predicted points (percentiles are null when predicted: the cost model
 // gives one step time at the mean context).
 json metrics_from_times(const json& cfg, const ModelSpec& model, const HardwareSpec& hw,
-                        const json& predicted, double prefill_s, double decode_s,
-                        const json& ttft, const json& itl, const json& e2e) {
+                        const json& predicted, double prefill_s, double decode_s, const json& ttft,
+                        const json& itl, const json& e2e) {
   const double chips = double(cfg["chips"].get<int64_t>());
   const double batch = double(cfg["batch"].get<int64_t>());
   const double prompt_tokens = batch * double(cfg["prompt_len"].get<int64_t>());
   const double decode_tokens = batch * double(cfg["gen_len"].get<int64_t>());
   const double peak = hw.peak(hw.activation_dtype);
   const double n = double(model.mfu_params());
-  auto mfu = [&](double tokens, double s) { return s > 0 ? 2 * n * tokens / (chips * peak * s) : 0; };
+  auto mfu = [&](double tokens, double s) {
+    return s > 0 ? 2 * n * tokens / (chips * peak * s) : 0;
+  };
   auto rate = [](double tokens, double s) { return s > 0 ? tokens / s : 0; };
   auto cost = [&](double tokens, double s) { return chips * s * 1e3 / tokens; };
   const json no_phase = nullptr;
@@ -276,9 +288,9 @@ Outcome classify(const ChildResult& r, double timeout_s) {
     if (!trim(line).empty()) last = trim(line);
   }
   if (reason.empty()) reason = last;
-  const std::string how = r.signal ? fmt::format("killed by signal {} ({})", r.signal,
-                                                 strsignal(r.signal))
-                                   : fmt::format("exit {}", r.exit_code);
+  const std::string how =
+      r.signal ? fmt::format("killed by signal {} ({})", r.signal, strsignal(r.signal))
+               : fmt::format("exit {}", r.exit_code);
   reason = reason.empty() ? how : fmt::format("{} ({})", reason, how);
   for (const char* sign : {"bad_alloc", "out of memory", "Cannot allocate memory", "oom-kill"})
     if (r.err.find(sign) != std::string::npos) return {"oom", reason};
@@ -342,21 +354,16 @@ class Sweep {
 
   // The record of one point, or nullopt when Ctrl-C stopped it.
   std::optional<json> run(const SweepPoint& p, const ModelInfo& model) {
-    json record = {{"schema", kSchema},
-                   {"experiment", e_.name},
-                   {"hash", p.hash},
-                   {"label", p.label},
-                   {"config", p.config},
-                   {"mode", o_.dry_run ? "predicted" : "measured"},
-                   {"status", "ok"},
-                   {"error", nullptr},
-                   {"notes", json::array()},
-                   {"started_at", now_utc()},
-                   {"run", nullptr},
-                   {"predicted", nullptr},
+    json record = {{"schema", kSchema},      {"experiment", e_.name},
+                   {"hash", p.hash},         {"label", p.label},
+                   {"config", p.config},     {"mode", o_.dry_run ? "predicted" : "measured"},
+                   {"status", "ok"},         {"error", nullptr},
+                   {"notes", json::array()}, {"started_at", now_utc()},
+                   {"run", nullptr},         {"predicted", nullptr},
                    {"metrics", nullptr}};
     json prov = provenance_;
     prov["command"] = nullptr;
+    prov["load_average"] = load_average();  // other work on the machine skews timings
     prov["blas"] = o_.dry_run ? "none (predicted)" : "unknown";
     const auto start = std::chrono::steady_clock::now();
     auto finish = [&](Outcome out) {
@@ -380,9 +387,10 @@ class Sweep {
       record["notes"].push_back(fmt::format("not priced: {}", err.what()));
     }
     for (const auto& n : setup.notes) record["notes"].push_back(n);
-    // A measured run keeps an explicit mesh as written and takes the
-    // planner's mesh for `auto`; without a plan, generate's default.
-    if (!o_.dry_run && p.config["mesh"] == "auto" && setup.predicted.is_null()) setup.mesh.reset();
+    // A measured run keeps an explicit mesh as written (also when the
+    // planner refused it: generate has the last word) and takes the planner's
+    // mesh for `auto`; without a plan, generate's default.
+    if (p.config["mesh"] != "auto") setup.mesh = Mesh::parse(p.config["mesh"].get<std::string>());
     record["run"] = setup.run;
     record["predicted"] = setup.predicted;
 
@@ -424,7 +432,8 @@ class Sweep {
         write_log(p, i, argv, r);
         record["log"] = fmt::format("logs/{}.log", p.hash);
         Outcome out = classify(r, e_.timeout_s);
-        if (launches > 1) out.error = fmt::format("launch {} of {}: {}", i + 1, launches, out.error);
+        if (launches > 1)
+          out.error = fmt::format("launch {} of {}: {}", i + 1, launches, out.error);
         return finish(out);
       }
       json j;
@@ -455,14 +464,15 @@ class Sweep {
     const json& last = reps.back();
     if (!last["predicted"].is_null()) record["predicted"] = last["predicted"];
     const int pp = int(p.config["pp"].get<int64_t>());
-    record["run"] = {{"mesh",
-                      {{"pp", pp},
-                       {"x", last["mesh"]["x"]},
-                       {"y", last["mesh"]["y"]},
-                       {"z", last["mesh"]["z"]}}},
-                     {"layouts", last["layouts"]},
-                     {"weights", p.config["weights"] == "auto" ? model.weights
-                                                               : p.config["weights"].get<std::string>()}};
+    record["run"] = {
+        {"mesh",
+         {{"pp", pp},
+          {"x", last["mesh"]["x"]},
+          {"y", last["mesh"]["y"]},
+          {"z", last["mesh"]["z"]}}},
+        {"layouts", last["layouts"]},
+        {"weights",
+         p.config["weights"] == "auto" ? model.weights : p.config["weights"].get<std::string>()}};
     prov["blas"] = last.value("backend", "unknown");
     json m = metrics_from_times(p.config, model.spec, hw_, record["predicted"], mean(prefill),
                                 mean(decode), summary(ttft), summary(steps), summary(e2e));
@@ -508,16 +518,16 @@ std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
     try {
       j = json::parse(line);
     } catch (const json::exception&) {
-      throw DataError(fmt::format("{}:{}: not a JSON object; fix or remove the line", file.string(),
-                                  number));
+      throw DataError(
+          fmt::format("{}:{}: not a JSON object; fix or remove the line", file.string(), number));
     }
     if (!j.is_object() || !j.contains("hash") || !j.contains("mode"))
-      throw DataError(fmt::format("{}:{}: not a sweep result (no hash or mode)", file.string(),
-                                  number));
+      throw DataError(
+          fmt::format("{}:{}: not a sweep result (no hash or mode)", file.string(), number));
     if (j["mode"] != mode)
-      throw UsageError(fmt::format(
-          "--resume: {} holds {} results and this run is {}; use another --out", file.string(),
-          j["mode"].get<std::string>(), mode));
+      throw UsageError(
+          fmt::format("--resume: {} holds {} results and this run is {}; use another --out",
+                      file.string(), j["mode"].get<std::string>(), mode));
     done.insert(j["hash"].get<std::string>());
     pos = good_end = nl + 1;
   }
@@ -632,8 +642,7 @@ void run_sweep(const SweepOptions& o) {
         "--out {}: {} already holds results; add --resume to continue it, or choose another --out",
         o.out, results.string()));
   fs::create_directories(dir);
-  const std::set<std::string> done =
-      read_done(results, o.dry_run ? "predicted" : "measured");
+  const std::set<std::string> done = read_done(results, o.dry_run ? "predicted" : "measured");
   {  // the experiment as run, beside its results, written whole
     const fs::path tmp = dir / ".experiment.yaml.tmp";
     fs::copy_file(o.experiment, tmp, fs::copy_options::overwrite_existing);
@@ -645,8 +654,9 @@ void run_sweep(const SweepOptions& o) {
     if (!done.count(p.hash)) todo.push_back(&p);
   fmt::print(stderr, "sweep {}: {} points{}{}; {} to run{}\n", e.name, e.points.size(),
              e.dropped ? fmt::format(" ({} dropped by exclude/where)", e.dropped) : "",
-             done.empty() ? "" : fmt::format(", {} already in {}", e.points.size() - todo.size(),
-                                             results.string()),
+             done.empty() ? ""
+                          : fmt::format(", {} already in {}", e.points.size() - todo.size(),
+                                        results.string()),
              todo.size(), o.dry_run ? " (dry run: predictions only)" : "");
 
   install_interrupt_handler();

@@ -30,13 +30,20 @@ struct GridKey {
 // Grid keys in expansion order (the first varies slowest) and their defaults.
 // `chips: auto` is the mesh's size when the mesh is given, else 1.
 constexpr GridKey kGridKeys[] = {
-    {"model", Kind::kText, nullptr},         {"chips", Kind::kIntOrAuto, "auto"},
-    {"mesh", Kind::kMesh, "auto"},           {"pp", Kind::kInt, "1"},
-    {"micro_batches", Kind::kIntOrAuto, "auto"}, {"ffn_prefill", Kind::kFfn, "auto"},
-    {"attn_prefill", Kind::kAttn, "auto"},   {"ffn_decode", Kind::kFfn, "auto"},
-    {"attn_decode", Kind::kAttn, "auto"},    {"weights", Kind::kWeights, "auto"},
-    {"batch", Kind::kInt, "1"},              {"prompt_len", Kind::kInt, nullptr},
-    {"gen_len", Kind::kInt, nullptr},        {"threads", Kind::kInt, "1"},
+    {"model", Kind::kText, nullptr},
+    {"chips", Kind::kIntOrAuto, "auto"},
+    {"mesh", Kind::kMesh, "auto"},
+    {"pp", Kind::kInt, "1"},
+    {"micro_batches", Kind::kIntOrAuto, "auto"},
+    {"ffn_prefill", Kind::kFfn, "auto"},
+    {"attn_prefill", Kind::kAttn, "auto"},
+    {"ffn_decode", Kind::kFfn, "auto"},
+    {"attn_decode", Kind::kAttn, "auto"},
+    {"weights", Kind::kWeights, "auto"},
+    {"batch", Kind::kInt, "1"},
+    {"prompt_len", Kind::kInt, nullptr},
+    {"gen_len", Kind::kInt, nullptr},
+    {"threads", Kind::kInt, "1"},
 };
 
 // `ffn: X` sets ffn_prefill and ffn_decode together (one grid dimension).
@@ -150,7 +157,8 @@ std::vector<json> grid_values(const YamlFields& map, const std::string& key,
     const bool geometric = range.has("times");
     const int64_t step = geometric ? range.positive_int("times") : range.positive_int("step", 1);
     range.reject_unknown();
-    if (to < from) throw DataError(fmt::format("{}: range from {} to {} is empty", where, from, to));
+    if (to < from)
+      throw DataError(fmt::format("{}: range from {} to {} is empty", where, from, to));
     if (geometric && step < 2)
       throw DataError(fmt::format("{}: 'times' must be at least 2", where));
     for (int64_t v = from; v <= to; v = geometric ? v * step : v + step) out.push_back(v);
@@ -204,11 +212,13 @@ Rule parse_rule(const std::string& text, const std::string& where) {
   return r;
 }
 
-std::string point_label(const json& config, const std::vector<std::string>& varying) {
+// `varying` pairs a label name with the config key it shows.
+std::string point_label(const json& config,
+                        const std::vector<std::pair<std::string, std::string>>& varying) {
   std::vector<std::string> parts;
-  for (const std::string& k : varying) {
-    const json& v = config.at(k);
-    parts.push_back(fmt::format("{}={}", k, v.is_string() ? v.get<std::string>() : v.dump()));
+  for (const auto& [label, key] : varying) {
+    const json& v = config.at(key);
+    parts.push_back(fmt::format("{}={}", label, v.is_string() ? v.get<std::string>() : v.dump()));
   }
   return parts.empty() ? "single point" : fmt::format("{}", fmt::join(parts, " "));
 }
@@ -261,8 +271,8 @@ Experiment Experiment::load(const std::string& file, bool dry_run) {
         throw DataError(fmt::format("{}: expected a map NAME: value", l.where("env")));
       for (const auto& kv : env) {
         if (!kv.second.IsScalar())
-          throw DataError(fmt::format("{}: value of {} must be a string", l.where("env"),
-                                      kv.first.Scalar()));
+          throw DataError(
+              fmt::format("{}: value of {} must be a string", l.where("env"), kv.first.Scalar()));
         e.launcher.env[kv.first.Scalar()] = kv.second.Scalar();
       }
     }
@@ -386,11 +396,25 @@ Experiment Experiment::load(const std::string& file, bool dry_run) {
     throw DataError(fmt::format("{}: exclude/where rules drop all {} points of the grid", file,
                                 configs.size()));
 
-  std::vector<std::string> varying;
+  // Labels name the keys that vary, a layout once ("ffn=2d") where both
+  // phases always share it.
+  std::vector<std::pair<std::string, std::string>> varying;
   for (const GridKey& k : kGridKeys) {
     std::set<std::string> seen;
-    for (const json& c : kept) seen.insert(c[k.name].dump());
-    if (seen.size() > 1) varying.push_back(k.name);
+    bool phases_equal = true;
+    const Shorthand* sh = nullptr;
+    for (const Shorthand& s : kShorthands)
+      if (k.name == std::string(s.prefill) || k.name == std::string(s.decode)) sh = &s;
+    for (const json& c : kept) {
+      seen.insert(c[k.name].dump());
+      if (sh) phases_equal = phases_equal && c[sh->prefill] == c[sh->decode];
+    }
+    if (seen.size() < 2) continue;
+    if (sh && phases_equal) {
+      if (k.name == std::string(sh->prefill)) varying.push_back({sh->name, k.name});
+      continue;
+    }
+    varying.push_back({k.name, k.name});
   }
   for (const json& c : kept) {
     SweepPoint p{c, fnv1a64_hex(c.dump()), point_label(c, varying), ""};

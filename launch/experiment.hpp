@@ -21,8 +21,8 @@ struct Launcher {
 // so `config` alone says what ran, and `hash` names it across --resume.
 struct SweepPoint {
   nlohmann::json config;
-  std::string hash;  // 16 hex digits, FNV-1a 64 of config.dump() (keys sorted)
-  std::string label;  // the settings that vary across the grid, "chips=2 batch=4"
+  std::string hash;     // 16 hex digits, FNV-1a 64 of config.dump() (keys sorted)
+  std::string label;    // the settings that vary across the grid, "chips=2 batch=4"
   std::string invalid;  // why the point cannot run as written; empty when it can
 };
 

@@ -19,7 +19,9 @@ std::atomic<bool> g_interrupted{false};
 
 namespace {
 
-void on_interrupt(int) { g_interrupted = true; }
+void on_interrupt(int) {
+  g_interrupted = true;
+}
 
 constexpr size_t kErrKeep = 64 * 1024;
 
@@ -68,8 +70,8 @@ ChildResult run_child(const std::vector<std::string>& argv,
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     execvp(args[0], args.data());
-    const std::string msg = fmt::format("shardlm: error: cannot run {}: {}\n", argv[0],
-                                        std::strerror(errno));
+    const std::string msg =
+        fmt::format("shardlm: error: cannot run {}: {}\n", argv[0], std::strerror(errno));
     (void)!write(2, msg.data(), msg.size());
     _exit(127);
   }

@@ -30,7 +30,9 @@ import sweep_schema  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, searchable SVGs
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 # Keys whose values name a configuration (curves are split by those that vary).
 SETUP_KEYS = ("model", "hardware", "chips", "mesh", "pp", "micro_batches", "ffn_prefill",
@@ -38,7 +40,7 @@ SETUP_KEYS = ("model", "hardware", "chips", "mesh", "pp", "micro_batches", "ffn_
 WORKLOAD_KEYS = ("batch", "prompt_len", "gen_len")
 SHORT = {"model": "", "chips": "C=", "mesh": "mesh ", "pp": "pp=", "micro_batches": "mb=",
          "ffn_prefill": "ffn-p ", "attn_prefill": "attn-p ", "ffn_decode": "ffn-d ",
-         "attn_decode": "attn-d ", "weights": "", "threads": "t=", "batch": "B=",
+         "attn_decode": "attn-d ", "ffn": "ffn ", "attn": "attn ", "weights": "", "threads": "t=", "batch": "B=",
          "prompt_len": "L=", "gen_len": "n=", "hardware": ""}
 MARKERS = "osD^v<>pPXh*"
 
@@ -49,14 +51,26 @@ def fail(msg: str) -> None:
 
 
 def varying(records, keys):
-    return [k for k in keys if len({json.dumps(r["config"][k]) for r in records}) > 1]
+    """The keys among `keys` whose value differs between records; a phase pair
+    (ffn_prefill, ffn_decode) that is always equal counts once, as its prefill key
+    shown under the shorthand name."""
+    out = [k for k in keys if len({json.dumps(r["config"][k]) for r in records}) > 1]
+    for kind in ("ffn", "attn"):
+        pre, dec = f"{kind}_prefill", f"{kind}_decode"
+        if pre in out and dec in out and all(r["config"][pre] == r["config"][dec] for r in records):
+            out.remove(dec)
+            out[out.index(pre)] = kind
+    return out
+
+
+def config_value(rec, key):
+    return rec["config"][f"{key}_prefill" if key in ("ffn", "attn") else key]
 
 
 def series_name(rec, keys, extra=()):
     parts = list(extra)
     for k in keys:
-        v = rec["config"][k]
-        parts.append(f"{SHORT.get(k, k + '=')}{v}")
+        parts.append(f"{SHORT.get(k, k + '=')}{config_value(rec, k)}")
     return ", ".join(parts) if parts else "all points"
 
 
@@ -73,6 +87,11 @@ def log_if_wide(ax, axis, values):
     vals = [v for v in values if v and v > 0]
     if vals and max(vals) / min(vals) > 10:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        # Plain numbers at 1, 2, 5 x 10^k read better than 10^k with exponents.
+        target = ax.xaxis if axis == "x" else ax.yaxis
+        target.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(ticker.NullFormatter())
 
 
 def group(records, key_fn):
@@ -94,7 +113,7 @@ class Figures:
     def label(self, text):
         return f"predicted {text}" if self.predicted else text
 
-    def save(self, fig, name, axes, caption):
+    def save(self, fig, name, axes, caption, legend_on_top=False):
         panels = []
         for ax in axes:
             handles, labels = ax.get_legend_handles_labels()
@@ -102,13 +121,13 @@ class Figures:
             guides = [l for h, l in zip(handles, labels) if getattr(h, "_guide", False)]
             panels.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
                            "ylabel": ax.get_ylabel(), "series": data, "guides": guides})
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.95) if legend_on_top else None)
         files = {}
         for ext in ("png", "svg"):
             final = self.dir / f"{name}.{ext}"
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}", dir=self.dir)
             os.close(fd)
-            fig.savefig(tmp, format=ext, dpi=130)
+            fig.savefig(tmp, format=ext, dpi=110)
             os.replace(tmp, final)
             files[ext] = f"figures/{name}.{ext}"
         plt.close(fig)
@@ -126,13 +145,25 @@ def plot_series(ax, groups, x_fn, y_fn, connect=True):
         if not pts:
             continue
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], linestyle="-" if connect else "none",
+        # A line through points that share an x would be a vertical stroke, not a trend.
+        joined = connect and len(set(xs)) == len(xs)
+        ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], linestyle="-" if joined else "none",
                 markersize=5, linewidth=1.2, label=name)
 
 
 def legend(ax, n):
-    if n:
-        ax.legend(fontsize=7 if n > 6 else 8, loc="best", ncol=2 if n > 8 else 1, framealpha=0.8)
+    if n > 10:  # beside the plot, where it hides no data
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if n <= 24 else 2,
+                  framealpha=0.8)
+    elif n:
+        ax.legend(fontsize=7 if n > 6 else 8, loc="best", framealpha=0.8)
+
+
+def two_panels(n_series):
+    """Side by side; one above the other when legends are long and go beside each panel."""
+    if n_series > 10:
+        return plt.subplots(2, 1, figsize=(10.5, 9.5))
+    return plt.subplots(1, 2, figsize=(12, 4.8))
 
 
 def pareto(points):
@@ -148,7 +179,7 @@ def pareto(points):
 def fig_cost_vs_latency(figs, ok):
     keys = varying(ok, SETUP_KEYS)
     groups = group(ok, lambda r: series_name(r, keys))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = two_panels(len(groups) + 1)
     phases = [("decode", lambda r: r["metrics"]["itl_ms"]["mean"] if r["metrics"]["itl_ms"] else None,
                "decode_cost_chip_ms_per_token", "latency per generated token (ms)"),
               ("prefill", lambda r: r["metrics"]["prefill_ms"], "prefill_cost_chip_ms_per_token",
@@ -177,11 +208,16 @@ def fig_cost_vs_latency(figs, ok):
 
 
 def fig_mfu_vs_tokens(figs, ok):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    if all(len({r["metrics"][f"tokens_per_forward_{ph}"] for r in ok}) == 1
+           for ph in ("prefill", "decode")):
+        return "MFU against tokens per forward pass: not drawn, every point has the same batch " \
+               "and prompt length (the MFU of each point is in the table below)"
+    other = [k for k in varying(ok, SETUP_KEYS) if not k.startswith(("ffn", "attn"))]
+    names = {ph: lambda r, ph=ph: series_name(r, other, [f"ffn {layout_of(r, ph)[0]}"])
+             for ph in ("prefill", "decode")}
+    fig, axes = two_panels(max(len({names[ph](r) for r in ok}) for ph in names))
     for ax, phase in zip(axes, ("prefill", "decode")):
-        other = [k for k in varying(ok, SETUP_KEYS) if not k.startswith("ffn_") and
-                 not k.startswith("attn_")]
-        groups = group(ok, lambda r: series_name(r, other, [f"ffn {layout_of(r, phase)[0]}"]))
+        groups = group(ok, names[phase])
         plot_series(ax, groups, lambda r: r["metrics"][f"tokens_per_forward_{phase}"],
                     lambda r: 100 * r["metrics"][f"{phase}_mfu"])
         log_if_wide(ax, "x", [r["metrics"][f"tokens_per_forward_{phase}"] for r in ok])
@@ -196,6 +232,8 @@ def fig_mfu_vs_tokens(figs, ok):
 
 
 def fig_latency_vs_chips(figs, ok):
+    if len({r["config"]["chips"] for r in ok}) == 1:
+        return "decode step latency against chip count: not drawn, every point has the same chips"
     others = varying(ok, ("model", "weights", "threads") + WORKLOAD_KEYS)
     groups = group(ok, lambda r: series_name(
         r, others, ["{} + {}".format(*layout_of(r, "decode"))]))
@@ -270,9 +308,9 @@ def fig_predicted_vs_measured(figs, ok):
 
 
 def fig_percentiles(figs, ok, predicted):
-    recs = sorted(ok, key=lambda r: r["label"])[:40]
+    recs = ok[:40]  # grid order
     fig, axes = plt.subplots(1, 2, figsize=(12, max(3.0, 0.32 * len(recs) + 1.6)))
-    names = [r["label"] for r in recs]
+    names = [r["_name"] for r in recs]
     qs = ("mean",) if predicted else ("p50", "p90", "p99")
     for ax, key, title in zip(axes, ("ttft_ms", "itl_ms"), ("time to first token", "inter-token latency")):
         h = 0.8 / len(qs)
@@ -282,17 +320,17 @@ def fig_percentiles(figs, ok, predicted):
                     label=figs.label(q))
         ax.set_yticks(range(len(recs)), names, fontsize=7)
         ax.invert_yaxis()
-        log_if_wide(ax, "x", [(r["metrics"][key] or {}).get(q) for r in recs for q in qs])
-        ax.set_xlabel(figs.label(f"{title} (ms)"))
+        ax.set_xlabel(figs.label(f"{title} (ms)"))  # linear: bar lengths must compare
         ax.set_title(title)
         ax.grid(True, axis="x", which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
     axes[1].set_yticklabels([])
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9)
     figs.save(fig, "latency_percentiles", axes,
               "TTFT and ITL per configuration" + (
                   " (the cost model gives one time per phase, so only means)." if predicted else
                   ": p50, p90 and p99 over repetitions (TTFT) and over every decode step of every "
-                  "repetition (ITL)."))
+                  "repetition (ITL)."), legend_on_top=True)
 
 
 def fmt(v, digits=3):
@@ -319,17 +357,24 @@ def report(out_dir: Path):
     except OSError as e:
         fail(f"{out_dir / 'results.jsonl'}: {e.strerror}")
     predicted = records[0]["mode"] == "predicted"
+    # Each point is named by the settings that vary across the whole file
+    # (the stored `label` may predate points added with --resume).
+    keys = varying(records, SETUP_KEYS + WORKLOAD_KEYS)
+    for r in records:
+        r["_name"] = " ".join(f"{k}={config_value(r, k)}" for k in keys) or "single point"
     ok = [r for r in records if r["status"] == "ok"]
     bad = [r for r in records if r["status"] != "ok"]
     figs = Figures(out_dir, predicted)
     errors = None
+    skipped = []  # figures whose x axis the sweep did not vary
     if ok:
         fig_cost_vs_latency(figs, ok)
-        fig_mfu_vs_tokens(figs, ok)
-        fig_latency_vs_chips(figs, ok)
+        skipped.append(fig_mfu_vs_tokens(figs, ok))
+        skipped.append(fig_latency_vs_chips(figs, ok))
         if not predicted:
             errors = fig_predicted_vs_measured(figs, ok)
         fig_percentiles(figs, ok, predicted)
+    skipped = [s for s in skipped if s]
 
     P = "predicted " if predicted else ""
     prov = records[-1]["provenance"]
@@ -356,6 +401,7 @@ def report(out_dir: Path):
         for f in figs.manifest:
             lines += [f"### {f['name'].replace('_', ' ')}", "", f["caption"], "",
                       f"![{f['name']}]({f['png']})", "", f"([SVG]({f['svg']}))", ""]
+    lines += [f"- {s}." for s in skipped] + ([""] if skipped else [])
     if errors:
         lines += ["Prediction error: " + "; ".join(f"{k}: {v}" for k, v in errors.items()) + ".", ""]
 
@@ -379,7 +425,7 @@ def report(out_dir: Path):
             cands = [r for r in ok if key(r) is not None]
             if cands:
                 best = pick(cands, key=key)
-                rows.append([what, f"{fmt(key(best))} {unit}", best["label"]])
+                rows.append([what, f"{fmt(key(best))} {unit}", best["_name"]])
         lines += [md_table(["objective", P + "value", "configuration"], rows), ""]
 
         lines += ["## Every point", ""]
@@ -393,7 +439,7 @@ def report(out_dir: Path):
             pr = r.get("predicted")
             pred = lambda ph: fmt(1e3 * pr[ph]["latency_s"]) if pr else "-"
             rows.append([
-                r["label"], fmt(m["ttft_ms"]["mean"]),
+                r["_name"], fmt(m["ttft_ms"]["mean"]),
                 " / ".join(fmt(itl.get(q)) for q in ("mean", "p50", "p99")), fmt(m["e2e_ms"]["mean"]),
                 fmt(m["prefill_tokens_per_s"]), fmt(m["decode_tokens_per_s"]),
                 f"{fmt(100 * m['prefill_mfu'])} / {fmt(100 * m['decode_mfu'])}",
@@ -407,7 +453,7 @@ def report(out_dir: Path):
     lines += ["## Failed points", ""]
     if bad:
         lines += [md_table(["configuration", "status", "reason"],
-                           [[r["label"], r["status"], r["error"]] for r in bad]), ""]
+                           [[r["_name"], r["status"], r["error"]] for r in bad]), ""]
     else:
         lines += ["None.", ""]
     lines += [

@@ -150,7 +150,7 @@ def png_size(path):
 def test_report_draws_every_figure(shardlm, three):
     _, out, _ = three
     p = sweep(shardlm, "report", out)
-    assert "5 figures" in p.stdout, p.stdout
+    assert "4 figures" in p.stdout, p.stdout
     manifest = json.loads((out / "figures.json").read_text())
     figs = {f["name"]: f for f in manifest}
     for f in manifest:
@@ -164,13 +164,13 @@ def test_report_draws_every_figure(shardlm, three):
     for panel in figs["cost_vs_latency"]["panels"]:
         assert len(panel["series"]) == 2 and panel["guides"] == ["Pareto front"], panel
         assert "(ms)" in panel["xlabel"] and "chip-ms per token" in panel["ylabel"]
-    # One layout (2d) on two chip counts, per phase.
-    assert [len(p["series"]) for p in figs["mfu_vs_tokens"]["panels"]] == [2, 2]
     assert len(figs["latency_vs_chips"]["panels"][0]["series"]) == 1  # 2d + heads
     pvm = figs["predicted_vs_measured"]["panels"][0]
     assert len(pvm["series"]) == 2 and pvm["guides"] == ["y = x"]
     assert all(len(p["series"]) == 3 for p in figs["latency_percentiles"]["panels"])  # p50 p90 p99
     md = (out / "report.md").read_text()
+    # Every point has the same batch and prompt: nothing to draw MFU against.
+    assert "mfu_vs_tokens" not in figs and "MFU against tokens per forward pass: not drawn" in md
     assert "## Failed points" in md and "| invalid |" in md and "1d decode layout" in md
     assert "![cost_vs_latency](figures/cost_vs_latency.png)" in md
     assert "## Best configuration per objective" in md
@@ -258,7 +258,7 @@ grid:
   chips: {from: 16, to: 64, times: 2}
   ffn_decode: [1d, 2d]
   attn_decode: batch
-  batch: [4, 64]
+  batch: [4, 64, 128]
   prompt_len: 128
   gen_len: 8
 exclude:
@@ -270,8 +270,9 @@ where:
     p = sweep(shardlm, "sweep", exp, "--out", out, "--dry-run")
     recs = records(out)
     got = [(r["config"]["chips"], r["config"]["ffn_decode"], r["config"]["batch"]) for r in recs]
-    assert got == [(16, "1d", 64), (16, "2d", 64), (32, "2d", 64), (64, "1d", 64), (64, "2d", 64)]
-    assert "5 points (7 dropped by exclude/where)" in p.stderr
+    assert got == [(c, f, b) for c in (16, 32, 64) for f in ("1d", "2d") for b in (64, 128)
+                   if (c, f) != (32, "1d")]
+    assert "10 points (8 dropped by exclude/where)" in p.stderr
     for r in recs:
         assert r["mode"] == "predicted" and r["status"] == "ok", r["error"]
         assert r["metrics"]["itl_ms"]["p99"] is None and r["metrics"]["itl_ms"]["mean"] > 0
@@ -279,10 +280,22 @@ where:
     sweep(shardlm, "report", out)
     md = (out / "report.md").read_text()
     assert "*predicted*" in md
-    for f in json.loads((out / "figures.json").read_text()):
+    figs = {f["name"]: f for f in json.loads((out / "figures.json").read_text())}
+    assert sorted(figs) == ["cost_vs_latency", "latency_percentiles", "latency_vs_chips",
+                            "mfu_vs_tokens"]
+    for f in figs.values():
         png_size(out / f["png"])
         for panel in f["panels"]:
             assert "predicted" in panel["ylabel"] or "predicted" in panel["xlabel"], panel
+    # Fig. 7: a curve per feedforward layout that ran (and chip count, which varies).
+    for panel, phase in zip(figs["mfu_vs_tokens"]["panels"], ("prefill", "decode")):
+        want = {(r["run"]["layouts"][phase]["ffn"], r["config"]["chips"]) for r in recs}
+        assert len(panel["series"]) == len(want), (phase, panel["series"], want)
+    # Fig. 6: a curve per decode layout and batch over the chip counts.
+    assert figs["latency_vs_chips"]["panels"][0]["series"] == [
+        "1d + batch, B=64", "1d + batch, B=128", "2d + batch, B=64", "2d + batch, B=128"]
+    # Fig. 1: one curve per configuration (chips x decode layout), over batch.
+    assert len(figs["cost_vs_latency"]["panels"][0]["series"]) == 5
 
 
 @pytest.mark.parametrize("text,line,key", [
