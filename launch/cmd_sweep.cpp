@@ -441,9 +441,19 @@ class Sweep {
         const std::string text = trim(r.out);
         j = json::parse(text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n')));
       } catch (const json::exception&) {
+      }
+      // A generate that prints something else (another version, a wrapper's
+      // banner) fails the point, not the sweep.
+      const char* missing = nullptr;
+      for (const char* key : {"ttft_ms", "prefill_ms", "decode_ms", "peak_rss_mb_per_rank", "mesh",
+                              "layouts", "predicted"})
+        if (!missing && !(j.is_object() && j.contains(key))) missing = key;
+      if (missing) {
         write_log(p, i, argv, r);
         record["log"] = fmt::format("logs/{}.log", p.hash);
-        return finish({"failed", "generate printed no JSON object on its last line"});
+        return finish({"failed", fmt::format("generate's last output line is not its --json "
+                                             "object (no '{}')",
+                                             missing)});
       }
       reps.push_back(std::move(j));
     }

@@ -46,7 +46,7 @@ METRIC_NUMBERS = (
     "decode_mfu", "prefill_mbu", "decode_mbu", "prefill_cost_chip_ms_per_token",
     "decode_cost_chip_ms_per_token", "tokens_per_forward_prefill", "tokens_per_forward_decode")
 PROVENANCE = ("sweep_command", "command", "git_commit", "git_dirty", "host", "cpu", "hardware",
-              "versions", "blas")
+              "versions", "blas", "load_average")
 
 
 class SchemaError(ValueError):

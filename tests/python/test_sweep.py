@@ -183,6 +183,7 @@ case $batch in
   1) echo "shardlm: error: rank 0: injected failure" >&2; exit 1 ;;
   2) kill -9 $$ ;;
   3) echo $$ > "{pid_file}"; exec sleep 60 ;;
+  5) echo "not the JSON of generate"; exit 0 ;;
   *) shift 2; exec mpirun -n 1 "$@" ;;
 esac
 """
@@ -210,18 +211,21 @@ def gone(pid):
 
 
 def test_failure_statuses(shardlm, models, tmp_path):
-    exp = fake_experiment(tmp_path, models.get("tiny"), "[1, 2, 3]", timeout_s=1.5)
+    exp = fake_experiment(tmp_path, models.get("tiny"), "[1, 2, 3, 5]", timeout_s=1.5)
     out = tmp_path / "out"
     start = time.monotonic()
     p = sweep(shardlm, "sweep", exp, "--out", out)
     assert time.monotonic() - start < 15
     recs = records(out)
-    assert [r["status"] for r in recs] == ["failed", "oom", "timeout"], p.stderr
+    assert [r["status"] for r in recs] == ["failed", "oom", "timeout", "failed"], p.stderr
     assert recs[0]["error"] == "rank 0: injected failure (exit 1)"
     assert "out-of-memory killer" in recs[1]["error"]
     assert "timeout_s 1.5" in recs[2]["error"]
     assert gone(int((tmp_path / "sleeper.pid").read_text()))  # the timed-out job was ended
-    assert "1 failed, 1 timeout, 1 oom" in p.stdout, p.stdout
+    assert "not its --json object" in recs[3]["error"]
+    assert "2 failed, 1 timeout, 1 oom" in p.stdout, p.stdout
+    for r in recs:  # each failure keeps the job's output
+        assert "## stderr" in (out / r["log"]).read_text()
 
 
 def test_ctrl_c_leaves_whole_lines_and_resume_finishes(shardlm, models, tmp_path):
