@@ -167,10 +167,13 @@ json predicted_summary(double value) {
 
 // Roofline memory time of a phase (bytes each chip must read / its bandwidth)
 // over a phase time: the fraction of the spec's bandwidth that time implies.
+// The breakdown's phase totals run every layer of every stage in turn; a chip
+// reads only its own stage's layers, so pipelines divide by their depth.
 double bandwidth_utilisation(const json& phase, double seconds) {
   if (phase.is_null() || seconds <= 0) return 0;
   const json& b = phase["breakdown"];
-  return (b["weight_load_s"].get<double>() + b["kv_load_s"].get<double>()) / seconds;
+  const double stages = double(phase.value("pp", 1));
+  return (b["weight_load_s"].get<double>() + b["kv_load_s"].get<double>()) / stages / seconds;
 }
 
 // Metrics a point's report is drawn from; the same keys for measured and

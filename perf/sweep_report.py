@@ -89,7 +89,8 @@ def log_if_wide(ax, axis, values):
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         # Plain numbers at 1, 2, 5 x 10^k read better than 10^k with exponents.
         target = ax.xaxis if axis == "x" else ax.yaxis
-        target.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        subs = (1.0,) if max(vals) / min(vals) > 300 else (1.0, 2.0, 5.0)  # room for labels
+        target.set_major_locator(ticker.LogLocator(base=10, subs=subs))
         target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         target.set_minor_formatter(ticker.NullFormatter())
 
@@ -333,14 +334,38 @@ def fig_percentiles(figs, ok, predicted):
                   "repetition (ITL)."), legend_on_top=True)
 
 
-def fmt(v, digits=3):
+def fmt(v):
     if v is None:
         return "-"
     if isinstance(v, float):
-        if v == 0:
+        a = abs(v)
+        if a == 0:
             return "0"
-        return f"{v:.{digits}g}" if abs(v) < 1e5 else f"{v:.3e}"
+        if a >= 1e7 or a < 1e-3:
+            return f"{v:.3e}"
+        return f"{v:.0f}" if a >= 100 else f"{v:.3g}"
     return str(v)
+
+
+def ran_as(rec):
+    """'4x4x4 pp2, wg-xy+heads / 2d+batch': the mesh and layouts that ran."""
+    run = rec.get("run")
+    if not run:
+        return "-"
+    m = run["mesh"]
+    lay = run["layouts"]
+    pp = f" pp{m['pp']}" if m["pp"] > 1 else ""
+    return (f"{m['x']}x{m['y']}x{m['z']}{pp}, {lay['prefill']['ffn']}+{lay['prefill']['attn']} / "
+            f"{lay['decode']['ffn']}+{lay['decode']['attn']}")
+
+
+def load_line(records):
+    """How busy the machine was: other work skews measured times."""
+    loads = [r["provenance"]["load_average"][0] for r in records if r["provenance"]["load_average"]]
+    if not loads:
+        return "- machine load: unknown"
+    return (f"- machine load (1-minute load average at each point's start): {min(loads):.1f} to "
+            f"{max(loads):.1f}")
 
 
 def md_table(header, rows):
@@ -390,6 +415,7 @@ def report(out_dir: Path):
         f"{fmt(prov['hardware']['memory_bandwidth_per_chip'])} B/s per chip",
         f"- git commit {prov['git_commit'][:12]}{' (with local changes)' if prov['git_dirty'] else ''}"
         f", host {prov['host']}, {prov['cpu']}",
+        load_line(records),
         f"- BLAS / backend: {prov['blas']}; MPI: {prov['versions'].get('mpi')}; compiler "
         f"{prov['versions'].get('compiler')}; oneDNN {prov['versions'].get('onednn')}",
         f"- swept with: `{' '.join(prov['sweep_command'])}`; redraw with "
@@ -429,7 +455,7 @@ def report(out_dir: Path):
         lines += [md_table(["objective", P + "value", "configuration"], rows), ""]
 
         lines += ["## Every point", ""]
-        header = ["configuration", "TTFT ms", "ITL ms mean / p50 / p99", "e2e ms",
+        header = ["configuration", "ran as: mesh, prefill / decode layouts", "TTFT ms", "ITL ms mean / p50 / p99", "e2e ms",
                   "prefill tok/s", "decode tok/s", "MFU prefill / decode %", "MBU decode %",
                   "peak MB/rank", "prefill ms pred / meas", "decode ms pred / meas"]
         rows = []
@@ -439,7 +465,7 @@ def report(out_dir: Path):
             pr = r.get("predicted")
             pred = lambda ph: fmt(1e3 * pr[ph]["latency_s"]) if pr else "-"
             rows.append([
-                r["_name"], fmt(m["ttft_ms"]["mean"]),
+                r["_name"], ran_as(r), fmt(m["ttft_ms"]["mean"]),
                 " / ".join(fmt(itl.get(q)) for q in ("mean", "p50", "p99")), fmt(m["e2e_ms"]["mean"]),
                 fmt(m["prefill_tokens_per_s"]), fmt(m["decode_tokens_per_s"]),
                 f"{fmt(100 * m['prefill_mfu'])} / {fmt(100 * m['decode_mfu'])}",
@@ -447,8 +473,8 @@ def report(out_dir: Path):
                 f"{pred('prefill')} / {'-' if predicted else fmt(m['prefill_ms'])}",
                 f"{pred('decode')} / {'-' if predicted else fmt(m['decode_ms'])}",
             ])
-        lines += [(f"All numbers *predicted*. " if predicted else "") +
-                  "Layouts that ran (resolved from `auto`) are in each record's `run` field.", "",
+        lines += [("All numbers *predicted*. " if predicted else "") +
+                  "Mesh and layouts as they ran (`auto` resolved by the planner).", "",
                   md_table(header, rows), ""]
     lines += ["## Failed points", ""]
     if bad:
@@ -461,9 +487,11 @@ def report(out_dir: Path):
         "- TTFT: start of prefill to the first tokens sampled; ITL: one decode step (all "
         "sequences); e2e: TTFT + decode time. Percentiles interpolate linearly between order "
         "statistics (TTFT over repetitions, ITL over every decode step of every repetition).",
-        "- MFU = 2 N x tokens / (chips x peak FLOP/s x phase time), N the parameters the paper "
-        "counts; MBU = the cost model's bytes each chip must read in the phase / (its bandwidth "
-        "x phase time). Peaks are the hardware spec's.",
+        "- MFU = 2 N x tokens / (chips x peak FLOP/s x phase time), N every parameter as the "
+        "paper counts them (embeddings and LM head included: for a small model with a large "
+        "vocabulary that is more than prefill computes, as the head runs on the last position "
+        "only, so MFU can pass 100%); MBU = the cost model's bytes each chip must read in the "
+        "phase / (its bandwidth x phase time). Peaks are the hardware spec's.",
         "- cost = chips x phase time / tokens of the phase (chip-ms per token).",
         "- statuses: ok; failed (the job exited with an error); timeout (timeout_s passed); oom "
         "(out of memory, or predicted not to fit); invalid (the configuration cannot run as "
