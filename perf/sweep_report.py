@@ -27,7 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_schema  # noqa: E402
 
-import matplotlib  # noqa: E402
+try:
+    import matplotlib
+except ImportError:
+    print(f"shardlm: error: matplotlib is not installed for {sys.executable} (pip install "
+          "matplotlib; scripts/install_deps.sh does)", file=sys.stderr)
+    sys.exit(1)
 
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, searchable SVGs
