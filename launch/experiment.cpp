@@ -60,11 +60,18 @@ const GridKey* grid_key(const std::string& name) {
   return nullptr;
 }
 
-std::string known_grid_keys() {
+std::string known_grid_keys(bool shorthands) {
   std::vector<std::string> names;
   for (const GridKey& k : kGridKeys) names.push_back(k.name);
-  for (const Shorthand& s : kShorthands) names.push_back(s.name);
+  if (shorthands)
+    for (const Shorthand& s : kShorthands) names.push_back(s.name);
   return fmt::format("{}", fmt::join(names, ", "));
+}
+
+const Shorthand* shorthand(const std::string& name) {
+  for (const Shorthand& s : kShorthands)
+    if (name == s.name) return &s;
+  return nullptr;
 }
 
 std::string position(const std::string& file, const YAML::Node& node) {
@@ -203,8 +210,8 @@ Rule parse_rule(const std::string& text, const std::string& where) {
   r.op.erase(std::remove(r.op.begin(), r.op.end(), ' '), r.op.end());
   const GridKey* k = grid_key(r.left);
   if (!k)
-    throw DataError(
-        fmt::format("{}: '{}' is not a grid key (known: {})", where, r.left, known_grid_keys()));
+    throw DataError(fmt::format("{}: '{}' is not a grid key (known: {})", where, r.left,
+                                known_grid_keys(false)));
   if (grid_key(m[3]))
     r.right_key = m[3];
   else
@@ -309,27 +316,32 @@ Experiment Experiment::load(const std::string& file, bool dry_run) {
   }
   grid.reject_unknown();
 
-  // exclude: [{KEY: value or [values], ...}, ...] drops points matching every key of one entry.
-  std::vector<std::pair<std::string, std::map<std::string, std::vector<json>>>> excludes;
+  // exclude: [{KEY: value or [values], ...}, ...] drops points matching every
+  // key of one entry; a shorthand (ffn, attn) must match in both phases.
+  std::vector<std::map<std::string, std::vector<json>>> excludes;
   if (top.has("exclude")) {
     const YAML::Node list = top.node("exclude");
     if (!list.IsSequence())
       throw DataError(fmt::format("{}: expected a list of maps", top.where("exclude")));
     for (size_t i = 0; i < list.size(); ++i) {
-      const std::string at = fmt::format("{}: key 'exclude[{}]'", position(file, list[i]), i);
       if (!list[i].IsMap() || list[i].size() == 0)
-        throw DataError(fmt::format("{}: expected a map of grid keys to values", at));
+        throw DataError(fmt::format("{}: key 'exclude[{}]': expected a map of grid keys to values",
+                                    position(file, list[i]), i));
       const YamlFields entry(list[i], file, fmt::format("exclude[{}].", i));
       std::map<std::string, std::vector<json>> match;
       for (const auto& kv : list[i]) {
         const std::string key = kv.first.Scalar();
-        const GridKey* k = grid_key(key);
+        const Shorthand* sh = shorthand(key);
+        const GridKey* k = sh ? grid_key(sh->prefill) : grid_key(key);
         if (!k)
           throw DataError(fmt::format("{}: '{}' is not a grid key (known: {})", entry.where(key),
-                                      key, known_grid_keys()));
-        match[key] = grid_values(entry, key, fmt::format("exclude[{}].{}", i, key), k->kind);
+                                      key, known_grid_keys(true)));
+        const auto values = grid_values(entry, key, fmt::format("exclude[{}].{}", i, key), k->kind);
+        for (const std::string& target :
+             sh ? std::vector<std::string>{sh->prefill, sh->decode} : std::vector<std::string>{key})
+          match[target] = values;
       }
-      excludes.push_back({at, match});
+      excludes.push_back(match);
     }
   }
   std::vector<Rule> rules;
@@ -375,7 +387,7 @@ Experiment Experiment::load(const std::string& file, bool dry_run) {
       resolved["chips"] = chips;
     }
     bool drop = false;
-    for (const auto& [at, match] : excludes) {
+    for (const auto& match : excludes) {
       bool all = true;
       for (const auto& [key, values] : match)
         all = all && std::find(values.begin(), values.end(), resolved[key]) != values.end();
