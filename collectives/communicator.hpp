@@ -5,6 +5,7 @@
 // the mesh axes the group spans. MPI on CPU ranks, NCCL on GPUs; the
 // interface is the same. Element type float unless the call says bytes.
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 namespace shardlm {
@@ -36,6 +37,10 @@ class Communicator {
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void send(const void* data, size_t bytes, int to) = 0;
   virtual void recv(void* data, size_t bytes, int from) = 0;
+  // Starts a send and returns at once; the data must stay unchanged until
+  // the returned function, which waits for the send to finish, has been
+  // called. Pipeline stages overlap their boundary sends with compute.
+  virtual std::function<void()> isend(const void* data, size_t bytes, int to) = 0;
   virtual void barrier() = 0;
 };
 

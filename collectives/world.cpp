@@ -109,6 +109,12 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Recv(data, checked_count(bytes), MPI_BYTE, from, 0, comm_, MPI_STATUS_IGNORE),
           "MPI_Recv");
   }
+  std::function<void()> isend(const void* data, size_t bytes, int to) override {
+    auto request = std::make_shared<MPI_Request>();
+    check(MPI_Isend(data, checked_count(bytes), MPI_BYTE, to, 0, comm_, request.get()),
+          "MPI_Isend");
+    return [this, request] { check(MPI_Wait(request.get(), MPI_STATUS_IGNORE), "MPI_Wait"); };
+  }
   void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
  private:
@@ -149,6 +155,9 @@ class SelfCommunicator final : public Communicator {
     throw std::logic_error("send within a group of one");
   }
   void recv(void*, size_t, int) override { throw std::logic_error("recv within a group of one"); }
+  std::function<void()> isend(const void*, size_t, int) override {
+    throw std::logic_error("send within a group of one");
+  }
   void barrier() override {}
 
  private:
@@ -157,15 +166,16 @@ class SelfCommunicator final : public Communicator {
   }
 };
 
-int g_signal_rank = 0;
+// The rank's label, copied where a signal handler may read it.
+char g_signal_label[64] = "rank 0";
 
 // A crashing rank must take the job down with it rather than leave the
 // others waiting in a collective forever.
 void abort_on_signal(int signal) {
-  char message[96];
+  char message[160];
   const int length =
-      std::snprintf(message, sizeof message, "shardlm: error: rank %d: fatal signal %d (%s)\n",
-                    g_signal_rank, signal, strsignal(signal));
+      std::snprintf(message, sizeof message, "shardlm: error: %s: fatal signal %d (%s)\n",
+                    g_signal_label, signal, strsignal(signal));
   if (length > 0) (void)!::write(STDERR_FILENO, message, size_t(length));
   MPI_Abort(MPI_COMM_WORLD, 1);
   std::_Exit(1);
@@ -192,9 +202,14 @@ World::World() {
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   // Errors come back as codes, and become exceptions naming the call.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  g_signal_rank = rank_;
+  set_label(fmt::format("rank {}", rank_));
   if (size_ > 1)
     for (int s : {SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL}) std::signal(s, abort_on_signal);
+}
+
+void World::set_label(std::string label) {
+  label_ = std::move(label);
+  std::snprintf(g_signal_label, sizeof g_signal_label, "%s", label_.c_str());
 }
 
 World& World::get() {

@@ -28,6 +28,10 @@ class World {
   Communicator& group(const std::vector<int>& ranks);
   Communicator& all();
 
+  // How messages name this rank: "rank R", or with a pipeline "rank R (stage S)".
+  const std::string& label() const { return label_; }
+  void set_label(std::string label);
+
   // Ends the whole job: MPI_Abort when several ranks run, exit otherwise.
   [[noreturn]] void abort(int exit_code);
   // MPI_Finalize when MPI was initialized; called at normal exit.
@@ -38,6 +42,7 @@ class World {
   int rank_ = 0;
   int size_ = 1;
   bool mpi_ = false;
+  std::string label_ = "rank 0";
   std::map<std::vector<int>, std::unique_ptr<Communicator>> groups_;
 };
 

@@ -171,9 +171,9 @@ void run_bench(const BenchOptions& o) {
   const ModelConfig config = ModelConfig::load(o.model);
   const int64_t longest = *std::max_element(o.prompt.begin(), o.prompt.end()) +
                           *std::max_element(o.gen.begin(), o.gen.end());
-  if (longest > config.max_position_embeddings)
+  if (longest > config.context_length())
     throw UsageError(fmt::format("p + n = {} exceeds the model's context length {}", longest,
-                                 config.max_position_embeddings));
+                                 config.context_length()));
   const FfnLayout ffn = parse_flag("--ffn-layout", o.ffn, parse_ffn_layout);
   const AttnLayout attn = parse_flag("--attn-layout", o.attn, parse_attn_layout);
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
@@ -205,7 +205,8 @@ void run_bench(const BenchOptions& o) {
   std::vector<Row> rows;
   for (size_t wi = 0; wi < o.weights.size(); ++wi) {
     std::unique_ptr<Backend> backend = make_cpu_backend({all_cores, weight_dtypes[wi]});
-    ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx);
+    ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx,
+                                              {0, config.num_layers, true, true});
     const double stored_bytes = sum_over_ranks(world, weight_bytes(weights));
     const std::string weights_name =
         weight_dtypes[wi]

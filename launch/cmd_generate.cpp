@@ -2,12 +2,14 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <tuple>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -15,7 +17,9 @@
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/layout_choice.hpp"
+#include "launch/prompt_text.hpp"
 #include "models/model_weights.hpp"
+#include "models/tokenizer.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/npy.hpp"
@@ -26,6 +30,11 @@ namespace {
 
 struct GenerateOptions {
   std::string model, prompt_ids, prompt_ids_file, dump_logits, dump_step_logits;
+  std::vector<std::string> prompts;  // --prompt, text
+  std::string prompt_file;
+  std::optional<bool> stream;  // unset: stream when stdout is a terminal
+  bool stream_flag = false, no_stream_flag = false;
+  bool ignore_eos = false;
   int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0, warmup = 0;
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
@@ -34,6 +43,9 @@ struct GenerateOptions {
   std::string mesh, weights;
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false};
   std::string plan = "pinned";
+  int pp = 1, micro_batches = 0;
+  bool pp_given = false;
+  std::string pp_layers;
 };
 
 // Token ids separated by commas and/or whitespace. `where` names the flag or
@@ -74,6 +86,18 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   return ids;
 }
 
+// One prompt is repeated --batch times; several set the batch themselves.
+template <typename Prompt>
+void apply_batch(std::vector<Prompt>& prompts, const GenerateOptions& o, bool batch_given,
+                 const std::string& source) {
+  if (prompts.size() == 1) {
+    prompts.resize(size_t(o.batch), prompts[0]);
+  } else if (batch_given && size_t(o.batch) != prompts.size()) {
+    throw UsageError(fmt::format("--batch {} disagrees with the {} prompts in {}", o.batch,
+                                 prompts.size(), source));
+  }
+}
+
 std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool batch_given) {
   std::vector<std::vector<int32_t>> prompts;
   if (!o.prompt_ids.empty()) {
@@ -89,28 +113,45 @@ std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool ba
     }
     if (prompts.empty()) throw DataError(fmt::format("{}: holds no prompt", o.prompt_ids_file));
   }
-  if (prompts.size() == 1) {
-    prompts.resize(size_t(o.batch), prompts[0]);
-  } else if (batch_given && size_t(o.batch) != prompts.size()) {
-    throw UsageError(fmt::format("--batch {} disagrees with the {} prompts in {}", o.batch,
-                                 prompts.size(), o.prompt_ids_file));
-  }
+  apply_batch(prompts, o, batch_given, o.prompt_ids_file);
   return prompts;
 }
 
-// Test hook: SHARDLM_FAULT=RANK:throw|segv|abort makes that rank fail after
-// loading, while the others go on into the first collective; the job must
-// still end promptly with the failing rank's message.
-void inject_fault(int rank) {
+// Test hook: SHARDLM_FAULT=RANK:throw|segv|abort[:prefill|decode:N] makes that
+// rank fail after loading (or when it starts prefill micro-batch N, or decode
+// step N), while the others go on into their next collective or stage
+// message; the job must still end promptly with the failing rank's message.
+struct FaultSpec {
+  int rank = -1;
+  std::string kind, phase;
+  int64_t step = 0;
+};
+
+FaultSpec fault_spec() {
   const char* spec = std::getenv("SHARDLM_FAULT");
-  if (!spec) return;
-  const std::string text = spec;
-  const size_t colon = text.find(':');
-  if (colon == std::string::npos || std::stoi(text.substr(0, colon)) != rank) return;
-  const std::string kind = text.substr(colon + 1);
-  if (kind == "throw") throw std::runtime_error(fmt::format("injected fault on rank {}", rank));
-  if (kind == "abort") std::abort();
-  if (kind == "segv") std::raise(SIGSEGV);
+  if (!spec) return {};
+  std::vector<std::string> parts;
+  std::string text = spec;
+  for (size_t begin = 0;;) {
+    const size_t colon = text.find(':', begin);
+    parts.push_back(text.substr(begin, colon - begin));
+    if (colon == std::string::npos) break;
+    begin = colon + 1;
+  }
+  FaultSpec f;
+  f.rank = std::stoi(parts.at(0));
+  f.kind = parts.at(1);
+  if (parts.size() > 3) {
+    f.phase = parts[2];
+    f.step = std::stoll(parts[3]);
+  }
+  return f;
+}
+
+void fail_now(const FaultSpec& f, int rank) {
+  if (f.kind == "throw") throw std::runtime_error(fmt::format("injected fault on rank {}", rank));
+  if (f.kind == "abort") std::abort();
+  if (f.kind == "segv") std::raise(SIGSEGV);
 }
 
 // Peak resident memory of every rank, in MiB, on every rank.
@@ -129,11 +170,30 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         fmt::format("--temperature must be a finite number >= 0, got {}", o.temperature));
   if (!(o.top_p > 0 && o.top_p <= 1))
     throw UsageError(fmt::format("--top-p must be in (0, 1], got {}", o.top_p));
-  const std::vector<std::vector<int32_t>> prompts = read_prompts(o, batch_given);
+  // Text prompts go through the model's tokenizer; the prompt file and the
+  // tokenizer are checked before any weight is read.
+  const bool text_mode = !o.prompts.empty() || !o.prompt_file.empty();
+  std::optional<Tokenizer> tokenizer;
+  std::vector<TextPrompt> texts;
+  std::vector<std::vector<int32_t>> prompts;
+  if (text_mode) {
+    texts = read_text_prompts(o.prompts, o.prompt_file);
+    tokenizer.emplace(Tokenizer::load(o.model));
+    for (const TextPrompt& t : texts) prompts.push_back(encode_prompt(*tokenizer, t));
+    apply_batch(texts, o, batch_given, o.prompt_file.empty() ? "--prompt" : o.prompt_file);
+    apply_batch(prompts, o, batch_given, o.prompt_file.empty() ? "--prompt" : o.prompt_file);
+  } else {
+    prompts = read_prompts(o, batch_given);
+  }
+  if (o.stream.value_or(false) && (!text_mode || prompts.size() != 1 || o.json))
+    throw UsageError("--stream needs one text prompt (--prompt or --prompt-file) and no --json");
 
   World& world = World::get();
-  const Mesh mesh = mesh_flag(o.mesh, world.size());
-  ParallelContext ctx(world, mesh);
+  if (world.size() % o.pp != 0)
+    throw UsageError(fmt::format("--pp {} does not divide the job's {} ranks (mpirun -n {})", o.pp,
+                                 world.size(), world.size()));
+  Mesh mesh = mesh_flag(o.mesh, world.size() / o.pp);
+  mesh.pp = o.pp;
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
@@ -142,32 +202,109 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
-  const LayoutChoice choice = choose_layouts(o.layouts, config, mesh, workload, weights_name);
+  const bool mesh_pinned = !o.mesh.empty() || o.pp_given;
+  LayoutChoice choice =
+      choose_layouts(o.layouts, config, mesh, mesh_pinned, workload, weights_name);
+  mesh = choice.decode.mesh;
+  if (mesh.pp > config.num_layers)
+    throw UsageError(fmt::format("--pp {}: more pipeline stages than the model's {} layers",
+                                 mesh.pp, config.num_layers));
+  ParallelContext ctx(world, mesh);
+  const StageSplit split = choose_stage_split(o.pp_layers, config, choice, workload);
+  const StageInfo stage = StageInfo::of(ctx, split);
+  if (mesh.pp > 1) world.set_label(fmt::format("rank {} (stage {})", world.rank(), stage.stage));
+  // Micro-batches: as given, else one per stage (more when the planner wants
+  // more for memory); a lone pipeline stage runs the batch whole.
+  int micro_batches = o.micro_batches;
+  if (micro_batches == 0 && mesh.pp > 1) {
+    micro_batches = mesh.pp;
+    if (choice.hardware)
+      micro_batches = int(std::max<int64_t>(
+          micro_batches, estimate_phase(ModelSpec::from_config(config, "model"), *choice.hardware,
+                                        workload, Phase::kDecode, choice.decode)
+                             .micro_batches));
+  }
+  {
+    std::vector<int64_t> lengths;
+    for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
+    choice.prefill.micro_batches =
+        int64_t(prefill_micro_batches(lengths, std::max(micro_batches, 1)).size());
+    choice.decode.micro_batches =
+        int64_t(decode_groups(int(prompts.size()), std::max(micro_batches, 1)).size());
+  }
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
   const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
   const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
   const Checkpoint checkpoint(o.model);
   std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, weight_dtype});
+  const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
+                        stage.is_first(), stage.is_last()};
   Engine engine(*backend, ctx, config, prefill, decode,
-                load_model_weights(checkpoint, config, *backend, decode, ctx));
+                load_model_weights(checkpoint, config, *backend, decode, ctx, part), stage);
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
-  inject_fault(world.rank());
+  const FaultSpec fault = fault_spec();
+  if (fault.rank == world.rank() && fault.phase.empty()) fail_now(fault, world.rank());
+  // The first stage holds the results, and its ranks all the same ones.
+  const bool prints = stage.is_first() && (world.is_root() || o.verbose);
+  if (prints && !o.json) {
+    fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
+               double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
+               backend->describe(), load_s);
+    fmt::print("{} rank{}, mesh {}; prefill {} / {} attention, decode {} / {} attention{}\n",
+               world.size(), world.size() > 1 ? "s" : "", mesh.str(), name(prefill.ffn),
+               name(prefill.attn), name(decode.ffn), name(decode.attn),
+               o.layouts.plan_auto ? " (chosen by the planner)" : "");
+    if (!choice.why.empty()) fmt::print("planner: {}\n", choice.why);
+  }
   GenerationRequest request;
+  request.micro_batches = micro_batches;
+  if (fault.rank == world.rank() && !fault.phase.empty())
+    request.on_micro_batch = [fault, &world](Phase phase, int64_t step) {
+      if (step == fault.step && fault.phase == (phase == Phase::kPrefill ? "prefill" : "decode"))
+        fail_now(fault, world.rank());
+    };
   request.prompts = prompts;
   request.max_new_tokens = o.max_new_tokens;
   request.sampling = {o.temperature, o.top_k, o.top_p, o.seed};
   request.stop_ids = o.stop_ids;
+  // Text generation ends at the tokenizer's end-of-sequence tokens, as other
+  // servers do; ids in, ids out keeps only the --stop-ids asked for.
+  if (tokenizer && !o.ignore_eos)
+    request.stop_ids.insert(request.stop_ids.end(), tokenizer->eos_ids().begin(),
+                            tokenizer->eos_ids().end());
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
   // Untimed runs first, so the timed one measures warm kernels (oneDNN
   // primitives, page faults) rather than a cold process; sweeps use it.
   for (int i = 0; i < o.warmup; ++i) engine.generate(request);
+  // On a terminal the continuation appears as it is generated. Special
+  // tokens (EOS) are not shown; ids beyond the tokenizer's vocabulary (a
+  // model's padded embedding rows) read as nothing, as in Hugging Face.
+  const bool streaming = tokenizer && world.is_root() && !o.json && prompts.size() == 1 &&
+                         o.stream.value_or(isatty(STDOUT_FILENO) == 1);
+  std::optional<TextStream> stream;
+  if (streaming) {
+    stream.emplace(*tokenizer, true, true);
+    fmt::print("{}", texts[0].text);
+    std::fflush(stdout);
+    request.on_token = [&](int, int32_t token) {
+      const std::string piece = stream->push(token);
+      if (piece.empty()) return;
+      fmt::print("{}", piece);
+      std::fflush(stdout);
+    };
+  }
   const GenerationResult r = engine.generate(request);
+  if (stream) fmt::print("{}\n", stream->finish());
   const std::vector<float> peak_rss_mb = peak_rss_mb_per_rank(world);
-  if (!world.is_root() && !o.verbose) return;  // every rank holds the same result
+  // Each stage's busy time, from its first rank, for the measured bubble.
+  std::vector<float> busy(size_t(2 * world.size()));
+  const float mine[2] = {float(r.prefill_busy_s), float(r.decode_busy_s)};
+  world.all().all_gather(mine, busy.data(), 2);
+  if (!prints) return;
 
   if (!o.dump_logits.empty())
     write_npy_f32(o.dump_logits, r.prompt_logits.data(),
@@ -185,8 +322,29 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
   std::vector<double> step_ms;  // each decode step, for ITL percentiles in sweeps
   for (double s : r.step_s) step_ms.push_back(s * 1e3);
+  // The pipeline: per stage, its busy time in each phase (first rank of the
+  // stage) and the bubble, 1 - busy / phase time, beside the prediction.
+  nlohmann::json pipeline = {{"pp", mesh.pp},
+                             {"layers_per_stage", split.layers},
+                             {"micro_batches",
+                              {{"prefill", r.prefill_micro_batches},
+                               {"decode", r.decode_micro_batches}}}};
+  for (const auto& [phase_name, index, phase_s] :
+       {std::tuple{"prefill", 0, r.prefill_s}, std::tuple{"decode", 1, r.decode_s}}) {
+    std::vector<double> stage_busy;
+    double bubble = 0;
+    for (int s = 0; s < mesh.pp; ++s) {
+      const double b = busy[size_t(2 * ctx.rank_in_stage(s) + index)];
+      stage_busy.push_back(b * 1e3);
+      bubble += phase_s > 0 ? std::max(0.0, 1.0 - b / phase_s) / mesh.pp : 0.0;
+    }
+    pipeline["measured"]["stage_busy_ms"][phase_name] = stage_busy;
+    pipeline["measured"]["bubble"][phase_name] = bubble;
+    if (!predicted.is_null())
+      pipeline["predicted_bubble"][phase_name] = predicted[phase_name]["pipeline_bubble"];
+  }
   if (o.json) {
-    const nlohmann::json out = {
+    nlohmann::json out = {
         {"generated_ids", r.generated},
         {"ttft_ms", r.ttft_s * 1e3},
         {"itl_ms", itl_ms},
@@ -203,26 +361,45 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"backend", backend->describe()},
         {"ranks", world.size()},
         {"peak_rss_mb_per_rank", peak_rss_mb},
-        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
+        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}, {"pp", mesh.pp}}},
+        {"pp", mesh.pp},
+        {"micro_batches", micro_batches},
+        {"pipeline", pipeline},
         {"layouts",
          {{"prefill", {{"ffn", name(prefill.ffn)}, {"attn", name(prefill.attn)}}},
           {"decode", {{"ffn", name(decode.ffn)}, {"attn", name(decode.attn)}}}}},
         {"plan", o.layouts.plan_auto ? "auto" : "pinned"},
         {"predicted", predicted},
     };
+    if (tokenizer) {
+      out["prompt_ids"] = prompts;
+      std::vector<std::string> text;
+      for (const auto& ids : r.generated) text.push_back(tokenizer->decode(ids, true, true));
+      out["text"] = text;
+    }
     fmt::print("{}\n", out.dump());
     return;
   }
-  fmt::print("model {}: {:.1f}M params, {} weights, {} layers; {}; loaded in {:.2f} s\n", o.model,
-             double(config.num_params()) / 1e6, config.torch_dtype, config.num_layers,
-             backend->describe(), load_s);
-  fmt::print("{} rank{}, mesh {}; prefill {} / {} attention, decode {} / {} attention{}\n",
-             world.size(), world.size() > 1 ? "s" : "", mesh.str(), name(prefill.ffn),
-             name(prefill.attn), name(decode.ffn), name(decode.attn),
-             o.layouts.plan_auto ? " (chosen by the planner)" : "");
-  if (!choice.why.empty()) fmt::print("planner: {}\n", choice.why);
-  for (size_t s = 0; s < r.generated.size(); ++s)
-    fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
+  if (mesh.pp > 1)
+    fmt::print(
+        "pipeline: {} stages of {} layers; {} prefill / {} decode micro-batches; bubble "
+        "measured {:.0f}% / {:.0f}%{}\n",
+        mesh.pp, split.str(), r.prefill_micro_batches, r.decode_micro_batches,
+        100 * pipeline["measured"]["bubble"]["prefill"].get<double>(),
+        100 * pipeline["measured"]["bubble"]["decode"].get<double>(),
+        predicted.is_null()
+            ? ""
+            : fmt::format(", predicted {:.0f}% / {:.0f}%",
+                          100 * predicted["prefill"]["pipeline_bubble"].get<double>(),
+                          100 * predicted["decode"]["pipeline_bubble"].get<double>()));
+  if (tokenizer && !stream) {
+    for (size_t s = 0; s < r.generated.size(); ++s)
+      fmt::print("sequence {}: {}{}\n", s, texts[s].text,
+                 tokenizer->decode(r.generated[s], true, true));
+  } else if (!tokenizer) {
+    for (size_t s = 0; s < r.generated.size(); ++s)
+      fmt::print("sequence {}: {}\n", s, fmt::join(r.generated[s], " "));
+  }
   fmt::print("peak resident memory per rank (MiB): {:.0f}\n", fmt::join(peak_rss_mb, " "));
   fmt::print("prefill: {} tokens in {:.1f} ms ({:.1f} tokens/s); time to first token {:.1f} ms\n",
              r.prompt_tokens, r.prefill_s * 1e3, prefill_tps, r.ttft_s * 1e3);
@@ -245,10 +422,25 @@ void add_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "generate tokens from a checkpoint");
   cmd->add_option("--model", o->model, "checkpoint directory (config.json + safetensors)")
       ->required();
+  auto* text = cmd->add_option("--prompt", o->prompts,
+                               "prompt text, encoded with the model's tokenizer.json; repeat the "
+                               "flag for a batch")
+                   ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* text_file =
+      cmd->add_option("--prompt-file", o->prompt_file,
+                      "file of text prompts: one a line, or JSON Lines with a \"prompt\" field");
   auto* ids = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt token ids, e.g. 1,2,3");
   auto* file = cmd->add_option("--prompt-ids-file", o->prompt_ids_file,
                                "file of prompts, one per line, ids separated by commas or spaces");
-  ids->excludes(file);
+  for (CLI::Option* a : {text, text_file, ids, file})
+    for (CLI::Option* b : {text, text_file, ids, file})
+      if (a != b) a->excludes(b);
+  cmd->add_flag("--stream", o->stream_flag,
+                "print the continuation as it is generated (default: when stdout is a terminal)");
+  cmd->add_flag("--no-stream", o->no_stream_flag, "print the text once generation has ended")
+      ->excludes("--stream");
+  cmd->add_flag("--ignore-eos", o->ignore_eos,
+                "with text prompts, do not stop at the tokenizer's end-of-sequence tokens");
   cmd->add_option("--batch", o->batch, "sequences per batch (a single prompt is repeated)")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate per sequence")
@@ -274,7 +466,16 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
   cmd->add_option("--mesh", o->mesh,
-                  "tensor-parallel mesh X,Y,Z with X*Y*Z = ranks (default: X near sqrt(ranks)/2)");
+                  "tensor-parallel mesh X,Y,Z of each pipeline stage, X*Y*Z*pp = ranks (default: X "
+                  "near sqrt(ranks/pp)/2)");
+  cmd->add_option("--pp", o->pp, "pipeline stages (the slowest mesh axis)")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option("--pp-layers", o->pp_layers,
+                  "decoder layers per stage, e.g. 7,9 (default: balance the predicted time)");
+  cmd->add_option("--micro-batches", o->micro_batches,
+                  "pipeline micro-batches (default: one per stage, or what the planner needs)")
+      ->check(CLI::Range(1, 1 << 20));
   const std::string ffn_help = "feed-forward layout: 1d, 2d, wg-x, wg-xy or wg-xyz (default 2d)";
   const std::string attn_help = "attention layout: heads or batch (default heads)";
   cmd->add_option("--ffn-layout-prefill", o->layouts.ffn_prefill, ffn_help);
@@ -293,8 +494,12 @@ void add_generate_command(CLI::App& app) {
   cmd->callback([o, cmd] {
     o->layouts.plan_auto = o->plan == "auto";
     o->layouts.hardware_given = cmd->count("--hardware") > 0;
-    if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0)
-      throw UsageError("generate: give --prompt-ids or --prompt-ids-file");
+    o->pp_given = cmd->count("--pp") > 0;
+    if (o->stream_flag) o->stream = true;
+    if (o->no_stream_flag) o->stream = false;
+    if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0 &&
+        cmd->count("--prompt") == 0 && cmd->count("--prompt-file") == 0)
+      throw UsageError("generate: give --prompt, --prompt-file, --prompt-ids or --prompt-ids-file");
     run_generate(*o, cmd->count("--batch") > 0);
   });
 }

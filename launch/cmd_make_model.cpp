@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "launch/commands.hpp"
+#include "models/demo_tokenizer.hpp"
 #include "models/presets.hpp"
 #include "models/random_checkpoint.hpp"
 #include "runtime/errors.hpp"
@@ -41,11 +42,14 @@ void add_make_model_command(CLI::App& app) {
     const auto start = std::chrono::steady_clock::now();
     write_random_checkpoint(config, options->out,
                             {*dtype_from_user(options->dtype), options->seed, options->shards});
+    // A tokenizer beside the weights, so the model takes `generate --prompt` text.
+    write_demo_tokenizer(config, options->out);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    fmt::print("wrote {} ({}, {:.1f}M params, {}, seed {}, {} file{}) in {:.1f} s\n", options->out,
-               options->preset, double(config.num_params()) / 1e6, options->dtype, options->seed,
-               options->shards, options->shards > 1 ? "s" : "", seconds);
+    fmt::print(
+        "wrote {} ({}, {:.1f}M params, {}, seed {}, {} file{}, tokenizer.json) in {:.1f} s\n",
+        options->out, options->preset, double(config.num_params()) / 1e6, options->dtype,
+        options->seed, options->shards, options->shards > 1 ? "s" : "", seconds);
   });
 }
 

@@ -179,20 +179,22 @@ double bandwidth_utilisation(const json& phase, double seconds) {
 // Metrics a point's report is drawn from; the same keys for measured and
 // predicted points (percentiles are null when predicted: the cost model
 // gives one step time at the mean context).
+// `decode_tokens`: what the phase produced (measured: tokens from decode
+// steps, the first token of each sequence coming from prefill; predicted:
+// the planner's batch x gen_len passes).
 json metrics_from_times(const json& cfg, const ModelSpec& model, const HardwareSpec& hw,
-                        const json& predicted, double prefill_s, double decode_s, const json& ttft,
-                        const json& itl, const json& e2e) {
+                        const json& predicted, double prefill_s, double decode_s,
+                        double decode_tokens, const json& ttft, const json& itl, const json& e2e) {
   const double chips = double(cfg["chips"].get<int64_t>());
   const double batch = double(cfg["batch"].get<int64_t>());
   const double prompt_tokens = batch * double(cfg["prompt_len"].get<int64_t>());
-  const double decode_tokens = batch * double(cfg["gen_len"].get<int64_t>());
   const double peak = hw.peak(hw.activation_dtype);
   const double n = double(model.mfu_params());
   auto mfu = [&](double tokens, double s) {
     return s > 0 ? 2 * n * tokens / (chips * peak * s) : 0;
   };
   auto rate = [](double tokens, double s) { return s > 0 ? tokens / s : 0; };
-  auto cost = [&](double tokens, double s) { return chips * s * 1e3 / tokens; };
+  auto cost = [&](double tokens, double s) { return tokens > 0 ? chips * s * 1e3 / tokens : 0; };
   const json no_phase = nullptr;
   const json& pre = predicted.is_null() ? no_phase : predicted["prefill"];
   const json& dec = predicted.is_null() ? no_phase : predicted["decode"];
@@ -251,16 +253,24 @@ Setup plan_point(const json& cfg, const ModelInfo& model, const HardwareSpec& hw
   req.attn_prefill = pin(cfg["attn_prefill"], parse_attn_layout);
   req.attn_decode = pin(cfg["attn_decode"], parse_attn_layout);
   const Plan plan = make_plan(model.spec, hw, req);
+  PhaseCost prefill = plan.prefill.chosen, decode = plan.decode.chosen;
+  if (cfg["micro_batches"] != "auto") {
+    // The planner picks its own micro-batch count; a pinned one is priced
+    // on the layouts it chose.
+    for (PhaseCost* c : {&prefill, &decode}) {
+      PhaseConfig pinned = c->config;
+      pinned.micro_batches = cfg["micro_batches"].get<int64_t>();
+      *c = estimate_phase(model.spec, hw, req.workload, c->phase, pinned);
+      if (!c->problem.empty())
+        throw DataError(fmt::format("{} with micro_batches {}: {}", name(c->phase),
+                                    pinned.micro_batches, c->problem));
+    }
+  }
   s.mesh = plan.mesh;
   s.predicted = {{"hardware", hw.name},
-                 {"prefill", phase_cost_json(plan.prefill.chosen)},
-                 {"decode", phase_cost_json(plan.decode.chosen)}};
-  s.run = run_json(plan.mesh, plan.prefill.chosen.config, plan.decode.chosen.config);
-  if (cfg["micro_batches"] != "auto" &&
-      cfg["micro_batches"].get<int64_t>() != plan.decode.chosen.micro_batches)
-    s.notes.push_back(fmt::format(
-        "micro_batches {} is not priced: the cost model runs {} (as many as pipeline stages)",
-        cfg["micro_batches"].get<int64_t>(), plan.decode.chosen.micro_batches));
+                 {"prefill", phase_cost_json(prefill)},
+                 {"decode", phase_cost_json(decode)}};
+  s.run = run_json(plan.mesh, prefill.config, decode.config);
   s.notes.insert(s.notes.end(), plan.notes.begin(), plan.notes.end());
   return s;
 }
@@ -404,6 +414,7 @@ class Sweep {
       const double decode_s = dec["latency_s"].get<double>();
       const double steps = double(p.config["gen_len"].get<int64_t>());
       json m = metrics_from_times(p.config, model.spec, hw_, setup.predicted, prefill_s, decode_s,
+                                  double(dec["tokens"].get<int64_t>()),
                                   predicted_summary(prefill_s * 1e3),
                                   predicted_summary(decode_s * 1e3 / steps),
                                   predicted_summary((prefill_s + decode_s) * 1e3));
@@ -448,8 +459,8 @@ class Sweep {
       // A generate that prints something else (another version, a wrapper's
       // banner) fails the point, not the sweep.
       const char* missing = nullptr;
-      for (const char* key : {"ttft_ms", "prefill_ms", "decode_ms", "peak_rss_mb_per_rank", "mesh",
-                              "layouts", "predicted"})
+      for (const char* key : {"ttft_ms", "prefill_ms", "decode_ms", "decode_tokens",
+                              "peak_rss_mb_per_rank", "mesh", "layouts", "predicted"})
         if (!missing && !(j.is_object() && j.contains(key))) missing = key;
       if (missing) {
         write_log(p, i, argv, r);
@@ -488,7 +499,8 @@ class Sweep {
          p.config["weights"] == "auto" ? model.weights : p.config["weights"].get<std::string>()}};
     prov["blas"] = last.value("backend", "unknown");
     json m = metrics_from_times(p.config, model.spec, hw_, record["predicted"], mean(prefill),
-                                mean(decode), summary(ttft), summary(steps), summary(e2e));
+                                mean(decode), double(last.value("decode_tokens", 0)), summary(ttft),
+                                summary(steps), summary(e2e));
     m["peak_memory_mb_per_rank"] = rss;
     m["samples"] = {{"ttft_ms", ttft}, {"step_ms", steps}};
     record["metrics"] = m;

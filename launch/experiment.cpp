@@ -439,8 +439,6 @@ Experiment Experiment::load(const std::string& file, bool dry_run) {
     } else if (chips % pp) {
       p.invalid = fmt::format("pp={} does not divide chips={}", pp, chips);
     }
-    if (c["micro_batches"] != "auto" && pp == 1 && c["micro_batches"].get<int64_t>() > 1)
-      p.invalid = "micro_batches > 1 needs pp > 1";
     e.points.push_back(p);
   }
   return e;

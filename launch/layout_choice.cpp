@@ -9,7 +9,7 @@
 
 namespace shardlm {
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
-                            const Workload& workload, const std::string& weights) {
+                            bool mesh_pinned, const Workload& workload, const std::string& weights) {
   LayoutChoice choice;
   const auto ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
@@ -39,7 +39,7 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
   request.workload = workload;
   request.chips = mesh.size();
   request.weights = weights;
-  request.mesh = mesh;
+  if (mesh_pinned) request.mesh = mesh;
   request.ffn_prefill = ffn_prefill;
   request.ffn_decode = ffn_decode;
   request.attn_prefill = attn_prefill;
@@ -49,6 +49,21 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
   choice.decode = plan.decode.chosen.config;
   choice.why = fmt::format("prefill: {}; decode: {}", plan.prefill.why, plan.decode.why);
   return choice;
+}
+
+StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& config,
+                              const LayoutChoice& choice, const Workload& workload) {
+  const int pp = choice.decode.mesh.pp;
+  if (!pp_layers.empty()) return parse_stage_split(pp_layers, pp, config.num_layers);
+  double layer_cost = double(config.params_per_layer());
+  double head_cost = double(config.vocab_size * config.hidden_size + config.hidden_size);
+  if (choice.hardware) {
+    const PhaseCost cost = estimate_phase(ModelSpec::from_config(config, "model"),
+                                          *choice.hardware, workload, Phase::kDecode, choice.decode);
+    layer_cost = cost.layer.latency_s;
+    head_cost = cost.edges.latency_s;
+  }
+  return balanced_stage_split(config.num_layers, pp, layer_cost, head_cost, 0.0);
 }
 
 nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& config,

@@ -8,6 +8,7 @@
 
 #include "models/model_config.hpp"
 #include "partitioning/cost_model.hpp"
+#include "runtime/pipeline.hpp"
 
 namespace shardlm {
 
@@ -20,14 +21,24 @@ struct LayoutFlags {
 };
 
 struct LayoutChoice {
-  PhaseConfig prefill, decode;
+  PhaseConfig prefill, decode;  // both on the mesh to run (pp included)
   std::optional<HardwareSpec> hardware;  // absent when no spec was found
   std::string why;                       // the planner's reasoning, under --plan auto
 };
 
-// `weights` is the cost model's dtype name of the weights as stored.
+// `weights` is the cost model's dtype name of the weights as stored. Under
+// --plan auto with `mesh_pinned` false the planner also picks the mesh
+// (pipeline depth included) for mesh.size() ranks.
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
-                            const Workload& workload, const std::string& weights);
+                            bool mesh_pinned, const Workload& workload, const std::string& weights);
+
+// How many layers each pipeline stage of `mesh` owns: `--pp-layers` text when
+// given, else the split that balances the predicted decode time per stage
+// (the final norm and LM head counted on the last stage; the embedding, one
+// table row per token, costs next to nothing on the first). Without a
+// hardware spec the prediction is by weight bytes, which decode streams.
+StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& config,
+                              const LayoutChoice& choice, const Workload& workload);
 
 // {"hardware", "prefill": phase_cost_json, "decode": ...}, or null without a spec.
 nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& config,

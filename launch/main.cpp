@@ -21,7 +21,7 @@ int fail(const char* message, int exit_code) {
   }
   shardlm::World& world = shardlm::World::get();
   if (world.size() > 1)
-    fmt::print(stderr, "shardlm: error: rank {}: {}\n", world.rank(), message);
+    fmt::print(stderr, "shardlm: error: {}: {}\n", world.label(), message);
   else
     fmt::print(stderr, "shardlm: error: {}\n", message);
   world.abort(exit_code);
@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   shardlm::add_layouts_command(app);
   shardlm::add_calibrate_command(app);
   shardlm::add_bench_command(app);
+  shardlm::add_tokenize_commands(app);
   shardlm::add_sweep_command(app);
   shardlm::add_report_command(app);
   try {

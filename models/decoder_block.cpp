@@ -1,25 +1,11 @@
 #include "models/decoder_block.hpp"
 
+#include <string>
 #include <vector>
 
 #include "kernels/math.hpp"
 
 namespace shardlm {
-
-RopeTables::RopeTables(Backend& backend, const ModelConfig& c) {
-  const int64_t positions = c.max_position_embeddings, half = c.head_dim / 2;
-  std::vector<float> host_cos(static_cast<size_t>(positions * half)), host_sin(host_cos.size());
-  for (int64_t p = 0; p < positions; ++p)
-    for (int64_t i = 0; i < half; ++i) {
-      const double angle = double(p) * math::rope_inv_freq(int(i), int(c.head_dim), c.rope_theta);
-      host_cos[size_t(p * half + i)] = float(std::cos(angle));
-      host_sin[size_t(p * half + i)] = float(std::sin(angle));
-    }
-  cos = backend.alloc({positions, half}, DType::F32);
-  sin = backend.alloc({positions, half}, DType::F32);
-  backend.copy_from_host(host_cos.data(), cos);
-  backend.copy_from_host(host_sin.data(), sin);
-}
 
 namespace {
 
@@ -33,6 +19,16 @@ Tensor matmul(Backend& backend, const Tensor& x, const Tensor& w) {
 // F axes, else through the reduce-scatter that also restores the residual split.
 void add_projection(const BlockContext& b, const Tensor& partial, const Tensor& residual) {
   b.backend.add(b.ops.reduce_scatter_cols(partial, b.axes.uf), residual);
+}
+
+// Adds a projection's bias to its output once the output is whole (after
+// any reduction over E), each rank the chunk of its own split of the output
+// features: `col_axes`, as the layout's activation spec gives it.
+void add_bias(const BlockContext& b, const Tensor& full_bias, const Tensor& out,
+              const std::string& col_axes) {
+  if (full_bias.empty()) return;
+  const Tensor chunk = b.ops.slice_cols(full_bias.reshaped({1, full_bias.numel()}), col_axes);
+  b.backend.add_bias(chunk.reshaped({chunk.numel()}), out);
 }
 
 }  // namespace
@@ -49,8 +45,8 @@ Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& ful
   return out;
 }
 
-void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCacheLayer& cache,
-                       const Tensor& residual) {
+void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights& w,
+                       const KVCacheLayer& cache, const Tensor& residual) {
   Backend& be = b.backend;
   ShardOps& ops = b.ops;
   const PhaseAxes& a = b.axes;
@@ -78,11 +74,16 @@ void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCac
     ops.all_reduce(k, a.ue);
     ops.all_reduce(v, a.ue);
   }
-  be.rope(q, head_dim, b.rows.at_rest.positions.data(), b.rope.cos, b.rope.sin);
-  be.rope(k, head_dim, b.rows.at_rest.positions.data(), b.rope.cos, b.rope.sin);
+  add_bias(b, w.q_bias, q, a.heads);
+  add_bias(b, w.k_bias, k, a.kv_heads);
+  add_bias(b, w.v_bias, v, a.kv_heads);
+  const RopeRows& rope = b.rows.rope;
+  be.rope(q, head_dim, rope.index.data(), rope.cos, rope.sin);
+  be.rope(k, head_dim, rope.index.data(), rope.cos, rope.sin);
 
   // Attention over heads, or over batch after an all-to-all (Fig. 5b).
-  AttentionHeads heads{head_dim, 0, 0, int(c.num_heads / c.num_kv_heads)};
+  AttentionHeads heads{head_dim, 0, 0, int(c.num_heads / c.num_kv_heads),
+                       int(c.attention_window(layer))};
   Tensor attention;
   if (a.batch_attention()) {
     q = ops.cols_to_rows(q, a.heads, b.rows.heads_split);
@@ -113,6 +114,7 @@ void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCac
       add_projection(b, matmul(be, attention, w_o), residual);
     else
       be.matmul(attention, w_o, residual, true);
+    add_bias(b, w.o_bias, residual, a.residual_e);
     post_norm_input = matmul_input(sharded_rmsnorm(b, residual, w.post_attention_norm));
     ffn_input = &post_norm_input;
   }
@@ -120,6 +122,8 @@ void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCac
   // SwiGLU: F partial sums over E are reduce-scattered, activated, gathered.
   Tensor gate = ops.reduce_scatter_cols(matmul(be, *ffn_input, used(w.gate)), a.ue);
   const Tensor up = ops.reduce_scatter_cols(matmul(be, *ffn_input, used(w.up)), a.ue);
+  add_bias(b, w.gate_bias, gate, a.hidden_f);
+  add_bias(b, w.up_bias, up, a.hidden_f);
   be.silu_mul(gate, up, gate);
   const Tensor hidden = ops.gather_cols(gate, a.ue);
   const Tensor w_down = used(w.down);
@@ -128,11 +132,13 @@ void run_decoder_block(const BlockContext& b, const LayerWeights& w, const KVCac
     // Both branches' partial sums share one reduction (§3.4).
     be.matmul(hidden, w_down, block_partial, true);
     add_projection(b, block_partial, residual);
+    add_bias(b, w.o_bias, residual, a.residual_e);
   } else if (sum_over_f) {
     add_projection(b, matmul(be, hidden, w_down), residual);
   } else {
     be.matmul(hidden, w_down, residual, true);
   }
+  add_bias(b, w.down_bias, residual, a.residual_e);
 }
 
 }  // namespace shardlm

@@ -6,15 +6,11 @@
 
 #include "models/model_config.hpp"
 #include "models/model_weights.hpp"
+#include "models/rope.hpp"
 #include "runtime/backend.hpp"
 #include "runtime/parallel.hpp"
 
 namespace shardlm {
-
-struct RopeTables {
-  Tensor cos, sin;  // [positions, head_dim/2]
-  RopeTables(Backend& backend, const ModelConfig& config);
-};
 
 // Where this rank's rows sit for one forward pass.
 struct BlockRows {
@@ -25,6 +21,7 @@ struct BlockRows {
   // rank's attention rows start within its rows after the KV all-to-all.
   std::vector<int64_t> heads_split, kv_split;
   int64_t kv_slice_begin = 0;
+  RopeRows rope;  // the rotation of each at_rest row
 };
 
 struct BlockContext {
@@ -33,15 +30,14 @@ struct BlockContext {
   const ParallelContext& ctx;
   const ModelConfig& config;
   const PhaseAxes& axes;
-  const RopeTables& rope;
   const BlockRows& rows;
 };
 
 // RMSNorm of a residual whose E is split over axes.residual_e.
 Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& full_weight);
 
-// residual [rows, E chunk] += the block's attention and feed-forward outputs.
-void run_decoder_block(const BlockContext& b, const LayerWeights& weights,
+// residual [rows, E chunk] += layer `layer`'s attention and feed-forward outputs.
+void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights& weights,
                        const KVCacheLayer& cache, const Tensor& residual);
 
 }  // namespace shardlm

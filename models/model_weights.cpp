@@ -85,14 +85,25 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
 }
 
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend, const Layout& layout,
-                                const ParallelContext& ctx) {
+                                Backend& backend, const Layout& layout, const ParallelContext& ctx,
+                                const WeightsPart& part) {
   // Validate everything before the first (slow) upload, so a bad checkpoint fails fast.
   std::map<std::string, const TensorRecord*> records;
-  for (const WeightSpec& spec : checkpoint_weights(config))
+  for (const WeightSpec& spec : checkpoint_weights(config)) {
+    if (spec.kind == WeightKind::Bias && !checkpoint.contains(spec.name))
+      throw DataError(fmt::format(
+          "{}: tensor \"{}\" is missing from the checkpoint, but the config says the model has "
+          "this bias ({})",
+          checkpoint.dir().string(), spec.name,
+          config.architecture == "Qwen2ForCausalLM"      ? "Qwen2ForCausalLM"
+          : spec.name.find(".mlp.") != std::string::npos ? "mlp_bias: true"
+                                                         : "attention_bias: true"));
     records[spec.name] = &checkpoint.tensor(spec.name, spec.shape);
+  }
+  check_unused_tensors(checkpoint.records(), config, checkpoint.dir().string(), ctx.is_root());
 
   auto upload_full = [&](const std::string& name) {
+    if (!records.count(name)) return Tensor();  // a bias the model does not have
     const TensorRecord& r = *records.at(name);
     const Tensor t = backend.upload_weight(r.data, *r.dtype, r.shape, {0, 1, 0, r.shape[0]});
     release_pages(r);
@@ -110,8 +121,8 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     return shard;
   };
   ModelWeights w;
-  w.embed_tokens = upload(kEmbedTokens, WeightRole::kEmbedding);
-  for (int layer = 0; layer < config.num_layers; ++layer) {
+  if (part.embedding) w.embed_tokens = upload(kEmbedTokens, WeightRole::kEmbedding);
+  for (int layer = int(part.first_layer); layer < int(part.end_layer); ++layer) {
     const LayerWeightNames n = layer_weight_names(layer);
     LayerWeights& l = w.layers.emplace_back();
     l.input_norm = upload_full(n.input_norm);
@@ -123,9 +134,18 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     l.gate = upload(n.gate, WeightRole::kWGate);
     l.up = upload(n.up, WeightRole::kWUp);
     l.down = upload(n.down, WeightRole::kWDown);
+    l.q_bias = upload_full(n.q_bias);
+    l.k_bias = upload_full(n.k_bias);
+    l.v_bias = upload_full(n.v_bias);
+    l.o_bias = upload_full(n.o_bias);
+    l.gate_bias = upload_full(n.gate_bias);
+    l.up_bias = upload_full(n.up_bias);
+    l.down_bias = upload_full(n.down_bias);
   }
-  w.final_norm = upload_full(kFinalNorm);
-  w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
+  if (part.head) {
+    w.final_norm = upload_full(kFinalNorm);
+    w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
+  }
   return w;
 }
 

@@ -26,13 +26,25 @@ struct LayerWeights {
   Tensor post_attention_norm;  // empty for the parallel block
   WeightShard q, k, v, o;
   WeightShard gate, up, down;
+  // Biases, [out features] F32, empty when the model has none. They are
+  // O(E) per layer, so every rank keeps them whole and adds the chunk of its
+  // own split of the output (models/decoder_block.cpp).
+  Tensor q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;
 };
 
 struct ModelWeights {
-  WeightShard embed_tokens;  // [vocab, E chunk]
-  std::vector<LayerWeights> layers;
-  Tensor final_norm;
-  WeightShard lm_head;  // [vocab chunk, E]
+  WeightShard embed_tokens;  // [vocab, E chunk]; first pipeline stage only
+  std::vector<LayerWeights> layers;  // the stage's layers
+  Tensor final_norm;                 // last stage only
+  WeightShard lm_head;               // [vocab chunk, E]; last stage only
+};
+
+// The part of the model one pipeline stage holds: its layers, the embedding
+// on the first stage, the final norm and LM head on the last (a tied model's
+// embedding table is then read by both).
+struct WeightsPart {
+  int64_t first_layer = 0, end_layer = 0;
+  bool embedding = true, head = true;
 };
 
 // The row and col axes of a weight role under a layout's stored specs.
@@ -43,9 +55,11 @@ std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole
 void check_shardable(const ModelConfig& config, const Mesh& mesh, const Layout& prefill,
                      const Layout& decode);
 
-// Checks every tensor's presence, shape and dtype, then uploads this rank's
-// blocks as `layout` stores them.
+// Checks every tensor's presence, shape and dtype, and that the checkpoint
+// holds nothing the model would not use, then uploads this rank's blocks as
+// `layout` stores them.
 ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                Backend& backend, const Layout& layout, const ParallelContext& ctx);
+                                Backend& backend, const Layout& layout, const ParallelContext& ctx,
+                                const WeightsPart& part);
 
 }  // namespace shardlm

@@ -55,6 +55,8 @@ void fill_weight(const WeightSpec& spec, uint64_t seed, std::vector<float>& valu
   switch (spec.kind) {
     case WeightKind::Embedding: return fill_uniform(values, tensor_seed, 0.f, kUniformToUnitStd);
     case WeightKind::Norm: return fill_uniform(values, tensor_seed, 1.f, 0.1f);
+    // Biases of std 0.5: large enough that dropping one changes every logit.
+    case WeightKind::Bias: return fill_uniform(values, tensor_seed, 0.f, 0.5f * kUniformToUnitStd);
     case WeightKind::Linear:
     case WeightKind::LmHead:
       return fill_uniform(values, tensor_seed, 0.f,

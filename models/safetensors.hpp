@@ -48,6 +48,7 @@ class Checkpoint {
   const TensorRecord& tensor(const std::string& name, const Shape& shape) const;
   bool contains(const std::string& name) const { return index_.count(name) > 0; }
   const std::map<std::string, const TensorRecord*>& records() const { return index_; }
+  const std::filesystem::path& dir() const { return dir_; }
 
  private:
   std::filesystem::path dir_;

@@ -217,7 +217,7 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
   pc.forward_passes = phase == Phase::kPrefill ? 1 : w.gen_len;
   pc.tokens = w.batch * (phase == Phase::kPrefill ? w.prompt_len : w.gen_len);
   pc.layers_per_stage = (c.num_layers + mesh.pp - 1) / mesh.pp;
-  pc.micro_batches = micro_batches;
+  pc.micro_batches = phase == Phase::kDecode ? std::min(micro_batches, w.batch) : micro_batches;
   const int64_t micro_batch = (w.batch + pc.micro_batches - 1) / pc.micro_batches;
 
   const Layout layout = make_layout(config.ffn, config.attn, layout_shape(model), mesh);
@@ -228,6 +228,8 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
                 act_bytes, hw.peak(hw.activation_dtype)};
 
   DimSizes dims = phase_dims(model, w, phase, micro_batch);
+  if (pc.micro_batches > w.batch)  // prefill in chunks of every prompt
+    dims['L'] = (w.prompt_len * w.batch + pc.micro_batches - 1) / pc.micro_batches;
   pricer.price(layout.layer, "layer", dims, pc.layer);
   pricer.finish(pc.layer, true);
   pricer.price(layout.prologue, "prologue", dims, pc.edges);
@@ -302,6 +304,8 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
 
 PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                          Phase phase, const PhaseConfig& config) {
+  if (config.micro_batches > 0)
+    return estimate_with(model, hw, w, phase, config, config.micro_batches);
   // As many micro-batches as pipeline stages; more (powers of two) when the
   // activations of the whole batch do not fit: prefill is then run in chunks.
   const int64_t base = std::min<int64_t>(w.batch, config.mesh.pp);
@@ -313,6 +317,12 @@ PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const W
       if (chunked.problem.empty()) return chunked;
     }
   return first;
+}
+
+double pipeline_bubble(const PhaseCost& cost) {
+  const double pp = cost.config.mesh.pp, m = double(cost.micro_batches);
+  if (cost.phase == Phase::kPrefill) return (pp - 1) / (m + pp - 1);
+  return std::max(0.0, pp - m) / std::max(pp, m);
 }
 
 double kv_cache_bytes(const ModelSpec& m, int64_t batch, int64_t context, double bytes_per_elem) {

@@ -36,6 +36,10 @@ struct PhaseConfig {
   AttnLayout attn = AttnLayout::kHeads;
   std::string weights = "bf16";  // stored weight dtype: bf16 or int8
   Mesh mesh;                     // mesh.pp pipeline stages, each of x*y*z chips
+  // Pipeline micro-batches; 0: the cost model's choice (as many as stages,
+  // more when activations do not fit). Prefill with more micro-batches than
+  // sequences runs each prompt in chunks, as the runtime does.
+  int64_t micro_batches = 0;
 };
 
 // Bytes per element of a dtype name ("bf16" 2, "int8" 1, "f32" 4).
@@ -88,6 +92,11 @@ struct PhaseCost {
 
 PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                          Phase phase, const PhaseConfig& config);
+
+// The share of a stage's time spent idle: prefill fills and drains the
+// pipeline once, (pp - 1) / (m + pp - 1); a decode step with fewer
+// micro-batches than stages leaves each stage idle (pp - m) / pp of it.
+double pipeline_bubble(const PhaseCost& cost);
 
 // KV-cache bytes of the whole model and batch at `context` tokens
 // (B * C * layers * 2 * K * D * bytes), before any sharding.

@@ -16,7 +16,9 @@ int64_t ModelSpec::params_per_layer(int64_t heads) const {
   const int64_t attention = 2 * e * heads * d + 2 * e * c.num_kv_heads * d;
   const int64_t feedforward = (gated_ffn ? 3 : 2) * e * c.intermediate_size;
   const int64_t norms = (c.parallel_block ? 1 : 2) * e;
-  return attention + feedforward + norms;
+  const int64_t biases = (c.qkv_bias ? (heads + 2 * c.num_kv_heads) * d : 0) + (c.o_bias ? e : 0) +
+                         (c.mlp_bias ? (gated_ffn ? 2 : 1) * c.intermediate_size + e : 0);
+  return attention + feedforward + norms + biases;
 }
 
 static int64_t embedding_params(const ModelConfig& c) {

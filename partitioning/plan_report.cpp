@@ -65,6 +65,7 @@ nlohmann::json phase_cost_json(const PhaseCost& c) {
           {"mesh", {{"x", c.config.mesh.x}, {"y", c.config.mesh.y}, {"z", c.config.mesh.z}}},
           {"pp", c.config.mesh.pp},
           {"micro_batches", c.micro_batches},
+          {"pipeline_bubble", pipeline_bubble(c)},
           {"forward_passes", c.forward_passes},
           {"tokens", c.tokens},
           {"latency_s", c.latency_s},

@@ -307,10 +307,10 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
                      name(s.decode.chosen.config.attn), (ratio - 1) * 100,
                      by_cost ? "cost" : "latency")});
   }
-  if (w.prompt_len + w.gen_len > model.config.max_position_embeddings)
+  if (w.prompt_len + w.gen_len > model.config.context_length())
     plan.notes.push_back(
         fmt::format("prompt {} + generated {} tokens exceed the {} positions {} was trained for",
-                    w.prompt_len, w.gen_len, model.config.max_position_embeddings, model.name));
+                    w.prompt_len, w.gen_len, model.config.context_length(), model.name));
   for (const PhasePlan* p : {&plan.prefill, &plan.decode}) {
     const PhaseCost& c = p->chosen;
     const DimSizes dims = phase_dims(model, w, c.phase, w.batch);

@@ -498,6 +498,9 @@ def report(out_dir: Path):
         "only, so MFU can pass 100%); MBU = the cost model's bytes each chip must read in the "
         "phase / (its bandwidth x phase time). Peaks are the hardware spec's.",
         "- cost = chips x phase time / tokens of the phase (chip-ms per token).",
+        "- the planner prices gen_len decode passes per sequence; a measured decode phase runs "
+        "gen_len - 1 steps (the first token comes from prefill), so on a short generation the "
+        "predicted decode time is longer by gen_len / (gen_len - 1) for that reason alone.",
         "- statuses: ok; failed (the job exited with an error); timeout (timeout_s passed); oom "
         "(out of memory, or predicted not to fit); invalid (the configuration cannot run as "
         "written: impossible mesh or layout, unknown flag).",

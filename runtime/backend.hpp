@@ -23,14 +23,15 @@ struct KVCacheLayer {
   Tensor v;
 };
 
-// Which heads a rank's attention holds: local query head j is global head
-// q_offset + j and reads global KV head (q_offset + j) / group, which is local
-// KV head (q_offset + j) / group - kv_offset of the cache.
+// How a rank's attention runs. Which heads it holds: local query head j is
+// global head q_offset + j and reads global KV head (q_offset + j) / group,
+// which is local KV head (q_offset + j) / group - kv_offset of the cache.
 struct AttentionHeads {
   int head_dim = 0;
   int q_offset = 0;
   int kv_offset = 0;
-  int group = 1;  // query heads per KV head in the whole model
+  int group = 1;   // query heads per KV head in the whole model
+  int window = 0;  // > 0: a query sees only the `window` latest positions, its own included
 };
 
 // A rectangle of a row-major matrix; a 1-D tensor is one row.
@@ -77,12 +78,15 @@ class Backend {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   // inout += x
   virtual void add(const Tensor& x, const Tensor& inout) = 0;
+  // inout[r, :] += bias for every row r (bias F32 [cols])
+  virtual void add_bias(const Tensor& bias, const Tensor& inout) = 0;
   // Writes the batch's new k, v [tokens, cache kv_heads * head_dim] into the
   // cache at each token's slot and position.
   virtual void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
                         const BatchLayout& batch) = 0;
   // Causal attention of q [tokens, heads * head_dim] over each sequence's
-  // cached keys and values up to the token's position.
+  // cached keys and values up to the token's position (and no further back
+  // than heads.window positions, when set).
   virtual void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
                          const AttentionHeads& heads, const Tensor& out) = 0;
 

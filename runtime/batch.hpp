@@ -17,6 +17,7 @@ struct BatchLayout {
   std::vector<Segment> segments;
   std::vector<int32_t> positions;  // one per token, in activation order
 
+  BatchLayout() = default;
   explicit BatchLayout(std::vector<Segment> segs) : segments(std::move(segs)) {
     for (const Segment& s : segments)
       for (int t = 0; t < s.num_tokens; ++t) positions.push_back(s.start_pos + t);

@@ -3,22 +3,52 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
-#include <random>
+#include <cstring>
+#include <numeric>
 
 #include "runtime/errors.hpp"
 
 namespace shardlm {
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
 }
+
+// Sends waiting beyond this many are completed before a new one starts, so
+// a stage running ahead of the next does not pile up buffers without bound.
+constexpr size_t kMaxPendingSends = 64;
 
 }  // namespace
 
+StageInfo StageInfo::of(const ParallelContext& ctx, const StageSplit& split) {
+  StageInfo s;
+  s.stage = ctx.stage();
+  s.stages = split.stages();
+  s.first_layer = split.first_layer(s.stage);
+  if (s.stage > 0) s.prev_rank = ctx.rank_in_stage(s.stage - 1);
+  if (s.stage + 1 < s.stages) s.next_rank = ctx.rank_in_stage(s.stage + 1);
+  s.first_rank = ctx.rank_in_stage(0);
+  s.last_rank = ctx.rank_in_stage(s.stages - 1);
+  return s;
+}
+
+// Where this rank's rows sit for one micro-batch, at rest and in attention.
+struct Engine::Pass {
+  Phase phase = Phase::kPrefill;
+  const PhaseAxes* axes = nullptr;
+  const std::vector<KVCacheLayer>* cache = nullptr;
+  RowSplit rest;
+  int64_t row_begin = 0, row_count = 0;
+  BlockRows rows;
+};
+
 Engine::Engine(Backend& backend, ParallelContext& ctx, ModelConfig config, const Layout& prefill,
-               const Layout& decode, ModelWeights weights)
+               const Layout& decode, ModelWeights weights, StageInfo stage)
     : backend_(backend),
       ctx_(ctx),
       ops_(backend, ctx),
@@ -26,14 +56,17 @@ Engine::Engine(Backend& backend, ParallelContext& ctx, ModelConfig config, const
       prefill_axes_(PhaseAxes::from_layout(prefill)),
       decode_axes_(PhaseAxes::from_layout(decode)),
       weights_(std::move(weights)),
-      rope_(backend, config_) {}
+      rope_(backend, config_),
+      stage_(stage) {
+  if (stage_.stages == 1) stage_.first_rank = stage_.last_rank = ctx.rank();
+}
 
 std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t capacity) {
   const auto [first, end] = ctx_.block(num_slots_, axes.attention_rows());
   const Shape shape = {end - first, config_.num_kv_heads / ctx_.size(axes.attention_kv_heads()),
                        std::max<int64_t>(capacity, 1), config_.head_dim};
   std::vector<KVCacheLayer> cache;
-  for (int64_t layer = 0; layer < config_.num_layers; ++layer)
+  for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
     cache.push_back({backend_.alloc(shape, DType::F32), backend_.alloc(shape, DType::F32)});
   return cache;
 }
@@ -63,26 +96,20 @@ void Engine::reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to) {
   }
 }
 
-std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& tokens,
-                                   const BatchLayout& batch,
-                                   const std::vector<int32_t>& logit_rows) {
-  const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
-  const std::vector<KVCacheLayer>& cache =
-      phase == Phase::kPrefill && !prefill_cache_.empty() ? prefill_cache_ : cache_;
-  const int64_t total_tokens = int64_t(tokens.size());
-
-  // Where this rank's rows are: at rest, and for attention.
-  const RowSplit rest = split_rows(ctx_, batch, num_slots_, a.batch);
+Engine::Pass Engine::plan_pass(Phase phase, const BatchLayout& batch) {
+  Pass p;
+  p.phase = phase;
+  p.axes = phase == Phase::kPrefill ? &prefill_axes_ : &decode_axes_;
+  p.cache = phase == Phase::kPrefill && !prefill_cache_.empty() ? &prefill_cache_ : &cache_;
+  const PhaseAxes& a = *p.axes;
+  p.rest = split_rows(ctx_, batch, num_slots_, a.batch);
   const int rest_member = ctx_.index(a.batch);
-  const int64_t row_begin = rest.token_begin[size_t(rest_member)];
-  const int64_t row_count = rest.token_count[size_t(rest_member)];
+  p.row_begin = p.rest.token_begin[size_t(rest_member)];
+  p.row_count = p.rest.token_count[size_t(rest_member)];
   const RowSplit attention = split_rows(ctx_, batch, num_slots_, a.attention_rows());
   const int attention_member = ctx_.index(a.attention_rows());
-  BlockRows rows{local_batch(batch, rest, rest_member),
-                 local_batch(batch, attention, attention_member),
-                 {},
-                 {},
-                 0};
+  p.rows.at_rest = local_batch(batch, p.rest, rest_member);
+  p.rows.attention = local_batch(batch, attention, attention_member);
   if (a.batch_attention()) {
     auto sub_counts = [&](const std::string& inner, const RowSplit& split) {
       std::vector<int64_t> counts;
@@ -90,37 +117,48 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
       for (int j = 0; j < n; ++j) counts.push_back(split.token_count[size_t(rest_member * n + j)]);
       return counts;
     };
-    rows.heads_split = sub_counts(a.heads, attention);
+    p.rows.heads_split = sub_counts(a.heads, attention);
     const RowSplit kv_rows = split_rows(ctx_, batch, num_slots_, a.batch + a.kv_heads);
-    rows.kv_split = sub_counts(a.kv_heads, kv_rows);
-    rows.kv_slice_begin = attention.token_begin[size_t(attention_member)] -
-                          kv_rows.token_begin[size_t(ctx_.index(a.batch + a.kv_heads))];
+    p.rows.kv_split = sub_counts(a.kv_heads, kv_rows);
+    p.rows.kv_slice_begin = attention.token_begin[size_t(attention_member)] -
+                            kv_rows.token_begin[size_t(ctx_.index(a.batch + a.kv_heads))];
   }
-  const BlockContext block{backend_, ops_, ctx_, config_, a, rope_, rows};
+  p.rows.rope = rope_.rows_for(backend_, p.rows.at_rest);
+  return p;
+}
 
-  // Prologue: each rank looks up its E slice of every token; layouts that
-  // split the batch assemble whole rows and keep their own.
-  Tensor embedded = backend_.alloc({total_tokens, weights_.embed_tokens.local.dim(1)}, DType::F32);
+// Prologue: each rank looks up its E slice of every token; layouts that
+// split the batch assemble whole rows and keep their own.
+Tensor Engine::embed(const Pass& p, const std::vector<int32_t>& tokens) {
+  const PhaseAxes& a = *p.axes;
+  Tensor embedded =
+      backend_.alloc({int64_t(tokens.size()), weights_.embed_tokens.local.dim(1)}, DType::F32);
   backend_.embedding(weights_.embed_tokens.local, tokens.data(), embedded);
-  Tensor residual;
-  if (a.batch.empty() && a.residual_e == a.embedding_e) {
-    residual = embedded;
-  } else {
-    const Tensor full = ops_.gather_cols(embedded, a.embedding_e).rows(row_begin, row_count);
-    residual =
-        backend_.alloc({row_count, config_.hidden_size / ctx_.size(a.residual_e)}, DType::F32);
-    backend_.copy_2d(ops_.slice_cols(full, a.residual_e), 0, 0, residual, 0, 0, row_count,
-                     residual.dim(1));
-  }
+  if (a.batch.empty() && a.residual_e == a.embedding_e) return embedded;
+  const Tensor full = ops_.gather_cols(embedded, a.embedding_e).rows(p.row_begin, p.row_count);
+  Tensor residual =
+      backend_.alloc({p.row_count, config_.hidden_size / ctx_.size(a.residual_e)}, DType::F32);
+  backend_.copy_2d(ops_.slice_cols(full, a.residual_e), 0, 0, residual, 0, 0, p.row_count,
+                   residual.dim(1));
+  return residual;
+}
 
-  for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
-    run_decoder_block(block, weights_.layers[layer], cache[layer], residual);
+void Engine::run_layers(const Pass& p, const Tensor& residual) {
+  const BlockContext block{backend_, ops_, ctx_, config_, *p.axes, p.rows};
+  for (size_t i = 0; i < weights_.layers.size(); ++i)
+    run_decoder_block(block, stage_.first_layer + int64_t(i), weights_.layers[i], (*p.cache)[i],
+                      residual);
+}
 
-  // Epilogue: whole rows of the final norm on every rank, this rank's
-  // vocabulary slice of the logits, then all of them everywhere.
+// Epilogue: whole rows of the final norm on every rank, this rank's
+// vocabulary slice of the logits, then all of them everywhere.
+std::vector<float> Engine::head(const Pass& p, const Tensor& residual,
+                                const std::vector<int32_t>& logit_rows) {
+  const PhaseAxes& a = *p.axes;
+  const BlockContext block{backend_, ops_, ctx_, config_, a, p.rows};
   const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm);
   const Tensor all_rows =
-      ops_.gather_rows(ops_.gather_cols(normed, a.residual_e), a.batch, rest.token_count);
+      ops_.gather_rows(ops_.gather_cols(normed, a.residual_e), a.batch, p.rest.token_count);
   const int64_t selected_rows = int64_t(logit_rows.size());
   Tensor selected = backend_.alloc({selected_rows, config_.hidden_size}, DType::F32);
   backend_.embedding(all_rows, logit_rows.data(), selected);  // a row gather
@@ -130,6 +168,192 @@ std::vector<float> Engine::forward(Phase phase, const std::vector<int32_t>& toke
   std::vector<float> host(static_cast<size_t>(logits.numel()));
   backend_.copy_to_host(logits, host.data());
   return host;
+}
+
+void Engine::send_header(int to, const StageHeader& header, const void* payload, size_t bytes) {
+  Communicator& comm = ctx_.world_comm();
+  while (pending_.size() >= kMaxPendingSends) {
+    pending_.front().wait();
+    pending_.pop_front();
+  }
+  std::vector<char> buffer(sizeof header + bytes);
+  std::memcpy(buffer.data(), &header, sizeof header);
+  if (bytes) std::memcpy(buffer.data() + sizeof header, payload, bytes);
+  // The header goes alone so the receiver learns the payload's size. Both
+  // parts come from one buffer, owned by the last of the two sends: sends
+  // are waited for in order, so it outlives the first.
+  std::function<void()> header_sent = comm.isend(buffer.data(), sizeof header, to);
+  if (!bytes) {
+    pending_.push_back({std::move(header_sent), std::move(buffer)});
+    return;
+  }
+  std::function<void()> payload_sent = comm.isend(buffer.data() + sizeof header, bytes, to);
+  pending_.push_back({std::move(header_sent), {}});
+  pending_.push_back({std::move(payload_sent), std::move(buffer)});
+}
+
+StageHeader Engine::recv_header(int from, std::vector<char>& payload) {
+  Communicator& comm = ctx_.world_comm();
+  StageHeader header;
+  comm.recv(&header, sizeof header, from);
+  // A batch carries its segments and the residual, tokens their triples.
+  size_t bytes = 0;
+  if (header.kind == StageMessageKind::kBatch || header.kind == StageMessageKind::kTokens)
+    bytes = size_t(header.count) * 3 * sizeof(int32_t) + size_t(header.floats) * sizeof(float);
+  payload.resize(bytes);
+  if (bytes) comm.recv(payload.data(), bytes, from);
+  return header;
+}
+
+// (sequence-like) int32 triples at the front of a payload.
+static std::vector<std::array<int32_t, 3>> triples(const std::vector<char>& payload,
+                                                   int32_t count) {
+  std::vector<std::array<int32_t, 3>> out(static_cast<size_t>(count));
+  std::memcpy(out.data(), payload.data(), out.size() * sizeof(out[0]));
+  return out;
+}
+
+void Engine::drain_sends() {
+  for (PendingSend& send : pending_) send.wait();
+  pending_.clear();
+}
+
+void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segment>& segments,
+                             const std::vector<int32_t>& tokens, const Tensor& received) {
+  if (request_->on_micro_batch) request_->on_micro_batch(phase, step);
+  const auto start = Clock::now();
+  const Pass pass = plan_pass(phase, BatchLayout(segments));
+  const Tensor residual = stage_.is_first() ? embed(pass, tokens) : received;
+  run_layers(pass, residual);
+  if (stage_.is_last()) {
+    finish_micro_batch(phase, segments, pass, residual);
+  } else {
+    // This rank's shard of the residual goes to the rank with the same
+    // (x, y, z) in the next stage: the split at rest is the same there.
+    std::vector<int32_t> segs;
+    for (const Segment& s : segments) segs.insert(segs.end(), {s.slot, s.start_pos, s.num_tokens});
+    StageHeader header{StageMessageKind::kBatch, int32_t(phase), int32_t(step),
+                       int32_t(segments.size()), residual.numel()};
+    std::vector<char> payload(segs.size() * sizeof(int32_t) + residual.nbytes());
+    std::memcpy(payload.data(), segs.data(), segs.size() * sizeof(int32_t));
+    std::vector<float> host(size_t(residual.numel()));
+    backend_.copy_to_host(residual, host.data());
+    std::memcpy(payload.data() + segs.size() * sizeof(int32_t), host.data(), residual.nbytes());
+    send_header(stage_.next_rank, header, payload.data(), payload.size());
+  }
+  *busy_s_ += seconds_since(start);
+}
+
+void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segments,
+                                const Pass& pass, const Tensor& residual) {
+  const GenerationRequest& req = *request_;
+  const bool keep_prompt = phase == Phase::kPrefill && req.keep_prompt_logits;
+  std::vector<int32_t> logit_rows, sample_rows;
+  std::vector<int> sampled;
+  int32_t row = 0;
+  for (const Segment& seg : segments) {
+    if (keep_prompt && seg.slot == 0)
+      for (int t = 0; t < seg.num_tokens; ++t) logit_rows.push_back(row + t);
+    const bool completes =
+        phase == Phase::kDecode ||
+        seg.start_pos + seg.num_tokens == int(req.prompts[size_t(seg.slot)].size());
+    if (completes && req.max_new_tokens > 0) {
+      sample_rows.push_back(row + seg.num_tokens - 1);
+      sampled.push_back(seg.slot);
+    }
+    row += seg.num_tokens;
+  }
+  const size_t prompt_rows = logit_rows.size();
+  logit_rows.insert(logit_rows.end(), sample_rows.begin(), sample_rows.end());
+  if (logit_rows.empty()) return;
+  const std::vector<float> logits = head(pass, residual, logit_rows);
+  const int64_t vocab = config_.vocab_size;
+  result_->prompt_logits.insert(result_->prompt_logits.end(), logits.begin(),
+                                logits.begin() + int64_t(prompt_rows) * vocab);
+  std::vector<SampledToken> tokens;
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    const int s = sampled[i];
+    const float* logit_row = logits.data() + int64_t(prompt_rows + i) * vocab;
+    if (s == 0 && req.keep_step_logits)
+      result_->step_logits.insert(result_->step_logits.end(), logit_row, logit_row + vocab);
+    const int32_t token = sample_token(logit_row, vocab, req.sampling, rngs_[size_t(s)]);
+    const int produced = ++sampled_[size_t(s)];
+    const bool stopped =
+        std::find(req.stop_ids.begin(), req.stop_ids.end(), token) != req.stop_ids.end();
+    tokens.push_back({s, token, int32_t(stopped || produced >= req.max_new_tokens)});
+  }
+  if (stage_.is_first()) {
+    apply_tokens(tokens);
+  } else {
+    send_header(stage_.first_rank, {StageMessageKind::kTokens, 0, 0, int32_t(tokens.size()), 0},
+                tokens.data(), tokens.size() * sizeof(SampledToken));
+  }
+}
+
+void Engine::apply_tokens(const std::vector<SampledToken>& tokens) {
+  for (const SampledToken& t : tokens) {
+    result_->generated[size_t(t.sequence)].push_back(t.token);
+    if (request_->on_token) request_->on_token(t.sequence, t.token);
+    ++known_tokens_[size_t(t.sequence)];
+    if (t.finished) finished_[size_t(t.sequence)] = true;
+  }
+}
+
+void Engine::wait_for_tokens(const std::vector<int>& sequences, size_t count) {
+  auto ready = [&] {
+    return std::all_of(sequences.begin(), sequences.end(), [&](int s) {
+      return finished_[size_t(s)] || size_t(known_tokens_[size_t(s)]) >= count;
+    });
+  };
+  std::vector<char> payload;
+  while (!ready()) {
+    if (stage_.is_last()) throw std::logic_error("pipeline: tokens awaited on the last stage");
+    const StageHeader header = recv_header(stage_.last_rank, payload);
+    if (header.kind != StageMessageKind::kTokens)
+      throw std::logic_error("pipeline: the last stage sent something other than tokens");
+    std::vector<SampledToken> tokens;
+    for (const auto& [sequence, token, finished] : triples(payload, header.count))
+      tokens.push_back({sequence, token, finished});
+    apply_tokens(tokens);
+  }
+}
+
+void Engine::end_prefill() {
+  const auto start = Clock::now();
+  for (size_t layer = 0; layer < prefill_cache_.size(); ++layer)
+    reshard_cache(prefill_cache_[layer], cache_[layer]);
+  prefill_cache_.clear();
+  if (!stage_.is_last()) send_header(stage_.next_rank, {StageMessageKind::kEndOfPrefill}, nullptr, 0);
+  *busy_s_ += seconds_since(start);
+  busy_s_ = &result_->decode_busy_s;
+}
+
+void Engine::follow() {
+  std::vector<char> payload;
+  while (true) {
+    const StageHeader header = recv_header(stage_.prev_rank, payload);
+    if (header.kind == StageMessageKind::kDone) {
+      if (!stage_.is_last()) send_header(stage_.next_rank, header, nullptr, 0);
+      return;
+    }
+    if (header.kind == StageMessageKind::kEndOfPrefill) {
+      end_prefill();
+      continue;
+    }
+    if (header.kind != StageMessageKind::kBatch)
+      throw std::logic_error("pipeline: unexpected message from the previous stage");
+    std::vector<Segment> segments;
+    for (const auto& [slot, start, count] : triples(payload, header.count))
+      segments.push_back({slot, start, count});
+    const Phase phase = Phase(header.phase);
+    const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
+    const int64_t width = config_.hidden_size / ctx_.size(a.residual_e);
+    Tensor residual = backend_.alloc({header.floats / width, width}, DType::F32);
+    backend_.copy_from_host(reinterpret_cast<const float*>(
+                                payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
+                            residual);
+    run_micro_batch(phase, header.step, segments, {}, residual);
+  }
 }
 
 GenerationResult Engine::generate(const GenerationRequest& request) {
@@ -149,11 +373,13 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
                         prompts[s][i], s, i, config_.vocab_size));
   }
   const int64_t context = int64_t(longest) + request.max_new_tokens;
-  if (context > config_.max_position_embeddings)
+  if (context > config_.context_length())
     throw UsageError(fmt::format(
-        "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length "
-        "(max_position_embeddings = {})",
-        longest, request.max_new_tokens, context, config_.max_position_embeddings));
+        "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length {} "
+        "(max_position_embeddings = {}{})",
+        longest, request.max_new_tokens, context, config_.context_length(),
+        config_.max_position_embeddings,
+        config_.rope_scaling.type == RopeType::kDynamic ? " times the dynamic RoPE factor" : ""));
 
   const int batch_size = int(prompts.size());
   num_slots_ = batch_size;
@@ -167,77 +393,93 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
   GenerationResult result;
   result.vocab_size = config_.vocab_size;
   result.generated.resize(size_t(batch_size));
-  std::vector<std::mt19937_64> rngs;
-  for (int s = 0; s < batch_size; ++s) rngs.emplace_back(request.sampling.seed + uint64_t(s));
-  const int64_t vocab = config_.vocab_size;
+  request_ = &request;
+  result_ = &result;
+  busy_s_ = &result.prefill_busy_s;
+  rngs_.clear();
+  for (int s = 0; s < batch_size; ++s) rngs_.emplace_back(request.sampling.seed + uint64_t(s));
+  known_tokens_.assign(size_t(batch_size), 0);
+  sampled_.assign(size_t(batch_size), 0);
+  finished_.assign(size_t(batch_size), request.max_new_tokens == 0);
+  const int micro_batches = request.micro_batches > 0 ? request.micro_batches : stage_.stages;
+  std::vector<int64_t> lengths;
+  for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
+  const auto prefill_batches = prefill_micro_batches(lengths, micro_batches);
+  const auto groups = decode_groups(batch_size, micro_batches);
+  result.prefill_micro_batches = int(prefill_batches.size());
+  result.decode_micro_batches = int(groups.size());
+  result.prompt_tokens = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
 
-  // Samples each listed sequence's next token from its row of `logits`.
-  std::vector<int> live;
-  auto sample_all = [&](const std::vector<int>& sequences, const std::vector<float>& logits,
-                        int64_t first_row) {
-    std::vector<int> still_live;
-    for (size_t i = 0; i < sequences.size(); ++i) {
-      const int s = sequences[i];
-      const float* row = logits.data() + (first_row + int64_t(i)) * vocab;
-      if (s == 0 && request.keep_step_logits)
-        result.step_logits.insert(result.step_logits.end(), row, row + vocab);
-      const int32_t token = sample_token(row, vocab, request.sampling, rngs[size_t(s)]);
-      result.generated[size_t(s)].push_back(token);
-      const bool stopped = std::find(request.stop_ids.begin(), request.stop_ids.end(), token) !=
-                           request.stop_ids.end();
-      if (!stopped && int(result.generated[size_t(s)].size()) < request.max_new_tokens)
-        still_live.push_back(s);
+  if (!stage_.is_first()) {
+    follow();
+    drain_sends();
+  } else {
+    // Prefill: the micro-batches flow through the stages, filling and
+    // draining the pipeline once.
+    const auto start = Clock::now();
+    std::vector<int> everyone(static_cast<size_t>(batch_size));
+    std::iota(everyone.begin(), everyone.end(), 0);
+    for (size_t index = 0; index < prefill_batches.size(); ++index) {
+      const std::vector<Segment>& segments = prefill_batches[index];
+      std::vector<int32_t> tokens;
+      for (const Segment& s : segments) {
+        const auto& p = prompts[size_t(s.slot)];
+        tokens.insert(tokens.end(), p.begin() + s.start_pos,
+                      p.begin() + s.start_pos + s.num_tokens);
+      }
+      run_micro_batch(Phase::kPrefill, int64_t(index), segments, tokens, {});
     }
-    live = std::move(still_live);
-  };
+    end_prefill();
+    wait_for_tokens(everyone, 1);
+    result.prefill_s = result.ttft_s = seconds_since(start);
 
-  // Prefill: every prompt in one ragged batch.
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<int32_t> tokens;
-  std::vector<Segment> segments;
-  std::vector<int32_t> logit_rows;
-  if (request.keep_prompt_logits)
-    for (size_t i = 0; i < prompts[0].size(); ++i) logit_rows.push_back(int32_t(i));
-  const int64_t first_sample_row = int64_t(logit_rows.size());
-  for (int s = 0; s < batch_size; ++s) {
-    segments.push_back({s, 0, int(prompts[size_t(s)].size())});
-    tokens.insert(tokens.end(), prompts[size_t(s)].begin(), prompts[size_t(s)].end());
-    logit_rows.push_back(int32_t(tokens.size() - 1));
-  }
-  result.prompt_tokens = int64_t(tokens.size());
-  std::vector<float> logits = forward(Phase::kPrefill, tokens, BatchLayout(segments), logit_rows);
-  for (size_t layer = 0; layer < prefill_cache_.size(); ++layer)
-    reshard_cache(prefill_cache_[layer], cache_[layer]);
-  prefill_cache_.clear();
-  result.prefill_s = seconds_since(start);
-  if (request.keep_prompt_logits)
-    result.prompt_logits.assign(logits.begin(), logits.begin() + first_sample_row * vocab);
-  if (request.max_new_tokens > 0) {
-    std::vector<int> all(static_cast<size_t>(batch_size));
-    for (int s = 0; s < batch_size; ++s) all[size_t(s)] = s;
-    sample_all(all, logits, first_sample_row);
-  }
-  result.ttft_s = seconds_since(start);
-
-  // Decode: one token per live sequence per step.
-  const auto decode_start = std::chrono::steady_clock::now();
-  while (!live.empty()) {
-    const auto step_start = std::chrono::steady_clock::now();
-    tokens.clear();
-    segments.clear();
-    logit_rows.clear();
-    for (int s : live) {
-      const auto& produced = result.generated[size_t(s)];
-      segments.push_back({s, int(prompts[size_t(s)].size() + produced.size() - 1), 1});
-      tokens.push_back(produced.back());
-      logit_rows.push_back(int32_t(tokens.size() - 1));
+    // Decode: each group's step t follows its tokens of step t - 1 back from
+    // the last stage; with as many groups as stages no stage waits.
+    const auto decode_start = Clock::now();
+    for (size_t step = 0;; ++step) {
+      const auto step_start = Clock::now();
+      bool any = false;
+      for (const std::vector<int>& group : groups) {
+        wait_for_tokens(group, step + 1);
+        std::vector<Segment> segments;
+        std::vector<int32_t> tokens;
+        for (int s : group) {
+          if (finished_[size_t(s)]) continue;
+          const auto& produced = result.generated[size_t(s)];
+          segments.push_back({s, int(prompts[size_t(s)].size() + step), 1});
+          tokens.push_back(produced[step]);
+        }
+        if (segments.empty()) continue;
+        any = true;
+        result.decode_tokens += int64_t(segments.size());
+        run_micro_batch(Phase::kDecode, int64_t(step), segments, tokens, {});
+      }
+      if (!any) break;
+      result.step_s.push_back(seconds_since(step_start));
     }
-    logits = forward(Phase::kDecode, tokens, BatchLayout(segments), logit_rows);
-    result.decode_tokens += int64_t(live.size());
-    sample_all(std::vector<int>(live), logits, 0);
-    result.step_s.push_back(seconds_since(step_start));
+    if (!stage_.is_last()) send_header(stage_.next_rank, {StageMessageKind::kDone}, nullptr, 0);
+    drain_sends();
+    result.decode_s = seconds_since(decode_start);
   }
-  result.decode_s = seconds_since(decode_start);
+
+  // Logits live on the last stage; the first stage reports them.
+  if (stage_.stages > 1 && (request.keep_prompt_logits || request.keep_step_logits)) {
+    Communicator& comm = ctx_.world_comm();
+    for (std::vector<float>* v : {&result.prompt_logits, &result.step_logits}) {
+      if (stage_.is_last()) {
+        const int64_t size = int64_t(v->size());
+        comm.send(&size, sizeof size, stage_.first_rank);
+        comm.send(v->data(), v->size() * sizeof(float), stage_.first_rank);
+      } else if (stage_.is_first()) {
+        int64_t size = 0;
+        comm.recv(&size, sizeof size, stage_.last_rank);
+        v->resize(size_t(size));
+        comm.recv(v->data(), v->size() * sizeof(float), stage_.last_rank);
+      }
+    }
+  }
+  request_ = nullptr;
+  result_ = nullptr;
   return result;
 }
 

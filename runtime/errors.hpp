@@ -4,6 +4,7 @@
 // Messages name the file, tensor, field or flag and what was expected.
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace shardlm {
 
@@ -14,5 +15,9 @@ struct UsageError : std::runtime_error {
 struct DataError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// "shardlm: warning: MESSAGE" on stderr, from the first rank of an MPI job
+// only (or the lone process), so a job of N ranks says it once.
+void warn(std::string_view message);
 
 }  // namespace shardlm

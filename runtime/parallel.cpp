@@ -28,12 +28,24 @@ void require_suffix(std::string_view axes, std::string_view tail, const char* wh
 ParallelContext::ParallelContext(World& world, const Mesh& mesh)
     : world_(world), mesh_(mesh), rank_(world.rank()) {
   if (mesh.size() != world.size())
-    throw UsageError(fmt::format("--mesh {} holds {} ranks but the job has {} (mpirun -n {})",
-                                 mesh.str(), mesh.size(), world.size(), world.size()));
+    throw UsageError(
+        mesh.pp > 1
+            ? fmt::format("--pp {} x --mesh {},{},{} holds {} ranks but the job has {} (mpirun -n {})",
+                          mesh.pp, mesh.x, mesh.y, mesh.z, mesh.size(), world.size(), world.size())
+            : fmt::format("--mesh {} holds {} ranks but the job has {} (mpirun -n {})", mesh.str(),
+                          mesh.size(), world.size(), world.size()));
 }
 
 Communicator& ParallelContext::comm(std::string_view axes) {
   return world_.group(mesh_.group(rank_, axes));
+}
+
+Communicator& ParallelContext::world_comm() { return world_.all(); }
+
+int ParallelContext::rank_in_stage(int stage) const {
+  MeshCoord c = mesh_.coord(rank_);
+  c.pp = stage;
+  return mesh_.rank(c);
 }
 
 std::pair<int64_t, int64_t> ParallelContext::block(int64_t count, std::string_view axes,
@@ -68,6 +80,7 @@ PhaseAxes PhaseAxes::from_layout(const Layout& l) {
   a.heads = l.activations.at("q").axes_of('H');
   a.kv_heads = l.activations.at("k").axes_of('K');
   a.kv_used = l.weight(WeightRole::kWk).used.axes_of('K');
+  a.hidden_f = l.activations.at("up").axes_of('F');
   a.embedding_e = l.weight(WeightRole::kEmbedding).stored.axes_of('E');
   a.vocab = l.weight(WeightRole::kLmHead).stored.axes_of('V');
   return a;

@@ -32,6 +32,11 @@ class ParallelContext {
   int index(std::string_view axes) const { return mesh_.group_index(rank_, axes); }
   // The group of ranks that differ from this one only on `axes`.
   Communicator& comm(std::string_view axes);
+  // Every rank of the job, indexed by world rank (pipeline stage boundaries).
+  Communicator& world_comm();
+  // This rank's pipeline stage, and the rank with its (x, y, z) in `stage`.
+  int stage() const { return mesh_.coord(rank_).pp; }
+  int rank_in_stage(int stage) const;
 
   // [begin, end) of `count` items owned by member `member` of a group over
   // `axes` (a nested balanced split); member defaults to this rank's index.
@@ -57,6 +62,7 @@ struct PhaseAxes {
   std::string heads;        // query heads after the projections
   std::string kv_heads;     // KV heads after the projections
   std::string kv_used;      // KV heads of W_k / W_v as multiplied
+  std::string hidden_f;     // F of the feed-forward hidden (gate, up) after reduction
   std::string embedding_e;  // E of the stored embedding table
   std::string vocab;        // V of the stored LM head
 

@@ -115,6 +115,11 @@ class NcclCommunicator final : public Communicator {
     check_nccl(ncclRecv(data, bytes, ncclUint8, from, comm_, stream_), "ncclRecv");
     wait();
   }
+  std::function<void()> isend(const void* data, size_t bytes, int to) override {
+    // Enqueued on the communicator's stream; waiting is synchronising it.
+    check_nccl(ncclSend(data, bytes, ncclUint8, to, comm_, stream_), "ncclSend");
+    return [this] { wait(); };
+  }
   void barrier() override {
     float* scratch = nullptr;
     check_cuda(cudaMalloc(&scratch, sizeof(float)), "cudaMalloc");

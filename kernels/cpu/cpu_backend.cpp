@@ -227,6 +227,19 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
 
+  void add_bias(const Tensor& bias, const Tensor& inout) override {
+    require_f32(bias, "bias must be F32");
+    const int64_t cols = bias.numel(), rows = inout.numel() / std::max<int64_t>(cols, 1);
+    require(inout.rank() == 2 && inout.dim(1) == cols,
+            "add_bias: bias width differs from the rows");
+    const float* b = bias.data<float>();
+    float* dst = inout.data<float>();
+#pragma omp parallel for schedule(static) if (rows * cols > 4096)
+    for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] += b[c];
+  }
+
   void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
                 const BatchLayout& batch) override {
     const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = cache.k.dim(3);
@@ -295,9 +308,13 @@ class CpuBackend final : public Backend {
           const Segment& seg = batch.segments[s];
           const int64_t cache_offset = (seg.slot * kv_heads + group.kv) * capacity * head_dim;
           const int64_t row = int64_t(s) * q_stride + group.first * head_dim;
-          cpu::attention_decode_group(q.data<float>() + row, group.count, seg.start_pos + 1,
-                                      k_cache + cache_offset, v_cache + cache_offset, head_dim,
-                                      scale, out.data<float>() + row, buffer.data());
+          // A sliding window hides the keys before its first position.
+          const int64_t first_key =
+              ah.window > 0 ? std::max<int64_t>(0, seg.start_pos + 1 - ah.window) : 0;
+          const int64_t offset = cache_offset + first_key * head_dim;
+          cpu::attention_decode_group(
+              q.data<float>() + row, group.count, seg.start_pos + 1 - first_key, k_cache + offset,
+              v_cache + offset, head_dim, scale, out.data<float>() + row, buffer.data());
         }
       }
       return;
@@ -317,7 +334,7 @@ class CpuBackend final : public Backend {
         const int64_t row = first_token[s] * q_stride + h * head_dim;
         cpu::attention_head(q.data<float>() + row, q_stride, seg.num_tokens, seg.start_pos,
                             k_cache + cache_offset, v_cache + cache_offset, head_dim, scale,
-                            out.data<float>() + row, buffer.data());
+                            ah.window, out.data<float>() + row, buffer.data());
       }
     }
   }

@@ -388,22 +388,34 @@ void attention_decode_group(const float* q, int64_t heads, int64_t keys, const f
 }
 
 void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
-                    const float* v, int64_t head_dim, float scale, float* out, float* scratch) {
+                    const float* v, int64_t head_dim, float scale, int64_t window, float* out,
+                    float* scratch) {
   for (int64_t i0 = 0; i0 < tokens; i0 += kAttentionBlockRows) {
     const int64_t rows = std::min(kAttentionBlockRows, tokens - i0);
-    // Keys the block's last query sees; earlier queries mask the rest.
-    const int64_t keys = first_pos + i0 + rows;
+    // Keys the block's queries see: from the first query's window start (0
+    // without a window) to the last query's position; each row masks the rest.
+    const int64_t key_begin = window > 0 ? std::max<int64_t>(0, first_pos + i0 + 1 - window) : 0;
+    const int64_t keys = first_pos + i0 + rows - key_begin;
+    const float* k_block = k + key_begin * head_dim;
+    const float* v_block = v + key_begin * head_dim;
     if (rows == 1) {
       // One query sees every key: the GEMM-free single-head decode kernel.
-      attention_decode_group(q + i0 * ldq, 1, keys, k, v, head_dim, scale, out + i0 * ldq, scratch);
+      attention_decode_group(q + i0 * ldq, 1, keys, k_block, v_block, head_dim, scale,
+                             out + i0 * ldq, scratch);
       continue;
     }
-    sgemm(q + i0 * ldq, rows, ldq, k, keys, head_dim, head_dim, scratch, keys, false);
-    for (int64_t i = 0; i < rows; ++i)  // causal: query i sees keys 0 .. its own position
-      softmax_row(scratch + i * keys, first_pos + i0 + i + 1, keys, scale);
+    sgemm(q + i0 * ldq, rows, ldq, k_block, keys, head_dim, head_dim, scratch, keys, false);
+    for (int64_t i = 0; i < rows; ++i) {
+      // Causal: query i sees keys up to its own position, and within the window.
+      const int64_t position = first_pos + i0 + i, visible_end = position + 1 - key_begin;
+      const int64_t hidden = window > 0 ? std::max<int64_t>(0, visible_end - window) : 0;
+      float* row = scratch + i * keys;
+      std::fill(row, row + hidden, 0.0f);
+      softmax_row(row + hidden, visible_end - hidden, keys - hidden, scale);
+    }
     // out rows = weights [rows, keys] · V [keys, head_dim]
-    const dnnl_status_t status = dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.0f, scratch, keys, v,
-                                            head_dim, 0.0f, out + i0 * ldq, ldq);
+    const dnnl_status_t status = dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.0f, scratch, keys,
+                                            v_block, head_dim, 0.0f, out + i0 * ldq, ldq);
     if (status != dnnl_success)
       throw std::runtime_error("cpu backend: dnnl_sgemm failed in attention");
   }

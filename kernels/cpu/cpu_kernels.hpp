@@ -54,7 +54,8 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 // Causal attention of one head over one sequence: `tokens` queries at
 // positions first_pos .. first_pos + tokens - 1 (row stride ldq, also the
 // stride of out), keys and values at positions 0 .. first_pos + tokens - 1
-// (row stride head_dim, as the KV cache holds them). Scores and weights are
+// (row stride head_dim, as the KV cache holds them). With window > 0 the
+// query at position p sees only keys p - window + 1 .. p. Scores and weights are
 // computed a block of queries at a time with sgemm (single-threaded: the
 // caller runs heads in parallel); `scratch` holds block_rows * (first_pos +
 // tokens) floats, see attention_scratch.
@@ -68,6 +69,7 @@ void attention_decode_group(const float* q, int64_t heads, int64_t keys, const f
                             const float* v, int64_t head_dim, float scale, float* out,
                             float* scratch);
 void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
-                    const float* v, int64_t head_dim, float scale, float* out, float* scratch);
+                    const float* v, int64_t head_dim, float scale, int64_t window, float* out,
+                    float* scratch);
 
 }  // namespace shardlm::cpu

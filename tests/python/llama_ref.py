@@ -20,6 +20,14 @@ With config key "parallel_block": true the layer is PaLM's parallel block,
 x = x + Attn(n) + FFN(n) with the single norm n = input_layernorm(x), and the
 checkpoint has no post_attention_layernorm tensor.
 
+Families, as Hugging Face defines them (LlamaForCausalLM, MistralForCausalLM,
+Qwen2ForCausalLM): projection biases (Llama attention_bias on q/k/v/o and
+mlp_bias on gate/up/down; Qwen2 on q/k/v), rope_scaling (linear, dynamic NTK,
+llama3, yarn), sliding-window attention (Mistral's sliding_window in every
+layer; Qwen2's with use_sliding_window from max_window_layers on), head_dim
+and tied embeddings. test_reference_hf.py checks this module against
+`transformers` wherever it is installed.
+
 It deliberately shares no code with the C++ engine.
 """
 
@@ -232,12 +240,124 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(var + eps) * w
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float):
-    """cos, sin of shape [T, head_dim] (HF: emb = cat(freqs, freqs))."""
-    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    freqs = np.outer(positions.astype(np.float64), inv_freq)  # [T, d/2]
+def rope_scaling_of(c: dict) -> dict:
+    """The rope_scaling dict (or transformers 5's rope_parameters), {} when none."""
+    r = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    if r.get("rope_type", r.get("type", "default")) == "default":
+        return {}
+    return r
+
+
+def rope_inv_freq(c: dict, head_dim: int, seq_len: int | None = None) -> np.ndarray:
+    """Inverse frequencies [head_dim/2] after the config's scaling, written from
+    the formulas of the YaRN, NTK and Llama 3.1 papers as transformers uses them."""
+    r = rope_scaling_of(c)
+    base = float((c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0)))
+    kind = r.get("rope_type", r.get("type", "default")) if r else "default"
+    max_pos = int(c.get("max_position_embeddings", 2048))
+    d = head_dim
+    if kind == "dynamic" and seq_len is not None and seq_len > max_pos:
+        f = float(r["factor"])
+        base = base * ((f * seq_len / max_pos) - (f - 1)) ** (d / (d - 2))
+    inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    if kind in ("default", "dynamic"):
+        return inv
+    factor = float(r["factor"])
+    if kind == "linear":
+        return inv / factor
+    if kind == "llama3":
+        old = float(r["original_max_position_embeddings"])
+        lo, hi = float(r["low_freq_factor"]), float(r["high_freq_factor"])
+        wavelen = 2 * math.pi / inv
+        smooth = np.clip((old / wavelen - lo) / (hi - lo), 0.0, 1.0)
+        # smooth = 0 (long waves): interpolate by the factor; 1 (short): keep.
+        return (1 - smooth) * inv / factor + smooth * inv
+    if kind == "yarn":
+        orig = float(r.get("original_max_position_embeddings") or max_pos)
+        beta_fast, beta_slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)
+
+        def dim_for(rotations):  # the dimension that turns `rotations` times over orig
+            return d * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = dim_for(beta_fast), dim_for(beta_slow)
+        if r.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(d // 2) - low) / (high - low), 0.0, 1.0)
+        return inv / factor * ramp + inv * (1 - ramp)
+    raise NotImplementedError(f"rope_type {kind}")
+
+
+def rope_attention_factor(c: dict) -> float:
+    r = rope_scaling_of(c)
+    if r.get("rope_type", r.get("type")) != "yarn":
+        return 1.0
+    if r.get("attention_factor") is not None:
+        return float(r["attention_factor"])
+    factor = float(r["factor"])
+
+    def mscale(m):
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    if r.get("mscale") and r.get("mscale_all_dim"):
+        return mscale(float(r["mscale"])) / mscale(float(r["mscale_all_dim"]))
+    return mscale(1.0)
+
+
+def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float, config: dict | None = None,
+                 seq_lens: np.ndarray | None = None):
+    """cos, sin of shape [T, head_dim] (HF: emb = cat(freqs, freqs)). With a
+    config, its rope scaling applies; seq_lens[t] is the sequence length whose
+    frequencies rotate position t (dynamic NTK only)."""
+    c = dict(config or {}, rope_theta=theta)
+    positions = np.asarray(positions)
+    if seq_lens is None:
+        seq_lens = np.full(positions.shape, positions.max() + 1 if positions.size else 0)
+    freqs = np.empty((positions.size, head_dim // 2))
+    for n in np.unique(seq_lens):
+        rows = seq_lens == n
+        freqs[rows] = np.outer(positions[rows].astype(np.float64), rope_inv_freq(c, head_dim, int(n)))
     emb = np.concatenate([freqs, freqs], axis=-1)  # [T, d]
-    return np.cos(emb), np.sin(emb)
+    scale = rope_attention_factor(c)
+    return np.cos(emb) * scale, np.sin(emb) * scale
+
+
+def family(c: dict) -> str:
+    archs = c.get("architectures") or ["LlamaForCausalLM"]
+    return {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+            "Qwen2ForCausalLM": "qwen2"}[archs[0]]
+
+
+def biases(c: dict) -> set[str]:
+    """Which projections carry a bias: subsets of q k v o gate up down."""
+    fam = family(c)
+    if fam == "qwen2":
+        return {"q", "k", "v"}
+    if fam == "llama":
+        out = set()
+        if c.get("attention_bias"):
+            out |= {"q", "k", "v", "o"}
+        if c.get("mlp_bias"):
+            out |= {"gate", "up", "down"}
+        return out
+    return set()
+
+
+def layer_windows(c: dict) -> list[int | None]:
+    """Each layer's sliding window (None: full attention)."""
+    L = int(c["num_hidden_layers"])
+    fam = family(c)
+    if fam == "mistral":
+        return [c.get("sliding_window")] * L
+    if fam == "qwen2":
+        window = c.get("sliding_window") if c.get("use_sliding_window") else None
+        types = c.get("layer_types") or [
+            "sliding_attention" if window is not None and i >= int(c.get("max_window_layers", L))
+            else "full_attention" for i in range(L)]
+        return [window if t == "sliding_attention" else None for t in types]
+    return [None] * L
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
@@ -276,7 +396,11 @@ def expected_shapes(c: dict) -> dict[str, tuple[int, ...]]:
     s = {"model.embed_tokens.weight": (V, E), "model.norm.weight": (E,)}
     if not c.get("tie_word_embeddings", False):
         s["lm_head.weight"] = (V, E)
+    out_dims = {"q": H * D, "k": KV * D, "v": KV * D, "o": E, "gate": F, "up": F, "down": E}
     for i in range(L):
+        for b in biases(c):
+            part = "self_attn" if b in "qkvo" else "mlp"
+            s[f"model.layers.{i}.{part}.{b}_proj.bias"] = (out_dims[b],)
         p = f"model.layers.{i}."
         s[p + "input_layernorm.weight"] = (E,)
         if not c.get("parallel_block", False):
@@ -308,8 +432,8 @@ class LlamaRef:
         self.theta = float(c.get("rope_theta", 10000.0))
         self.tied = bool(c.get("tie_word_embeddings", False))
         self.parallel = bool(c.get("parallel_block", False))
-        if c.get("rope_scaling") not in (None, {}):
-            raise NotImplementedError("rope_scaling is not supported by the reference")
+        self.windows = layer_windows(c)
+        self.biases = biases(c)
         if self.H % self.KV != 0:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         self.t = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
@@ -331,15 +455,24 @@ class LlamaRef:
 
     # -- blocks -------------------------------------------------------------
 
-    def attention(self, i: int, n: np.ndarray, positions: np.ndarray, return_probs=False):
-        """n: normed input [T, E]. Causal attention among these T positions."""
+    def linear(self, prefix: str, name: str, x: np.ndarray) -> np.ndarray:
+        """HF nn.Linear: x @ W.T (+ b when the family has this bias)."""
+        y = x @ self.t[f"{prefix}{name}_proj.weight"].T
+        if name in self.biases:
+            y = y + self.t[f"{prefix}{name}_proj.bias"]
+        return y
+
+    def attention(self, i: int, n: np.ndarray, positions: np.ndarray, return_probs=False,
+                  seq_lens=None):
+        """n: normed input [T, E]. Causal attention among these T positions
+        (within the layer's sliding window, if any)."""
         p = f"model.layers.{i}.self_attn."
         T = n.shape[0]
         H, KV, D = self.H, self.KV, self.D
-        q = (n @ self.t[p + "q_proj.weight"].T).reshape(T, H, D).transpose(1, 0, 2)
-        k = (n @ self.t[p + "k_proj.weight"].T).reshape(T, KV, D).transpose(1, 0, 2)
-        v = (n @ self.t[p + "v_proj.weight"].T).reshape(T, KV, D).transpose(1, 0, 2)
-        cos, sin = rope_cos_sin(positions, D, self.theta)
+        q = self.linear(p, "q", n).reshape(T, H, D).transpose(1, 0, 2)
+        k = self.linear(p, "k", n).reshape(T, KV, D).transpose(1, 0, 2)
+        v = self.linear(p, "v", n).reshape(T, KV, D).transpose(1, 0, 2)
+        cos, sin = rope_cos_sin(positions, D, self.theta, self.config, seq_lens)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         group = H // KV
@@ -350,6 +483,8 @@ class LlamaRef:
         v = np.ascontiguousarray(v[kv_of])  # [H, T, D]
         scale = 1.0 / math.sqrt(D)
         mask = np.triu(np.ones((T, T), dtype=bool), k=1)  # key after query
+        if self.windows[i] is not None:  # key at or beyond the window behind the query
+            mask |= np.tril(np.ones((T, T), dtype=bool), k=-int(self.windows[i]))
         probs = np.zeros((H, T, T)) if return_probs else None
         a = np.empty((H, T, D))
         for h in range(H):  # 2-D matmuls per head stay on BLAS
@@ -363,16 +498,14 @@ class LlamaRef:
             if return_probs:
                 probs[h] = ph
         a = a.transpose(1, 0, 2).reshape(T, H * D)
-        out = a @ self.t[p + "o_proj.weight"].T
+        out = self.linear(p, "o", a)
         return (out, probs) if return_probs else out
 
     def mlp(self, i: int, n: np.ndarray) -> np.ndarray:
         p = f"model.layers.{i}.mlp."
-        g = n @ self.t[p + "gate_proj.weight"].T
-        u = n @ self.t[p + "up_proj.weight"].T
-        return (silu(g) * u) @ self.t[p + "down_proj.weight"].T
+        return self.linear(p, "down", silu(self.linear(p, "gate", n)) * self.linear(p, "up", n))
 
-    def hidden_states(self, ids) -> np.ndarray:
+    def hidden_states(self, ids, seq_lens=None) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError("ids must be a non-empty 1-D list")
@@ -384,26 +517,32 @@ class LlamaRef:
             p = f"model.layers.{i}."
             n = rms_norm(x, self.t[p + "input_layernorm.weight"], self.eps)
             if self.parallel:
-                x = x + self.attention(i, n, positions) + self.mlp(i, n)
+                x = x + self.attention(i, n, positions, seq_lens=seq_lens) + self.mlp(i, n)
             else:
-                x = x + self.attention(i, n, positions)
+                x = x + self.attention(i, n, positions, seq_lens=seq_lens)
                 m = rms_norm(x, self.t[p + "post_attention_layernorm.weight"], self.eps)
                 x = x + self.mlp(i, m)
         return rms_norm(x, self.t["model.norm.weight"], self.eps)
 
-    def forward(self, ids) -> np.ndarray:
-        """Logits [T, vocab] (float64) at every position of `ids`."""
-        h = self.hidden_states(ids)
+    def forward(self, ids, seq_lens=None) -> np.ndarray:
+        """Logits [T, vocab] (float64) at every position of `ids`. seq_lens
+        (dynamic NTK RoPE only): the sequence length whose frequencies rotate
+        each position; by default all of them, as one forward pass does."""
+        h = self.hidden_states(ids, seq_lens)
         head = self.t["model.embed_tokens.weight"] if self.tied else self.t["lm_head.weight"]
         return h @ head.T
 
     def greedy(self, ids, n_new: int, stop_ids=()) -> tuple[list[int], np.ndarray]:
         """Greedy decoding by full recomputation. Returns (generated ids,
-        step logits [n_steps, vocab]) where row i produced generated[i]."""
+        step logits [n_steps, vocab]) where row i produced generated[i].
+        Under dynamic NTK RoPE, each position is rotated as a KV-cached
+        generation does: prompt positions with the prompt's length, position
+        p >= len(prompt) with length p + 1."""
         seq = list(ids)
         gen, rows = [], []
         for _ in range(n_new):
-            logits = self.forward(seq)[-1]
+            seq_lens = np.array([max(len(ids), p + 1) for p in range(len(seq))])
+            logits = self.forward(seq, seq_lens)[-1]
             tok = int(np.argmax(logits))
             rows.append(logits)
             gen.append(tok)

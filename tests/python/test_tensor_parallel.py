@@ -1,7 +1,10 @@
 """Tensor parallelism: under mpirun with 1, 2 and 4 ranks (oversubscribed on
 any core count), every feed-forward layout x attention layout, in prefill and
 in decode, gives the single-process logits (to 1e-4 of the largest) and the
-same greedy tokens, for the MHA, GQA, MQA and parallel-block presets."""
+same greedy tokens, for the MHA, GQA, MQA and parallel-block presets, and for
+the model families (biases split with their outputs or added after the
+reduction, tied embeddings, scaled RoPE, sliding windows) on prompts longer
+than their original RoPE context and window."""
 
 from __future__ import annotations
 
@@ -22,7 +25,12 @@ ATTN = ["heads", "batch"]
 MESHES = {
     ("tiny", 2): "2,1,1", ("tiny-mha", 2): "1,2,1", ("tiny-mqa", 2): "1,1,2", ("tiny-parallel", 2): "2,1,1",
     ("tiny", 4): "2,2,1", ("tiny-mha", 4): "1,2,2", ("tiny-mqa", 4): "2,1,2", ("tiny-parallel", 4): "4,1,1",
+    ("tiny-llama-bias", 2): "1,2,1", ("tiny-qwen2", 2): "2,1,1", ("tiny-mistral", 2): "1,1,2",
+    ("tiny-tied", 2): "2,1,1", ("tiny-llama3", 2): "1,2,1",
+    ("tiny-llama-bias", 4): "2,2,1", ("tiny-qwen2", 4): "2,1,2", ("tiny-mistral", 4): "1,2,2",
+    ("tiny-tied", 4): "2,2,1", ("tiny-llama3", 4): "1,2,2",
 }
+FAMILIES = ["tiny-llama-bias", "tiny-qwen2", "tiny-mistral", "tiny-tied", "tiny-llama3"]
 # Every layout in both phases, and pairs whose attention sharding differs
 # between phases (the KV cache is then resharded after prefill).
 PAIRS = [((f, a), (f, a)) for f in FFN for a in ATTN] + [
@@ -33,6 +41,10 @@ PAIRS = [((f, a), (f, a)) for f in FFN for a in ATTN] + [
 # Three prompts of different lengths: ragged rows, and a batch that 4 ranks
 # cannot split evenly (one rank holds no sequence under batch sharding).
 PROMPTS = "1,5,9,200,17,3000,45\n3,4,5\n7,8,9,10,11,12,13,14,15\n"
+# For the families: past tiny-mistral's 16-token window and the llama3
+# presets' 32-token original context, still ragged.
+LONG_PROMPTS = "".join(",".join(str((7 * i + 3 * s) % 997 + 1) for i in range(n)) + "\n"
+                       for s, n in ((1, 40), (2, 3), (3, 21)))
 NEW_TOKENS = 5
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
@@ -61,20 +73,26 @@ def run_generate(shardlm, model, prompts_file, out_dir, ranks=None, extra=()):
 
 
 @pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text(PROMPTS)
-    return path
+def prompts_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prompts")
+    (root / "short.txt").write_text(PROMPTS)
+    (root / "long.txt").write_text(LONG_PROMPTS)
+    return lambda preset: root / ("long.txt" if preset in FAMILIES else "short.txt")
 
 
 @pytest.fixture(scope="module")
-def single_rank(shardlm, models, prompts_file, tmp_path_factory):
+def prompts_file(prompts_files):
+    return prompts_files("tiny")
+
+
+@pytest.fixture(scope="module")
+def single_rank(shardlm, models, prompts_files, tmp_path_factory):
     cache = {}
 
     def get(preset):
         if preset not in cache:
             out = tmp_path_factory.mktemp(f"single-{preset}")
-            cache[preset] = run_generate(shardlm, models.get(preset, "f32"), prompts_file, out)
+            cache[preset] = run_generate(shardlm, models.get(preset, "f32"), prompts_files(preset), out)
         return cache[preset]
 
     return get
@@ -87,8 +105,8 @@ def assert_close(actual, expected, what):
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("preset", ["tiny", "tiny-mha", "tiny-mqa", "tiny-parallel"])
-def test_every_layout_matches_single_rank(shardlm, models, prompts_file, single_rank, tmp_path,
+@pytest.mark.parametrize("preset", ["tiny", "tiny-mha", "tiny-mqa", "tiny-parallel"] + FAMILIES)
+def test_every_layout_matches_single_rank(shardlm, models, prompts_files, single_rank, tmp_path,
                                           preset, ranks):
     expected, expected_prefill, expected_steps = single_rank(preset)
     mesh = MESHES[(preset, ranks)]
@@ -100,8 +118,8 @@ def test_every_layout_matches_single_rank(shardlm, models, prompts_file, single_
         extra = ["--mesh", mesh, "--ffn-layout-prefill", ffn_p, "--attn-layout-prefill", attn_p,
                  "--ffn-layout-decode", ffn_d, "--attn-layout-decode", attn_d]
         try:
-            result, prefill, steps = run_generate(shardlm, models.get(preset, "f32"), prompts_file,
-                                                  out, ranks, extra)
+            result, prefill, steps = run_generate(shardlm, models.get(preset, "f32"),
+                                                  prompts_files(preset), out, ranks, extra)
             assert result["generated_ids"] == expected["generated_ids"], f"{what}: greedy tokens differ"
             assert_close(prefill, expected_prefill, f"{what}: prefill logits")
             assert_close(steps, expected_steps, f"{what}: decode logits")

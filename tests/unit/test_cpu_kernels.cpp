@@ -89,20 +89,21 @@ cpu::WeightView view_of(const Tensor& t) {
 }
 
 // One query's attention output over keys [0, length), in double.
+// Attention of one query over keys [first, length).
 std::vector<double> reference_attention(const float* query, int64_t length,
                                         const std::vector<float>& k, const std::vector<float>& v,
-                                        int64_t head_dim, float scale) {
+                                        int64_t head_dim, float scale, int64_t first = 0) {
   std::vector<double> w(static_cast<size_t>(length)), out(static_cast<size_t>(head_dim), 0.0);
   double top = -1e300, total = 0;
-  for (int64_t j = 0; j < length; ++j) {
+  for (int64_t j = first; j < length; ++j) {
     double dot = 0;
     for (int64_t d = 0; d < head_dim; ++d) dot += double(query[d]) * k[size_t(j * head_dim + d)];
     w[size_t(j)] = dot * scale;
     top = std::max(top, w[size_t(j)]);
   }
-  for (double& x : w) total += (x = std::exp(x - top));
+  for (int64_t j = first; j < length; ++j) total += (w[size_t(j)] = std::exp(w[size_t(j)] - top));
   for (int64_t d = 0; d < head_dim; ++d)
-    for (int64_t j = 0; j < length; ++j)
+    for (int64_t j = first; j < length; ++j)
       out[size_t(d)] += w[size_t(j)] / total * v[size_t(j * head_dim + d)];
   return out;
 }
@@ -255,28 +256,38 @@ TEST_CASE("attention matches a plain causal softmax reference", "[cpu_kernels]")
   const int64_t head_dim = 40;  // not a multiple of 16: masked tails
   const float scale = 1.0f / std::sqrt(float(head_dim));
   // Prefill from 0 (blocks of queries, some past the first block), a chunk
-  // continuing a cached prefix, and single-query decode steps.
-  for (auto [tokens, first_pos] :
-       {std::pair<int64_t, int64_t>{1, 0}, {5, 0}, {70, 0}, {150, 0}, {9, 13}, {1, 37}, {1, 200}}) {
-    const int64_t keys = first_pos + tokens, ldq = 3 * head_dim;
-    const auto q = random_values(size_t(tokens * ldq), uint32_t(tokens * 7 + first_pos));
-    const auto k = random_values(size_t(keys * head_dim), uint32_t(keys + 1));
-    const auto v = random_values(size_t(keys * head_dim), uint32_t(keys + 2));
-    std::vector<float> out(size_t(tokens * ldq), -1.0f);
-    std::vector<float> scratch(size_t(cpu::attention_scratch(tokens, first_pos)));
-    cpu::attention_head(q.data(), ldq, tokens, first_pos, k.data(), v.data(), head_dim, scale,
-                        out.data(), scratch.data());
-    for (int64_t i = 0; i < tokens; ++i) {
-      const auto want =
-          reference_attention(q.data() + i * ldq, first_pos + i + 1, k, v, head_dim, scale);
-      for (int64_t d = 0; d < head_dim; ++d) {
-        INFO("tokens " << tokens << " first_pos " << first_pos << " query " << i << " d " << d);
-        REQUIRE(out[size_t(i * ldq + d)] == Approx(want[size_t(d)]).margin(2e-5));
+  // continuing a cached prefix, and single-query decode steps; without a
+  // sliding window (0) and with windows shorter and longer than a block.
+  for (int64_t window : {0, 1, 7, 64, 100})
+    for (auto [tokens, first_pos] : {std::pair<int64_t, int64_t>{1, 0},
+                                     {5, 0},
+                                     {70, 0},
+                                     {150, 0},
+                                     {9, 13},
+                                     {1, 37},
+                                     {1, 200}}) {
+      const int64_t keys = first_pos + tokens, ldq = 3 * head_dim;
+      const auto q = random_values(size_t(tokens * ldq), uint32_t(tokens * 7 + first_pos));
+      const auto k = random_values(size_t(keys * head_dim), uint32_t(keys + 1));
+      const auto v = random_values(size_t(keys * head_dim), uint32_t(keys + 2));
+      std::vector<float> out(size_t(tokens * ldq), -1.0f);
+      std::vector<float> scratch(size_t(cpu::attention_scratch(tokens, first_pos)));
+      cpu::attention_head(q.data(), ldq, tokens, first_pos, k.data(), v.data(), head_dim, scale,
+                          window, out.data(), scratch.data());
+      for (int64_t i = 0; i < tokens; ++i) {
+        const int64_t position = first_pos + i;
+        const int64_t first_key = window > 0 ? std::max<int64_t>(0, position + 1 - window) : 0;
+        const auto want =
+            reference_attention(q.data() + i * ldq, position + 1, k, v, head_dim, scale, first_key);
+        for (int64_t d = 0; d < head_dim; ++d) {
+          INFO("window " << window << " tokens " << tokens << " first_pos " << first_pos
+                         << " query " << i << " d " << d);
+          REQUIRE(out[size_t(i * ldq + d)] == Approx(want[size_t(d)]).margin(2e-5));
+        }
+        // Only this head's columns are written.
+        REQUIRE(out[size_t(i * ldq + head_dim)] == -1.0f);
       }
-      // Only this head's columns are written.
-      REQUIRE(out[size_t(i * ldq + head_dim)] == -1.0f);
     }
-  }
 }
 
 TEST_CASE("grouped decode attention matches a plain reference for every head", "[cpu_kernels]") {

@@ -1,0 +1,147 @@
+#include "models/rope.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "kernels/math.hpp"
+
+namespace shardlm {
+
+std::vector<double> rope_inv_freq(const ModelConfig& c, int64_t seq_len) {
+  const int dim = int(c.head_dim), half = dim / 2;
+  const RopeScaling& s = c.rope_scaling;
+  double base = c.rope_theta;
+  if (s.type == RopeType::kDynamic && seq_len > c.max_position_embeddings)
+    base *=
+        std::pow(s.factor * double(seq_len) / double(c.max_position_embeddings) - (s.factor - 1),
+                 double(dim) / double(dim - 2));
+  std::vector<double> inv_freq(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) inv_freq[size_t(i)] = math::rope_inv_freq(i, dim, base);
+
+  switch (s.type) {
+    case RopeType::kDefault:
+    case RopeType::kDynamic: break;
+    case RopeType::kLinear:
+      for (double& f : inv_freq) f /= s.factor;
+      break;
+    case RopeType::kLlama3: {
+      // Long wavelengths are interpolated by the factor, short ones kept, and
+      // those between blended smoothly.
+      const double old_context = double(s.original_max_position_embeddings);
+      const double low_freq_wavelen = old_context / s.low_freq_factor;
+      const double high_freq_wavelen = old_context / s.high_freq_factor;
+      for (double& f : inv_freq) {
+        const double wavelen = 2 * std::numbers::pi / f;
+        if (wavelen > low_freq_wavelen) {
+          f /= s.factor;
+        } else if (wavelen >= high_freq_wavelen) {
+          const double smooth = (old_context / wavelen - s.low_freq_factor) /
+                                (s.high_freq_factor - s.low_freq_factor);
+          f = (1 - smooth) * f / s.factor + smooth * f;
+        }
+      }
+      break;
+    }
+    case RopeType::kYarn: {
+      // Dimensions rotating fewer than beta_slow times over the original
+      // context are interpolated, more than beta_fast times extrapolated, and
+      // a linear ramp over the dimension index joins the two.
+      auto correction_dim = [&](double rotations) {
+        return dim *
+               std::log(double(s.original_max_position_embeddings) /
+                        (rotations * 2 * std::numbers::pi)) /
+               (2 * std::log(c.rope_theta));
+      };
+      double low = correction_dim(s.beta_fast), high = correction_dim(s.beta_slow);
+      if (s.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      low = std::max(low, 0.0);
+      high = std::min(high, double(dim - 1));
+      if (low == high) high += 0.001;
+      for (int i = 0; i < half; ++i) {
+        const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+        const double extrapolation = 1 - ramp;
+        const double f = inv_freq[size_t(i)];
+        inv_freq[size_t(i)] = f / s.factor * (1 - extrapolation) + f * extrapolation;
+      }
+      break;
+    }
+  }
+  return inv_freq;
+}
+
+double rope_attention_factor(const ModelConfig& c) {
+  return c.rope_scaling.type == RopeType::kYarn ? c.rope_scaling.attention_factor : 1.0;
+}
+
+namespace {
+
+// cos/sin rows for positions[t] with frequencies of seq_lens[t].
+void fill_tables(const ModelConfig& c, const std::vector<int64_t>& positions,
+                 const std::vector<int64_t>& seq_lens, std::vector<float>& cos_out,
+                 std::vector<float>& sin_out) {
+  const int64_t half = c.head_dim / 2;
+  const double scale = rope_attention_factor(c);
+  cos_out.resize(positions.size() * size_t(half));
+  sin_out.resize(cos_out.size());
+  std::vector<double> inv_freq;
+  int64_t freq_len = -1;
+  for (size_t t = 0; t < positions.size(); ++t) {
+    if (seq_lens[t] != freq_len) {
+      freq_len = seq_lens[t];
+      inv_freq = rope_inv_freq(c, freq_len);
+    }
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = double(positions[t]) * inv_freq[size_t(i)];
+      cos_out[t * size_t(half) + size_t(i)] = float(std::cos(angle) * scale);
+      sin_out[t * size_t(half) + size_t(i)] = float(std::sin(angle) * scale);
+    }
+  }
+}
+
+std::pair<Tensor, Tensor> upload(Backend& backend, const std::vector<float>& cos,
+                                 const std::vector<float>& sin, int64_t half) {
+  const int64_t rows = int64_t(cos.size()) / half;
+  Tensor cos_t = backend.alloc({rows, half}, DType::F32),
+         sin_t = backend.alloc({rows, half}, DType::F32);
+  backend.copy_from_host(cos.data(), cos_t);
+  backend.copy_from_host(sin.data(), sin_t);
+  return {cos_t, sin_t};
+}
+
+}  // namespace
+
+RopeTables::RopeTables(Backend& backend, const ModelConfig& c) : config_(c) {
+  const int64_t positions = c.max_position_embeddings;
+  std::vector<int64_t> pos(static_cast<size_t>(positions));
+  for (int64_t p = 0; p < positions; ++p) pos[size_t(p)] = p;
+  std::vector<float> cos, sin;
+  fill_tables(c, pos, std::vector<int64_t>(pos.size(), positions), cos, sin);
+  std::tie(cos_, sin_) = upload(backend, cos, sin, c.head_dim / 2);
+}
+
+RopeRows RopeTables::rows_for(Backend& backend, const BatchLayout& batch) const {
+  const bool grown =
+      std::any_of(batch.segments.begin(), batch.segments.end(), [&](const Segment& s) {
+        return s.start_pos + s.num_tokens > config_.max_position_embeddings;
+      });
+  if (config_.rope_scaling.type != RopeType::kDynamic || !grown)
+    return {cos_, sin_, batch.positions};
+  std::vector<int64_t> positions, seq_lens;
+  for (const Segment& s : batch.segments)
+    for (int t = 0; t < s.num_tokens; ++t) {
+      positions.push_back(s.start_pos + t);
+      seq_lens.push_back(s.start_pos + s.num_tokens);
+    }
+  std::vector<float> cos, sin;
+  fill_tables(config_, positions, seq_lens, cos, sin);
+  RopeRows rows;
+  std::tie(rows.cos, rows.sin) = upload(backend, cos, sin, config_.head_dim / 2);
+  for (int32_t t = 0; t < int32_t(positions.size()); ++t) rows.index.push_back(t);
+  return rows;
+}
+
+}  // namespace shardlm
