@@ -2,11 +2,12 @@
 // spec for the planner. Under `mpirun -n N` it also measures collectives
 // between the ranks; alone it says so and starts nothing.
 #include <fmt/core.h>
-#include <mpi.h>
+#include <omp.h>
 
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
@@ -22,17 +23,6 @@ struct CalibrateOptions {
   bool quick = false;
 };
 
-// Ranks sharing this rank's machine (MPI shared-memory split).
-int ranks_on_this_node(World& world) {
-  if (world.size() == 1) return 1;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
-  int n = 1;
-  MPI_Comm_size(node, &n);
-  MPI_Comm_free(&node);
-  return n;
-}
-
 void run_calibrate(const CalibrateOptions& o) {
   if (o.out.empty()) throw UsageError("calibrate: --out FILE is required");
   // MPI starts here, and only when launched by mpirun (World decides).
@@ -46,7 +36,30 @@ void run_calibrate(const CalibrateOptions& o) {
       fmt::print(stderr, "calibrate: {} ranks: measuring matmul, memory and collectives\n",
                  world.size());
   }
-  Calibration c = calibrate(world.all(), ranks_on_this_node(world), o.name, o.quick);
+  // Each rank computes with its share of its node's cores, as generate does.
+  omp_set_num_threads(world.default_threads(world.rank()));
+  CalibrationGroups groups;
+  groups.all = &world.all();
+  groups.nodes = world.nodes();
+  groups.ranks_per_node = world.ranks_on_node(world.node(world.rank()));
+  std::vector<int> same_node, same_local;
+  for (int r = 0; r < world.size(); ++r) {
+    if (world.ranks_on_node(world.node(r)) != groups.ranks_per_node)
+      throw UsageError(fmt::format(
+          "calibrate: {} has {} ranks and {} has {}: give every node the same number of ranks",
+          world.host(world.rank()), groups.ranks_per_node, world.host(r),
+          world.ranks_on_node(world.node(r))));
+    if (world.node(r) == world.node(world.rank())) same_node.push_back(r);
+    if (world.local_rank(r) == world.local_rank(world.rank())) same_local.push_back(r);
+  }
+  if (groups.nodes > 1) {
+    if (groups.ranks_per_node > 1) groups.in_node = &world.group(same_node);
+    groups.across = &world.group(same_local);
+    if (world.is_root())
+      fmt::print(stderr, "calibrate: {} nodes x {} ranks: inside and across nodes separately\n",
+                 groups.nodes, groups.ranks_per_node);
+  }
+  Calibration c = calibrate(groups, o.name, o.quick);
   if (world.is_root()) {
     const std::string yaml = to_yaml(c);
     std::ofstream file(o.out);

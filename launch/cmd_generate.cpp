@@ -9,10 +9,10 @@
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
-#include <tuple>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
@@ -36,12 +36,13 @@ struct GenerateOptions {
   bool stream_flag = false, no_stream_flag = false;
   bool ignore_eos = false;
   int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0, warmup = 0;
+  double comm_timeout = 60;
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
   std::string mesh, weights;
-  LayoutFlags layouts{false, "", "", "", "", "cpu-local", false};
+  LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
   int pp = 1, micro_batches = 0;
   bool pp_given = false;
@@ -203,8 +204,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
   const bool mesh_pinned = !o.mesh.empty() || o.pp_given;
+  LayoutFlags layout_flags = o.layouts;
+  layout_flags.rank_nodes = world.node_of_ranks();
   LayoutChoice choice =
-      choose_layouts(o.layouts, config, mesh, mesh_pinned, workload, weights_name);
+      choose_layouts(layout_flags, config, mesh, mesh_pinned, workload, weights_name);
   mesh = choice.decode.mesh;
   if (mesh.pp > config.num_layers)
     throw UsageError(fmt::format("--pp {}: more pipeline stages than the model's {} layers",
@@ -212,7 +215,22 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   ParallelContext ctx(world, mesh);
   const StageSplit split = choose_stage_split(o.pp_layers, config, choice, workload);
   const StageInfo stage = StageInfo::of(ctx, split);
-  if (mesh.pp > 1) world.set_label(fmt::format("rank {} (stage {})", world.rank(), stage.stage));
+  if (mesh.pp > 1) {
+    std::vector<int> stages;
+    for (int r = 0; r < world.size(); ++r) stages.push_back(mesh.coord(r).pp);
+    world.set_stages(stages);
+  }
+  if (o.verbose && world.is_root()) {
+    // Where each rank runs and which shard it holds, before anything is loaded.
+    std::string map = world.placement_report();
+    for (int r = 0; r < world.size(); ++r) {
+      const MeshCoord c = mesh.coord(r);
+      fmt::print(stderr, "{}", map.substr(0, map.find('\n')));
+      fmt::print(stderr, ", mesh x={} y={} z={}{}\n", c.x, c.y, c.z,
+                 mesh.pp > 1 ? fmt::format(" stage={}", c.pp) : "");
+      map.erase(0, map.find('\n') + 1);
+    }
+  }
   // Micro-batches: as given, else one per stage (more when the planner wants
   // more for memory); a lone pipeline stage runs the batch whole.
   int micro_batches = o.micro_batches;
@@ -236,12 +254,20 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
   const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
+  // From here on what fails may fail on one rank only (a file, a node), and
+  // each rank says so itself. Loading may take each rank a different time:
+  // the collectives up to the first step get a longer allowance.
+  world.set_errors_agree(false);
+  world.set_comm_timeout(o.comm_timeout > 0 ? std::max(600.0, 10 * o.comm_timeout) : 0);
   const Checkpoint checkpoint(o.model);
-  std::unique_ptr<Backend> backend = make_cpu_backend({o.threads, weight_dtype});
+  const int threads = o.threads > 0 ? o.threads : world.default_threads(world.rank());
+  std::unique_ptr<Backend> backend = make_cpu_backend({threads, weight_dtype});
   const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
-                        stage.is_first(), stage.is_last()};
+                         stage.is_first(), stage.is_last()};
   Engine engine(*backend, ctx, config, prefill, decode,
                 load_model_weights(checkpoint, config, *backend, decode, ctx, part), stage);
+  if (world.size() > 1) world.all().barrier();
+  world.set_comm_timeout(o.comm_timeout);
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
@@ -304,14 +330,18 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   std::vector<float> busy(size_t(2 * world.size()));
   const float mine[2] = {float(r.prefill_busy_s), float(r.decode_busy_s)};
   world.all().all_gather(mine, busy.data(), 2);
+  // The first stage holds the results, each of its ranks the same ones:
+  // rank 0 writes the files (ranks on one machine would otherwise write the
+  // same path at once), and prints unless --verbose asks them all to.
+  if (world.is_root()) {
+    if (!o.dump_logits.empty())
+      write_npy_f32(o.dump_logits, r.prompt_logits.data(),
+                    {int64_t(prompts[0].size()), r.vocab_size});
+    if (!o.dump_step_logits.empty())
+      write_npy_f32(o.dump_step_logits, r.step_logits.data(),
+                    {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
+  }
   if (!prints) return;
-
-  if (!o.dump_logits.empty())
-    write_npy_f32(o.dump_logits, r.prompt_logits.data(),
-                  {int64_t(prompts[0].size()), r.vocab_size});
-  if (!o.dump_step_logits.empty())
-    write_npy_f32(o.dump_step_logits, r.step_logits.data(),
-                  {int64_t(r.step_logits.size()) / r.vocab_size, r.vocab_size});
 
   const nlohmann::json predicted = predicted_costs(choice, config, workload);
   auto per_second = [](double count, double seconds) {
@@ -324,11 +354,11 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   for (double s : r.step_s) step_ms.push_back(s * 1e3);
   // The pipeline: per stage, its busy time in each phase (first rank of the
   // stage) and the bubble, 1 - busy / phase time, beside the prediction.
-  nlohmann::json pipeline = {{"pp", mesh.pp},
-                             {"layers_per_stage", split.layers},
-                             {"micro_batches",
-                              {{"prefill", r.prefill_micro_batches},
-                               {"decode", r.decode_micro_batches}}}};
+  nlohmann::json pipeline = {
+      {"pp", mesh.pp},
+      {"layers_per_stage", split.layers},
+      {"micro_batches",
+       {{"prefill", r.prefill_micro_batches}, {"decode", r.decode_micro_batches}}}};
   for (const auto& [phase_name, index, phase_s] :
        {std::tuple{"prefill", 0, r.prefill_s}, std::tuple{"decode", 1, r.decode_s}}) {
     std::vector<double> stage_busy;
@@ -361,7 +391,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"backend", backend->describe()},
         {"ranks", world.size()},
         {"peak_rss_mb_per_rank", peak_rss_mb},
-        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}, {"pp", mesh.pp}}},
+        {"mesh", {{"x", mesh.x}, {"y", mesh.y}, {"z", mesh.z}}},
         {"pp", mesh.pp},
         {"micro_batches", micro_batches},
         {"pipeline", pipeline},
@@ -458,13 +488,22 @@ void add_generate_command(CLI::App& app) {
                   "write prefill logits of sequence 0, [prompt_tokens, vocab], as .npy");
   cmd->add_option("--dump-step-logits", o->dump_step_logits,
                   "write the logits each token of sequence 0 was sampled from, as .npy");
-  cmd->add_option("--threads", o->threads, "compute threads (0: all cores this process may use)")
+  cmd->add_option("--threads", o->threads,
+                  "compute threads (0: the cores this process may use, divided by the ranks of "
+                  "its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
   cmd->add_option("--warmup", o->warmup, "untimed runs of the same request before the timed one")
       ->check(CLI::Range(0, 1000));
   cmd->add_flag("--json", o->json, "print one JSON object of results");
-  cmd->add_flag("--verbose", o->verbose, "every rank prints its results, not only rank 0");
+  cmd->add_flag("--verbose", o->verbose,
+                "print where each rank runs (host, local rank, threads, mesh coordinate) and let "
+                "every rank print its results, not only rank 0");
+  cmd->add_option("--comm-timeout", o->comm_timeout,
+                  "end the job when one collective waits longer than SECONDS (a stopped rank or a "
+                  "cut-off node); 0: wait forever")
+      ->check(CLI::Range(0.0, 1e9))
+      ->capture_default_str();
   cmd->add_option("--mesh", o->mesh,
                   "tensor-parallel mesh X,Y,Z of each pipeline stage, X*Y*Z*pp = ranks (default: X "
                   "near sqrt(ranks/pp)/2)");

@@ -9,7 +9,8 @@
 
 namespace shardlm {
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
-                            bool mesh_pinned, const Workload& workload, const std::string& weights) {
+                            bool mesh_pinned, const Workload& workload,
+                            const std::string& weights) {
   LayoutChoice choice;
   const auto ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
@@ -29,6 +30,8 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
     } catch (const DataError&) {
     }
   }
+  // Collectives are priced by the links the job's groups actually cross.
+  if (choice.hardware) choice.hardware->rank_nodes = flags.rank_nodes;
   choice.prefill = {ffn_prefill.value_or(FfnLayout::k2D), attn_prefill.value_or(AttnLayout::kHeads),
                     weights, mesh};
   choice.decode = {ffn_decode.value_or(FfnLayout::k2D), attn_decode.value_or(AttnLayout::kHeads),
@@ -55,15 +58,19 @@ StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& c
                               const LayoutChoice& choice, const Workload& workload) {
   const int pp = choice.decode.mesh.pp;
   if (!pp_layers.empty()) return parse_stage_split(pp_layers, pp, config.num_layers);
-  double layer_cost = double(config.params_per_layer());
-  double head_cost = double(config.vocab_size * config.hidden_size + config.hidden_size);
+  // Memory: weights held (the embedding table and the LM head are each
+  // vocab x hidden). Time: the predicted decode step, where the head is a
+  // matmul and the embedding a row lookup; by weight bytes without a spec.
+  const double table = double(config.vocab_size * config.hidden_size);
+  const StageCosts memory{double(config.params_per_layer()), table + double(config.hidden_size),
+                          table};
+  StageCosts time{memory.layer, memory.head, 0.0};
   if (choice.hardware) {
-    const PhaseCost cost = estimate_phase(ModelSpec::from_config(config, "model"),
-                                          *choice.hardware, workload, Phase::kDecode, choice.decode);
-    layer_cost = cost.layer.latency_s;
-    head_cost = cost.edges.latency_s;
+    const PhaseCost cost = estimate_phase(ModelSpec::from_config(config, "model"), *choice.hardware,
+                                          workload, Phase::kDecode, choice.decode);
+    time = {cost.layer.latency_s, cost.edges.latency_s, 0.0};
   }
-  return balanced_stage_split(config.num_layers, pp, layer_cost, head_cost, 0.0);
+  return balanced_stage_split(config.num_layers, pp, time, memory);
 }
 
 nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& config,

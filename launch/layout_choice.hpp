@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "models/model_config.hpp"
 #include "partitioning/cost_model.hpp"
@@ -18,10 +19,11 @@ struct LayoutFlags {
   std::string ffn_prefill, ffn_decode, attn_prefill, attn_decode;
   std::string hardware;  // spec for the planner and the prediction
   bool hardware_given = false;
+  std::vector<int> rank_nodes;  // node of each rank of the job (empty: by the spec's nodes)
 };
 
 struct LayoutChoice {
-  PhaseConfig prefill, decode;  // both on the mesh to run (pp included)
+  PhaseConfig prefill, decode;           // both on the mesh to run (pp included)
   std::optional<HardwareSpec> hardware;  // absent when no spec was found
   std::string why;                       // the planner's reasoning, under --plan auto
 };
@@ -33,10 +35,12 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
                             bool mesh_pinned, const Workload& workload, const std::string& weights);
 
 // How many layers each pipeline stage of `mesh` owns: `--pp-layers` text when
-// given, else the split that balances the predicted decode time per stage
-// (the final norm and LM head counted on the last stage; the embedding, one
-// table row per token, costs next to nothing on the first). Without a
-// hardware spec the prediction is by weight bytes, which decode streams.
+// given, else balanced_stage_split (runtime/pipeline.hpp) over the predicted
+// decode time per stage (the final norm and LM head counted on the last
+// stage; the embedding, one table row per token, costs next to nothing on
+// the first) and the weights each stage holds (the embedding table counted
+// on the first). Without a hardware spec time is by weight bytes, which
+// decode streams.
 StageSplit choose_stage_split(const std::string& pp_layers, const ModelConfig& config,
                               const LayoutChoice& choice, const Workload& workload);
 

@@ -2,13 +2,17 @@
 // error (bad flag or request), 1 data error (bad file, value or runtime fault).
 #include <fmt/core.h>
 
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string_view>
+#include <thread>
 
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/npy.hpp"
 
 namespace {
 
@@ -20,16 +24,31 @@ int fail(const char* message, int exit_code) {
     return exit_code;
   }
   shardlm::World& world = shardlm::World::get();
-  if (world.size() > 1)
-    fmt::print(stderr, "shardlm: error: {}: {}\n", world.label(), message);
-  else
+  if (world.size() == 1) {
     fmt::print(stderr, "shardlm: error: {}\n", message);
+    world.abort(exit_code);
+  }
+  // An error every rank meets alike (a bad flag, mesh or config) is said once,
+  // by rank 0, whose MPI_Abort ends the others while they wait here. Should
+  // rank 0 not have met it after all, the rank says it itself.
+  if (world.errors_agree() && !world.is_root())
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+  fmt::print(stderr, "shardlm: error: {}: {}\n", world.rank_name(world.rank()), message);
   world.abort(exit_code);
+}
+
+// Ctrl-C (mpirun passes it on as SIGTERM) ends the rank without leaving a
+// half-written output file behind.
+void end_on_interrupt(int signal) {
+  shardlm::remove_partial_output();
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int s : {SIGINT, SIGTERM}) std::signal(s, end_on_interrupt);
   CLI::App app{
       "shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer "
       "Inference"};

@@ -33,7 +33,7 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  WeightShard embed_tokens;  // [vocab, E chunk]; first pipeline stage only
+  WeightShard embed_tokens;          // [vocab, E chunk]; first pipeline stage only
   std::vector<LayerWeights> layers;  // the stage's layers
   Tensor final_norm;                 // last stage only
   WeightShard lm_head;               // [vocab chunk, E]; last stage only

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <map>
 #include <vector>
 
 #include "collectives/communicator.hpp"
@@ -116,6 +117,32 @@ std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max
   return out;
 }
 
+std::vector<CollectiveSample> measure_sends(Communicator& comm, size_t max_bytes) {
+  std::vector<CollectiveSample> out;
+  const int me = comm.rank();
+  for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
+    std::vector<char> buffer(bytes, 1);
+    const int repeats = bytes <= (1u << 20) ? 20 : 4;
+    double best = INFINITY;
+    for (int r = 0; r <= repeats; ++r) {
+      comm.barrier();
+      auto t0 = Clock::now();
+      if (me == 0) {
+        comm.send(buffer.data(), bytes, 1);
+        comm.recv(buffer.data(), bytes, 1);
+      } else if (me == 1) {
+        comm.recv(buffer.data(), bytes, 0);
+        comm.send(buffer.data(), bytes, 0);
+      }
+      const double t = since(t0) / 2;
+      if (r > 0) best = std::min(best, t);
+    }
+    comm.broadcast(&best, sizeof best, 0);  // every member reports member 0's figure
+    out.push_back({"send", double(bytes), best});
+  }
+  return out;
+}
+
 void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& latency,
                            double& bandwidth) {
   // Least squares of t = a + b * bytes, then bandwidth = 1 / b.
@@ -125,10 +152,15 @@ void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& laten
   const double b = (n * sxy - sx * sy) / (n * sxx - sx * sx);
   const double a = (sy - b * sx) / n;
   bandwidth = b > 0 ? 1.0 / b : INFINITY;
-  // The smallest message bounds the start-up cost when the intercept is noisy.
-  double smallest = INFINITY;
-  for (const auto& p : s) smallest = std::min(smallest, p.seconds);
-  latency = a > 0 ? std::min(a, smallest) : smallest;
+  // The smallest message of each kind bounds the start-up cost when the
+  // intercept is noisy; averaged over the kinds, since they start up
+  // differently (across nodes a small all-reduce took 10x a small all-gather).
+  std::map<std::string, CollectiveSample> smallest;
+  for (const auto& p : s)
+    if (!smallest.count(p.kind) || p.bytes < smallest[p.kind].bytes) smallest[p.kind] = p;
+  double bound = 0;
+  for (const auto& [kind, p] : smallest) bound += p.seconds / double(smallest.size());
+  latency = a > 0 ? std::min(a, bound) : bound;
 }
 
 double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
@@ -146,10 +178,12 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
   return best_h;
 }
 
-Calibration calibrate(Communicator& comm, int ranks_per_node, const std::string& name, bool quick) {
+Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool quick) {
+  Communicator& comm = *g.all;
   Calibration c;
   c.ranks = comm.size();
-  c.ranks_per_node = ranks_per_node;
+  c.ranks_per_node = g.ranks_per_node;
+  c.nodes = g.nodes;
   c.threads = omp_get_max_threads();
   // Matmul: the square case gives the peak, thin ones the fall-off with rows.
   // The thin ones use a 512 x 512 weight (1 MiB, in cache), so that what they
@@ -164,10 +198,23 @@ Calibration calibrate(Communicator& comm, int ranks_per_node, const std::string&
   comm.barrier();
   c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
   c.memory_bytes =
-      double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE)) / ranks_per_node;
-  if (c.ranks > 1) {
-    c.collectives = measure_collectives(comm, size_t(quick ? 4 : 64) << 20);
+      double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE)) / g.ranks_per_node;
+  const size_t max_bytes = size_t(quick ? 4 : 64) << 20;
+  // Inside a node: the node's ranks (every node at once), or all ranks on one node.
+  Communicator* inside = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
+  comm.barrier();
+  if (inside) {
+    c.collectives = measure_collectives(*inside, max_bytes);
+    c.sends = measure_sends(*inside, max_bytes);
     fit_latency_bandwidth(c.collectives, c.collective_latency_s, c.collective_bandwidth_Bps);
+  }
+  // Across nodes: one rank per node, every local rank's group at once, as
+  // the groups of a mesh axis that spans the nodes run.
+  comm.barrier();
+  if (g.nodes > 1) {
+    c.inter_collectives = measure_collectives(*g.across, max_bytes);
+    c.inter_sends = measure_sends(*g.across, max_bytes);
+    fit_latency_bandwidth(c.inter_collectives, c.inter_latency_s, c.inter_bandwidth_Bps);
   }
 
   HardwareSpec& h = c.spec;
@@ -176,13 +223,23 @@ Calibration calibrate(Communicator& comm, int ranks_per_node, const std::string&
   h.activation_dtype = "f32";
   h.memory_bytes = c.memory_bytes;
   h.memory_bandwidth = c.memory_read_Bps;
-  h.chips_per_node = ranks_per_node;
+  h.chips_per_node = g.ranks_per_node;
   h.topology = "switched";
   // One rank has nobody to talk to: the memory bandwidth stands in (a copy
   // through shared memory can not beat it) so plans stay finite.
-  h.intra_node_bandwidth = c.ranks > 1 ? c.collective_bandwidth_Bps : c.memory_read_Bps;
-  h.inter_node_bandwidth = h.intra_node_bandwidth;
-  h.intra_node_latency = h.inter_node_latency = c.ranks > 1 ? c.collective_latency_s : 0;
+  h.intra_node_bandwidth = inside ? c.collective_bandwidth_Bps : c.memory_read_Bps;
+  h.intra_node_latency = inside ? c.collective_latency_s : 0;
+  if (g.nodes > 1) {
+    // The node's network, written as one card: the cost model gives each of
+    // the ranks_per_node groups that cross at once 1 / ranks_per_node of it,
+    // which is what each of them measured.
+    h.nics_per_node = 1;
+    h.inter_node_bandwidth = c.inter_bandwidth_Bps * g.ranks_per_node;
+    h.inter_node_latency = c.inter_latency_s;
+  } else {
+    h.inter_node_bandwidth = h.intra_node_bandwidth;
+    h.inter_node_latency = h.intra_node_latency;
+  }
   h.efficiency.matmul_peak_fraction = 1.0;  // the peak above is already what sgemm achieves
   h.efficiency.matmul_half_rows = fit_half_rows(c.matmul, peak);
   return c;
@@ -194,22 +251,40 @@ std::string to_yaml(const Calibration& c) {
   std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
   std::string out = fmt::format(
-      "# Measured by `shardlm calibrate` on {} UTC: {} rank(s), {} per node, {} thread(s) each.\n"
+      "# Measured by `shardlm calibrate` on {} UTC: {} rank(s) on {} node(s), {} per node, {} "
+      "thread(s) each.\n"
       "# One rank is one chip. Matmul: the CPU backend's kernel (sgemm above 16 rows), best of "
       "several runs (rows x inner x cols: "
       "FLOP/s):\n",
-      date, c.ranks, c.ranks_per_node, c.threads);
+      date, c.ranks, c.nodes, c.ranks_per_node, c.threads);
   for (const auto& m : c.matmul)
     out += fmt::format("#   {} x {} x {}: {:.4g}\n", m.rows, m.inner, m.cols, m.flops_per_s);
   out += fmt::format("# Memory: parallel read of an array larger than the caches: {:.4g} B/s.\n",
                      c.memory_read_Bps);
-  if (c.ranks > 1) {
-    out += "# Collectives over all ranks (bytes as the cost model counts them: seconds):\n";
-    for (const auto& s : c.collectives)
+  auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
+    out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);
+    for (const auto& s : list)
       out += fmt::format("#   {} {:.0f}: {:.4g}\n", s.kind, s.bytes, s.seconds);
+  };
+  if (!c.collectives.empty()) {
+    samples(c.nodes > 1 ? "Collectives inside a node (each node's ranks, all nodes at once)"
+                        : "Collectives over all ranks",
+            c.collectives);
+    samples("Point-to-point, one send (half a round trip) inside a node", c.sends);
     out += fmt::format("# Fit t = latency + bytes / bandwidth: {:.3g} s + bytes / {:.4g} B/s.\n",
                        c.collective_latency_s, c.collective_bandwidth_Bps);
-  } else {
+  }
+  if (c.nodes > 1) {
+    samples("Collectives across nodes (one rank per node, every local rank's group at once)",
+            c.inter_collectives);
+    samples("Point-to-point, one send between two nodes", c.inter_sends);
+    out += fmt::format(
+        "# Fit t = latency + bytes / bandwidth: {:.3g} s + bytes / {:.4g} B/s per rank; {} "
+        "ranks per node share the node's network: {:.4g} B/s per node.\n",
+        c.inter_latency_s, c.inter_bandwidth_Bps, c.ranks_per_node,
+        c.inter_bandwidth_Bps * c.ranks_per_node);
+  }
+  if (c.ranks == 1) {
     out +=
         "# Ran with 1 rank: no collective was measured. The interconnect below is the memory\n"
         "# bandwidth as a stand-in; run under `mpirun -n N` to measure it.\n";
@@ -223,6 +298,7 @@ std::string to_yaml(const Calibration& c) {
       "  inter_node_latency_s: {:.6g}\n",
       h.name, h.peak("f32"), h.memory_bytes, h.memory_bandwidth, h.chips_per_node,
       h.intra_node_bandwidth, h.inter_node_bandwidth, h.intra_node_latency, h.inter_node_latency);
+  if (h.nics_per_node > 0) out += fmt::format("  nics_per_node: {}\n", h.nics_per_node);
   out += fmt::format(
       "# matmul_half_rows fitted to the sgemm fall-off above; the rest are neutral defaults\n"
       "# (no overlap: the CPU runtime runs collectives between matmuls).\n"

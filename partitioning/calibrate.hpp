@@ -25,12 +25,26 @@ struct CollectiveSample {
 };
 
 struct Calibration {
-  int ranks = 1, ranks_per_node = 1, threads = 1;
+  int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
   double memory_read_Bps = 0, memory_bytes = 0;
-  std::vector<CollectiveSample> collectives;
+  // Inside a node (all ranks when there is one node): collectives and sends.
+  std::vector<CollectiveSample> collectives, sends;
   double collective_bandwidth_Bps = 0, collective_latency_s = 0;  // fitted, when ranks > 1
-  HardwareSpec spec;                                              // what gets written
+  // Across nodes (one rank per node, every local rank's group at once).
+  std::vector<CollectiveSample> inter_collectives, inter_sends;
+  double inter_bandwidth_Bps = 0, inter_latency_s = 0;  // fitted, per chip, when nodes > 1
+  HardwareSpec spec;                                    // what gets written
+};
+
+// The groups calibrate measures over: every rank; the ranks of this rank's
+// node (null with one rank per node); the ranks with this rank's local
+// index, one per node (null on one node).
+struct CalibrationGroups {
+  Communicator* all = nullptr;
+  Communicator* in_node = nullptr;
+  Communicator* across = nullptr;
+  int nodes = 1, ranks_per_node = 1;
 };
 
 // Best-of-`repeats` FLOP/s of the CPU backend's matmul for [rows x inner] ·
@@ -40,6 +54,9 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
 std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max_bytes);
+// Half the round trip of a message between members 0 and 1 of `comm` (the
+// others wait), at growing sizes: the time of one send.
+std::vector<CollectiveSample> measure_sends(Communicator& comm, size_t max_bytes);
 // Least squares t = latency + bytes / bandwidth over the samples.
 void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& latency,
                            double& bandwidth);
@@ -47,8 +64,9 @@ void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& laten
 // against the measured fraction of the best FLOP/s.
 double fit_half_rows(const std::vector<MatmulSample>& s, double peak);
 
-// Runs every measurement (collectives only when comm.size() > 1).
-Calibration calibrate(Communicator& comm, int ranks_per_node, const std::string& name, bool quick);
+// Runs every measurement (collectives only when there are several ranks;
+// inside and across nodes separately when there are several nodes).
+Calibration calibrate(const CalibrationGroups& groups, const std::string& name, bool quick);
 std::string to_yaml(const Calibration& c);
 
 }  // namespace shardlm

@@ -243,7 +243,15 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
   if (mesh.pp > 1) {
     const double hop_bytes = static_cast<double>(micro_batch * dims.at('L') * c.hidden_size) *
                              act_bytes / mesh.tp_size();
-    stage_s += hop_bytes / (hw.topology == "torus" ? hw.link_bandwidth : hw.inter_node_bandwidth);
+    // Every rank of a stage sends its part to the same rank of the next one;
+    // the slowest of those sends sets the pace.
+    double hop_s = 0;
+    for (int stage = 0; stage + 1 < mesh.pp; ++stage)
+      for (int i = 0; i < mesh.tp_size(); ++i) {
+        const int from = stage * mesh.tp_size() + i;
+        hop_s = std::max(hop_s, hw.send_seconds(mesh, from, from + mesh.tp_size(), hop_bytes));
+      }
+    stage_s += hop_s;
   }
   // m micro-batches (pipeline, or batch chunks that bound activation memory):
   // prefill fills the pipeline once; each decode step runs every micro-batch

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "partitioning/yaml_fields.hpp"
@@ -20,14 +21,23 @@ double HardwareSpec::peak(const std::string& dtype) const {
   return it->second;
 }
 
+int HardwareSpec::node_of(int rank, int ranks) const {
+  // The job's own placement holds for the job's size only (the planner also
+  // prices other sizes).
+  if (rank_nodes.size() == size_t(ranks)) return rank_nodes[size_t(rank)];
+  if (!map_by_node) return rank / chips_per_node;
+  const int nodes = (ranks + chips_per_node - 1) / chips_per_node;
+  return rank % nodes;
+}
+
 bool HardwareSpec::group_spans_nodes(const Mesh& mesh, const std::string& axes) const {
-  // Ranks are numbered x fastest, and nodes hold consecutive ranks.
-  int lo = mesh.size(), hi = 0;
-  for (int r : mesh.group(0, axes)) {
-    lo = std::min(lo, r / chips_per_node);
-    hi = std::max(hi, r / chips_per_node);
+  for (int r = 0; r < mesh.size(); ++r) {
+    if (mesh.group_index(r, axes) != 0) continue;  // each group once, from its first member
+    const int first = node_of(r, mesh.size());
+    for (int m : mesh.group(r, axes))
+      if (node_of(m, mesh.size()) != first) return true;
   }
-  return lo != hi;
+  return false;
 }
 
 double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& axes) const {
@@ -39,21 +49,38 @@ double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& a
     }
     return std::max(1, long_axes) * links_per_axis * link_bandwidth;
   }
-  if (!group_spans_nodes(mesh, axes)) return intra_node_bandwidth;
-  // Across nodes, NCCL-style collectives run one ring or tree per network
-  // card: what crosses the boundary moves over the cards of every member on
-  // the node at once, so the group gets the members' combined network
-  // bandwidth, up to the in-node link.
-  std::set<int> nodes;
-  const std::vector<int> members = mesh.group(0, axes);
-  for (int r : members) nodes.insert(r / chips_per_node);
-  const double per_node = static_cast<double>(members.size()) / static_cast<double>(nodes.size());
-  return std::min(intra_node_bandwidth, inter_node_bandwidth * per_node);
+  const int n = mesh.size();
+  std::map<int, int> ranks_on;  // node -> ranks of the job there
+  for (int r = 0; r < n; ++r) ++ranks_on[node_of(r, n)];
+  const double cards = nics_per_node > 0 ? nics_per_node : chips_per_node;
+  double slowest = intra_node_bandwidth;
+  for (int r = 0; r < n; ++r) {
+    if (mesh.group_index(r, axes) != 0) continue;
+    std::map<int, int> members_on;
+    for (int m : mesh.group(r, axes)) ++members_on[node_of(m, n)];
+    if (members_on.size() < 2) continue;
+    // NCCL-style collectives run one ring or tree per network card, so what
+    // crosses a node boundary moves over every card there at once; the
+    // groups with members on the node share those cards.
+    for (const auto& [node, members] : members_on) {
+      const double on_node = ranks_on[node];
+      const double share = inter_node_bandwidth * std::min(cards, on_node) * members / on_node;
+      slowest = std::min(slowest, share);
+    }
+  }
+  return slowest;
 }
 
 double HardwareSpec::collective_latency(const Mesh& mesh, const std::string& axes) const {
   if (topology == "torus") return intra_node_latency;
   return group_spans_nodes(mesh, axes) ? inter_node_latency : intra_node_latency;
+}
+
+double HardwareSpec::send_seconds(const Mesh& mesh, int from, int to, double bytes) const {
+  if (topology == "torus") return intra_node_latency + bytes / link_bandwidth;
+  if (node_of(from, mesh.size()) == node_of(to, mesh.size()))
+    return intra_node_latency + bytes / intra_node_bandwidth;
+  return inter_node_latency + bytes / std::min(intra_node_bandwidth, inter_node_bandwidth);
 }
 
 std::string HardwareSpec::mesh_problem(const Mesh& mesh) const {
@@ -133,6 +160,7 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
     h.intra_node_bandwidth = net.positive("intra_node_bandwidth_Bps");
     h.inter_node_bandwidth = net.positive("inter_node_bandwidth_Bps");
     h.inter_node_latency = net.number("inter_node_latency_s", h.intra_node_latency);
+    h.nics_per_node = static_cast<int>(net.positive_int("nics_per_node", 0));
   } else {
     throw DataError(fmt::format("{}: expected 'torus' or 'switched', got '{}'",
                                 net.where("topology"), h.topology));

@@ -4,6 +4,7 @@
 // bytes, bytes per second (one direction), seconds.
 #include <map>
 #include <string>
+#include <vector>
 
 #include "partitioning/mesh.hpp"
 
@@ -46,9 +47,18 @@ struct HardwareSpec {
   double link_bandwidth = 0;
   int links_per_axis = 2;
   bool torus_per_axis = false;
-  // switched: per-chip bandwidth inside a node and across nodes.
+  // switched: nodes of chips_per_node chips joined by one link inside the
+  // node (intra_node_bandwidth per chip, each way) and network cards to other
+  // nodes (inter_node_bandwidth per card, each way, nics_per_node cards).
   double intra_node_bandwidth = 0, inter_node_bandwidth = 0;
-  double intra_node_latency = 0, inter_node_latency = 0;  // per collective
+  double intra_node_latency = 0, inter_node_latency = 0;  // per collective or send
+  int nics_per_node = 0;                                  // 0: one per chip
+  // Where ranks sit (not part of the spec file: the launch decides it).
+  // rank_nodes, when given, is the node of every rank, as the job found it;
+  // else ranks fill nodes of chips_per_node in order (mpirun --map-by slot),
+  // or with map_by_node go round the nodes one rank at a time (--map-by node).
+  std::vector<int> rank_nodes;
+  bool map_by_node = false;
   std::string activation_dtype = "bf16";
   EfficiencyModel efficiency;
 
@@ -57,12 +67,21 @@ struct HardwareSpec {
   double peak(const std::string& dtype) const;
   // Per-chip bandwidth one collective over `axes` of `mesh` gets, and its
   // fixed latency. Torus: the links of the named axes longer than 1.
-  // Switched: in a node, the in-node link; across nodes, the network bandwidth
-  // of the group's members on one node together (one ring per network card),
-  // capped by the in-node link.
+  // Switched: every group over `axes` runs at once, and the slowest sets the
+  // pace. A group inside one node gets the in-node link. One that crosses
+  // nodes moves what crosses over the network cards of each node it touches,
+  // shared by all groups with members there: per chip, a node's cards
+  // (no more than the node has ranks) times the group's members on the node
+  // over the ranks on the node, at most the in-node link.
   double collective_bandwidth(const Mesh& mesh, const std::string& axes) const;
   double collective_latency(const Mesh& mesh, const std::string& axes) const;
   bool group_spans_nodes(const Mesh& mesh, const std::string& axes) const;
+  // Node of `rank` among the mesh.size() ranks, by the placement above.
+  int node_of(int rank, int ranks) const;
+  // Seconds to send `bytes` from one rank to another (a pipeline stage
+  // boundary): latency + bytes / bandwidth of the link between them — the
+  // in-node link on one node, else one network card (torus: one link).
+  double send_seconds(const Mesh& mesh, int from, int to, double bytes) const;
   // Empty when the mesh is allowed, else why not.
   std::string mesh_problem(const Mesh& mesh) const;
 

@@ -244,8 +244,8 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
   *busy_s_ += seconds_since(start);
 }
 
-void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segments,
-                                const Pass& pass, const Tensor& residual) {
+void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segments, const Pass& pass,
+                                const Tensor& residual) {
   const GenerationRequest& req = *request_;
   const bool keep_prompt = phase == Phase::kPrefill && req.keep_prompt_logits;
   std::vector<int32_t> logit_rows, sample_rows;
@@ -254,9 +254,8 @@ void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segment
   for (const Segment& seg : segments) {
     if (keep_prompt && seg.slot == 0)
       for (int t = 0; t < seg.num_tokens; ++t) logit_rows.push_back(row + t);
-    const bool completes =
-        phase == Phase::kDecode ||
-        seg.start_pos + seg.num_tokens == int(req.prompts[size_t(seg.slot)].size());
+    const bool completes = phase == Phase::kDecode || seg.start_pos + seg.num_tokens ==
+                                                          int(req.prompts[size_t(seg.slot)].size());
     if (completes && req.max_new_tokens > 0) {
       sample_rows.push_back(row + seg.num_tokens - 1);
       sampled.push_back(seg.slot);
@@ -323,7 +322,8 @@ void Engine::end_prefill() {
   for (size_t layer = 0; layer < prefill_cache_.size(); ++layer)
     reshard_cache(prefill_cache_[layer], cache_[layer]);
   prefill_cache_.clear();
-  if (!stage_.is_last()) send_header(stage_.next_rank, {StageMessageKind::kEndOfPrefill}, nullptr, 0);
+  if (!stage_.is_last())
+    send_header(stage_.next_rank, {StageMessageKind::kEndOfPrefill}, nullptr, 0);
   *busy_s_ += seconds_since(start);
   busy_s_ = &result_->decode_busy_s;
 }
@@ -349,9 +349,9 @@ void Engine::follow() {
     const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
     const int64_t width = config_.hidden_size / ctx_.size(a.residual_e);
     Tensor residual = backend_.alloc({header.floats / width, width}, DType::F32);
-    backend_.copy_from_host(reinterpret_cast<const float*>(
-                                payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
-                            residual);
+    backend_.copy_from_host(
+        reinterpret_cast<const float*>(payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
+        residual);
     run_micro_batch(phase, header.step, segments, {}, residual);
   }
 }

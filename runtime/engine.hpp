@@ -141,7 +141,7 @@ class Engine {
     std::vector<char> buffer;  // the data, kept until the send completes
   };
   std::deque<PendingSend> pending_;  // boundary sends not yet waited for
-  double* busy_s_ = nullptr;  // the phase's busy-time counter
+  double* busy_s_ = nullptr;         // the phase's busy-time counter
 };
 
 }  // namespace shardlm

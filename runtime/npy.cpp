@@ -2,13 +2,18 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 
 #include "runtime/errors.hpp"
 #include "runtime/tensor.hpp"
 
 namespace shardlm {
+namespace {
+char g_partial[4096];  // the temporary file being written; empty when none
+}  // namespace
 
 void write_npy_f32(const std::filesystem::path& path, const float* data,
                    const std::vector<int64_t>& shape) {
@@ -22,6 +27,8 @@ void write_npy_f32(const std::filesystem::path& path, const float* data,
   header.push_back('\n');
 
   const std::filesystem::path partial = path.string() + ".partial";
+  // Published for remove_partial_output(), which a signal may call mid-write.
+  std::snprintf(g_partial, sizeof g_partial, "%s", partial.c_str());
   {
     std::ofstream out(partial, std::ios::binary | std::ios::trunc);
     if (!out) throw DataError(fmt::format("{}: cannot create", path.string()));
@@ -37,6 +44,11 @@ void write_npy_f32(const std::filesystem::path& path, const float* data,
     }
   }
   std::filesystem::rename(partial, path);
+  g_partial[0] = '\0';
+}
+
+void remove_partial_output() {
+  if (g_partial[0]) ::unlink(g_partial);
 }
 
 }  // namespace shardlm

@@ -10,4 +10,8 @@ namespace shardlm {
 void write_npy_f32(const std::filesystem::path& path, const float* data,
                    const std::vector<int64_t>& shape);
 
+// Removes the temporary file of a write in progress, if any; safe to call
+// from a signal handler (an interrupted job leaves no partial output).
+void remove_partial_output();
+
 }  // namespace shardlm

@@ -30,17 +30,27 @@ ParallelContext::ParallelContext(World& world, const Mesh& mesh)
   if (mesh.size() != world.size())
     throw UsageError(
         mesh.pp > 1
-            ? fmt::format("--pp {} x --mesh {},{},{} holds {} ranks but the job has {} (mpirun -n {})",
-                          mesh.pp, mesh.x, mesh.y, mesh.z, mesh.size(), world.size(), world.size())
+            ? fmt::format(
+                  "--pp {} x --mesh {},{},{} holds {} ranks but the job has {} (mpirun -n {})",
+                  mesh.pp, mesh.x, mesh.y, mesh.z, mesh.size(), world.size(), world.size())
             : fmt::format("--mesh {} holds {} ranks but the job has {} (mpirun -n {})", mesh.str(),
                           mesh.size(), world.size(), world.size()));
+}
+
+std::string ShardOps::splitting_axes(std::string_view axes) const {
+  std::string out;
+  for (char a : axes)
+    if (ctx_.mesh().axis_size(a) > 1) out += a;
+  return out;
 }
 
 Communicator& ParallelContext::comm(std::string_view axes) {
   return world_.group(mesh_.group(rank_, axes));
 }
 
-Communicator& ParallelContext::world_comm() { return world_.all(); }
+Communicator& ParallelContext::world_comm() {
+  return world_.all();
+}
 
 int ParallelContext::rank_in_stage(int stage) const {
   MeshCoord c = mesh_.coord(rank_);
@@ -207,10 +217,14 @@ Tensor ShardOps::slice_rows(const Tensor& x, int64_t begin, int64_t count) {
   return x.rows(begin, count);
 }
 
-Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes,
-                               std::string_view col_axes, std::string_view gathered) {
-  const int n = ctx_.size(gathered);
+Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes_in,
+                               std::string_view col_axes_in, std::string_view gathered_in) {
+  const int n = ctx_.size(gathered_in);
   if (n == 1) return w;
+  // Axes of size 1 split nothing: `1d` stores F over "xzy", which with x = 1
+  // is the "zy" of the weight-gathered layouts.
+  const std::string row_axes = splitting_axes(row_axes_in), col_axes = splitting_axes(col_axes_in);
+  const std::string gathered = splitting_axes(gathered_in);
   const std::string row_part = axes_in(row_axes, gathered), col_part = axes_in(col_axes, gathered);
   require_suffix(row_axes, row_part, "gather_weight rows");
   require_suffix(col_axes, col_part, "gather_weight cols");

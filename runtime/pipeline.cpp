@@ -15,7 +15,9 @@ int64_t StageSplit::first_layer(int stage) const {
   return std::accumulate(layers.begin(), layers.begin() + stage, int64_t{0});
 }
 
-std::string StageSplit::str() const { return fmt::format("{}", fmt::join(layers, ",")); }
+std::string StageSplit::str() const {
+  return fmt::format("{}", fmt::join(layers, ","));
+}
 
 StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_layers) {
   StageSplit split;
@@ -39,8 +41,8 @@ StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_la
     begin = end + 1;
   }
   if (split.stages() != stages)
-    throw UsageError(fmt::format("--pp-layers {} lists {} stages but --pp is {}", text,
-                                 split.stages(), stages));
+    throw UsageError(
+        fmt::format("--pp-layers {} lists {} stages but --pp is {}", text, split.stages(), stages));
   const int64_t total = std::accumulate(split.layers.begin(), split.layers.end(), int64_t{0});
   if (total != num_layers)
     throw UsageError(fmt::format("--pp-layers {} sums to {} layers but the model has {}", text,
@@ -48,30 +50,42 @@ StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_la
   return split;
 }
 
-StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cost,
-                                double head_cost, double embedding_cost) {
+StageSplit balanced_stage_split(int64_t num_layers, int stages, const StageCosts& time,
+                                const StageCosts& memory) {
   if (stages == 1) return {{num_layers}};
-  // The last stage's count decides the rest: the layers left are spread as
-  // evenly as possible over the stages before it, the first taking the
-  // fewest of those when the embedding costs something.
-  StageSplit best;
-  double best_time = std::numeric_limits<double>::infinity();
-  for (int64_t last = 1; last <= num_layers - (stages - 1); ++last) {
-    const int64_t rest = num_layers - last, before = stages - 1;
-    std::vector<int64_t> layers(size_t(before), rest / before);
-    for (int64_t i = 0; i < rest % before; ++i) layers[size_t(before - 1 - i)] += 1;
-    layers.push_back(last);
-    double slowest = 0;
+  struct Candidate {
+    std::vector<int64_t> layers;
+    double time = 0, memory = 0;
+  };
+  auto slowest = [&](const std::vector<int64_t>& layers, const StageCosts& c) {
+    double worst = 0;
     for (int s = 0; s < stages; ++s)
-      slowest = std::max(slowest, double(layers[size_t(s)]) * layer_cost +
-                                      (s == 0 ? embedding_cost : 0) +
-                                      (s == stages - 1 ? head_cost : 0));
-    if (slowest < best_time * (1 - 1e-12)) {
-      best_time = slowest;
-      best.layers = layers;
+      worst = std::max(worst, double(layers[size_t(s)]) * c.layer + (s == 0 ? c.embedding : 0) +
+                                  (s == stages - 1 ? c.head : 0));
+    return worst;
+  };
+  std::vector<Candidate> candidates;
+  const int64_t middle_stages = stages - 2;
+  for (int64_t first = 1; first <= num_layers; ++first)
+    for (int64_t last = 1; first + last + middle_stages <= num_layers; ++last) {
+      const int64_t middle = num_layers - first - last;
+      if (middle_stages == 0 && middle != 0) continue;
+      std::vector<int64_t> layers{first};
+      for (int64_t i = 0; i < middle_stages; ++i)  // later stages take the remainder
+        layers.push_back(middle / middle_stages + (i >= middle_stages - middle % middle_stages));
+      layers.push_back(last);
+      candidates.push_back({layers, slowest(layers, time), slowest(layers, memory)});
     }
+  double fastest = std::numeric_limits<double>::infinity();
+  for (const Candidate& c : candidates) fastest = std::min(fastest, c.time);
+  const Candidate* best = nullptr;
+  for (const Candidate& c : candidates) {
+    if (c.time > fastest * 1.10) continue;
+    if (!best || c.memory < best->memory * (1 - 1e-12) ||
+        (c.memory <= best->memory * (1 + 1e-12) && c.time < best->time))
+      best = &c;
   }
-  return best;
+  return {best->layers};
 }
 
 std::vector<std::vector<Segment>> prefill_micro_batches(const std::vector<int64_t>& prompt_lengths,

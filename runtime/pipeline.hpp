@@ -26,12 +26,20 @@ struct StageSplit {
 // `stages` positive counts summing to `num_layers`.
 StageSplit parse_stage_split(const std::string& text, int stages, int64_t num_layers);
 
-// The split that minimises the slowest stage's time when every layer costs
-// `layer_cost` and the last stage also runs the final norm and LM head
-// (`head_cost`) and the first the embedding (`embedding_cost`); ties go to
-// the split that puts fewer layers on the later stages. Needs stages <= num_layers.
-StageSplit balanced_stage_split(int64_t num_layers, int stages, double layer_cost,
-                                double head_cost, double embedding_cost);
+// What one pipeline stage costs per unit: a layer, and the edges the first
+// (embedding) and last (final norm and LM head) stages also hold.
+struct StageCosts {
+  double layer = 1, head = 0, embedding = 0;
+};
+
+// The default split. Among the splits whose slowest stage is predicted within
+// 10% of the fastest split's (`time`), the one whose fullest rank holds the
+// least (`memory`, e.g. weight bytes): what fits decides what runs at all,
+// and a 10% slower slowest stage is less than a pipeline's bubble. The first
+// and last stages' counts are searched; the layers between are spread evenly.
+// Needs stages <= num_layers.
+StageSplit balanced_stage_split(int64_t num_layers, int stages, const StageCosts& time,
+                                const StageCosts& memory);
 
 // Prefill micro-batches: with at least `m` sequences, m groups of sequences
 // (sequence s in group s mod m, so each group spans the whole slot range and
@@ -48,10 +56,10 @@ std::vector<std::vector<int>> decode_groups(int batch, int m);
 enum class StageMessageKind : int32_t { kBatch = 1, kEndOfPrefill = 2, kDone = 3, kTokens = 4 };
 struct StageHeader {
   StageMessageKind kind = StageMessageKind::kBatch;
-  int32_t phase = 0;     // Phase of a batch (0 prefill, 1 decode)
-  int32_t step = 0;      // prefill micro-batch index, or decode step
-  int32_t count = 0;     // segments of a batch, tokens of a kTokens message
-  int64_t floats = 0;    // residual floats that follow
+  int32_t phase = 0;   // Phase of a batch (0 prefill, 1 decode)
+  int32_t step = 0;    // prefill micro-batch index, or decode step
+  int32_t count = 0;   // segments of a batch, tokens of a kTokens message
+  int64_t floats = 0;  // residual floats that follow
 };
 
 // A token sampled on the last stage, travelling back to the first.

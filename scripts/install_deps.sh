@@ -4,7 +4,7 @@
 # packages already present are not fetched again.
 set -euo pipefail
 
-DEBIAN_PACKAGES=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libyaml-cpp-dev
+DEBIAN_PACKAGES=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libyaml-cpp-dev iproute2
   catch2 libfmt-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
   python3 python3-pip)
 PYTHON_PACKAGES=(numpy pytest tokenizers matplotlib)
