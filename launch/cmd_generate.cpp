@@ -35,7 +35,7 @@ struct GenerateOptions {
   std::optional<bool> stream;  // unset: stream when stdout is a terminal
   bool stream_flag = false, no_stream_flag = false;
   bool ignore_eos = false;
-  int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0;
+  int batch = 1, max_new_tokens = 16, top_k = 0, threads = 0, warmup = 0;
   double comm_timeout = 60;
   float temperature = 0.f, top_p = 1.f;
   uint64_t seed = 0;
@@ -303,6 +303,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
                             tokenizer->eos_ids().end());
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
+  // Untimed runs first, so the timed one measures warm kernels (oneDNN
+  // primitives, page faults) rather than a cold process; sweeps use it.
+  for (int i = 0; i < o.warmup; ++i) engine.generate(request);
   // On a terminal the continuation appears as it is generated. Special
   // tokens (EOS) are not shown; ids beyond the tokenizer's vocabulary (a
   // model's padded embedding rows) read as nothing, as in Hugging Face.
@@ -347,6 +350,8 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const double prefill_tps = per_second(double(r.prompt_tokens), r.prefill_s);
   const double decode_tps = per_second(double(r.decode_tokens), r.decode_s);
   const double itl_ms = r.step_s.empty() ? 0.0 : r.decode_s * 1e3 / double(r.step_s.size());
+  std::vector<double> step_ms;  // each decode step, for ITL percentiles in sweeps
+  for (double s : r.step_s) step_ms.push_back(s * 1e3);
   // The pipeline: per stage, its busy time in each phase (first rank of the
   // stage) and the bubble, 1 - busy / phase time, beside the prediction.
   nlohmann::json pipeline = {
@@ -373,6 +378,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"generated_ids", r.generated},
         {"ttft_ms", r.ttft_s * 1e3},
         {"itl_ms", itl_ms},
+        {"step_ms", step_ms},
         {"prefill_tokens_per_s", prefill_tps},
         {"decode_tokens_per_s", decode_tps},
         {"n_params", config.num_params()},
@@ -487,6 +493,8 @@ void add_generate_command(CLI::App& app) {
                   "its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
+  cmd->add_option("--warmup", o->warmup, "untimed runs of the same request before the timed one")
+      ->check(CLI::Range(0, 1000));
   cmd->add_flag("--json", o->json, "print one JSON object of results");
   cmd->add_flag("--verbose", o->verbose,
                 "print where each rank runs (host, local rank, threads, mesh coordinate) and let "

@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
   shardlm::add_calibrate_command(app);
   shardlm::add_bench_command(app);
   shardlm::add_tokenize_commands(app);
+  shardlm::add_sweep_command(app);
+  shardlm::add_report_command(app);
   try {
     // CLI11 reads "--flag=" as a flag still waiting for its value and takes the
     // next argument; refuse it here so the message names the flag.

@@ -26,7 +26,12 @@ YamlFields YamlFields::load_file(const std::string& file) {
 }
 
 std::string YamlFields::where(const std::string& key) const {
-  return fmt::format("{}: key '{}{}'", file_, prefix_, key);
+  YAML::Mark mark = node_.Mark();
+  for (const auto& kv : node_)
+    if (kv.first.IsScalar() && kv.first.Scalar() == key) mark = kv.first.Mark();
+  // yaml-cpp counts lines from 0; a node built in code has no position.
+  if (mark.is_null()) return fmt::format("{}: key '{}{}'", file_, prefix_, key);
+  return fmt::format("{}:{}: key '{}{}'", file_, mark.line + 1, prefix_, key);
 }
 
 bool YamlFields::has(const std::string& key) const {
@@ -35,16 +40,20 @@ bool YamlFields::has(const std::string& key) const {
 }
 
 void YamlFields::reject_unknown() const {
-  std::string unknown;
+  std::string unknown, first;
   for (const auto& kv : node_) {
     const std::string key = kv.first.as<std::string>();
-    if (!asked_.count(key)) unknown += (unknown.empty() ? "'" : ", '") + prefix_ + key + "'";
+    if (asked_.count(key)) continue;
+    if (unknown.empty()) first = key;
+    unknown += (unknown.empty() ? "'" : ", '") + prefix_ + key + "'";
   }
   if (!unknown.empty()) {
     std::string known;
     for (const auto& k : asked_) known += (known.empty() ? "" : ", ") + k;
+    // where() names the file and the line of the first unknown key.
+    const std::string at = where(first);
     throw DataError(fmt::format("{}: unknown or unused key(s) {} here (this section reads: {})",
-                                file_, unknown, known));
+                                at.substr(0, at.find(": key '")), unknown, known));
   }
 }
 
@@ -119,6 +128,10 @@ bool YamlFields::flag(const std::string& key, bool fallback) const {
   } catch (const YAML::Exception&) {
     throw DataError(fmt::format("{}: expected true or false, got '{}'", where(key), n.Scalar()));
   }
+}
+
+YAML::Node YamlFields::node(const std::string& key) const {
+  return get(key);
 }
 
 YamlFields YamlFields::child(const std::string& key) const {

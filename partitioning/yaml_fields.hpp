@@ -26,13 +26,18 @@ class YamlFields {
   std::string text(const std::string& key, const std::string& fallback) const;
   bool flag(const std::string& key, bool fallback) const;
   YamlFields child(const std::string& key) const;  // a nested map, required
+  // The raw node of a required key, for values of several shapes (a scalar,
+  // a list or a map), checked by the caller with where() in its messages.
+  YAML::Node node(const std::string& key) const;
 
   // Throws DataError naming every key of this map that no accessor asked
   // for: a misspelt optional key must not be silently ignored.
   void reject_unknown() const;
 
   const std::string& file() const { return file_; }
-  std::string where(const std::string& key) const;  // "FILE: key a.b"
+  // "FILE:LINE: key 'a.b'": the line of the key, or of this map when the key
+  // is absent, so an error in a long file can be found.
+  std::string where(const std::string& key) const;
 
  private:
   YAML::Node get(const std::string& key) const;

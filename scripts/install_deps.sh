@@ -7,7 +7,7 @@ set -euo pipefail
 DEBIAN_PACKAGES=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libyaml-cpp-dev iproute2
   catch2 libfmt-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
   python3 python3-pip)
-PYTHON_PACKAGES=(numpy pytest tokenizers)
+PYTHON_PACKAGES=(numpy pytest tokenizers matplotlib)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
@@ -22,7 +22,7 @@ if ((${#missing[@]})); then
 fi
 
 python=$(command -v python3)
-if ! "$python" -c "import numpy, pytest, tokenizers" >/dev/null 2>&1; then
+if ! "$python" -c "import numpy, pytest, tokenizers, matplotlib" >/dev/null 2>&1; then
   echo "installing Python packages for $python: ${PYTHON_PACKAGES[*]}"
   "$python" -m pip install -q "${PYTHON_PACKAGES[@]}" 2>/dev/null ||
     "$python" -m pip install -q --break-system-packages "${PYTHON_PACKAGES[@]}"
