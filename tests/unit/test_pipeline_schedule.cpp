@@ -7,7 +7,7 @@
 
 using namespace shardlm;
 
-TEST_CASE("--pp-layers is parsed and checked against stages and layers", "[pipeline]") {
+TEST_CASE("layer counts of --pp-layers are parsed and checked", "[pipeline]") {
   const StageSplit s = parse_stage_split("7,9", 2, 16);
   CHECK(s.layers == std::vector<int64_t>{7, 9});
   CHECK(s.first_layer(1) == 7);
