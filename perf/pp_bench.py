@@ -32,10 +32,11 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_WAIT_POLICY": "passive"}
 
 
-def run(binary, model, ranks, flags, batch, prompt_len, gen_len):
+def run(binary, model, ranks, flags, batch, prompt_len, gen_len, weights):
     prompt = ",".join(str(1 + (i * 7919) % 31000) for i in range(prompt_len))
     cmd = [str(binary), "generate", "--model", str(model), "--prompt-ids", prompt, "--batch", str(batch),
-           "--max-new-tokens", str(gen_len), "--threads", "1", "--json", *map(str, flags)]
+           "--max-new-tokens", str(gen_len), "--threads", "1", "--weights", weights, "--json",
+           *map(str, flags)]
     if ranks > 1:
         cmd = ["mpirun", "-n", str(ranks)] + cmd
     p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **MPI_ENV))
@@ -76,6 +77,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=None, help="default: 1 for prefill, 16 otherwise")
+    ap.add_argument("--weights", default="auto", help="--weights of generate (auto: the checkpoint's)")
     ap.add_argument("--out")
     args = ap.parse_args()
     gen_len = args.gen_len or (1 if args.suite in ("prefill", "memory") else 16)
@@ -83,7 +85,7 @@ def main():
     samples = {c[0]: [] for c in configs}
     for rep in range(args.reps if args.suite != "memory" else 1):
         for label, ranks, flags in configs:
-            r = run(args.binary, args.model, ranks, flags, args.batch, args.prompt_len, gen_len)
+            r = run(args.binary, args.model, ranks, flags, args.batch, args.prompt_len, gen_len, args.weights)
             samples[label].append(r)
             print(f"rep {rep} {label}: prefill {r['prefill_ms']:.0f} ms, decode {r['decode_ms']:.0f} ms",
                   file=sys.stderr)
@@ -93,9 +95,9 @@ def main():
 
     base = configs[0][0]
     lines = [f"# pipeline benchmark: {args.suite}", "",
-             f"`python3 perf/pp_bench.py --model {args.model} --suite {args.suite} --reps {args.reps}` "
-             f"(batch {args.batch}, prompt {args.prompt_len}, {gen_len} new tokens, one thread per rank, "
-             f"medians)", ""]
+             f"`python3 perf/pp_bench.py --model {args.model} --suite {args.suite} --reps {args.reps} "
+             f"--weights {args.weights}` (batch {args.batch}, prompt {args.prompt_len}, {gen_len} new "
+             f"tokens, one thread per rank, medians)", ""]
     if args.suite == "memory":
         lines += ["| config | peak RSS per rank (MiB) | largest vs 1 rank |", "|---|---|---:|"]
         one = max(samples[base][0]["peak_rss_mb_per_rank"])
