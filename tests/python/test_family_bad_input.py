@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import llama_ref
 from conftest import micro_tensors, write_micro_model
 from test_bad_input import expect_failure, generate
 
@@ -67,27 +66,22 @@ def test_unknown_key_is_a_warning(shardlm, tmp_path):
 
 def test_bias_of_the_wrong_shape(shardlm, tmp_path):
     cfg_changes = {"attention_bias": True}
-    tensors = micro_tensors(dict(json.loads(json.dumps(llama_ref_cfg())), **cfg_changes))
+    tensors = micro_tensors(dict(llama_ref_cfg(), **cfg_changes))
     tensors["model.layers.1.self_attn.k_proj.bias"] = np.zeros(5, np.float32)
     model = write_micro_model(tmp_path / "m", tensors=tensors, **cfg_changes)
     expect_failure(shardlm, tmp_path, generate(model), 1,
                    names=["model.layers.1.self_attn.k_proj.bias", "[5]", "[24]"])
 
 
-def test_bias_the_config_says_is_absent(shardlm, tmp_path):
+@pytest.mark.parametrize("name,shape,key", [
+    ("model.layers.0.self_attn.q_proj.bias", 48, "attention_bias"),
+    ("model.layers.1.mlp.down_proj.bias", 32, "mlp_bias"),
+])
+def test_bias_the_config_says_is_absent(shardlm, tmp_path, name, shape, key):
     tensors = micro_tensors(llama_ref_cfg())
-    tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(48, np.float32)
+    tensors[name] = np.zeros(shape, np.float32)
     model = write_micro_model(tmp_path / "m", tensors=tensors)
-    expect_failure(shardlm, tmp_path, generate(model), 1,
-                   names=["model.layers.0.self_attn.q_proj.bias", "attention_bias"])
-
-
-def test_mlp_bias_the_config_says_is_absent(shardlm, tmp_path):
-    tensors = micro_tensors(llama_ref_cfg())
-    tensors["model.layers.1.mlp.down_proj.bias"] = np.zeros(32, np.float32)
-    model = write_micro_model(tmp_path / "m", tensors=tensors)
-    expect_failure(shardlm, tmp_path, generate(model), 1,
-                   names=["model.layers.1.mlp.down_proj.bias", "mlp_bias"])
+    expect_failure(shardlm, tmp_path, generate(model), 1, names=[name, key])
 
 
 @pytest.mark.parametrize("changes,missing", [

@@ -10,14 +10,13 @@ failing rank of any stage ends the job."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
 import pytest
 
 from conftest import parse_single_json
-from test_tensor_parallel import FFN, ATTN, MPI_ENV, assert_close, mpirun, run_generate  # noqa: F401
+from test_tensor_parallel import ATTN, FFN, assert_close, mpirun, run_generate
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
 
