@@ -121,7 +121,14 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     return shard;
   };
   ModelWeights w;
+  // The vocabulary tables first: a tensor's mapped pages count towards the
+  // peak resident memory until they are released after its copy, so the
+  // largest tensors are copied while little else is resident.
   if (part.embedding) w.embed_tokens = upload(kEmbedTokens, WeightRole::kEmbedding);
+  if (part.head) {
+    w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
+    w.final_norm = upload_full(kFinalNorm);
+  }
   for (int layer = int(part.first_layer); layer < int(part.end_layer); ++layer) {
     const LayerWeightNames n = layer_weight_names(layer);
     LayerWeights& l = w.layers.emplace_back();
@@ -141,10 +148,6 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
     l.gate_bias = upload_full(n.gate_bias);
     l.up_bias = upload_full(n.up_bias);
     l.down_bias = upload_full(n.down_bias);
-  }
-  if (part.head) {
-    w.final_norm = upload_full(kFinalNorm);
-    w.lm_head = upload(config.tie_word_embeddings ? kEmbedTokens : kLmHead, WeightRole::kLmHead);
   }
   return w;
 }
