@@ -28,7 +28,10 @@ TOLERANCE = 1e-4
 FAULT_DEADLINE_S = 10  # the bound from fault to the end of the job
 # Long enough that the job is still decoding when the fault comes (about
 # 0.1-0.3 s per step here), short enough for the context of tiny.
-LONG_DECODE = ["--max-new-tokens", "1500"]
+# Long enough that a fault or Ctrl-C 2 s into decode lands mid-decode, not
+# while the outputs are written (tiny decodes a step in 3-10 ms here; its
+# context is 2048).
+LONG_DECODE = ["--max-new-tokens", "2040"]
 PROMPTS = "1,5,9,200,17,3000,45\n3,4,5\n7,8,9,10,11,12,13,14,15\n"
 
 
@@ -229,7 +232,7 @@ def start_long_decode(cluster, model, out: Path, *extra):
         assert job.poll() is None, f"the job ended early: {job.communicate()[1][-2000:]}"
         assert time.monotonic() < end, "the ranks of node1 never started"
         time.sleep(0.1)
-    time.sleep(4)
+    time.sleep(2)
     assert job.poll() is None, f"the job ended before the fault: {job.communicate()[1][-2000:]}"
     return job
 
