@@ -234,11 +234,11 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
     for (const Segment& s : segments) segs.insert(segs.end(), {s.slot, s.start_pos, s.num_tokens});
     StageHeader header{StageMessageKind::kBatch, int32_t(phase), int32_t(step),
                        int32_t(segments.size()), residual.numel()};
+    // Segments (int32) then the residual (float), which stays 4-byte aligned.
     std::vector<char> payload(segs.size() * sizeof(int32_t) + residual.nbytes());
     std::memcpy(payload.data(), segs.data(), segs.size() * sizeof(int32_t));
-    std::vector<float> host(size_t(residual.numel()));
-    backend_.copy_to_host(residual, host.data());
-    std::memcpy(payload.data() + segs.size() * sizeof(int32_t), host.data(), residual.nbytes());
+    backend_.copy_to_host(residual,
+                          reinterpret_cast<float*>(payload.data() + segs.size() * sizeof(int32_t)));
     send_header(stage_.next_rank, header, payload.data(), payload.size());
   }
   *busy_s_ += seconds_since(start);
