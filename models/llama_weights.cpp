@@ -53,19 +53,14 @@ std::vector<WeightSpec> checkpoint_weights(const ModelConfig& c) {
   return specs;
 }
 
-namespace {
-
-// The config key that would make a bias tensor used, for the message.
-std::string bias_key(const std::string& name, const ModelConfig& c) {
+std::string bias_rule(const std::string& name, const ModelConfig& c) {
   const bool attention = name.find(".self_attn.") != std::string::npos;
   if (c.architecture == "LlamaForCausalLM")
-    return attention ? "attention_bias is false" : "mlp_bias is false";
-  if (c.architecture == "Qwen2ForCausalLM" && attention)
-    return "Qwen2 has biases on q, k and v only";
+    return attention ? fmt::format("attention_bias is {}", c.qkv_bias)
+                     : fmt::format("mlp_bias is {}", c.mlp_bias);
+  if (c.architecture == "Qwen2ForCausalLM") return "Qwen2ForCausalLM has biases on q, k and v only";
   return fmt::format("{} has no {} biases", c.architecture, attention ? "attention" : "MLP");
 }
-
-}  // namespace
 
 void check_unused_tensors(const std::map<std::string, const TensorRecord*>& records,
                           const ModelConfig& c, const std::string& where, bool warn_if_tied) {
@@ -89,7 +84,7 @@ void check_unused_tensors(const std::map<std::string, const TensorRecord*>& reco
       throw DataError(
           fmt::format("{}: tensor \"{}\" is in the checkpoint but the config has no "
                       "such bias ({})",
-                      record->file, name, bias_key(name, c)));
+                      record->file, name, bias_rule(name, c)));
     throw DataError(fmt::format("{}: tensor \"{}\" is in the checkpoint but {} does not use it",
                                 record->file, name, c.architecture));
   }

@@ -33,6 +33,10 @@ inline const char* kLmHead = "lm_head.weight";
 // which biases there are and whether lm_head.weight is its own tensor.
 std::vector<WeightSpec> checkpoint_weights(const ModelConfig& config);
 
+// What the config says about the bias tensor `name`, for messages:
+// "attention_bias is false", "Qwen2ForCausalLM has biases on q, k and v only", ...
+std::string bias_rule(const std::string& name, const ModelConfig& config);
+
 // Checks that the checkpoint holds no tensor the model would not use: a bias
 // the config says is absent is a DataError naming it and the config key. A
 // tied model's own lm_head.weight is ignored (the embedding is the head, as

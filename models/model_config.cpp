@@ -373,9 +373,12 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 }
 
 nlohmann::json ModelConfig::to_json() const {
-  const std::string model_type = architecture == "MistralForCausalLM" ? "mistral"
-                                 : architecture == "Qwen2ForCausalLM" ? "qwen2"
-                                                                      : "llama";
+  const auto arch =
+      std::find_if(architecture_table().begin(), architecture_table().end(),
+                   [&](const ArchitectureKeys& k) { return k.architecture == architecture; });
+  if (arch == architecture_table().end())
+    throw std::logic_error("ModelConfig::to_json: unknown architecture " + architecture);
+  const std::string model_type(arch->model_type);
   json j = {
       {"architectures", {architecture}},
       {"model_type", model_type},

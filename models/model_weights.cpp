@@ -27,14 +27,6 @@ std::pair<char, char> role_dims(WeightRole role) {
   }
 }
 
-// Mesh axes of size 1 split nothing; dropping them lets two specs be compared.
-std::string effective(const std::string& axes, const Mesh& mesh) {
-  std::string out;
-  for (char a : axes)
-    if (mesh.axis_size(a) > 1) out += a;
-  return out;
-}
-
 }  // namespace
 
 std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role) {
@@ -67,8 +59,8 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
   for (WeightRole r : {WeightRole::kWq, WeightRole::kWk, WeightRole::kWv, WeightRole::kWo,
                        WeightRole::kWGate, WeightRole::kWUp, WeightRole::kWDown}) {
     const auto p = stored_axes(prefill, r), d = stored_axes(decode, r);
-    if (effective(p.first, mesh) != effective(d.first, mesh) ||
-        effective(p.second, mesh) != effective(d.second, mesh))
+    if (mesh.splitting(p.first) != mesh.splitting(d.first) ||
+        mesh.splitting(p.second) != mesh.splitting(d.second))
       problems.push_back(fmt::format(
           "the {} prefill layout stores {} as {} but the {} decode layout as {}; weights are "
           "stored "
@@ -94,10 +86,7 @@ ModelWeights load_model_weights(const Checkpoint& checkpoint, const ModelConfig&
       throw DataError(fmt::format(
           "{}: tensor \"{}\" is missing from the checkpoint, but the config says the model has "
           "this bias ({})",
-          checkpoint.dir().string(), spec.name,
-          config.architecture == "Qwen2ForCausalLM"      ? "Qwen2ForCausalLM"
-          : spec.name.find(".mlp.") != std::string::npos ? "mlp_bias: true"
-                                                         : "attention_bias: true"));
+          checkpoint.dir().string(), spec.name, bias_rule(spec.name, config)));
     records[spec.name] = &checkpoint.tensor(spec.name, spec.shape);
   }
   check_unused_tensors(checkpoint.records(), config, checkpoint.dir().string(), ctx.is_root());

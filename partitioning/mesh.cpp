@@ -22,6 +22,13 @@ int Mesh::axes_size(std::string_view axes) const {
   return product;
 }
 
+std::string Mesh::splitting(std::string_view axes) const {
+  std::string out;
+  for (char a : axes)
+    if (axis_size(a) > 1) out += a;
+  return out;
+}
+
 MeshCoord Mesh::coord(int rank) const {
   if (rank < 0 || rank >= size())
     throw std::invalid_argument(fmt::format("rank {} outside mesh of {} ranks", rank, size()));

@@ -35,6 +35,9 @@ struct Mesh {
   int axis_size(char axis) const;
   // Product of the sizes of the axes named in `axes` (e.g. "yz"); "" gives 1.
   int axes_size(std::string_view axes) const;
+  // `axes` without those of size 1, which split nothing ("xzy" with x = 1 is
+  // "zy"): the form in which two splits can be compared.
+  std::string splitting(std::string_view axes) const;
 
   MeshCoord coord(int rank) const;
   int rank(const MeshCoord& c) const;

@@ -37,13 +37,6 @@ ParallelContext::ParallelContext(World& world, const Mesh& mesh)
                           mesh.size(), world.size(), world.size()));
 }
 
-std::string ShardOps::splitting_axes(std::string_view axes) const {
-  std::string out;
-  for (char a : axes)
-    if (ctx_.mesh().axis_size(a) > 1) out += a;
-  return out;
-}
-
 Communicator& ParallelContext::comm(std::string_view axes) {
   return world_.group(mesh_.group(rank_, axes));
 }
@@ -223,8 +216,9 @@ Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes_in,
   if (n == 1) return w;
   // Axes of size 1 split nothing: `1d` stores F over "xzy", which with x = 1
   // is the "zy" of the weight-gathered layouts.
-  const std::string row_axes = splitting_axes(row_axes_in), col_axes = splitting_axes(col_axes_in);
-  const std::string gathered = splitting_axes(gathered_in);
+  const Mesh& mesh = ctx_.mesh();
+  const std::string row_axes = mesh.splitting(row_axes_in), col_axes = mesh.splitting(col_axes_in);
+  const std::string gathered = mesh.splitting(gathered_in);
   const std::string row_part = axes_in(row_axes, gathered), col_part = axes_in(col_axes, gathered);
   require_suffix(row_axes, row_part, "gather_weight rows");
   require_suffix(col_axes, col_part, "gather_weight cols");
@@ -233,7 +227,6 @@ Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes_in,
   Tensor blocks = backend_.alloc({n, rows * cols}, w.dtype());
   Communicator& comm = ctx_.comm(gathered);
   comm.all_gather_bytes(w.raw(), blocks.raw(), w.nbytes());
-  const Mesh& mesh = ctx_.mesh();
   Tensor out =
       backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)}, w.dtype());
   const std::vector<int> members = mesh.group(ctx_.rank(), gathered);

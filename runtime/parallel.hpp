@@ -118,8 +118,6 @@ class ShardOps {
   // [n, rows * width] blocks (as collectives move them) <-> [rows, n * width]
   // with block j as col chunk j.
   Tensor blocks_to_cols(const Tensor& blocks, int64_t rows, int64_t width);
-  // `axes` without those of size 1.
-  std::string splitting_axes(std::string_view axes) const;
   Tensor cols_to_blocks(const Tensor& x, int n);
 
   Backend& backend_;
