@@ -120,6 +120,7 @@ std::vector<FidelityRow> evaluate(const PublishedSet& set, const HardwareSpec& h
   HardwareSpec ideal = hw;
   ideal.efficiency = EfficiencyModel{};
   ideal.efficiency.memory_reserve_fraction = hw.efficiency.memory_reserve_fraction;
+  ideal.efficiency.weight_gather_overlap = ideal.efficiency.comm_overlap = 1;  // all it can hide
   std::vector<FidelityRow> rows;
   for (const auto& p : set.results) {
     const ModelSpec& m = models.at(p.model);

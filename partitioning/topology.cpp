@@ -47,13 +47,28 @@ TorusLinks axis_links(int length, bool wraps, double link_bandwidth, int links_p
 TorusLinks torus_links(const SliceMapping& m, std::string_view axes, double link_bandwidth,
                        int links_per_axis) {
   TorusLinks out;
+  std::vector<std::pair<double, int>> rings;  // bandwidth, length of each physical axis used
   for (size_t i = 0; i < 3; ++i) {
     if (!m.axis_of[i] || axes.find(m.axis_of[i]) == std::string_view::npos) continue;
     const TorusLinks a =
         axis_links(m.slice.shape[i], m.slice.wraps, link_bandwidth, links_per_axis);
-    out.bandwidth += a.bandwidth;
+    if (a.hops == 0) continue;
+    rings.emplace_back(a.bandwidth, m.slice.shape[i]);
     out.hops += a.hops;
   }
+  if (rings.empty()) return out;
+  // One ring per physical axis in turn, the fastest last: it moves the most.
+  // Stage j of an all-gather over K chips moves (P_j - P_{j-1}) / K of the
+  // output, P_j the product of the lengths so far; the whole moves (K-1)/K.
+  std::sort(rings.begin(), rings.end());
+  double k = 1;
+  for (const auto& r : rings) k *= r.second;
+  double before = 1, seconds_per_byte = 0;
+  for (const auto& [bandwidth, length] : rings) {
+    seconds_per_byte += (before * length - before) / k / bandwidth;
+    before *= length;
+  }
+  out.bandwidth = (k - 1) / k / seconds_per_byte;
   return out;
 }
 

@@ -4,14 +4,15 @@
 // logical meshes made of whole physical axes. HardwareSpec (hardware.hpp)
 // holds the slices; the cost model asks it for the links a collective has.
 //
-// Bandwidth of a collective over a set of physical axes: a bidirectional ring
-// along each axis, all axes at once (the data split between them), so the
-// per-chip bandwidth is the sum over its axes of
+// A collective over a set of physical axes runs a bidirectional ring along
+// each axis in turn (an all-gather over 4x4 gathers 4 along one axis, then
+// the 4 times larger result along the other). One axis gives each chip
 //   links_per_axis * link_bandwidth        when the axis wraps around,
 //   links_per_axis * link_bandwidth / 2    when it does not (a line: the chips
 //                                          at its ends have one neighbour),
-// and the hops a step of the ring takes are L/2 per wrapped axis of length L
-// (both directions) and L - 1 per line.
+// and on equal axes the whole runs at one axis's bandwidth: the last stage
+// moves most of the bytes. A ring step takes L/2 hops on a wrapped axis of
+// length L (both directions) and L - 1 on a line.
 #include <array>
 #include <optional>
 #include <string>
