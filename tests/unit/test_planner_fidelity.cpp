@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "partitioning/paper_fit.hpp"
+#include "runtime/errors.hpp"
 
 using namespace shardlm;
 
@@ -122,5 +123,18 @@ TEST_CASE("free choices on A100 against FasterTransformer on 16 and 32 GPUs",
     // A pipelined free choice on 32 GPUs: FasterTransformer measured
     // pipelining only on 24 GPUs, where PP3/TP8 already beats TP32.
     if (r.free_setup.find("pp=") == std::string::npos) CHECK(r.speedup() <= 0.20);
+  }
+}
+
+TEST_CASE("published-results files of two machines cannot be fitted together",
+          "[planner][fidelity]") {
+  try {
+    PublishedSet::load({kRoot + "/configs/paper/pope2022_tables.yaml",
+                        kRoot + "/configs/paper/fastertransformer_a100.yaml"});
+    FAIL("expected DataError");
+  } catch (const DataError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("fastertransformer_a100.yaml"));
+    CHECK_THAT(e.what(), Catch::Contains("a100-80g-sxm"));
+    CHECK_THAT(e.what(), Catch::Contains("tpu-v4"));
   }
 }

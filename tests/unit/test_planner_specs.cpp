@@ -146,6 +146,16 @@ TEST_CASE("bad spec files name the file, the key and what was expected", "[specs
   CHECK_THAT(msg, Catch::Contains("'paralel_block'"));
   CHECK_THAT(msg, Catch::Contains("unknown"));
 
+  const std::string hw_slice =
+      write_temp("hw3.yaml",
+                 "name: x\npeak_flops: {bf16: 1e12}\nmemory: {capacity_bytes: 1e9, bandwidth_Bps: "
+                 "1e9}\nchips_per_node: 1\n"
+                 "interconnect: {topology: torus, link_bandwidth_Bps: 1e9, slices: [4x4]}\n");
+  msg = load_error(hw_slice, true);
+  CHECK_THAT(msg, Catch::Contains(hw_slice));
+  CHECK_THAT(msg, Catch::Contains("slices"));
+  CHECK_THAT(msg, Catch::Contains("AxBxC"));
+
   CHECK_THAT(load_error("/nonexistent/h.yaml", true), Catch::Contains("no such file"));
   CHECK_THROWS_AS(resolve_config("no-such-chip", "hardware"), DataError);
 }
