@@ -188,13 +188,22 @@ struct Pricer {
 };
 
 // The efficiency model (docs/planner.md §3) over the items priced above.
-void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer) {
+// FLOP/s of a matmul with `rows` rows per chip.
+double matmul_rate(const HardwareSpec& hw, double rows) {
+  return hw.peak(hw.activation_dtype) * hw.efficiency.matmul_fraction(rows);
+}
+
+// Bytes/s at which a chip reads the weights and KV cache of a forward pass
+// that reads `working_set` bytes in all (all layers of the stage and the
+// edges): one rate for every working set here.
+double memory_rate(const HardwareSpec& hw, double /*working_set*/) {
+  return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
+}
+
+void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, double working_set) {
   const EfficiencyModel& eff = hw.efficiency;
-  const double peak = hw.peak(hw.activation_dtype);
-  const double memory_bw = hw.memory_bandwidth * eff.memory_bandwidth_fraction;
-  auto compute_s = [&](const MatmulCost& m) {
-    return m.flops / (peak * eff.matmul_fraction(m.rows));
-  };
+  const double memory_bw = memory_rate(hw, working_set);
+  auto compute_s = [&](const MatmulCost& m) { return m.flops / matmul_rate(hw, m.rows); };
   f.compute_eff_s = 0;
   for (const MatmulCost& m : f.matmuls) f.compute_eff_s += compute_s(m);
   f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_bw;
@@ -337,8 +346,11 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
 }  // namespace
 
 void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
-  apply_efficiency(pc.layer, hw, true);
-  apply_efficiency(pc.edges, hw, false);
+  const double working_set =
+      static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
+      pc.edges.weight_bytes + pc.edges.kv_bytes;
+  apply_efficiency(pc.layer, hw, true, working_set);
+  apply_efficiency(pc.edges, hw, false, working_set);
   const double stage_s =
       static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s + pc.pipeline_hop_s;
   // m micro-batches (pipeline, or batch chunks that bound activation memory):
