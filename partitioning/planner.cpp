@@ -232,6 +232,9 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
   if (req.mesh && req.mesh->size() != req.chips)
     throw UsageError(fmt::format("--mesh {} with pp={} uses {} chips but --chips is {}",
                                  req.mesh->str(), req.mesh->pp, req.mesh->size(), req.chips));
+  if (req.mesh && !hw.torus_slices.empty())
+    if (std::string why = hw.mesh_problem(*req.mesh); !why.empty())
+      throw UsageError(fmt::format("--mesh: {}", why));
   if (req.chips > hw.max_chips)
     throw UsageError(
         fmt::format("--chips {} exceeds {}'s max_chips {}", req.chips, hw.name, hw.max_chips));

@@ -82,6 +82,10 @@ TEST_CASE("the planner enumerates only meshes the slice can form", "[topology]")
   CHECK(unpipelined < Mesh::factorizations(32).size());
   req.chips = 12;
   CHECK_THROWS_AS(make_plan(m, h, req), UsageError);
+  // A pinned mesh the slice cannot form is a usage error, not a shortfall.
+  req.chips = 64;
+  req.mesh = Mesh{1, 8, 8, 1};
+  CHECK_THROWS_WITH(make_plan(m, h, req), Catch::Contains("cannot be formed on the 4x4x4 slice"));
 }
 
 TEST_CASE("a collective gets the links of its physical axes, halved where they do not wrap",
