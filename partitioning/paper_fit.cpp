@@ -44,12 +44,15 @@ PublishedSet PublishedSet::load(const std::string& file) {
       p.config = {parse_ffn_layout(r.text("ffn")), parse_attn_layout(r.text("attn")),
                   r.text("weights"), Mesh::parse(r.text("mesh"))};
       p.config.mesh.pp = static_cast<int>(r.positive_int("pp", 1));
-      if (r.has("prefill_ffn") || r.has("prefill_attn")) {
+      p.config.micro_batches = r.positive_int("micro_batches", 0);
+      if (r.has("prefill_ffn") || r.has("prefill_attn") || r.has("prefill_micro_batches")) {
         if (!p.both_phases)
-          throw std::invalid_argument("prefill_ffn and prefill_attn need phase: both");
+          throw std::invalid_argument(
+              "prefill_ffn, prefill_attn and prefill_micro_batches need phase: both");
         PhaseConfig pre = p.config;
         pre.ffn = parse_ffn_layout(r.text("prefill_ffn", std::string(name(p.config.ffn))));
         pre.attn = parse_attn_layout(r.text("prefill_attn", std::string(name(p.config.attn))));
+        pre.micro_batches = r.positive_int("prefill_micro_batches", 0);
         p.prefill_config = pre;
       }
     } catch (const std::invalid_argument& e) {

@@ -17,8 +17,9 @@ struct PublishedResult {
   Phase phase;
   bool both_phases = false;  // the latency covers prefill and decode
   Workload workload;
-  PhaseConfig config;                         // mesh.pp from the file's `pp`
-  std::optional<PhaseConfig> prefill_config;  // both phases, prefill laid out otherwise
+  PhaseConfig config;  // mesh.pp from the file's `pp`, micro_batches from `micro_batches`
+  // Both phases, prefill laid out or micro-batched otherwise (`prefill_*`).
+  std::optional<PhaseConfig> prefill_config;
   double latency_s;
 };
 
