@@ -13,7 +13,11 @@
 //              (App. A.1, with the (K-1)/K factor dropped as the paper does).
 // Efficiency (docs/planner.md): C = sum flops / (peak * f_mm(rows)),
 // M = bytes / (bw * f_mem), X = sum (latency + bytes / (bw * f_net)),
-//   layer = max(C, M) + X - overlap * min(X, max(C, M)) + overhead.
+//   layer = max(C, M) + X - hidden + overhead, where a weight all-gather hides
+// behind the matmul that consumes it, up to that matmul's time (Looped
+// CollectiveEinsum, §3.5), and activation collectives, on the critical path,
+// hide only the fraction comm_overlap of what is left.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,6 +57,19 @@ struct CollectiveCost {
   int fusion_group = -1;
   double bytes = 0;    // per chip
   double seconds = 0;  // at the spec bandwidth, latency included
+  // What `seconds` is made of: latency + bytes / bandwidth, the bandwidth
+  // per counted byte (HardwareSpec::collective_traffic_fraction).
+  double latency_s = 0, bandwidth = 0;
+  // A weight all-gather: the index in ForwardCost::matmuls of the matmul
+  // that consumes the gathered weight; -1 for activations.
+  int consumer = -1;
+};
+
+// One matmul (or attention's two) on one chip: what the efficiency model needs.
+struct MatmulCost {
+  double flops = 0, rows = 0;
+  double weight_bytes = 0;  // weights it reads from memory
+  std::optional<WeightRole> weight;
 };
 
 // One forward pass through one layer (or through the prologue + epilogue), per chip.
@@ -64,6 +81,7 @@ struct ForwardCost {
   double compute_eff_s = 0, memory_eff_s = 0, comm_eff_s = 0, overlap_s = 0, overhead_s = 0;
   double latency_s = 0;
   std::vector<CollectiveCost> collectives;
+  std::vector<MatmulCost> matmuls;
 };
 
 struct MemoryUse {  // bytes per chip
@@ -80,6 +98,7 @@ struct PhaseCost {
   int64_t tokens = 0;          // batch * prompt_len, or batch * gen_len
   int64_t layers_per_stage = 0;
   int64_t micro_batches = 1;  // pipeline micro-batches, or prefill chunks that fit memory
+  double pipeline_hop_s = 0;  // the slowest send of activations between two stages
   ForwardCost layer;          // decode: at the mean context length
   ForwardCost edges;          // embedding + final norm + LM head
   double latency_s = 0;       // the whole phase
@@ -92,6 +111,11 @@ struct PhaseCost {
 
 PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                          Phase phase, const PhaseConfig& config);
+
+// Recomputes the efficiency-weighted terms, the latency, MFU and cost of an
+// estimate_phase result for hw's efficiency constants (the rest of hw as
+// when it was priced): fitting the constants prices each configuration once.
+void reprice(PhaseCost& cost, const ModelSpec& model, const HardwareSpec& hw);
 
 // The share of a stage's time spent idle: prefill fills and drains the
 // pipeline once, (pp - 1) / (m + pp - 1); a decode step with fewer
