@@ -12,7 +12,7 @@
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
 #include "runtime/errors.hpp"
-#include "runtime/npy.hpp"
+#include "runtime/output_file.hpp"
 
 namespace {
 
