@@ -23,6 +23,7 @@
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/npy.hpp"
+#include "runtime/output_file.hpp"
 #include "runtime/parallel.hpp"
 
 namespace shardlm {
@@ -46,6 +47,7 @@ struct GenerateOptions {
   std::string plan = "pinned";
   int pp = 1, micro_batches = 0;
   bool pp_given = false;
+  bool prompt_ids_given = false;  // --prompt-ids, even with empty text
   std::string pp_layers;
 };
 
@@ -101,7 +103,7 @@ void apply_batch(std::vector<Prompt>& prompts, const GenerateOptions& o, bool ba
 
 std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool batch_given) {
   std::vector<std::vector<int32_t>> prompts;
-  if (!o.prompt_ids.empty()) {
+  if (o.prompt_ids_given) {
     prompts.push_back(parse_ids<UsageError>(o.prompt_ids, "--prompt-ids"));
   } else {
     std::ifstream in(o.prompt_ids_file);
@@ -190,6 +192,11 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
     throw UsageError("--stream needs one text prompt (--prompt or --prompt-file) and no --json");
 
   World& world = World::get();
+  // Rank 0 writes the outputs: their paths are checked there, before any work.
+  if (world.is_root()) {
+    if (!o.dump_logits.empty()) check_output_file(o.dump_logits, "--dump-logits");
+    if (!o.dump_step_logits.empty()) check_output_file(o.dump_step_logits, "--dump-step-logits");
+  }
   if (world.size() % o.pp != 0)
     throw UsageError(fmt::format("--pp {} does not divide the job's {} ranks (mpirun -n {})", o.pp,
                                  world.size(), world.size()));
@@ -534,6 +541,7 @@ void add_generate_command(CLI::App& app) {
     o->layouts.plan_auto = o->plan == "auto";
     o->layouts.hardware_given = cmd->count("--hardware") > 0;
     o->pp_given = cmd->count("--pp") > 0;
+    o->prompt_ids_given = cmd->count("--prompt-ids") > 0;
     if (o->stream_flag) o->stream = true;
     if (o->no_stream_flag) o->stream = false;
     if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0 &&

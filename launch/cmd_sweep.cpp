@@ -21,6 +21,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "launch/commands.hpp"
 #include "launch/experiment.hpp"
@@ -30,6 +31,7 @@
 #include "partitioning/planner.hpp"
 #include "runtime/dtype.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 namespace {
@@ -510,14 +512,16 @@ class Sweep {
  private:
   void write_log(const SweepPoint& p, int launch, const std::vector<std::string>& argv,
                  const ChildResult& r) {
-    fs::create_directories(dir_ / "logs");
-    std::ofstream log(dir_ / "logs" / (p.hash + ".log"));
-    log << fmt::format("# {}\n# launch {}; {:.2f} s; exit {}; signal {}{}\n", fmt::join(argv, " "),
-                       launch + 1, r.seconds, r.exit_code, r.signal,
-                       r.timed_out ? "; timed out" : "")
-        << "## stderr\n"
-        << r.err << "\n## stdout\n"
-        << r.out;
+    if (std::error_code ec; !fs::create_directories(dir_ / "logs", ec) && ec)
+      throw DataError(fmt::format("{}: cannot create: {}", (dir_ / "logs").string(), ec.message()));
+    write_file_atomically(dir_ / "logs" / (p.hash + ".log"), [&](std::ostream& log) {
+      log << fmt::format("# {}\n# launch {}; {:.2f} s; exit {}; signal {}{}\n",
+                         fmt::join(argv, " "), launch + 1, r.seconds, r.exit_code, r.signal,
+                         r.timed_out ? "; timed out" : "")
+          << "## stderr\n"
+          << r.err << "\n## stdout\n"
+          << r.out;
+    });
   }
 
   const SweepOptions& o_;
@@ -630,6 +634,7 @@ class Progress {
 };
 
 void run_sweep(const SweepOptions& o) {
+  check_output_directory(o.out, "--out");
   const Experiment e = Experiment::load(o.experiment, o.dry_run);
   const HardwareSpec hw = HardwareSpec::load(resolve_config(e.hardware, "hardware"));
   // Every model is checked before anything runs: a typo should not surface
@@ -666,12 +671,14 @@ void run_sweep(const SweepOptions& o) {
     throw UsageError(fmt::format(
         "--out {}: {} already holds results; add --resume to continue it, or choose another --out",
         o.out, results.string()));
-  fs::create_directories(dir);
+  if (std::error_code ec; !fs::create_directories(dir, ec) && ec)
+    throw UsageError(fmt::format("--out {}: cannot create: {}", o.out, ec.message()));
   const std::set<std::string> done = read_done(results, o.dry_run ? "predicted" : "measured");
-  {  // the experiment as run, beside its results, written whole
-    const fs::path tmp = dir / ".experiment.yaml.tmp";
-    fs::copy_file(o.experiment, tmp, fs::copy_options::overwrite_existing);
-    fs::rename(tmp, dir / "experiment.yaml");
+  {  // the experiment as run, beside its results
+    std::ifstream in(o.experiment, std::ios::binary);
+    std::ostringstream text;
+    if (!(text << in.rdbuf())) throw DataError(fmt::format("{}: cannot read", o.experiment));
+    write_file_atomically(dir / "experiment.yaml", text.str());
   }
 
   std::vector<const SweepPoint*> todo;

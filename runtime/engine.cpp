@@ -56,7 +56,7 @@ Engine::Engine(Backend& backend, ParallelContext& ctx, ModelConfig config, const
       prefill_axes_(PhaseAxes::from_layout(prefill)),
       decode_axes_(PhaseAxes::from_layout(decode)),
       weights_(std::move(weights)),
-      rope_(backend, config_),
+      rope_(config_),
       stage_(stage) {
   if (stage_.stages == 1) stage_.first_rank = stage_.last_rank = ctx.rank();
 }
@@ -383,6 +383,7 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
 
   const int batch_size = int(prompts.size());
   num_slots_ = batch_size;
+  rope_.cover(backend_, context);
   cache_ = allocate_cache(decode_axes_, context);
   // Prefill writes the decode cache directly when both shard attention alike.
   const bool shared_cache = prefill_axes_.attention_rows() == decode_axes_.attention_rows() &&
