@@ -17,6 +17,7 @@
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/layout_choice.hpp"
+#include "launch/memory_check.hpp"
 #include "launch/prompt_text.hpp"
 #include "models/model_weights.hpp"
 #include "models/tokenizer.hpp"
@@ -43,6 +44,7 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
   std::string mesh, weights;
+  std::string memory_limit;  // --memory-limit text; empty: the node's free memory
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
   int pp = 1, micro_batches = 0;
@@ -261,6 +263,19 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
   const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
+  // Memory before it is spent: what this rank will hold against its share of
+  // its node, refused here (every rank alike) rather than by the allocator.
+  {
+    const std::optional<double> limit = parse_optional_flag<double>(
+        "--memory-limit", o.memory_limit,
+        [](const std::string& t) { return parse_bytes(t, "--memory-limit"); });
+    const std::optional<MemoryBudget> budget =
+        memory_budget(limit, world.ranks_on_node(world.node(world.rank())));
+    if (budget)
+      check_rank_memory(
+          config, choice,
+          {workload, world.size(), !o.dump_logits.empty(), !o.dump_step_logits.empty()}, *budget);
+  }
   // From here on what fails may fail on one rank only (a file, a node), and
   // each rank says so itself. Loading may take each rank a different time:
   // the collectives up to the first step get a longer allowance.
@@ -500,6 +515,10 @@ void add_generate_command(CLI::App& app) {
                   "its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
+  cmd->add_option("--memory-limit", o->memory_limit,
+                  "memory the job may use on each node, shared by its ranks there, e.g. 2GiB or "
+                  "512MB (default: the node's available memory, or its cgroup limit); a run that "
+                  "needs more is refused before loading");
   cmd->add_option("--warmup", o->warmup, "untimed runs of the same request before the timed one")
       ->check(CLI::Range(0, 1000));
   cmd->add_flag("--json", o->json, "print one JSON object of results");

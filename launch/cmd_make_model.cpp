@@ -30,7 +30,9 @@ void add_make_model_command(CLI::App& app) {
   cmd->add_option("--preset", options->preset, preset_help)
       ->required()
       ->check(CLI::IsMember(names));
-  cmd->add_option("--out", options->out, "output directory (created if missing; an earlier model there is replaced)")->required();
+  cmd->add_option("--out", options->out,
+                  "output directory (created if missing; an earlier model there is replaced)")
+      ->required();
   cmd->add_option("--dtype", options->dtype, "weight dtype: f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->capture_default_str();

@@ -45,14 +45,14 @@ void check_parent(const fs::path& path, std::string_view flag) {
   std::error_code ec;
   const fs::file_status st = fs::status(dir, ec);
   if (!fs::exists(st))
-    throw UsageError(fmt::format("{} {}: directory {} does not exist", flag, path.string(),
-                                 dir.string()));
+    throw UsageError(
+        fmt::format("{} {}: directory {} does not exist", flag, path.string(), dir.string()));
   if (!fs::is_directory(st))
-    throw UsageError(fmt::format("{} {}: {} is not a directory", flag, path.string(),
-                                 dir.string()));
+    throw UsageError(
+        fmt::format("{} {}: {} is not a directory", flag, path.string(), dir.string()));
   if (::access(dir.c_str(), W_OK | X_OK) != 0)
-    throw UsageError(fmt::format("{} {}: cannot write in {}: {}", flag, path.string(),
-                                 dir.string(), std::strerror(errno)));
+    throw UsageError(fmt::format("{} {}: cannot write in {}: {}", flag, path.string(), dir.string(),
+                                 std::strerror(errno)));
 }
 
 // An ostream's buffer over a file descriptor, keeping the first write error
@@ -67,8 +67,10 @@ class FdBuffer : public std::streambuf {
     while (p < pptr() && error_ == 0) {
       const ssize_t n = ::write(fd_, p, size_t(pptr() - p));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) error_ = n < 0 ? errno : EIO;
-      else p += n;
+      if (n <= 0)
+        error_ = n < 0 ? errno : EIO;
+      else
+        p += n;
     }
     setp(buffer_, buffer_ + sizeof buffer_);
     return error_ == 0;
@@ -125,8 +127,8 @@ void remove_flat_directory(const char* dir) {
           char name[1];
         };
         const auto* e = reinterpret_cast<const Entry*>(buffer + offset);
-        const bool dot = e->name[0] == '.' &&
-                         (e->name[1] == '\0' || (e->name[1] == '.' && e->name[2] == '\0'));
+        const bool dot =
+            e->name[0] == '.' && (e->name[1] == '\0' || (e->name[1] == '.' && e->name[2] == '\0'));
         if (!dot) ::unlinkat(fd, e->name, 0);
         offset += e->reclen;
       }
@@ -141,9 +143,8 @@ void remove_flat_directory(const char* dir) {
 void check_output_file(const fs::path& path, std::string_view flag) {
   std::error_code ec;
   if (fs::is_directory(path, ec))
-    throw UsageError(
-        fmt::format("{} {}: is a directory (expected the name of a file to write)", flag,
-                    path.string()));
+    throw UsageError(fmt::format("{} {}: is a directory (expected the name of a file to write)",
+                                 flag, path.string()));
   check_parent(path, flag);
 }
 
@@ -154,8 +155,7 @@ void check_output_directory(const fs::path& path, std::string_view flag) {
     throw UsageError(fmt::format("{} {}: exists and is not a directory", flag, path.string()));
 }
 
-void write_file_atomically(const fs::path& path,
-                           const std::function<void(std::ostream&)>& write) {
+void write_file_atomically(const fs::path& path, const std::function<void(std::ostream&)>& write) {
   const fs::path partial = temporary_beside(path);
   // Published before the file exists, so that a signal from here on removes it.
   publish(g_partial_file, partial);
@@ -197,9 +197,8 @@ void write_file_atomically(const fs::path& path,
 }
 
 void write_file_atomically(const fs::path& path, std::string_view content) {
-  write_file_atomically(path, [&](std::ostream& out) {
-    out.write(content.data(), std::streamsize(content.size()));
-  });
+  write_file_atomically(
+      path, [&](std::ostream& out) { out.write(content.data(), std::streamsize(content.size())); });
 }
 
 OutputDirectory::OutputDirectory(fs::path target, std::string_view flag,
