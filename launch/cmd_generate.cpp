@@ -108,8 +108,7 @@ std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool ba
   if (o.prompt_ids_given) {
     prompts.push_back(parse_ids<UsageError>(o.prompt_ids, "--prompt-ids"));
   } else {
-    std::ifstream in(o.prompt_ids_file);
-    if (!in) throw DataError(fmt::format("{}: cannot open (--prompt-ids-file)", o.prompt_ids_file));
+    std::ifstream in = open_input_file(o.prompt_ids_file, "--prompt-ids-file");
     std::string line;
     for (int number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r,") == std::string::npos) continue;

@@ -535,7 +535,7 @@ class Sweep {
 // down mid-write) is dropped so the file stays one object per line.
 std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
   std::set<std::string> done;
-  if (!fs::exists(file)) return done;
+  if (std::error_code ec; !fs::exists(file, ec)) return done;
   std::ifstream in(file, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   size_t pos = 0, good_end = 0;
@@ -553,6 +553,8 @@ std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
     if (!j.is_object() || !j.contains("hash") || !j.contains("mode"))
       throw DataError(
           fmt::format("{}:{}: not a sweep result (no hash or mode)", file.string(), number));
+    if (!j["hash"].is_string() || !j["mode"].is_string())
+      throw DataError(fmt::format("{}:{}: hash and mode must be strings", file.string(), number));
     if (j["mode"] != mode)
       throw UsageError(
           fmt::format("--resume: {} holds {} results and this run is {}; use another --out",
@@ -563,7 +565,9 @@ std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
   if (good_end < text.size()) {
     fmt::print(stderr, "sweep: {}: dropping an unfinished last line ({} bytes)\n", file.string(),
                text.size() - good_end);
-    fs::resize_file(file, good_end);
+    std::error_code ec;
+    fs::resize_file(file, good_end, ec);
+    if (ec) throw DataError(fmt::format("{}: cannot truncate: {}", file.string(), ec.message()));
   }
   return done;
 }
@@ -667,7 +671,7 @@ void run_sweep(const SweepOptions& o) {
 
   const fs::path dir = o.out;
   const fs::path results = dir / "results.jsonl";
-  if (!o.resume && fs::exists(results) && fs::file_size(results) > 0)
+  if (std::error_code ec; !o.resume && fs::file_size(results, ec) > 0 && !ec)
     throw UsageError(fmt::format(
         "--out {}: {} already holds results; add --resume to continue it, or choose another --out",
         o.out, results.string()));

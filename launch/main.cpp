@@ -6,6 +6,9 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <new>
+#include <string>
 #include <string_view>
 #include <thread>
 
@@ -81,6 +84,17 @@ int main(int argc, char** argv) {
     return fail(e.what(), 2);
   } catch (const shardlm::UsageError& e) {
     return fail(e.what(), 2);
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The library's own text repeats itself ("filesystem error: ... [path]");
+    // the path and the system's reason say it all.
+    std::string paths = e.path1().string();
+    if (!e.path2().empty()) paths += " -> " + e.path2().string();
+    return fail(fmt::format("{}: {}", paths, e.code().message()).c_str(), 1);
+  } catch (const std::bad_alloc&) {
+    return fail(
+        "out of memory: an allocation failed (generate checks its needs against --memory-limit "
+        "or the node's available memory before loading; this need was not foreseen)",
+        1);
   } catch (const std::exception& e) {
     return fail(e.what(), 1);
   }

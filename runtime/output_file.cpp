@@ -146,6 +146,13 @@ void check_output_file(const fs::path& path, std::string_view flag) {
     throw UsageError(fmt::format("{} {}: is a directory (expected the name of a file to write)",
                                  flag, path.string()));
   check_parent(path, flag);
+  const long name_max = ::pathconf(directory_of(path).c_str(), _PC_NAME_MAX);
+  // The temporary's name is the file's plus ".partial-PID".
+  const size_t suffix =
+      temporary_beside(path).filename().string().size() - path.filename().string().size();
+  if (name_max > 0 && path.filename().string().size() + suffix > size_t(name_max))
+    throw UsageError(fmt::format("{} {}: file name too long (at most {} bytes here)", flag,
+                                 path.string(), size_t(name_max) - suffix));
 }
 
 void check_output_directory(const fs::path& path, std::string_view flag) {
