@@ -307,7 +307,9 @@ Outcome classify(const ChildResult& r, double timeout_s) {
       r.signal ? fmt::format("killed by signal {} ({})", r.signal, strsignal(r.signal))
                : fmt::format("exit {}", r.exit_code);
   reason = reason.empty() ? how : fmt::format("{} ({})", reason, how);
-  for (const char* sign : {"bad_alloc", "out of memory", "Cannot allocate memory", "oom-kill"})
+  // "not enough memory": generate's own check before loading (launch/memory_check.hpp).
+  for (const char* sign :
+       {"bad_alloc", "out of memory", "not enough memory", "Cannot allocate memory", "oom-kill"})
     if (r.err.find(sign) != std::string::npos) return {"oom", reason};
   // SIGKILL that this sweep did not send is, on Linux, almost always the OOM killer.
   if (r.signal == SIGKILL || r.exit_code == 128 + SIGKILL)

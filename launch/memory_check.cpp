@@ -113,6 +113,7 @@ double parse_bytes(const std::string& text, const char* flag) {
 }
 
 std::string format_bytes(double bytes) {
+  if (bytes >= double(1ull << 40)) return fmt::format("{:.2f} TiB", bytes / double(1ull << 40));
   if (bytes >= double(1ull << 30)) return fmt::format("{:.2f} GiB", bytes / double(1ull << 30));
   if (bytes >= double(1 << 20)) return fmt::format("{:.1f} MiB", bytes / double(1 << 20));
   return fmt::format("{:.0f} KiB", bytes / 1024);
@@ -159,7 +160,7 @@ void check_rank_memory(const ModelConfig& config, const LayoutChoice& choice, co
   }
   // More ranks, each node keeping the ranks it has now (so each rank its share).
   const int pp = choice.decode.mesh.pp;
-  for (int ranks = run.ranks * 2; ranks <= (1 << 16); ranks *= 2) {
+  for (int ranks = run.ranks * 2; ranks <= 4096; ranks *= 2) {
     LayoutChoice c = choice;
     const Mesh mesh = [&] {
       Mesh m = mesh_flag("", ranks / pp);
