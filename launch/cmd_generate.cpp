@@ -143,11 +143,20 @@ FaultSpec fault_spec() {
     begin = colon + 1;
   }
   FaultSpec f;
-  f.rank = std::stoi(parts.at(0));
-  f.kind = parts.at(1);
+  auto number = [&](const std::string& text) {
+    int64_t value = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc() || ptr != text.data() + text.size())
+      throw UsageError(fmt::format(
+          "SHARDLM_FAULT={}: expected RANK:throw|segv|abort[:prefill|decode:N]", spec));
+    return value;
+  };
+  if (parts.size() < 2 || parts.size() == 3) number("");
+  f.rank = int(number(parts[0]));
+  f.kind = parts[1];
   if (parts.size() > 3) {
     f.phase = parts[2];
-    f.step = std::stoll(parts[3]);
+    f.step = number(parts[3]);
   }
   return f;
 }
