@@ -70,10 +70,19 @@ int main(int argc, char** argv) {
   try {
     // CLI11 reads "--flag=" as a flag still waiting for its value and takes the
     // next argument; refuse it here so the message names the flag.
+    // Likewise "--flag ''", which would read as a flag not given (an empty
+    // --dump-logits would silently write nothing).
     for (int i = 1; i < argc; ++i) {
       const std::string_view arg = argv[i];
       if (arg.starts_with("--") && arg.ends_with("=") && arg.find('=') == arg.size() - 1)
         throw shardlm::UsageError(fmt::format("{}: empty value", arg.substr(0, arg.size() - 1)));
+      if (!arg.empty() || i < 3) continue;
+      const std::string previous = argv[i - 1];
+      const CLI::Option* option = nullptr;
+      for (const CLI::App* command : app.get_subcommands({}))
+        if (command->get_name() == argv[1]) option = command->get_option_no_throw(previous);
+      if (option && option->get_items_expected_min() > 0)
+        throw shardlm::UsageError(fmt::format("{}: empty value", previous));
     }
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

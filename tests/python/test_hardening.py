@@ -182,10 +182,16 @@ def test_huge_trained_context_is_not_allocated(shardlm, tiny, tmp_path):
     assert peak_mb < 1024, f"peak RSS {peak_mb} MiB: something was sized by the trained context"
 
 
-def test_empty_prompt_ids_names_its_flag(shardlm, tiny, tmp_path):
-    line = expect_error(shardlm, ["generate", "--model", tiny, "--prompt-ids", ""], 2, ["--prompt-ids:"],
+@pytest.mark.parametrize("ids", ["", " "])
+def test_empty_prompt_ids_names_its_flag(shardlm, tiny, tmp_path, ids):
+    line = expect_error(shardlm, ["generate", "--model", tiny, "--prompt-ids", ids], 2, ["--prompt-ids:"],
                         [tmp_path])
     assert "--prompt-ids-file" not in line
+
+
+def test_empty_output_path_is_refused(shardlm, tiny, tmp_path):
+    """An empty --dump-logits would otherwise read as the flag not given."""
+    expect_error(shardlm, generate(tiny, "--dump-logits", ""), 2, ["--dump-logits: empty value"], [tmp_path])
 
 
 # --- memory before it is spent ---------------------------------------------------------------------
