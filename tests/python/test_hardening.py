@@ -182,6 +182,22 @@ def test_huge_trained_context_is_not_allocated(shardlm, tiny, tmp_path):
     assert peak_mb < 1024, f"peak RSS {peak_mb} MiB: something was sized by the trained context"
 
 
+@pytest.mark.parametrize("where", ["vocab", "added_tokens"])
+def test_tokenizer_id_far_beyond_its_tokens(shardlm, tiny, tmp_path, where):
+    """Id tables are sized by the tokens a file holds, not by an id it claims."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    t = json.loads((model / "tokenizer.json").read_text())
+    if where == "vocab":
+        t["model"]["vocab"]["far"] = 2_000_000_000
+        name = 'model.vocab["far"]'
+    else:
+        t["added_tokens"].append({"id": 2_000_000_000, "content": "<far>", "special": True})
+        name = f"added_tokens[{len(t['added_tokens']) - 1}].id"
+    (model / "tokenizer.json").write_text(json.dumps(t))
+    expect_error(shardlm, ["tokenize", "--model", model, "hello"], 1, [name, "2000000000"], [tmp_path])
+
+
 @pytest.mark.parametrize("ids", ["", " "])
 def test_empty_prompt_ids_names_its_flag(shardlm, tiny, tmp_path, ids):
     line = expect_error(shardlm, ["generate", "--model", tiny, "--prompt-ids", ids], 2, ["--prompt-ids:"],
