@@ -212,6 +212,14 @@ OutputDirectory::OutputDirectory(fs::path target, std::string_view flag,
                                  std::function<bool(const std::string&)> replaceable)
     : target_(std::move(target)) {
   check_output_directory(target_, flag);
+  // "out/", "." and "a/../b" name the directory itself: the staging
+  // directory must sit beside it, not in it.
+  std::error_code absolute_error;
+  target_ = fs::absolute(target_, absolute_error).lexically_normal();
+  if (!target_.has_filename()) target_ = target_.parent_path();
+  if (absolute_error || target_ == target_.root_path())
+    throw UsageError(
+        fmt::format("{} {}: not a directory this command can replace", flag, target_.string()));
   std::error_code ec;
   if (fs::is_directory(target_, ec))
     for (const fs::directory_entry& e : fs::directory_iterator(target_, ec))
