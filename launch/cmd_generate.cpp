@@ -147,8 +147,8 @@ FaultSpec fault_spec() {
     int64_t value = 0;
     auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
     if (text.empty() || ec != std::errc() || ptr != text.data() + text.size())
-      throw UsageError(fmt::format(
-          "SHARDLM_FAULT={}: expected RANK:throw|segv|abort[:prefill|decode:N]", spec));
+      throw UsageError(
+          fmt::format("SHARDLM_FAULT={}: expected RANK:throw|segv|abort[:prefill|decode:N]", spec));
     return value;
   };
   if (parts.size() < 2 || parts.size() == 3) number("");
@@ -217,6 +217,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
   size_t longest_prompt = 0;
   for (const auto& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
+  check_context_length(config, int64_t(longest_prompt), o.max_new_tokens);
   const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));

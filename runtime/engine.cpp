@@ -356,6 +356,19 @@ void Engine::follow() {
   }
 }
 
+int64_t check_context_length(const ModelConfig& config, int64_t longest_prompt,
+                             int64_t max_new_tokens) {
+  const int64_t context = longest_prompt + max_new_tokens;
+  if (context > config.context_length())
+    throw UsageError(fmt::format(
+        "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length {} "
+        "(max_position_embeddings = {}{})",
+        longest_prompt, max_new_tokens, context, config.context_length(),
+        config.max_position_embeddings,
+        config.rope_scaling.type == RopeType::kDynamic ? " times the dynamic RoPE factor" : ""));
+  return context;
+}
+
 GenerationResult Engine::generate(const GenerationRequest& request) {
   const auto& prompts = request.prompts;
   if (prompts.empty()) throw UsageError("no prompt given");
@@ -372,14 +385,7 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
                         "[0, {})",
                         prompts[s][i], s, i, config_.vocab_size));
   }
-  const int64_t context = int64_t(longest) + request.max_new_tokens;
-  if (context > config_.context_length())
-    throw UsageError(fmt::format(
-        "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length {} "
-        "(max_position_embeddings = {}{})",
-        longest, request.max_new_tokens, context, config_.context_length(),
-        config_.max_position_embeddings,
-        config_.rope_scaling.type == RopeType::kDynamic ? " times the dynamic RoPE factor" : ""));
+  const int64_t context = check_context_length(config_, int64_t(longest), request.max_new_tokens);
 
   const int batch_size = int(prompts.size());
   num_slots_ = batch_size;

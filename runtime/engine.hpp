@@ -73,6 +73,10 @@ struct StageInfo {
   static StageInfo of(const ParallelContext& ctx, const StageSplit& split);
 };
 
+// Prompt + new tokens, or a UsageError when that exceeds the model's context.
+int64_t check_context_length(const ModelConfig& config, int64_t longest_prompt,
+                             int64_t max_new_tokens);
+
 class Engine {
  public:
   // `prefill` and `decode` are the layouts of the two phases on ctx's mesh;
