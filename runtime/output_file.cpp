@@ -188,9 +188,10 @@ void write_file_atomically(const fs::path& path, const std::function<void(std::o
   // Durable before it is visible: a crash after the rename finds it whole.
   int error = buffer.drain() ? 0 : buffer.error();
   if (error == 0 && ::fsync(fd) != 0) error = errno;
-  if (error == 0 && ::close(fd) != 0) error = errno;
+  if (::close(fd) != 0 && error == 0) error = errno;
   if (error != 0) {
-    discard();
+    ::unlink(partial.c_str());
+    g_partial_file[0] = '\0';
     throw DataError(fmt::format("{}: write failed: {}", path.string(), std::strerror(error)));
   }
   if (::rename(partial.c_str(), path.c_str()) != 0) {
