@@ -217,7 +217,8 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
   size_t longest_prompt = 0;
   for (const auto& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
-  check_context_length(config, int64_t(longest_prompt), o.max_new_tokens);
+  // Prompts against the model, on every rank alike, before anything is loaded.
+  check_request(config, prompts, o.max_new_tokens);
   const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));

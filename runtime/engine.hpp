@@ -73,9 +73,11 @@ struct StageInfo {
   static StageInfo of(const ParallelContext& ctx, const StageSplit& split);
 };
 
-// Prompt + new tokens, or a UsageError when that exceeds the model's context.
-int64_t check_context_length(const ModelConfig& config, int64_t longest_prompt,
-                             int64_t max_new_tokens);
+// Checks a request against the model before any work: prompts present and
+// non-empty, ids inside the vocabulary (DataError), the longest prompt + new
+// tokens within the model's context (UsageError). Returns that context.
+int64_t check_request(const ModelConfig& config, const std::vector<std::vector<int32_t>>& prompts,
+                      int64_t max_new_tokens);
 
 class Engine {
  public:

@@ -237,6 +237,8 @@ def test_memory_limit_refuses_before_loading_and_its_advice_works(shardlm, tiny,
     (["--memory-limit", "4MiB"], ["not enough memory"]),
     (["--dump-logits", "/"], ["--dump-logits"]),
     (["--weights", "int4"], ["--weights int4"]),
+    (["--prompt-ids", "1,999999"], ["token id 999999"]),
+    (["--max-new-tokens", "100000"], ["--max-new-tokens 100000", "context length"]),
 ])
 def test_pre_load_error_said_once_under_mpirun(shardlm, tiny, extra, names):
     cmd = ["mpirun", "-n", "2", str(shardlm.path), *[str(a) for a in generate(tiny, *extra)]]
