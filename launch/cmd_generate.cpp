@@ -143,15 +143,15 @@ FaultSpec fault_spec() {
     begin = colon + 1;
   }
   FaultSpec f;
+  const UsageError malformed(
+      fmt::format("SHARDLM_FAULT={}: expected RANK:throw|segv|abort[:prefill|decode:N]", spec));
   auto number = [&](const std::string& text) {
     int64_t value = 0;
     auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc() || ptr != text.data() + text.size())
-      throw UsageError(
-          fmt::format("SHARDLM_FAULT={}: expected RANK:throw|segv|abort[:prefill|decode:N]", spec));
+    if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) throw malformed;
     return value;
   };
-  if (parts.size() < 2 || parts.size() == 3) number("");
+  if (parts.size() < 2 || parts.size() == 3) throw malformed;
   f.rank = int(number(parts[0]));
   f.kind = parts[1];
   if (parts.size() > 3) {
