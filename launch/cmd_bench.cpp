@@ -29,6 +29,7 @@
 
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
+#include "launch/memory_check.hpp"
 #include "models/model_weights.hpp"
 #include "partitioning/calibrate.hpp"
 #include "runtime/engine.hpp"
@@ -179,6 +180,20 @@ void run_bench(const BenchOptions& o) {
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
   const Layout layout = make_layout(ffn, attn, shape, mesh);
   check_shardable(config, mesh, layout, layout);
+  // The largest point of the grid, in each weight dtype, must fit before any
+  // is loaded (launch/memory_check.hpp).
+  if (const auto budget =
+          memory_budget(std::nullopt, world.ranks_on_node(world.node(world.rank()))))
+    for (const std::optional<DType>& dtype : weight_dtypes) {
+      const std::string weights(weight_dtype_name(
+          dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
+      LayoutChoice choice;
+      choice.prefill = choice.decode = {ffn, attn, weights, mesh};
+      const Workload largest{*std::max_element(o.batch.begin(), o.batch.end()),
+                             *std::max_element(o.prompt.begin(), o.prompt.end()),
+                             *std::max_element(o.gen.begin(), o.gen.end())};
+      check_rank_memory(config, choice, {largest, world.size(), false, false}, *budget);
+    }
   const Checkpoint checkpoint(o.model);
 
   // The limits, per thread count: measured before the weights are loaded and

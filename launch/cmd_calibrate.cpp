@@ -4,7 +4,6 @@
 #include <fmt/core.h>
 #include <omp.h>
 
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +13,7 @@
 #include "partitioning/calibrate.hpp"
 #include "partitioning/hardware.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 namespace {
@@ -27,6 +27,8 @@ void run_calibrate(const CalibrateOptions& o) {
   if (o.out.empty()) throw UsageError("calibrate: --out FILE is required");
   // MPI starts here, and only when launched by mpirun (World decides).
   World& world = World::get();
+  // Rank 0 writes the spec: its path is checked there, before measuring.
+  if (world.is_root()) check_output_file(o.out, "--out");
   if (world.is_root()) {
     if (world.size() == 1)
       fmt::print(stderr,
@@ -62,9 +64,7 @@ void run_calibrate(const CalibrateOptions& o) {
   Calibration c = calibrate(groups, o.name, o.quick);
   if (world.is_root()) {
     const std::string yaml = to_yaml(c);
-    std::ofstream file(o.out);
-    if (!(file << yaml)) throw DataError(fmt::format("{}: cannot write", o.out));
-    file.close();
+    write_file_atomically(o.out, yaml);
     HardwareSpec::load(o.out);  // what we wrote must load
     fmt::print("{}", yaml);
     fmt::print(stderr, "calibrate: wrote {}\n", o.out);

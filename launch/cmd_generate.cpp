@@ -17,12 +17,14 @@
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/layout_choice.hpp"
+#include "launch/memory_check.hpp"
 #include "launch/prompt_text.hpp"
 #include "models/model_weights.hpp"
 #include "models/tokenizer.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/npy.hpp"
+#include "runtime/output_file.hpp"
 #include "runtime/parallel.hpp"
 
 namespace shardlm {
@@ -42,10 +44,12 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
   std::string mesh, weights;
+  std::string memory_limit;  // --memory-limit text; empty: the node's free memory
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
   int pp = 1, micro_batches = 0;
   bool pp_given = false;
+  bool prompt_ids_given = false;  // --prompt-ids, even with empty text
   std::string pp_layers;
 };
 
@@ -101,11 +105,10 @@ void apply_batch(std::vector<Prompt>& prompts, const GenerateOptions& o, bool ba
 
 std::vector<std::vector<int32_t>> read_prompts(const GenerateOptions& o, bool batch_given) {
   std::vector<std::vector<int32_t>> prompts;
-  if (!o.prompt_ids.empty()) {
+  if (o.prompt_ids_given) {
     prompts.push_back(parse_ids<UsageError>(o.prompt_ids, "--prompt-ids"));
   } else {
-    std::ifstream in(o.prompt_ids_file);
-    if (!in) throw DataError(fmt::format("{}: cannot open (--prompt-ids-file)", o.prompt_ids_file));
+    std::ifstream in = open_input_file(o.prompt_ids_file, "--prompt-ids-file");
     std::string line;
     for (int number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r,") == std::string::npos) continue;
@@ -140,11 +143,20 @@ FaultSpec fault_spec() {
     begin = colon + 1;
   }
   FaultSpec f;
-  f.rank = std::stoi(parts.at(0));
-  f.kind = parts.at(1);
+  const UsageError malformed(
+      fmt::format("SHARDLM_FAULT={}: expected RANK:throw|segv|abort[:prefill|decode:N]", spec));
+  auto number = [&](const std::string& text) {
+    int64_t value = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) throw malformed;
+    return value;
+  };
+  if (parts.size() < 2 || parts.size() == 3) throw malformed;
+  f.rank = int(number(parts[0]));
+  f.kind = parts[1];
   if (parts.size() > 3) {
     f.phase = parts[2];
-    f.step = std::stoll(parts[3]);
+    f.step = number(parts[3]);
   }
   return f;
 }
@@ -190,6 +202,11 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
     throw UsageError("--stream needs one text prompt (--prompt or --prompt-file) and no --json");
 
   World& world = World::get();
+  // Rank 0 writes the outputs: their paths are checked there, before any work.
+  if (world.is_root()) {
+    if (!o.dump_logits.empty()) check_output_file(o.dump_logits, "--dump-logits");
+    if (!o.dump_step_logits.empty()) check_output_file(o.dump_step_logits, "--dump-step-logits");
+  }
   if (world.size() % o.pp != 0)
     throw UsageError(fmt::format("--pp {} does not divide the job's {} ranks (mpirun -n {})", o.pp,
                                  world.size(), world.size()));
@@ -200,6 +217,8 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
   size_t longest_prompt = 0;
   for (const auto& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
+  // Prompts against the model, on every rank alike, before anything is loaded.
+  check_request(config, prompts, o.max_new_tokens);
   const Workload workload{int64_t(prompts.size()), int64_t(longest_prompt), o.max_new_tokens};
   const std::string weights_name(weight_dtype_name(
       weight_dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
@@ -254,6 +273,19 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const Layout prefill = make_layout(choice.prefill.ffn, choice.prefill.attn, shape, mesh);
   const Layout decode = make_layout(choice.decode.ffn, choice.decode.attn, shape, mesh);
   check_shardable(config, mesh, prefill, decode);
+  // Memory before it is spent: what this rank will hold against its share of
+  // its node, refused here (every rank alike) rather than by the allocator.
+  {
+    const std::optional<double> limit = parse_optional_flag<double>(
+        "--memory-limit", o.memory_limit,
+        [](const std::string& t) { return parse_bytes(t, "--memory-limit"); });
+    const std::optional<MemoryBudget> budget =
+        memory_budget(limit, world.ranks_on_node(world.node(world.rank())));
+    if (budget)
+      check_rank_memory(
+          config, choice,
+          {workload, world.size(), !o.dump_logits.empty(), !o.dump_step_logits.empty()}, *budget);
+  }
   // From here on what fails may fail on one rank only (a file, a node), and
   // each rank says so itself. Loading may take each rank a different time:
   // the collectives up to the first step get a longer allowance.
@@ -493,6 +525,10 @@ void add_generate_command(CLI::App& app) {
                   "its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
+  cmd->add_option("--memory-limit", o->memory_limit,
+                  "memory the job may use on each node, shared by its ranks there, e.g. 2GiB or "
+                  "512MB (default: the node's available memory, or its cgroup limit); a run that "
+                  "needs more is refused before loading");
   cmd->add_option("--warmup", o->warmup, "untimed runs of the same request before the timed one")
       ->check(CLI::Range(0, 1000));
   cmd->add_flag("--json", o->json, "print one JSON object of results");
@@ -534,6 +570,7 @@ void add_generate_command(CLI::App& app) {
     o->layouts.plan_auto = o->plan == "auto";
     o->layouts.hardware_given = cmd->count("--hardware") > 0;
     o->pp_given = cmd->count("--pp") > 0;
+    o->prompt_ids_given = cmd->count("--prompt-ids") > 0;
     if (o->stream_flag) o->stream = true;
     if (o->no_stream_flag) o->stream = false;
     if (cmd->count("--prompt-ids") == 0 && cmd->count("--prompt-ids-file") == 0 &&

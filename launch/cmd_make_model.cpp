@@ -8,6 +8,7 @@
 #include "models/presets.hpp"
 #include "models/random_checkpoint.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 
@@ -29,7 +30,9 @@ void add_make_model_command(CLI::App& app) {
   cmd->add_option("--preset", options->preset, preset_help)
       ->required()
       ->check(CLI::IsMember(names));
-  cmd->add_option("--out", options->out, "output directory (created if missing)")->required();
+  cmd->add_option("--out", options->out,
+                  "output directory (created if missing; an earlier model there is replaced)")
+      ->required();
   cmd->add_option("--dtype", options->dtype, "weight dtype: f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->capture_default_str();
@@ -40,10 +43,13 @@ void add_make_model_command(CLI::App& app) {
   cmd->callback([options] {
     const ModelConfig config = *find_preset(options->preset);
     const auto start = std::chrono::steady_clock::now();
-    write_random_checkpoint(config, options->out,
+    // The model appears whole under --out, or not at all.
+    OutputDirectory out(options->out, "--out", is_checkpoint_file);
+    write_random_checkpoint(config, out.staging(),
                             {*dtype_from_user(options->dtype), options->seed, options->shards});
     // A tokenizer beside the weights, so the model takes `generate --prompt` text.
-    write_demo_tokenizer(config, options->out);
+    write_demo_tokenizer(config, out.staging());
+    out.commit();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     fmt::print(

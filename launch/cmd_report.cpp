@@ -24,8 +24,8 @@ fs::path report_script() {
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   for (fs::path dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path();
        dir = dir.parent_path())
-    if (fs::is_regular_file(dir / rel)) return dir / rel;
-  if (fs::is_regular_file(rel)) return rel;
+    if (std::error_code missing; fs::is_regular_file(dir / rel, missing)) return dir / rel;
+  if (std::error_code missing; fs::is_regular_file(rel, missing)) return rel;
   throw DataError(fmt::format("{}: not found beside {} or in the working directory", rel.string(),
                               exe.string()));
 }

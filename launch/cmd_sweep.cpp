@@ -19,6 +19,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "launch/commands.hpp"
 #include "launch/experiment.hpp"
@@ -29,6 +30,7 @@
 #include "partitioning/planner.hpp"
 #include "runtime/dtype.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 namespace {
@@ -289,7 +291,9 @@ Outcome classify(const ChildResult& r, double timeout_s) {
       r.signal ? fmt::format("killed by signal {} ({})", r.signal, strsignal(r.signal))
                : fmt::format("exit {}", r.exit_code);
   reason = reason.empty() ? how : fmt::format("{} ({})", reason, how);
-  for (const char* sign : {"bad_alloc", "out of memory", "Cannot allocate memory", "oom-kill"})
+  // "not enough memory": generate's own check before loading (launch/memory_check.hpp).
+  for (const char* sign :
+       {"bad_alloc", "out of memory", "not enough memory", "Cannot allocate memory", "oom-kill"})
     if (r.err.find(sign) != std::string::npos) return {"oom", reason};
   // SIGKILL that this sweep did not send is, on Linux, almost always the OOM killer.
   if (r.signal == SIGKILL || r.exit_code == 128 + SIGKILL)
@@ -494,14 +498,16 @@ class Sweep {
  private:
   void write_log(const SweepPoint& p, int launch, const std::vector<std::string>& argv,
                  const ChildResult& r) {
-    fs::create_directories(dir_ / "logs");
-    std::ofstream log(dir_ / "logs" / (p.hash + ".log"));
-    log << fmt::format("# {}\n# launch {}; {:.2f} s; exit {}; signal {}{}\n", fmt::join(argv, " "),
-                       launch + 1, r.seconds, r.exit_code, r.signal,
-                       r.timed_out ? "; timed out" : "")
-        << "## stderr\n"
-        << r.err << "\n## stdout\n"
-        << r.out;
+    if (std::error_code ec; !fs::create_directories(dir_ / "logs", ec) && ec)
+      throw DataError(fmt::format("{}: cannot create: {}", (dir_ / "logs").string(), ec.message()));
+    write_file_atomically(dir_ / "logs" / (p.hash + ".log"), [&](std::ostream& log) {
+      log << fmt::format("# {}\n# launch {}; {:.2f} s; exit {}; signal {}{}\n",
+                         fmt::join(argv, " "), launch + 1, r.seconds, r.exit_code, r.signal,
+                         r.timed_out ? "; timed out" : "")
+          << "## stderr\n"
+          << r.err << "\n## stdout\n"
+          << r.out;
+    });
   }
 
   const SweepOptions& o_;
@@ -515,7 +521,7 @@ class Sweep {
 // down mid-write) is dropped so the file stays one object per line.
 std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
   std::set<std::string> done;
-  if (!fs::exists(file)) return done;
+  if (std::error_code ec; !fs::exists(file, ec)) return done;
   std::ifstream in(file, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   size_t pos = 0, good_end = 0;
@@ -533,6 +539,8 @@ std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
     if (!j.is_object() || !j.contains("hash") || !j.contains("mode"))
       throw DataError(
           fmt::format("{}:{}: not a sweep result (no hash or mode)", file.string(), number));
+    if (!j["hash"].is_string() || !j["mode"].is_string())
+      throw DataError(fmt::format("{}:{}: hash and mode must be strings", file.string(), number));
     if (j["mode"] != mode)
       throw UsageError(
           fmt::format("--resume: {} holds {} results and this run is {}; use another --out",
@@ -543,7 +551,9 @@ std::set<std::string> read_done(const fs::path& file, const std::string& mode) {
   if (good_end < text.size()) {
     fmt::print(stderr, "sweep: {}: dropping an unfinished last line ({} bytes)\n", file.string(),
                text.size() - good_end);
-    fs::resize_file(file, good_end);
+    std::error_code ec;
+    fs::resize_file(file, good_end, ec);
+    if (ec) throw DataError(fmt::format("{}: cannot truncate: {}", file.string(), ec.message()));
   }
   return done;
 }
@@ -614,6 +624,7 @@ class Progress {
 };
 
 void run_sweep(const SweepOptions& o) {
+  check_output_directory(o.out, "--out");
   const Experiment e = Experiment::load(o.experiment, o.dry_run);
   const HardwareSpec hw = HardwareSpec::load(resolve_config(e.hardware, "hardware"));
   // Every model is checked before anything runs: a typo should not surface
@@ -646,16 +657,18 @@ void run_sweep(const SweepOptions& o) {
 
   const fs::path dir = o.out;
   const fs::path results = dir / "results.jsonl";
-  if (!o.resume && fs::exists(results) && fs::file_size(results) > 0)
+  if (std::error_code ec; !o.resume && fs::file_size(results, ec) > 0 && !ec)
     throw UsageError(fmt::format(
         "--out {}: {} already holds results; add --resume to continue it, or choose another --out",
         o.out, results.string()));
-  fs::create_directories(dir);
+  if (std::error_code ec; !fs::create_directories(dir, ec) && ec)
+    throw UsageError(fmt::format("--out {}: cannot create: {}", o.out, ec.message()));
   const std::set<std::string> done = read_done(results, o.dry_run ? "predicted" : "measured");
-  {  // the experiment as run, beside its results, written whole
-    const fs::path tmp = dir / ".experiment.yaml.tmp";
-    fs::copy_file(o.experiment, tmp, fs::copy_options::overwrite_existing);
-    fs::rename(tmp, dir / "experiment.yaml");
+  {  // the experiment as run, beside its results
+    std::ifstream in(o.experiment, std::ios::binary);
+    std::ostringstream text;
+    if (!(text << in.rdbuf())) throw DataError(fmt::format("{}: cannot read", o.experiment));
+    write_file_atomically(dir / "experiment.yaml", text.str());
   }
 
   std::vector<const SweepPoint*> todo;

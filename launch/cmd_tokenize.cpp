@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.hpp"
+#include "launch/flags.hpp"
 #include "launch/prompt_text.hpp"
 #include "models/tokenizer.hpp"
 #include "models/utf8.hpp"
@@ -45,8 +46,7 @@ std::vector<int32_t> parse_id_list(const std::vector<std::string>& args, const s
 
 // Lines of ids, or JSON Lines with an "ids" list.
 std::vector<std::vector<int32_t>> read_id_lists(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw DataError(fmt::format("{}: cannot open (--ids-file)", file));
+  std::ifstream in = open_input_file(file, "--ids-file");
   std::vector<std::vector<int32_t>> lists;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {

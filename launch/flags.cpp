@@ -1,8 +1,20 @@
 #include "launch/flags.hpp"
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 
 namespace shardlm {
+
+std::ifstream open_input_file(const std::string& file, const char* flag) {
+  if (std::error_code ec; std::filesystem::is_directory(file, ec))
+    throw DataError(fmt::format("{}: is a directory, expected a file ({})", file, flag));
+  std::ifstream in(file, std::ios::binary);
+  if (!in)
+    throw DataError(fmt::format("{}: cannot open ({}): {}", file, flag, std::strerror(errno)));
+  return in;
+}
 
 Mesh mesh_flag(const std::string& text, int ranks) {
   if (!text.empty()) return parse_flag("--mesh", text, Mesh::parse);

@@ -3,6 +3,7 @@
 // std::invalid_argument becomes a UsageError (exit 2) that names the flag.
 #include <fmt/format.h>
 
+#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -27,6 +28,10 @@ std::optional<T> parse_optional_flag(const char* flag, const std::string& text, 
   if (text.empty()) return std::nullopt;
   return parse_flag(flag, text, parse);
 }
+
+// An input file a flag names, open for reading; DataError naming the file and
+// the flag when it is missing, unreadable or a directory.
+std::ifstream open_input_file(const std::string& file, const char* flag);
 
 // `--mesh X,Y,Z`, or for `ranks` ranks: x near the paper's 2-D optimum
 // 0.5·sqrt(ranks) (for d_ff = 4·d_model), y the rest.

@@ -6,13 +6,16 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <new>
+#include <string>
 #include <string_view>
 #include <thread>
 
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
 #include "runtime/errors.hpp"
-#include "runtime/npy.hpp"
+#include "runtime/output_file.hpp"
 
 namespace {
 
@@ -68,10 +71,19 @@ int main(int argc, char** argv) {
   try {
     // CLI11 reads "--flag=" as a flag still waiting for its value and takes the
     // next argument; refuse it here so the message names the flag.
+    // Likewise "--flag ''", which would read as a flag not given (an empty
+    // --dump-logits would silently write nothing).
     for (int i = 1; i < argc; ++i) {
       const std::string_view arg = argv[i];
       if (arg.starts_with("--") && arg.ends_with("=") && arg.find('=') == arg.size() - 1)
         throw shardlm::UsageError(fmt::format("{}: empty value", arg.substr(0, arg.size() - 1)));
+      if (!arg.empty() || i < 3) continue;
+      const std::string previous = argv[i - 1];
+      const CLI::Option* option = nullptr;
+      for (const CLI::App* command : app.get_subcommands({}))
+        if (command->get_name() == argv[1]) option = command->get_option_no_throw(previous);
+      if (option && option->get_items_expected_min() > 0)
+        throw shardlm::UsageError(fmt::format("{}: empty value", previous));
     }
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -82,6 +94,17 @@ int main(int argc, char** argv) {
     return fail(e.what(), 2);
   } catch (const shardlm::UsageError& e) {
     return fail(e.what(), 2);
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The library's own text repeats itself ("filesystem error: ... [path]");
+    // the path and the system's reason say it all.
+    std::string paths = e.path1().string();
+    if (!e.path2().empty()) paths += " -> " + e.path2().string();
+    return fail(fmt::format("{}: {}", paths, e.code().message()).c_str(), 1);
+  } catch (const std::bad_alloc&) {
+    return fail(
+        "out of memory: an allocation failed (generate checks its needs against --memory-limit "
+        "or the node's available memory before loading; this need was not foreseen)",
+        1);
   } catch (const std::exception& e) {
     return fail(e.what(), 1);
   }

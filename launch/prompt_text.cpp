@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "launch/flags.hpp"
 #include "models/utf8.hpp"
 #include "runtime/errors.hpp"
 
@@ -17,8 +18,7 @@ std::vector<TextPrompt> read_text_prompts(const std::vector<std::string>& flags,
     prompts.push_back(
         {flags[i], flags.size() > 1 ? fmt::format("--prompt {}", i + 1) : "--prompt", true});
   if (file.empty()) return prompts;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw DataError(fmt::format("{}: cannot open (--prompt-file)", file));
+  std::ifstream in = open_input_file(file, "--prompt-file");
   std::string line;
   std::optional<bool> jsonl;
   for (int number = 1; std::getline(in, line); ++number) {

@@ -12,6 +12,7 @@
 #include "models/tokenizer_regex.hpp"
 #include "models/utf8.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 namespace fs = std::filesystem;
@@ -46,16 +47,6 @@ same rules as the words around them.
 )";
 
 constexpr int kSpecials = 3;  // <unk>, <s>, </s>
-
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path partial = path.string() + ".partial";
-  {
-    std::ofstream out(partial, std::ios::trunc | std::ios::binary);
-    out << text;
-    if (!out) throw DataError(fmt::format("{}: write failed", partial.string()));
-  }
-  fs::rename(partial, path);
-}
 
 bool all_letters(const std::string& token) {
   return !token.empty() && std::all_of(token.begin(), token.end(), [](char c) {
@@ -210,8 +201,8 @@ void write_demo_tokenizer(const ModelConfig& config, const fs::path& dir) {
       {"add_eos_token", false},
       {"model_max_length", config.max_position_embeddings},
   };
-  write_atomically(dir / "tokenizer.json", tokenizer.dump(1) + "\n");
-  write_atomically(dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n");
+  write_file_atomically(dir / "tokenizer.json", tokenizer.dump(1) + "\n");
+  write_file_atomically(dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n");
 }
 
 }  // namespace shardlm

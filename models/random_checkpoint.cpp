@@ -4,13 +4,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "models/llama_weights.hpp"
 #include "models/safetensors.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 namespace fs = std::filesystem;
@@ -64,38 +65,37 @@ void fill_weight(const WeightSpec& spec, uint64_t seed, std::vector<float>& valu
   }
 }
 
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path partial = path.string() + ".partial";
-  {
-    std::ofstream out(partial, std::ios::trunc);
-    out << text;
-    if (!out) throw DataError(fmt::format("{}: write failed", partial.string()));
-  }
-  fs::rename(partial, path);
-}
-
 }  // namespace
+
+bool is_checkpoint_file(const std::string& name) {
+  if (name == "config.json" || name == "model.safetensors" ||
+      name == "model.safetensors.index.json" || name == "tokenizer.json" ||
+      name == "tokenizer_config.json")
+    return true;
+  int part = 0, parts = 0, length = 0;
+  return std::sscanf(name.c_str(), "model-%5d-of-%5d.safetensors%n", &part, &parts, &length) == 2 &&
+         size_t(length) == name.size();
+}
 
 void write_random_checkpoint(const ModelConfig& config_in, const fs::path& dir,
                              const RandomCheckpointOptions& options) {
   ModelConfig config = config_in;
   config.torch_dtype = std::string(torch_dtype_name(options.dtype));
+  const std::vector<WeightSpec> specs = checkpoint_weights(config);
+  const int64_t shards = options.shards;
+  if (shards < 1 || shards > int64_t(specs.size()))
+    throw UsageError(fmt::format(
+        "--shards must be between 1 and {} (the number of tensors), got {}", specs.size(), shards));
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
     throw DataError(fmt::format("{}: cannot create directory: {}", dir.string(), ec.message()));
-
-  const std::vector<WeightSpec> specs = checkpoint_weights(config);
   const size_t elem = dtype_size(options.dtype);
   int64_t total_bytes = 0;
   for (const WeightSpec& s : specs) total_bytes += numel_of(s.shape) * int64_t(elem);
 
   // Consecutive tensors share a file; a tensor goes to the file its middle byte
   // falls in, and no file is left empty.
-  const int64_t shards = options.shards;
-  if (shards < 1 || shards > int64_t(specs.size()))
-    throw UsageError(fmt::format(
-        "--shards must be between 1 and {} (the number of tensors), got {}", specs.size(), shards));
   std::vector<std::vector<const WeightSpec*>> shard_specs(static_cast<size_t>(shards));
   {
     int64_t written = 0, shard = 0;
@@ -133,9 +133,9 @@ void write_random_checkpoint(const ModelConfig& config_in, const fs::path& dir,
   } else {
     const nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}},
                                   {"weight_map", weight_map}};
-    write_text_atomically(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+    write_file_atomically(dir / "model.safetensors.index.json", index.dump(2) + "\n");
   }
-  write_text_atomically(dir / "config.json", config.to_json().dump(2) + "\n");
+  write_file_atomically(dir / "config.json", config.to_json().dump(2) + "\n");
 }
 
 }  // namespace shardlm

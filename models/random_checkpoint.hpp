@@ -3,6 +3,7 @@
 // tests and benchmarks need no download.
 #include <cstdint>
 #include <filesystem>
+#include <string>
 
 #include "models/model_config.hpp"
 #include "runtime/dtype.hpp"
@@ -21,5 +22,9 @@ struct RandomCheckpointOptions {
 // embeddings std 1, norm weights 1 ± 0.1.
 void write_random_checkpoint(const ModelConfig& config, const std::filesystem::path& dir,
                              const RandomCheckpointOptions& options);
+
+// Whether `name` is a file make-model writes (config, weights, index,
+// tokenizer): a directory holding only these may be replaced by a new model.
+bool is_checkpoint_file(const std::string& name);
 
 }  // namespace shardlm

@@ -114,13 +114,18 @@ std::pair<Tensor, Tensor> upload(Backend& backend, const std::vector<float>& cos
 
 }  // namespace
 
-RopeTables::RopeTables(Backend& backend, const ModelConfig& c) : config_(c) {
-  const int64_t positions = c.max_position_embeddings;
-  std::vector<int64_t> pos(static_cast<size_t>(positions));
-  for (int64_t p = 0; p < positions; ++p) pos[size_t(p)] = p;
+void RopeTables::cover(Backend& backend, int64_t positions) {
+  // Below max_position_embeddings every sequence uses the unscaled-length
+  // frequencies; rows past it (dynamic NTK) are computed per pass in rows_for.
+  const int64_t rows = std::min(positions, config_.max_position_embeddings);
+  if (rows <= rows_) return;
+  std::vector<int64_t> pos(static_cast<size_t>(rows));
+  for (int64_t p = 0; p < rows; ++p) pos[size_t(p)] = p;
   std::vector<float> cos, sin;
-  fill_tables(c, pos, std::vector<int64_t>(pos.size(), positions), cos, sin);
-  std::tie(cos_, sin_) = upload(backend, cos, sin, c.head_dim / 2);
+  fill_tables(config_, pos, std::vector<int64_t>(pos.size(), config_.max_position_embeddings), cos,
+              sin);
+  std::tie(cos_, sin_) = upload(backend, cos, sin, config_.head_dim / 2);
+  rows_ = rows;
 }
 
 RopeRows RopeTables::rows_for(Backend& backend, const BatchLayout& batch) const {

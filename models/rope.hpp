@@ -28,8 +28,13 @@ struct RopeRows {
 
 class RopeTables {
  public:
-  // Tables by position up to max_position_embeddings.
-  RopeTables(Backend& backend, const ModelConfig& config);
+  // No rows yet: cover() sizes the tables by what a run needs, never by the
+  // trained context alone (a config may claim 10^9 positions).
+  explicit RopeTables(const ModelConfig& config) : config_(config) {}
+  // Tables by position for positions [0, min(positions, max_position_embeddings));
+  // grows them when a run needs more rows than the last one.
+  void cover(Backend& backend, int64_t positions);
+  int64_t rows() const { return rows_; }
   // The rows for `batch`: the position tables, except under dynamic NTK
   // scaling once a sequence has grown past max_position_embeddings. Then each
   // token is rotated with the frequencies of its sequence's length in this
@@ -41,6 +46,7 @@ class RopeTables {
  private:
   const ModelConfig& config_;
   Tensor cos_, sin_;
+  int64_t rows_ = 0;
 };
 
 }  // namespace shardlm

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 
 namespace shardlm {
 
@@ -226,25 +227,14 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps tensor data 8-byte aligned
-  const fs::path partial = path.string() + ".partial";
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    if (!out)
-      throw DataError(fmt::format("{}: cannot create: {}", partial.string(), std::strerror(errno)));
+  write_file_atomically(path, [&](std::ostream& out) {
     const uint64_t header_len = text.size();
     out.write(reinterpret_cast<const char*>(&header_len), 8);
     out.write(text.data(), std::streamsize(text.size()));
     for (const TensorToWrite& t : tensors)
       out.write(static_cast<const char*>(t.data),
                 std::streamsize(uint64_t(numel_of(t.shape)) * dtype_size(t.dtype)));
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(partial, ec);
-      throw DataError(fmt::format("{}: write failed (disk full?)", partial.string()));
-    }
-  }
-  fs::rename(partial, path);
+  });
 }
 
 }  // namespace shardlm

@@ -337,12 +337,16 @@ void Tokenizer::Impl::parse(const json& root) {
   Vocab vocab;
   vocab.reserve(vocab_json.size());
   int32_t max_id = -1;
+  std::string max_id_field;  // where the largest id is, for the message
   for (const auto& [token, id] : vocab_json.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
       model.fail("vocab",
                  fmt::format("token \"{}\" has id {}, expected an integer >= 0", token, id.dump()));
     vocab.emplace(token, id.get<int32_t>());
-    max_id = std::max(max_id, id.get<int32_t>());
+    if (id.get<int32_t>() > max_id) {
+      max_id = id.get<int32_t>();
+      max_id_field = fmt::format("model.vocab[\"{}\"]", token);
+    }
   }
   const json& merges_json = model.required("merges");
   if (!merges_json.is_array()) model.fail("merges", "expected a list");
@@ -399,9 +403,20 @@ void Tokenizer::Impl::parse(const json& root) {
       a.single_word = t.boolean("single_word", false);
       a.normalized = t.boolean("normalized", !a.special);
       added.push_back(a);
-      max_id = std::max(max_id, a.id);
+      if (a.id > max_id) {
+        max_id = a.id;
+        max_id_field = fmt::format("added_tokens[{}].id", i);
+      }
     }
   }
+  // Tables are indexed by id: ids far beyond the number of tokens (real
+  // vocabularies are dense, with at most small gaps) would size them by a
+  // number in the file rather than by its tokens.
+  const int64_t id_limit = 4 * int64_t(vocab.size() + added.size()) + 65536;
+  if (max_id >= id_limit)
+    top.fail(max_id_field, fmt::format("id {} is far beyond the file's {} tokens (ids must be "
+                                       "below {})",
+                                       max_id, vocab.size() + added.size(), id_limit));
   id_to_token.assign(size_t(max_id + 1), {});
   has_token.assign(size_t(max_id + 1), 0);
   special.assign(size_t(max_id + 1), 0);

@@ -146,22 +146,22 @@ std::string HardwareSpec::mesh_problem(const Mesh& mesh) const {
 
 std::string resolve_config(const std::string& name_or_path, const std::string& kind) {
   namespace fs = std::filesystem;
-  if (fs::is_regular_file(name_or_path)) return name_or_path;
+  std::error_code ec;
+  if (fs::is_regular_file(name_or_path, ec)) return name_or_path;
   std::vector<fs::path> roots = {"configs"};
   // Next to the binary too (build-dir/shardlm finds ../configs), so the CLI
   // works from any working directory.
-  std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   for (fs::path dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path();
        dir = dir.parent_path())
-    if (fs::is_directory(dir / "configs")) {
+    if (std::error_code missing; fs::is_directory(dir / "configs", missing)) {
       roots.push_back(dir / "configs");
       break;
     }
   if (const char* env = std::getenv("SHARDLM_CONFIGS")) roots.insert(roots.begin(), env);
   for (const auto& root : roots) {
     fs::path p = root / kind / (name_or_path + ".yaml");
-    if (fs::is_regular_file(p)) return p.string();
+    if (std::error_code missing; fs::is_regular_file(p, missing)) return p.string();
   }
   std::set<std::string> known;
   for (const auto& root : roots) {

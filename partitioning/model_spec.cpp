@@ -92,7 +92,7 @@ ModelSpec ModelSpec::load_yaml(const std::string& file) {
 
 ModelSpec ModelSpec::resolve(const std::string& name_or_path) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(name_or_path)) {
+  if (std::error_code ec; fs::is_directory(name_or_path, ec)) {
     ModelSpec m = from_config(ModelConfig::load(name_or_path), fs::path(name_or_path).filename());
     m.source = (fs::path(name_or_path) / "config.json").string();
     return m;

@@ -82,8 +82,9 @@ PublishedSet PublishedSet::load(const std::vector<std::string>& files) {
 
 ModelSpec PublishedSet::model(const std::string& name) const {
   const auto local = std::filesystem::path(config_root) / "models" / (name + ".yaml");
-  return std::filesystem::is_regular_file(local) ? ModelSpec::load_yaml(local.string())
-                                                 : ModelSpec::resolve(name);
+  std::error_code ec;
+  return std::filesystem::is_regular_file(local, ec) ? ModelSpec::load_yaml(local.string())
+                                                     : ModelSpec::resolve(name);
 }
 
 namespace {

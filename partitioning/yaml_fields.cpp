@@ -13,7 +13,7 @@ YamlFields::YamlFields(YAML::Node node, std::string file, std::string prefix)
     : node_(std::move(node)), file_(std::move(file)), prefix_(std::move(prefix)) {}
 
 YamlFields YamlFields::load_file(const std::string& file) {
-  if (!std::filesystem::is_regular_file(file))
+  if (std::error_code ec; !std::filesystem::is_regular_file(file, ec))
     throw DataError(fmt::format("{}: no such file", file));
   YAML::Node root;
   try {

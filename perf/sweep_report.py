@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,21 @@ SHORT = {"model": "", "chips": "C=", "mesh": "mesh ", "pp": "pp=", "micro_batche
          "attn_decode": "attn-d ", "ffn": "ffn ", "attn": "attn ", "weights": "", "threads": "t=", "batch": "B=",
          "prompt_len": "L=", "gen_len": "n=", "hardware": ""}
 MARKERS = "osD^v<>pPXh*"
+
+
+def write_atomically(final: Path, write) -> None:
+    """`write(tmp_path)` fills a temporary file beside `final`, which is then
+    renamed into place; on any failure or interruption (KeyboardInterrupt, or
+    SIGTERM turned into SystemExit by main) the temporary is removed, so the
+    report's files are whole or absent, as shardlm's own outputs are."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def fail(msg: str) -> None:
@@ -131,10 +147,7 @@ class Figures:
         files = {}
         for ext in ("png", "svg"):
             final = self.dir / f"{name}.{ext}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}", dir=self.dir)
-            os.close(fd)
-            fig.savefig(tmp, format=ext, dpi=110)
-            os.replace(tmp, final)
+            write_atomically(final, lambda tmp: fig.savefig(tmp, format=ext, dpi=110))
             files[ext] = f"figures/{name}.{ext}"
         plt.close(fig)
         self.manifest.append({"name": name, "caption": caption, **files, "panels": panels})
@@ -508,15 +521,13 @@ def report(out_dir: Path):
     ]
     text = "\n".join(lines)
     for name, content in (("report.md", text), ("figures.json", json.dumps(figs.manifest, indent=1))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.replace(tmp, out_dir / name)
+        write_atomically(out_dir / name, lambda tmp: Path(tmp).write_text(content, encoding="utf-8"))
     print(f"report: {out_dir / 'report.md'} ({len(figs.manifest)} figures in "
           f"{out_dir / 'figures'}; {len(ok)} ok, {len(bad)} failed points)")
 
 
 def main(argv):
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if len(argv) != 2:
         fail("usage: sweep_report.py DIR (a `shardlm sweep --out` directory)")
     report(Path(argv[1]))

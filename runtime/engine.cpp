@@ -56,7 +56,7 @@ Engine::Engine(Backend& backend, ParallelContext& ctx, ModelConfig config, const
       prefill_axes_(PhaseAxes::from_layout(prefill)),
       decode_axes_(PhaseAxes::from_layout(decode)),
       weights_(std::move(weights)),
-      rope_(backend, config_),
+      rope_(config_),
       stage_(stage) {
   if (stage_.stages == 1) stage_.first_rank = stage_.last_rank = ctx.rank();
 }
@@ -356,33 +356,41 @@ void Engine::follow() {
   }
 }
 
-GenerationResult Engine::generate(const GenerationRequest& request) {
-  const auto& prompts = request.prompts;
+int64_t check_request(const ModelConfig& config, const std::vector<std::vector<int32_t>>& prompts,
+                      int64_t max_new_tokens) {
   if (prompts.empty()) throw UsageError("no prompt given");
-  if (request.max_new_tokens < 0)
-    throw UsageError(fmt::format("--max-new-tokens must be >= 0, got {}", request.max_new_tokens));
+  if (max_new_tokens < 0)
+    throw UsageError(fmt::format("--max-new-tokens must be >= 0, got {}", max_new_tokens));
   size_t longest = 0;
   for (size_t s = 0; s < prompts.size(); ++s) {
     if (prompts[s].empty()) throw UsageError(fmt::format("prompt {} is empty", s));
     longest = std::max(longest, prompts[s].size());
     for (size_t i = 0; i < prompts[s].size(); ++i)
-      if (prompts[s][i] < 0 || prompts[s][i] >= config_.vocab_size)
+      if (prompts[s][i] < 0 || prompts[s][i] >= config.vocab_size)
         throw DataError(
             fmt::format("token id {} (prompt {}, position {}) is outside the vocabulary "
                         "[0, {})",
-                        prompts[s][i], s, i, config_.vocab_size));
+                        prompts[s][i], s, i, config.vocab_size));
   }
-  const int64_t context = int64_t(longest) + request.max_new_tokens;
-  if (context > config_.context_length())
+  const int64_t context = int64_t(longest) + max_new_tokens;
+  if (context > config.context_length())
     throw UsageError(fmt::format(
         "prompt length {} + --max-new-tokens {} = {} exceeds the model's context length {} "
         "(max_position_embeddings = {}{})",
-        longest, request.max_new_tokens, context, config_.context_length(),
-        config_.max_position_embeddings,
-        config_.rope_scaling.type == RopeType::kDynamic ? " times the dynamic RoPE factor" : ""));
+        longest, max_new_tokens, context, config.context_length(), config.max_position_embeddings,
+        config.rope_scaling.type == RopeType::kDynamic ? " times the dynamic RoPE factor" : ""));
+  return context;
+}
+
+GenerationResult Engine::generate(const GenerationRequest& request) {
+  const auto& prompts = request.prompts;
+  const int64_t context = check_request(config_, prompts, request.max_new_tokens);
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
 
   const int batch_size = int(prompts.size());
   num_slots_ = batch_size;
+  rope_.cover(backend_, context);
   cache_ = allocate_cache(decode_axes_, context);
   // Prefill writes the decode cache directly when both shard attention alike.
   const bool shared_cache = prefill_axes_.attention_rows() == decode_axes_.attention_rows() &&

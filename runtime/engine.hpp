@@ -73,6 +73,12 @@ struct StageInfo {
   static StageInfo of(const ParallelContext& ctx, const StageSplit& split);
 };
 
+// Checks a request against the model before any work: prompts present and
+// non-empty, ids inside the vocabulary (DataError), the longest prompt + new
+// tokens within the model's context (UsageError). Returns that context.
+int64_t check_request(const ModelConfig& config, const std::vector<std::vector<int32_t>>& prompts,
+                      int64_t max_new_tokens);
+
 class Engine {
  public:
   // `prefill` and `decode` are the layouts of the two phases on ctx's mesh;

@@ -2,18 +2,11 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <unistd.h>
 
-#include <cstdio>
-#include <fstream>
-
-#include "runtime/errors.hpp"
+#include "runtime/output_file.hpp"
 #include "runtime/tensor.hpp"
 
 namespace shardlm {
-namespace {
-char g_partial[4096];  // the temporary file being written; empty when none
-}  // namespace
 
 void write_npy_f32(const std::filesystem::path& path, const float* data,
                    const std::vector<int64_t>& shape) {
@@ -25,30 +18,13 @@ void write_npy_f32(const std::filesystem::path& path, const float* data,
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header.push_back('\n');
-
-  const std::filesystem::path partial = path.string() + ".partial";
-  // Published for remove_partial_output(), which a signal may call mid-write.
-  std::snprintf(g_partial, sizeof g_partial, "%s", partial.c_str());
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    if (!out) throw DataError(fmt::format("{}: cannot create", path.string()));
+  write_file_atomically(path, [&](std::ostream& out) {
     const uint16_t header_len = uint16_t(header.size());
     out.write("\x93NUMPY\x01\x00", 8);
     out.write(reinterpret_cast<const char*>(&header_len), 2);
     out.write(header.data(), std::streamsize(header.size()));
     out.write(reinterpret_cast<const char*>(data), std::streamsize(numel_of(shape) * 4));
-    if (!out) {
-      std::error_code ec;
-      std::filesystem::remove(partial, ec);
-      throw DataError(fmt::format("{}: write failed", path.string()));
-    }
-  }
-  std::filesystem::rename(partial, path);
-  g_partial[0] = '\0';
-}
-
-void remove_partial_output() {
-  if (g_partial[0]) ::unlink(g_partial);
+  });
 }
 
 }  // namespace shardlm
