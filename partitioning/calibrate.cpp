@@ -69,15 +69,19 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
     }
     return best;
   };
-  int64_t limit = 0;
-  bool panel_won = false;
-  for (int64_t rows : kRows) {
-    const StreamingSample s{rows, time(true, rows), time(false, rows)};
-    if (samples) samples->push_back(s);
-    panel_won = panel_won || s.panel_s < s.streaming_s;
-    if (!panel_won) limit = rows;
+  std::vector<StreamingSample> measured;
+  for (int64_t rows : kRows) measured.push_back({rows, time(true, rows), time(false, rows)});
+  if (samples) *samples = measured;
+  return choose_streaming_max_rows(measured);
+}
+
+int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples) {
+  int64_t limit = 1;
+  for (const StreamingSample& s : samples) {
+    if (s.panel_s < s.streaming_s) break;
+    limit = s.rows;
   }
-  return std::max<int64_t>(limit, 1);
+  return limit;
 }
 
 double measure_memory_read(size_t bytes, int repeats) {

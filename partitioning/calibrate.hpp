@@ -64,6 +64,9 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
 // answer is the largest count before the first one where the panel path wins
 // (capped at the largest count tried). `samples` receives the timings.
 int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples = nullptr);
+// The rows of the last sample (by growing rows) before the first where the
+// panel path is faster; 1 when it is faster from the first.
+int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
