@@ -9,10 +9,13 @@
 # Environment: ROUNDS (1: each binary runs every row ROUNDS times), THREADS (2),
 # OUT (perf/results/throughput.md). The model defaults to models-out/1b-bf16,
 # made with `shardlm make-model --preset 1b --dtype bf16` when missing.
-# Rows: decode at batch 1, 8, 32 after a 128-token prompt (-n 16); one
-# 128-token prompt and one 512-token prompt (prefill); decode at a 4096-token
-# context, batch 1. BEFORE may predate --context and --kv-dtype: every row is
-# given as a prompt length, and KV bytes are counted from the AFTER run.
+# ROWS: "name|bench args;name|bench args;..." (default: decode at batch 1, 8
+# and 32 after a 128-token prompt, -n 16; one 512-token prompt, prefill;
+# decode at a 4096-token context, batch 1). A row whose name starts with
+# "prefill" compares prefill tok/s, the others decode tok/s; the batch-1
+# decode row also gives the 128-token prompt's prefill. BEFORE may predate
+# --context and --kv-dtype: every row is given as a prompt length, and the
+# roofline columns come from the AFTER run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BEFORE=$1 AFTER=$2
@@ -20,17 +23,15 @@ MODEL=${3:-$ROOT/models-out/1b-bf16}
 ROUNDS=${ROUNDS:-1} THREADS=${THREADS:-2}
 OUT=${OUT:-$ROOT/perf/results/throughput.md}
 [[ -f $MODEL/config.json ]] || "$AFTER" make-model --preset 1b --dtype bf16 --out "$MODEL"
+# Threads sleep at barriers instead of spinning: with other work on the
+# cores, a spinning thread burns the time slice its partner needs.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-# name|bench arguments
-ROWS=(
-  "decode b1|-p 128 -n 16 -b 1"
-  "decode b8|-p 128 -n 16 -b 8"
-  "decode b32|-p 128 -n 16 -b 32"
-  "prefill 512|-p 512 -n 1 -b 1"
-  "decode ctx4096 b1|-p 4096 -n 8 -b 1"
-)
+DEFAULT_ROWS="decode b1|-p 128 -n 16 -b 1;decode b8|-p 128 -n 16 -b 8;decode b32|-p 128 -n 16 -b 32"
+DEFAULT_ROWS+=";prefill 512|-p 512 -n 1 -b 1;decode ctx4096 b1|-p 4096 -n 8 -b 1"
+IFS=';' read -r -a ROWS <<< "${ROWS:-$DEFAULT_ROWS}"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((round = 0; round < ROUNDS; round++)); do
   for i in "${!ROWS[@]}"; do
