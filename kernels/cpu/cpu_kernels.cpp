@@ -451,11 +451,30 @@ namespace {
 const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t count,
                          int64_t head_dim, float* buffer) {
   if (kv == DType::F32) return static_cast<const float*>(cache) + begin * head_dim;
-  const char* src = static_cast<const char*>(cache) + size_t(begin * head_dim) * 2;
-  if (kv == DType::BF16)
-    widen_row<DType::BF16>(src, count * head_dim, 1.0f, buffer);
-  else
-    widen_row<DType::F16>(src, count * head_dim, 1.0f, buffer);
+  // Whole vectors, no scale: this pass is on the path of every decode step.
+  const auto* src = static_cast<const uint16_t*>(cache) + begin * head_dim;
+  const int64_t n = count * head_dim, full = n / 32 * 32;
+  if (kv == DType::BF16) {
+    for (int64_t i = 0; i < full; i += 32) {
+      const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i)));
+      const __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i + 16)));
+      _mm512_storeu_ps(buffer + i, _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)));
+      _mm512_storeu_ps(buffer + i + 16, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
+    }
+  } else {
+    for (int64_t i = 0; i < full; i += 32) {
+      _mm512_storeu_ps(buffer + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + i))));
+      _mm512_storeu_ps(buffer + i + 16,
+                       _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + i + 16))));
+    }
+  }
+  if (full < n) {
+    const char* tail = reinterpret_cast<const char*>(src + full);
+    if (kv == DType::BF16)
+      widen_row<DType::BF16>(tail, n - full, 1.0f, buffer + full);
+    else
+      widen_row<DType::F16>(tail, n - full, 1.0f, buffer + full);
+  }
   return buffer;
 }
 
