@@ -12,7 +12,16 @@
 //   MFU = FLOP / prefill time / peak, peak = sgemm 2048^3 with the row's threads;
 // - decode bytes per token = stored weight bytes read per step / batch + KV
 //   cache bytes one token reads (K and V, every layer, at the mean context
-//   length p + (n + 1) / 2); utilisation = bytes * tok/s / measured bandwidth.
+//   length d + p + (n + 1) / 2, at the KV cache's bytes per value);
+//   utilisation = bytes * tok/s / measured bandwidth;
+// - roofline: a decode step cannot take less than max(bytes / bandwidth,
+//   FLOP / peak), bytes = stored weights + every sequence's KV cache read,
+//   FLOP = 2 * linear weights * batch + attention 4 * layers * heads *
+//   head_dim * context * batch; the "roofline" column is the fraction of that
+//   bound's tok/s reached. Prefill likewise: max(weight bytes / bandwidth,
+//   prefill FLOP / peak) against the measured prefill time;
+// - with --context d each sequence's prompt is d + p tokens (a context of d
+//   tokens already there, llama-bench's -d); the prefill columns cover all of them.
 // Under mpirun the peak and bandwidth are the sums over ranks (all measure at
 // once) and the bytes those of all ranks' shards. Limits are measured before
 // and after the rows; the higher of the two is used.
@@ -41,8 +50,9 @@ namespace {
 
 struct BenchOptions {
   std::string model, output = "md", mesh, ffn = "2d", attn = "heads";
-  std::vector<int> prompt = {128, 512}, gen = {128}, threads = {0}, batch = {1};
+  std::vector<int> prompt = {128, 512}, gen = {128}, threads = {0}, batch = {1}, context = {0};
   std::vector<std::string> weights = {"auto"};
+  std::string kv_dtype = default_kv_dtype_flag(), hardware;
   int reps = 3;
   double bandwidth_gib = 1.5;
 };
@@ -53,9 +63,13 @@ struct Limits {
 
 struct Row {
   std::string weights;
-  int threads = 0, batch = 0, prompt = 0, gen = 0;
+  int threads = 0, batch = 0, prompt = 0, gen = 0, context = 0;
   double prefill_tps = 0, decode_tps = 0, prefill_flops = 0, mfu = 0;
   double decode_bytes_per_token = 0, bandwidth_util = 0;
+  // The roofline of each phase (see the top of the file): bytes and FLOP of
+  // one decode step of the whole batch, and the fractions of the bound reached.
+  double step_bytes = 0, step_flops = 0, decode_roofline = 0, prefill_roofline = 0;
+  double weight_bytes = 0;
   Limits limits;
 };
 
@@ -96,6 +110,23 @@ double prefill_flops(const ModelConfig& c, int batch, int p) {
   return 2 * linear * tokens + 2 * double(c.vocab_size) * e * batch + attention;
 }
 
+// Decode FLOP of one step of `batch` sequences at `context` cached tokens.
+double decode_step_flops(const ModelConfig& c, int batch, double context) {
+  return prefill_flops(c, batch, 1) -
+         4.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * batch +
+         4.0 * double(c.num_layers) * double(c.num_heads) * double(c.head_dim) * batch * context;
+}
+
+// Both phases' roofline fractions of a row whose rates and limits are set.
+void set_rooflines(Row& r) {
+  const Limits& l = r.limits;
+  const double step_s = std::max(r.step_bytes / l.bandwidth, r.step_flops / l.peak_flops);
+  r.decode_roofline = r.decode_tps * step_s / r.batch;
+  const double prefill_tokens = double(r.batch) * (r.context + r.prompt);
+  const double prefill_s = std::max(r.weight_bytes / l.bandwidth, r.prefill_flops / l.peak_flops);
+  r.prefill_roofline = r.prefill_tps > 0 ? prefill_s / (prefill_tokens / r.prefill_tps) : 0;
+}
+
 std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                         const std::vector<Row>& rows, const std::map<int, Limits>& limits) {
   if (o.output == "json") {
@@ -110,6 +141,7 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
       out["rows"].push_back({{"weights", r.weights},
                              {"threads", r.threads},
                              {"batch", r.batch},
+                             {"d", r.context},
                              {"p", r.prompt},
                              {"n", r.gen},
                              {"prefill_tok_s", r.prefill_tps},
@@ -118,6 +150,10 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                              {"prefill_mfu", r.mfu},
                              {"decode_bytes_per_token", r.decode_bytes_per_token},
                              {"decode_bw_util", r.bandwidth_util},
+                             {"decode_step_bytes", r.step_bytes},
+                             {"decode_step_flop", r.step_flops},
+                             {"decode_roofline_fraction", r.decode_roofline},
+                             {"prefill_roofline_fraction", r.prefill_roofline},
                              {"peak_flops", r.limits.peak_flops},
                              {"bandwidth_Bps", r.limits.bandwidth},
                              {"reps", o.reps}});
@@ -126,28 +162,39 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
   std::ostringstream s;
   if (o.output == "csv") {
     s << "model,ranks,weights,threads,batch,p,n,prefill_tok_s,decode_tok_s,prefill_mfu,"
-         "decode_bw_util,decode_bytes_per_token,peak_flops,bandwidth_Bps\n";
+         "decode_bw_util,decode_bytes_per_token,peak_flops,bandwidth_Bps,d,kv_dtype,"
+         "decode_roofline,prefill_roofline\n";
     for (const Row& r : rows)
-      s << fmt::format("{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g}\n",
-                       o.model, ranks, r.weights, r.threads, r.batch, r.prompt, r.gen,
-                       r.prefill_tps, r.decode_tps, r.mfu, r.bandwidth_util,
-                       r.decode_bytes_per_token, r.limits.peak_flops, r.limits.bandwidth);
+      s << fmt::format(
+          "{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g},{},{},{:.4f},{:."
+          "4f}\n",
+          o.model, ranks, r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps,
+          r.decode_tps, r.mfu, r.bandwidth_util, r.decode_bytes_per_token, r.limits.peak_flops,
+          r.limits.bandwidth, r.context, o.kv_dtype, r.decode_roofline, r.prefill_roofline);
     return s.str();
   }
-  s << fmt::format("model {}: {:.1f}M params, {} layers; {} rank(s); medians of {} repetitions\n\n",
-                   o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.reps);
+  s << fmt::format(
+      "model {}: {:.1f}M params, {} layers; {} rank(s); {} KV cache; medians of {} repetitions\n\n",
+      o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.kv_dtype, o.reps);
   for (const auto& [t, l] : limits)
     s << fmt::format(
         "- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
         "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
         t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
-  s << "\n| weights | threads | batch | p | n | prefill tok/s | prefill MFU | decode tok/s | "
-       "decode "
-       "MB/token | decode BW util |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  for (const Row& r : rows)
-    s << fmt::format("| {} | {} | {} | {} | {} | {:.1f} | {:.1f}% | {:.2f} | {:.1f} | {:.1f}% |\n",
-                     r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps, 100 * r.mfu,
-                     r.decode_tps, r.decode_bytes_per_token / 1e6, 100 * r.bandwidth_util);
+  s << "\n| weights | threads | batch | d | p | n | prefill tok/s | prefill MFU | prefill "
+       "roofline | decode tok/s | decode MB/token | decode BW util | decode roofline ms/step | "
+       "decode roofline "
+       "|\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const Row& r : rows) {
+    const double roof_ms =
+        1e3 * std::max(r.step_bytes / r.limits.bandwidth, r.step_flops / r.limits.peak_flops);
+    s << fmt::format(
+        "| {} | {} | {} | {} | {} | {} | {:.1f} | {:.1f}% | {:.1f}% | {:.2f} | {:.1f} | {:.1f}% | "
+        "{:.1f} | {:.1f}% |\n",
+        r.weights, r.threads, r.batch, r.context, r.prompt, r.gen, r.prefill_tps, 100 * r.mfu,
+        100 * r.prefill_roofline, r.decode_tps, r.decode_bytes_per_token / 1e6,
+        100 * r.bandwidth_util, roof_ms, 100 * r.decode_roofline);
+  }
   return s.str();
 }
 
@@ -161,6 +208,9 @@ void run_bench(const BenchOptions& o) {
     if (v < 1) throw UsageError("-n values must be >= 1 (decode is measured)");
   for (int v : o.batch)
     if (v < 1) throw UsageError("-b values must be >= 1");
+  for (int v : o.context)
+    if (v < 0) throw UsageError("-d values must be >= 0");
+  const DType kv_dtype = parse_kv_dtype(o.kv_dtype);
   for (int v : o.threads)
     if (v < 0) throw UsageError("-t values must be >= 0 (0: all cores)");
   std::vector<std::optional<DType>> weight_dtypes;
@@ -170,10 +220,11 @@ void run_bench(const BenchOptions& o) {
   const Mesh mesh = mesh_flag(o.mesh, world.size());
   ParallelContext ctx(world, mesh);
   const ModelConfig config = ModelConfig::load(o.model);
-  const int64_t longest = *std::max_element(o.prompt.begin(), o.prompt.end()) +
+  const int64_t longest = *std::max_element(o.context.begin(), o.context.end()) +
+                          *std::max_element(o.prompt.begin(), o.prompt.end()) +
                           *std::max_element(o.gen.begin(), o.gen.end());
   if (longest > config.context_length())
-    throw UsageError(fmt::format("p + n = {} exceeds the model's context length {}", longest,
+    throw UsageError(fmt::format("d + p + n = {} exceeds the model's context length {}", longest,
                                  config.context_length()));
   const FfnLayout ffn = parse_flag("--ffn-layout", o.ffn, parse_ffn_layout);
   const AttnLayout attn = parse_flag("--attn-layout", o.attn, parse_attn_layout);
@@ -189,12 +240,20 @@ void run_bench(const BenchOptions& o) {
           dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
       LayoutChoice choice;
       choice.prefill = choice.decode = {ffn, attn, weights, mesh};
+      choice.prefill.kv_dtype = choice.decode.kv_dtype = weight_dtype_name(kv_dtype);
+      // A context of d tokens is prefilled with the prompt: d + p positions.
       const Workload largest{*std::max_element(o.batch.begin(), o.batch.end()),
-                             *std::max_element(o.prompt.begin(), o.prompt.end()),
+                             *std::max_element(o.context.begin(), o.context.end()) +
+                                 *std::max_element(o.prompt.begin(), o.prompt.end()),
                              *std::max_element(o.gen.begin(), o.gen.end())};
       check_rank_memory(config, choice, {largest, world.size(), false, false}, *budget);
     }
   const Checkpoint checkpoint(o.model);
+  // The matmul paths' crossover that `calibrate` measured, when a spec is given.
+  const int64_t streaming_rows =
+      o.hardware.empty()
+          ? 0
+          : HardwareSpec::load(resolve_config(o.hardware, "hardware")).cpu_streaming_max_rows;
 
   // The limits, per thread count: measured before the weights are loaded and
   // again after the last row, keeping the higher value of each, so a burst of
@@ -219,7 +278,8 @@ void run_bench(const BenchOptions& o) {
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
   std::vector<Row> rows;
   for (size_t wi = 0; wi < o.weights.size(); ++wi) {
-    std::unique_ptr<Backend> backend = make_cpu_backend({all_cores, weight_dtypes[wi]});
+    std::unique_ptr<Backend> backend =
+        make_cpu_backend({all_cores, weight_dtypes[wi], kv_dtype, streaming_rows});
     ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx,
                                               {0, config.num_layers, true, true});
     const double stored_bytes = sum_over_ranks(world, weight_bytes(weights));
@@ -232,49 +292,54 @@ void run_bench(const BenchOptions& o) {
       const int threads = t > 0 ? t : all_cores;
       omp_set_num_threads(threads);
       for (int b : o.batch)
-        for (int p : o.prompt)
-          for (int n : o.gen) {
-            GenerationRequest request;
-            for (int s = 0; s < b; ++s) {
-              std::vector<int32_t> ids(static_cast<size_t>(p));
-              for (int32_t& id : ids) id = token(rng);
-              request.prompts.push_back(std::move(ids));
+        for (int d : o.context)
+          for (int p : o.prompt)
+            for (int n : o.gen) {
+              GenerationRequest request;
+              for (int s = 0; s < b; ++s) {
+                std::vector<int32_t> ids(static_cast<size_t>(d + p));
+                for (int32_t& id : ids) id = token(rng);
+                request.prompts.push_back(std::move(ids));
+              }
+              std::vector<double> prefill, decode;
+              for (int rep = -1; rep < o.reps; ++rep) {  // rep -1 warms caches and pages up
+                request.max_new_tokens = rep < 0 ? std::min(n, 4) : n;
+                const GenerationResult r = engine.generate(request);
+                if (rep < 0) continue;
+                prefill.push_back(double(r.prompt_tokens) / r.prefill_s);
+                decode.push_back(r.decode_s > 0 ? double(r.decode_tokens) / r.decode_s : 0.0);
+              }
+              Row row;
+              row.weights = weights_name;
+              row.threads = threads;
+              row.batch = b;
+              row.context = d;
+              row.prompt = p;
+              row.gen = n;
+              row.limits = limits.at(threads);
+              row.prefill_tps = median(prefill);
+              row.decode_tps = median(decode);
+              row.prefill_flops = prefill_flops(config, b, d + p);
+              row.mfu = row.prefill_flops * row.prefill_tps / (double(b) * (d + p)) /
+                        row.limits.peak_flops;
+              const double mean_context = d + p + (n + 1) / 2.0;
+              const double kv_bytes = 2.0 * double(config.num_layers) * double(config.kv_dim()) *
+                                      double(dtype_size(kv_dtype)) * mean_context;
+              row.decode_bytes_per_token = stored_bytes / b + kv_bytes;
+              row.bandwidth_util =
+                  row.decode_bytes_per_token * row.decode_tps / row.limits.bandwidth;
+              row.weight_bytes = stored_bytes;
+              row.step_bytes = stored_bytes + kv_bytes * b;
+              row.step_flops = decode_step_flops(config, b, mean_context);
+              set_rooflines(row);
+              rows.push_back(row);
+              if (world.is_root() && o.output == "md")
+                fmt::print(stderr,
+                           "bench: {} weights, {} threads, b {}, d {}, p {}, n {}: prefill {:.1f} "
+                           "tok/s, decode {:.2f} tok/s ({:.0f}% of the roofline)\n",
+                           row.weights, threads, b, d, p, n, row.prefill_tps, row.decode_tps,
+                           100 * row.decode_roofline);
             }
-            request.max_new_tokens = n;
-            std::vector<double> prefill, decode;
-            for (int rep = -1; rep < o.reps; ++rep) {  // rep -1 warms caches and pages up
-              if (rep < 0)
-                request.max_new_tokens = std::min(n, 4);
-              else
-                request.max_new_tokens = n;
-              const GenerationResult r = engine.generate(request);
-              if (rep < 0) continue;
-              prefill.push_back(double(r.prompt_tokens) / r.prefill_s);
-              decode.push_back(r.decode_s > 0 ? double(r.decode_tokens) / r.decode_s : 0.0);
-            }
-            Row row;
-            row.weights = weights_name;
-            row.threads = threads;
-            row.batch = b;
-            row.prompt = p;
-            row.gen = n;
-            row.limits = limits.at(threads);
-            row.prefill_tps = median(prefill);
-            row.decode_tps = median(decode);
-            row.prefill_flops = prefill_flops(config, b, p);
-            row.mfu = row.prefill_flops * row.prefill_tps / (double(b) * p) / row.limits.peak_flops;
-            const double mean_context = p + (n + 1) / 2.0;
-            const double kv_bytes =
-                2.0 * double(config.num_layers) * double(config.kv_dim()) * 4 * mean_context;
-            row.decode_bytes_per_token = stored_bytes / b + kv_bytes;
-            row.bandwidth_util = row.decode_bytes_per_token * row.decode_tps / row.limits.bandwidth;
-            rows.push_back(row);
-            if (world.is_root() && o.output == "md")
-              fmt::print(stderr,
-                         "bench: {} weights, {} threads, b {}, p {}, n {}: prefill {:.1f} tok/s, "
-                         "decode {:.2f} tok/s\n",
-                         row.weights, threads, b, p, n, row.prefill_tps, row.decode_tps);
-          }
     }
   }
   measure_limits();
@@ -283,6 +348,7 @@ void run_bench(const BenchOptions& o) {
     row.mfu *= row.limits.peak_flops / l.peak_flops;
     row.bandwidth_util *= row.limits.bandwidth / l.bandwidth;
     row.limits = l;
+    set_rooflines(row);
   }
   if (world.is_root()) fmt::print("{}", format_rows(o, config, world.size(), rows, limits));
 }
@@ -304,7 +370,13 @@ void add_bench_command(CLI::App& app) {
   list("-n,--gen", o->gen, "tokens generated per sequence");
   list("-t,--threads", o->threads, "threads per rank (0: all cores this rank may use)");
   list("-b,--batch", o->batch, "sequences per batch");
+  list("-d,--context", o->context,
+       "tokens of context already in each sequence's cache: the prompt is d + p tokens");
   list("--weights", o->weights, "weight storage: f32, bf16, f16, int8 or auto (the checkpoint's)");
+  cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help())->capture_default_str();
+  cmd->add_option("--hardware", o->hardware,
+                  "hardware spec whose cpu_streaming_max_rows (from `shardlm calibrate`) sets "
+                  "the matmul paths' crossover");
   cmd->add_option("-o,--output", o->output, "md, csv or json")->capture_default_str();
   cmd->add_option("-r,--reps", o->reps, "repetitions per row (the median is reported)")
       ->capture_default_str();

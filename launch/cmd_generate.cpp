@@ -43,7 +43,7 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
-  std::string mesh, weights;
+  std::string mesh, weights, kv_dtype = default_kv_dtype_flag();
   std::string memory_limit;  // --memory-limit text; empty: the node's free memory
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
@@ -215,6 +215,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const auto load_start = std::chrono::steady_clock::now();
   const ModelConfig config = ModelConfig::load(o.model);
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
+  const DType kv_dtype = parse_kv_dtype(o.kv_dtype);
   size_t longest_prompt = 0;
   for (const auto& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
   // Prompts against the model, on every rank alike, before anything is loaded.
@@ -228,6 +229,8 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   LayoutChoice choice =
       choose_layouts(layout_flags, config, mesh, mesh_pinned, workload, weights_name);
   mesh = choice.decode.mesh;
+  // Predictions price the KV cache in the dtype it is stored in.
+  choice.prefill.kv_dtype = choice.decode.kv_dtype = weight_dtype_name(kv_dtype);
   if (mesh.pp > config.num_layers)
     throw UsageError(fmt::format("--pp {}: more pipeline stages than the model's {} layers",
                                  mesh.pp, config.num_layers));
@@ -293,7 +296,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   world.set_comm_timeout(o.comm_timeout > 0 ? std::max(600.0, 10 * o.comm_timeout) : 0);
   const Checkpoint checkpoint(o.model);
   const int threads = o.threads > 0 ? o.threads : world.default_threads(world.rank());
-  std::unique_ptr<Backend> backend = make_cpu_backend({threads, weight_dtype});
+  // The spec's measured crossover of the matmul paths, when it has one.
+  const int64_t streaming_rows = choice.hardware ? choice.hardware->cpu_streaming_max_rows : 0;
+  std::unique_ptr<Backend> backend =
+      make_cpu_backend({threads, weight_dtype, kv_dtype, streaming_rows});
   const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
                          stage.is_first(), stage.is_last()};
   Engine engine(*backend, ctx, config, prefill, decode,
@@ -525,6 +531,7 @@ void add_generate_command(CLI::App& app) {
                   "its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
+  cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help());
   cmd->add_option("--memory-limit", o->memory_limit,
                   "memory the job may use on each node, shared by its ranks there, e.g. 2GiB or "
                   "512MB (default: the node's available memory, or its cgroup limit); a run that "

@@ -23,7 +23,7 @@ struct MemoryNeed {
 };
 
 // The planner's accounting of one rank of `choice`, for the CPU runtime: f32
-// activations and KV cache, weights as stored. Only memory is read, so a
+// activations, the KV cache in the choice's KV dtype, weights as stored. Only memory is read, so a
 // missing spec is replaced by one that prices nothing else.
 MemoryNeed price(const ModelConfig& config, const LayoutChoice& choice, const RunShape& run) {
   HardwareSpec hw = choice.hardware.value_or(HardwareSpec{});

@@ -44,6 +44,46 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
   return 2.0 * double(rows) * double(inner) * double(cols) / best;
 }
 
+int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples) {
+  // Four 2048 x 4096 BF16 weights (64 MiB): each matmul reads its weight
+  // from memory, as a decode step does, not from the last-level cache.
+  constexpr int64_t inner = 2048, cols = 4096, matrices = 4;
+  constexpr int64_t kRows[] = {8, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+  std::vector<uint16_t> w(size_t(matrices * cols * inner));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = uint16_t(0x3c00 + (i * 2654435761u >> 24) % 256);
+  std::vector<float> x(size_t(kRows[std::size(kRows) - 1] * inner), 0.5f),
+      out(size_t(kRows[std::size(kRows) - 1] * cols));
+  auto time = [&](bool streaming, int64_t rows) {
+    double best = INFINITY;
+    for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
+      for (int64_t i = 0; i < matrices; ++i) {
+        const cpu::WeightView weights{w.data() + i * cols * inner, DType::BF16, nullptr, cols,
+                                      inner};
+        auto t0 = Clock::now();
+        if (streaming)
+          cpu::matmul_streaming(x.data(), rows, inner, weights, out.data(), cols, false);
+        else
+          cpu::matmul_panel(x.data(), rows, inner, weights, out.data(), cols, false);
+        if (r > 0) best = std::min(best, since(t0));
+      }
+    }
+    return best;
+  };
+  std::vector<StreamingSample> measured;
+  for (int64_t rows : kRows) measured.push_back({rows, time(true, rows), time(false, rows)});
+  if (samples) *samples = measured;
+  return choose_streaming_max_rows(measured);
+}
+
+int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples) {
+  int64_t limit = 1;
+  for (const StreamingSample& s : samples) {
+    if (s.panel_s < s.streaming_s) break;
+    limit = s.rows;
+  }
+  return limit;
+}
+
 double measure_memory_read(size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
   std::vector<float> data(n);
@@ -196,6 +236,8 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   double peak = 0;
   for (const auto& m : c.matmul) peak = std::max(peak, m.flops_per_s);
   comm.barrier();
+  c.spec.cpu_streaming_max_rows = measure_streaming_max_rows(quick ? 2 : 5, &c.streaming);
+  comm.barrier();
   c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
   c.memory_bytes =
       double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE)) / g.ranks_per_node;
@@ -261,6 +303,9 @@ std::string to_yaml(const Calibration& c) {
     out += fmt::format("#   {} x {} x {}: {:.4g}\n", m.rows, m.inner, m.cols, m.flops_per_s);
   out += fmt::format("# Memory: parallel read of an array larger than the caches: {:.4g} B/s.\n",
                      c.memory_read_Bps);
+  out += "# Decode matmul paths on BF16 weights from memory (rows: streaming s, panel s):\n";
+  for (const auto& s : c.streaming)
+    out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.panel_s);
   auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
     out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);
     for (const auto& s : list)
@@ -299,6 +344,11 @@ std::string to_yaml(const Calibration& c) {
       h.name, h.peak("f32"), h.memory_bytes, h.memory_bandwidth, h.chips_per_node,
       h.intra_node_bandwidth, h.inter_node_bandwidth, h.intra_node_latency, h.inter_node_latency);
   if (h.nics_per_node > 0) out += fmt::format("  nics_per_node: {}\n", h.nics_per_node);
+  if (h.cpu_streaming_max_rows > 0)
+    out += fmt::format(
+        "# Rows up to which the CPU backend's streaming matmul beats oneDNN (from the timings "
+        "above).\ncpu_streaming_max_rows: {}\n",
+        h.cpu_streaming_max_rows);
   out += fmt::format(
       "# matmul_half_rows fitted to the sgemm fall-off above; the rest are neutral defaults\n"
       "# (no overlap: the CPU runtime runs collectives between matmuls).\n"

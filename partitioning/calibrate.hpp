@@ -18,6 +18,13 @@ struct MatmulSample {
   double flops_per_s;
 };
 
+// One row count of the streaming-vs-panel crossover: seconds per matmul of
+// each path on BF16 weights read from memory.
+struct StreamingSample {
+  int64_t rows;
+  double streaming_s, panel_s;
+};
+
 struct CollectiveSample {
   std::string kind;  // "all-gather" or "all-reduce"
   double bytes;      // per rank, as the cost model counts them
@@ -27,6 +34,7 @@ struct CollectiveSample {
 struct Calibration {
   int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
+  std::vector<StreamingSample> streaming;  // the crossover, see measure_streaming_max_rows
   double memory_read_Bps = 0, memory_bytes = 0;
   // Inside a node (all ranks when there is one node): collectives and sends.
   std::vector<CollectiveSample> collectives, sends;
@@ -50,6 +58,15 @@ struct CalibrationGroups {
 // Best-of-`repeats` FLOP/s of the CPU backend's matmul for [rows x inner] ·
 // [cols x inner]ᵀ, F32 weights (oneDNN sgemm above 16 rows).
 double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// Rows of x up to which the CPU backend's streaming matmul kernel beats the
+// panel path (oneDNN sgemm on widened weights): both are timed on BF16
+// weights larger than the last-level cache, at growing row counts, and the
+// answer is the largest count before the first one where the panel path wins
+// (capped at the largest count tried). `samples` receives the timings.
+int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples = nullptr);
+// The rows of the last sample (by growing rows) before the first where the
+// panel path is faster; 1 when it is faster from the first.
+int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).

@@ -75,6 +75,7 @@ struct Pricer {
   const Mesh& mesh;
   Phase phase;
   double weight_bytes, act_bytes, peak;
+  double kv_elem_bytes;  // bytes of one KV cache value
 
   const PartitionSpec& spec(const std::string& n) const {
     auto it = layout.activations.find(n);
@@ -134,8 +135,8 @@ struct Pricer {
           // K and V: decode reads the cache; prefill writes this step's part of it.
           DimSizes cache = dims;
           if (phase == Phase::kPrefill) cache['C'] = dims.at('L');
-          out.kv_bytes +=
-              2.0 * static_cast<double>(layout.kv_cache.local_elements(cache, mesh)) * act_bytes;
+          out.kv_bytes += 2.0 * static_cast<double>(layout.kv_cache.local_elements(cache, mesh)) *
+                          kv_elem_bytes;
           break;
         }
         case OpKind::kNorm:
@@ -273,10 +274,13 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
 
   const Layout layout = make_layout(config.ffn, config.attn, layout_shape(model), mesh);
   const double act_bytes = dtype_bytes(hw.activation_dtype);
-  Pricer pricer{model,     hw,
-                layout,    mesh,
-                phase,     dtype_bytes(config.weights),
-                act_bytes, hw.peak(hw.activation_dtype)};
+  // The KV cache is stored in its own dtype (--kv-dtype), else in the activations'.
+  const double kv_elem_bytes = config.kv_dtype.empty() ? act_bytes : dtype_bytes(config.kv_dtype);
+  Pricer pricer{model,        hw,
+                layout,       mesh,
+                phase,        dtype_bytes(config.weights),
+                act_bytes,    hw.peak(hw.activation_dtype),
+                kv_elem_bytes};
 
   DimSizes dims = phase_dims(model, w, phase, micro_batch);
   if (pc.micro_batches > w.batch)  // prefill in chunks of every prompt
@@ -326,7 +330,7 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
       config.attn == AttnLayout::kHeads ? AttnLayout::kBatch : AttnLayout::kHeads;
   const PartitionSpec other_cache =
       make_layout(config.ffn, other_attn, layout_shape(model), mesh).kv_cache;
-  mem.kv_cache = static_cast<double>(pc.layers_per_stage) * 2.0 * act_bytes *
+  mem.kv_cache = static_cast<double>(pc.layers_per_stage) * 2.0 * kv_elem_bytes *
                  static_cast<double>(std::min(layout.kv_cache.local_elements(full, mesh),
                                               other_cache.local_elements(full, mesh)));
   mem.activations = activation_bytes(layout, dims, mesh, act_bytes);

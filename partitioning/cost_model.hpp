@@ -44,6 +44,8 @@ struct PhaseConfig {
   // more when activations do not fit). Prefill with more micro-batches than
   // sequences runs each prompt in chunks, as the runtime does.
   int64_t micro_batches = 0;
+  // KV cache dtype (f32, bf16, f16); empty: the hardware's activation dtype.
+  std::string kv_dtype = "";
 };
 
 // Bytes per element of a dtype name ("bf16" 2, "int8" 1, "f32" 4).

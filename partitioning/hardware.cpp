@@ -189,6 +189,8 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
   h.chips_per_node = static_cast<int>(f.positive_int("chips_per_node"));
   h.max_chips = static_cast<int>(f.positive_int("max_chips", h.max_chips));
   h.activation_dtype = f.text("activation_dtype", "bf16");
+  if (f.has("cpu_streaming_max_rows"))
+    h.cpu_streaming_max_rows = f.positive_int("cpu_streaming_max_rows");
   if (!h.peak_flops.count(h.activation_dtype))
     throw DataError(fmt::format("{}: '{}' has no peak_flops entry", f.where("activation_dtype"),
                                 h.activation_dtype));

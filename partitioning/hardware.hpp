@@ -76,6 +76,9 @@ struct HardwareSpec {
   std::vector<int> rank_nodes;
   bool map_by_node = false;
   std::string activation_dtype = "bf16";
+  // CPU backend: rows of x up to which its streaming matmul kernel is used
+  // (measured by `shardlm calibrate`); 0 when the spec does not say.
+  int64_t cpu_streaming_max_rows = 0;
   EfficiencyModel efficiency;
 
   // Peak matmul FLOP/s for a dtype; int8 weights still multiply in the

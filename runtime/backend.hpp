@@ -17,7 +17,8 @@
 
 namespace shardlm {
 
-// One layer's KV cache: K and V each [slots, kv_heads, capacity, head_dim].
+// One layer's KV cache: K and V each [slots, kv_heads, capacity, head_dim],
+// of the backend's kv_dtype() (F32 activations are rounded to it on write).
 struct KVCacheLayer {
   Tensor k;
   Tensor v;
@@ -44,6 +45,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string describe() const = 0;  // e.g. "cpu (oneDNN sgemm, 2 threads)"
+  // The dtype the engine allocates KV caches in.
+  virtual DType kv_dtype() const { return DType::F32; }
 
   virtual Tensor alloc(const Shape& shape, DType dtype) = 0;  // contents undefined
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
@@ -100,11 +103,17 @@ struct CpuBackendOptions {
   // per-output-channel scales). nullopt keeps each checkpoint tensor's own
   // dtype. 1-D weights (norms) always stay F32.
   std::optional<DType> weight_dtype;
+  // The KV cache: F32, or BF16 / F16 (half the bytes; docs/cpu_backend.md
+  // states the logits bound against F32).
+  DType kv_dtype = DType::BF16;
+  // Rows of x up to which matmul streams the weights (> 0: sets
+  // cpu::set_streaming_max_rows for the process; 0 keeps what it is).
+  int64_t streaming_max_rows = 0;
 };
 
 // The CPU backend.
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options);
-// F32 weights, `threads` as in CpuBackendOptions.
+// F32 weights and KV cache, `threads` as in CpuBackendOptions.
 std::unique_ptr<Backend> make_cpu_backend(int threads);
 
 }  // namespace shardlm

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -70,6 +71,23 @@ std::optional<DType> parse_weight_dtype(std::string_view flag) {
 const char* weights_flag_help() {
   return "weight storage: f32, bf16, f16, int8 (weight-only, per-output-channel scales) or auto "
          "(default: keep the checkpoint's dtype)";
+}
+
+DType parse_kv_dtype(std::string_view flag) {
+  if (flag == "f32") return DType::F32;
+  if (flag == "bf16") return DType::BF16;
+  if (flag == "f16") return DType::F16;
+  throw UsageError(fmt::format("--kv-dtype {}: expected f32, bf16 or f16", flag));
+}
+
+std::string default_kv_dtype_flag() {
+  const char* env = std::getenv("SHARDLM_KV_DTYPE");
+  return env && *env ? env : "bf16";
+}
+
+const char* kv_dtype_flag_help() {
+  return "KV cache storage: f32, bf16 or f16 (16-bit: half the bytes; default bf16, or "
+         "$SHARDLM_KV_DTYPE)";
 }
 
 std::string_view torch_dtype_name(DType dtype) {

@@ -26,6 +26,12 @@ std::optional<DType> parse_weight_dtype(std::string_view flag);
 // Help text of `--weights`, the same on every command that loads a model.
 const char* weights_flag_help();
 std::string_view torch_dtype_name(DType dtype);
+// The `--kv-dtype` flag: f32, bf16 or f16; anything else throws UsageError.
+DType parse_kv_dtype(std::string_view flag);
+// Its default: $SHARDLM_KV_DTYPE when set (the test suite sets f32, the
+// dtype its reference comparisons are stated for), else "bf16".
+std::string default_kv_dtype_flag();
+const char* kv_dtype_flag_help();
 
 // Converts n values of `src_dtype` (F32, BF16 or F16) at src to float.
 void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n);

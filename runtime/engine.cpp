@@ -67,14 +67,22 @@ std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t 
                        std::max<int64_t>(capacity, 1), config_.head_dim};
   std::vector<KVCacheLayer> cache;
   for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
-    cache.push_back({backend_.alloc(shape, DType::F32), backend_.alloc(shape, DType::F32)});
+    cache.push_back(
+        {backend_.alloc(shape, backend_.kv_dtype()), backend_.alloc(shape, backend_.kv_dtype())});
   return cache;
 }
 
 void Engine::reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to) {
   const PhaseAxes& p = prefill_axes_;
   const int64_t kv = config_.num_kv_heads, from_capacity = from.k.dim(2), to_capacity = to.k.dim(2);
-  const int64_t row = from_capacity * config_.head_dim;  // one (slot, kv head)
+  // One (slot, kv head) in F32 words: the collectives move F32, so a 16-bit
+  // cache travels as pairs of values (head_dim is even: RoPE rotates halves).
+  const size_t elem = dtype_size(from.k.dtype());
+  if ((size_t(from_capacity * config_.head_dim) * elem) % 4 != 0 ||
+      (size_t(to_capacity * config_.head_dim) * elem) % 4 != 0)
+    throw std::logic_error("reshard_cache: a 16-bit cache needs an even head_dim");
+  const int64_t row = int64_t(size_t(from_capacity * config_.head_dim) * elem / 4);
+  const int64_t to_row = int64_t(size_t(to_capacity * config_.head_dim) * elem / 4);
   std::vector<int64_t> slot_counts;
   for (int m = 0; m < ctx_.size(p.attention_rows()); ++m) {
     const auto [first, end] = ctx_.block(num_slots_, p.attention_rows(), m);
@@ -85,11 +93,11 @@ void Engine::reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to) {
   const int64_t head_begin = ctx_.index(decode_axes_.attention_kv_heads()) * to_heads;
   for (auto [src, dst] : {std::pair{from.k, to.k}, std::pair{from.v, to.v}}) {
     // Every rank assembles the whole prefill cache, then keeps its part.
-    const Tensor local = src.reshaped({src.dim(0), src.dim(1) * row});
+    const Tensor local = src.viewed_as(DType::F32, {src.dim(0), src.dim(1) * row});
     const Tensor all = ops_.gather_rows(ops_.gather_cols(local, p.attention_kv_heads()),
                                         p.attention_rows(), slot_counts)
                            .reshaped({num_slots_ * kv, row});
-    const Tensor target = dst.reshaped({dst.dim(0) * to_heads, to_capacity * config_.head_dim});
+    const Tensor target = dst.viewed_as(DType::F32, {dst.dim(0) * to_heads, to_row});
     for (int64_t slot = first; slot < end; ++slot)
       backend_.copy_2d(all, slot * kv + head_begin, 0, target, (slot - first) * to_heads, 0,
                        to_heads, row);

@@ -30,8 +30,12 @@ void require_f32(const Tensor& t, const char* what) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(const CpuBackendOptions& options) : weight_dtype_(options.weight_dtype) {
+  explicit CpuBackend(const CpuBackendOptions& options)
+      : weight_dtype_(options.weight_dtype), kv_dtype_(options.kv_dtype) {
     if (options.threads > 0) omp_set_num_threads(options.threads);
+    if (kv_dtype_ != DType::F32 && kv_dtype_ != DType::BF16 && kv_dtype_ != DType::F16)
+      throw std::invalid_argument("cpu backend: the KV cache must be f32, bf16 or f16");
+    if (options.streaming_max_rows > 0) cpu::set_streaming_max_rows(options.streaming_max_rows);
     // Activations are allocated and freed every layer; glibc would map large
     // blocks fresh each time and zero-fill them on first touch (page faults
     // were 15% of prefill). Keep freed memory in the heap for reuse instead
@@ -45,10 +49,13 @@ class CpuBackend final : public Backend {
   }
 
   Device device() const override { return Device::CPU; }
+  DType kv_dtype() const override { return kv_dtype_; }
   std::string describe() const override {
-    return fmt::format("cpu ({} weights, AVX-512 streaming matmul + oneDNN sgemm, {} threads)",
-                       weight_dtype_ ? weight_dtype_name(*weight_dtype_) : "checkpoint-dtype",
-                       threads_);
+    return fmt::format(
+        "cpu ({} weights, {} KV cache, AVX-512 streaming matmul up to {} rows + oneDNN sgemm, {} "
+        "threads)",
+        weight_dtype_ ? weight_dtype_name(*weight_dtype_) : "checkpoint-dtype",
+        weight_dtype_name(kv_dtype_), cpu::streaming_max_rows(), threads_);
   }
 
   Tensor alloc(const Shape& shape, DType dtype) override {
@@ -242,22 +249,25 @@ class CpuBackend final : public Backend {
 
   void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
                 const BatchLayout& batch) override {
+    require_f32(k, "kv_write: k must be F32");
+    require_f32(v, "kv_write: v must be F32");
     const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = cache.k.dim(3);
     const int64_t stride = kv_heads * head_dim;
+    const DType dtype = cache.k.dtype();
+    const size_t elem = dtype_size(dtype);
     require(k.dim(1) == stride && v.dim(1) == stride, "kv_write: k/v width differs from the cache");
     int64_t token = 0;
     for (const Segment& seg : batch.segments) {
       require(seg.start_pos + seg.num_tokens <= capacity, "KV cache capacity exceeded");
       for (int t = 0; t < seg.num_tokens; ++t, ++token)
         for (int64_t g = 0; g < kv_heads; ++g) {
-          const int64_t offset =
-              ((seg.slot * kv_heads + g) * capacity + seg.start_pos + t) * head_dim;
-          std::memcpy(cache.k.data<float>() + offset,
-                      k.data<float>() + token * stride + g * head_dim,
-                      size_t(head_dim) * sizeof(float));
-          std::memcpy(cache.v.data<float>() + offset,
-                      v.data<float>() + token * stride + g * head_dim,
-                      size_t(head_dim) * sizeof(float));
+          const size_t offset =
+              size_t(((seg.slot * kv_heads + g) * capacity + seg.start_pos + t) * head_dim) * elem;
+          // Stored in the cache's dtype: 16-bit caches round to nearest even.
+          convert_from_f32(k.data<float>() + token * stride + g * head_dim,
+                           static_cast<char*>(cache.k.raw()) + offset, dtype, size_t(head_dim));
+          convert_from_f32(v.data<float>() + token * stride + g * head_dim,
+                           static_cast<char*>(cache.v.raw()) + offset, dtype, size_t(head_dim));
         }
     }
   }
@@ -265,64 +275,36 @@ class CpuBackend final : public Backend {
   void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
                  const AttentionHeads& ah, const Tensor& out) override {
     require_f32(q, "attention query must be F32");
-    require_f32(cache.k, "KV cache must be F32");
+    const DType kv_dtype = cache.k.dtype();
+    require(kv_dtype == DType::F32 || kv_dtype == DType::BF16 || kv_dtype == DType::F16,
+            "KV cache must be F32, BF16 or F16");
     const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = ah.head_dim;
     const int64_t heads = q.dim(1) / head_dim, q_stride = heads * head_dim;
+    const size_t elem = dtype_size(kv_dtype);
     const float scale = 1.0f / std::sqrt(float(head_dim));
+    // The cache of one (sequence slot, KV head).
+    auto kv_view = [&](int64_t slot, int64_t g) {
+      const size_t offset = size_t((slot * kv_heads + g) * capacity * head_dim) * elem;
+      return cpu::KVView{static_cast<const char*>(cache.k.raw()) + offset,
+                         static_cast<const char*>(cache.v.raw()) + offset, kv_dtype, head_dim,
+                         scale};
+    };
     // Each segment's tokens are consecutive rows at consecutive positions.
     std::vector<int64_t> first_token;
-    int64_t scratch = 0;
+    int64_t longest_segment = 0;
     for (int64_t token = 0; const Segment& seg : batch.segments) {
       require(seg.start_pos + seg.num_tokens <= capacity, "attention beyond the KV cache");
       first_token.push_back(token);
       token += seg.num_tokens;
-      scratch = std::max(scratch, cpu::attention_scratch(seg.num_tokens, seg.start_pos));
+      longest_segment = std::max<int64_t>(longest_segment, seg.num_tokens);
     }
-    const float* k_cache = cache.k.data<float>();
-    const float* v_cache = cache.v.data<float>();
     const bool decode = std::all_of(batch.segments.begin(), batch.segments.end(),
                                     [](const Segment& seg) { return seg.num_tokens == 1; });
-    if (decode) {
-      // One task per (sequence, KV head): its query heads share each key and
-      // value row as it streams past, instead of rereading the cache per head.
-      struct HeadGroup {
-        int64_t first, count, kv;
-      };
-      std::vector<HeadGroup> groups;
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t g = (ah.q_offset + h) / ah.group - ah.kv_offset;
-        if (groups.empty() || groups.back().kv != g) groups.push_back({h, 0, g});
-        ++groups.back().count;
-      }
-      const int64_t tasks = int64_t(batch.segments.size() * groups.size());
-      int64_t longest = 0;
-      for (const Segment& seg : batch.segments)
-        longest = std::max<int64_t>(longest, seg.start_pos + 1);
-#pragma omp parallel if (tasks > 1)
-      {
-        std::vector<float> buffer(static_cast<size_t>(longest * heads));
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < tasks; ++task) {
-          const size_t s = size_t(task) / groups.size();
-          const HeadGroup& group = groups[size_t(task) % groups.size()];
-          const Segment& seg = batch.segments[s];
-          const int64_t cache_offset = (seg.slot * kv_heads + group.kv) * capacity * head_dim;
-          const int64_t row = int64_t(s) * q_stride + group.first * head_dim;
-          // A sliding window hides the keys before its first position.
-          const int64_t first_key =
-              ah.window > 0 ? std::max<int64_t>(0, seg.start_pos + 1 - ah.window) : 0;
-          const int64_t offset = cache_offset + first_key * head_dim;
-          cpu::attention_decode_group(
-              q.data<float>() + row, group.count, seg.start_pos + 1 - first_key, k_cache + offset,
-              v_cache + offset, head_dim, scale, out.data<float>() + row, buffer.data());
-        }
-      }
-      return;
-    }
+    if (decode) return attention_decode(q, batch, ah, kv_view, out);
     const int64_t tasks = int64_t(batch.segments.size()) * heads;
 #pragma omp parallel if (tasks > 1)
     {
-      std::vector<float> buffer(static_cast<size_t>(scratch));
+      std::vector<float> scratch(size_t(cpu::attention_rows_scratch(longest_segment, head_dim)));
       // Segments of different lengths cost differently: hand them out one by one.
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < tasks; ++task) {
@@ -330,16 +312,101 @@ class CpuBackend final : public Backend {
         const int64_t h = task % heads;
         const Segment& seg = batch.segments[s];
         const int64_t g = (ah.q_offset + h) / ah.group - ah.kv_offset;
-        const int64_t cache_offset = (seg.slot * kv_heads + g) * capacity * head_dim;
         const int64_t row = first_token[s] * q_stride + h * head_dim;
-        cpu::attention_head(q.data<float>() + row, q_stride, seg.num_tokens, seg.start_pos,
-                            k_cache + cache_offset, v_cache + cache_offset, head_dim, scale,
-                            ah.window, out.data<float>() + row, buffer.data());
+        const cpu::AttentionQuery query{q.data<float>() + row, q_stride, seg.num_tokens,
+                                        seg.start_pos,         1,        ah.window};
+        cpu::attention_rows(query, kv_view(seg.slot, g), out.data<float>() + row, q_stride,
+                            scratch.data());
       }
     }
   }
 
  private:
+  // A decode step (one new token per sequence): one task per (sequence, KV
+  // head), whose query heads share each block of keys and values, so the
+  // cache is read once per KV head, not once per query head. When those
+  // tasks are fewer than the threads and the context is long, each task's
+  // keys are split into ranges done apart and merged (flash-decoding), so
+  // every core streams part of the cache.
+  template <typename KVViewOf>
+  void attention_decode(const Tensor& q, const BatchLayout& batch, const AttentionHeads& ah,
+                        const KVViewOf& kv_view, const Tensor& out) {
+    const int64_t head_dim = ah.head_dim, heads = q.dim(1) / head_dim;
+    const int64_t q_stride = heads * head_dim;
+    struct HeadGroup {
+      int64_t first, count, kv;
+    };
+    std::vector<HeadGroup> groups;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = (ah.q_offset + h) / ah.group - ah.kv_offset;
+      if (groups.empty() || groups.back().kv != g) groups.push_back({h, 0, g});
+      ++groups.back().count;
+    }
+    int64_t widest = 0, longest = 0;
+    for (const HeadGroup& g : groups) widest = std::max(widest, g.count);
+    for (const Segment& seg : batch.segments)
+      longest = std::max<int64_t>(longest, seg.start_pos + 1);
+    const int64_t tasks = int64_t(batch.segments.size() * groups.size());
+    const int64_t threads = omp_get_max_threads();
+    // Key ranges per task: enough for two per thread, none under kMinSplitKeys.
+    constexpr int64_t kMinSplitKeys = 512;
+    const int64_t splits =
+        std::max<int64_t>(1, std::min((2 * threads + tasks - 1) / tasks, longest / kMinSplitKeys));
+    // Per (task, split): acc [widest, head_dim], max [widest], sum [widest].
+    const int64_t state_floats = widest * (head_dim + 2);
+    std::vector<float> states(size_t(tasks * splits * state_floats));
+    auto state_of = [&](int64_t unit) {
+      float* base = states.data() + unit * state_floats;
+      return cpu::AttentionState{base, head_dim, base + widest * head_dim,
+                                 base + widest * (head_dim + 1)};
+    };
+    auto query_of = [&](int64_t task) {
+      const size_t s = size_t(task) / groups.size();
+      const HeadGroup& group = groups[size_t(task) % groups.size()];
+      const Segment& seg = batch.segments[s];
+      return cpu::AttentionQuery{q.data<float>() + int64_t(s) * q_stride + group.first * head_dim,
+                                 head_dim,
+                                 group.count,
+                                 seg.start_pos,
+                                 0,
+                                 ah.window};
+    };
+#pragma omp parallel if (tasks * splits > 1)
+    {
+      std::vector<float> scratch(size_t(cpu::attention_scratch(widest, head_dim)));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t unit = 0; unit < tasks * splits; ++unit) {
+        const int64_t task = unit / splits, split = unit % splits;
+        const Segment& seg = batch.segments[size_t(task) / groups.size()];
+        const HeadGroup& group = groups[size_t(task) % groups.size()];
+        // The keys the token sees, cut into `splits` ranges of whole blocks.
+        const int64_t first_key =
+            ah.window > 0 ? std::max<int64_t>(0, seg.start_pos + 1 - ah.window) : 0;
+        const int64_t keys = seg.start_pos + 1 - first_key;
+        const int64_t block = cpu::kAttentionBlockKeys;
+        const int64_t per_split = ((keys + splits - 1) / splits + block - 1) / block * block;
+        const int64_t begin = std::min<int64_t>(first_key + split * per_split, seg.start_pos + 1);
+        const int64_t end = std::min<int64_t>(begin + per_split, seg.start_pos + 1);
+        const cpu::AttentionState st = state_of(unit);
+        cpu::attention_state_init(st, group.count, head_dim);
+        if (begin < end)
+          cpu::attention_partial(query_of(task), kv_view(seg.slot, group.kv), begin, end, st,
+                                 scratch.data());
+      }
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const HeadGroup& group = groups[size_t(task) % groups.size()];
+        const cpu::AttentionState total = state_of(task * splits);
+        for (int64_t split = 1; split < splits; ++split)
+          cpu::attention_merge(total, state_of(task * splits + split), group.count, head_dim);
+        const size_t s = size_t(task) / groups.size();
+        cpu::attention_finish(total, group.count, head_dim,
+                              out.data<float>() + int64_t(s) * q_stride + group.first * head_dim,
+                              head_dim);
+      }
+    }
+  }
+
   static cpu::WeightView weight_view(const Tensor& w) {
     require(w.device() == Device::CPU, "weights must be on the CPU");
     require(w.dtype() != DType::I8 || w.scales() != nullptr, "int8 weights need their scales");
@@ -348,6 +415,7 @@ class CpuBackend final : public Backend {
   }
 
   std::optional<DType> weight_dtype_;
+  DType kv_dtype_ = DType::BF16;
   int threads_ = 1;
 };
 
@@ -358,7 +426,7 @@ std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options) {
 }
 
 std::unique_ptr<Backend> make_cpu_backend(int threads) {
-  return make_cpu_backend(CpuBackendOptions{threads, DType::F32});
+  return make_cpu_backend(CpuBackendOptions{threads, DType::F32, DType::F32});
 }
 
 }  // namespace shardlm

@@ -29,8 +29,19 @@ struct WeightView {
 };
 
 // Rows of x up to which matmul takes the streaming path; above it the panel
-// path (oneDNN) is faster because each weight is reused across many rows.
-constexpr int64_t kStreamingMaxRows = 16;
+// path (oneDNN) is faster. The crossover depends on the machine: `shardlm
+// calibrate` measures it (measure_streaming_max_rows) and writes it to the
+// hardware spec (cpu_streaming_max_rows), which generate and bench apply with
+// set_streaming_max_rows. kDefaultStreamingMaxRows is what calibrate found on
+// the development machine (a 2-core AVX-512 EPYC: streaming was faster at
+// every count it tries, 8 to 256 rows), for runs without a spec.
+constexpr int64_t kDefaultStreamingMaxRows = 256;
+int64_t streaming_max_rows();
+// I8 weights stream up to 16 rows at most: their integer path rounds each row
+// of x to int16 (per rank, under tensor parallelism), which prefill of a
+// prompt should not see; beyond 16 rows the panel path multiplies in F32.
+constexpr int64_t kI8StreamingMaxRows = 16;
+void set_streaming_max_rows(int64_t rows);  // rows >= 1
 
 // out[m, n] (ldo) = x[m, k] (ldx) · wᵀ, plus the old out when accumulate.
 void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
@@ -51,25 +62,61 @@ void exp_inplace(float* x, int64_t n);
 // out[i] = silu(gate[i]) * up[i] (out may alias gate or up).
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 
-// Causal attention of one head over one sequence: `tokens` queries at
-// positions first_pos .. first_pos + tokens - 1 (row stride ldq, also the
-// stride of out), keys and values at positions 0 .. first_pos + tokens - 1
-// (row stride head_dim, as the KV cache holds them). With window > 0 the
-// query at position p sees only keys p - window + 1 .. p. Scores and weights are
-// computed a block of queries at a time with sgemm (single-threaded: the
-// caller runs heads in parallel); `scratch` holds block_rows * (first_pos +
-// tokens) floats, see attention_scratch.
+// Attention, tiled with an online softmax (flash attention): a block of up to
+// kAttentionBlockRows query rows meets the keys kAttentionBlockKeys at a
+// time; each block's scores Q·Kᵀ and weighted sum P·V are sgemm calls, and a
+// running maximum, sum and unnormalised output per row carry the softmax
+// across key blocks. No score matrix over the whole context is ever held, so
+// memory stays independent of the context length, and a range of keys can
+// be done apart and merged (flash-decoding splits long contexts over threads).
 constexpr int64_t kAttentionBlockRows = 64;
-int64_t attention_scratch(int64_t tokens, int64_t first_pos);
-// Decode attention of the `heads` query heads (contiguous in q and out, each
-// head_dim wide) that share one KV head, for one new token that sees `keys`
-// cached positions: each key and value row is read once for all of them.
-// `scratch` holds heads * keys floats.
-void attention_decode_group(const float* q, int64_t heads, int64_t keys, const float* k,
-                            const float* v, int64_t head_dim, float scale, float* out,
-                            float* scratch);
-void attention_head(const float* q, int64_t ldq, int64_t tokens, int64_t first_pos, const float* k,
-                    const float* v, int64_t head_dim, float scale, int64_t window, float* out,
+constexpr int64_t kAttentionBlockKeys = 256;
+
+// One KV head's cache of one sequence: K and V rows at positions 0, 1, ...,
+// each head_dim values of `dtype` (F32, BF16 or F16).
+struct KVView {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  DType dtype = DType::F32;
+  int64_t head_dim = 0;
+  float scale = 1.0f;  // applied to Q·K before the softmax
+};
+
+// Query rows (row stride ldq): row i is at position first_pos + i * pos_step,
+// so pos_step 1 is a run of a sequence's tokens (causal) and pos_step 0 the
+// query heads of one token that share a KV head (decode). A row at position
+// p sees the keys up to p, and with window > 0 no further back than p - window + 1.
+struct AttentionQuery {
+  const float* q = nullptr;
+  int64_t ldq = 0, rows = 0, first_pos = 0, pos_step = 1, window = 0;
+};
+
+// Online-softmax state of query rows: acc [rows, ld] = sum over the keys seen
+// of exp(score - max) · value, and per row that max and the sum of exp(score - max).
+struct AttentionState {
+  float* acc = nullptr;
+  int64_t ld = 0;
+  float* max = nullptr;
+  float* sum = nullptr;
+};
+
+// Floats of scratch attention_partial needs for `rows` query rows.
+int64_t attention_scratch(int64_t rows, int64_t head_dim);
+void attention_state_init(const AttentionState& st, int64_t rows, int64_t head_dim);
+// Adds the keys in [key_begin, key_end) that each row sees to its state
+// (single-threaded: callers run heads, sequences or key ranges in parallel).
+void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_begin,
+                       int64_t key_end, const AttentionState& st, float* scratch);
+// into <- the state of both key sets (disjoint key ranges of the same rows).
+void attention_merge(const AttentionState& into, const AttentionState& from, int64_t rows,
+                     int64_t head_dim);
+// out rows (stride ldo) <- acc / sum.
+void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, float* out,
+                      int64_t ldo);
+// The whole attention of the rows over every key they see, into out (stride
+// ldo); scratch holds attention_rows_scratch floats.
+int64_t attention_rows_scratch(int64_t rows, int64_t head_dim);
+void attention_rows(const AttentionQuery& q, const KVView& kv, float* out, int64_t ldo,
                     float* scratch);
 
 }  // namespace shardlm::cpu

@@ -125,9 +125,17 @@ TEST_CASE("int8 quantization rounds to nearest and clamps to +-127", "[cpu_kerne
 TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[cpu_kernels]") {
   for (DType dtype : kWeightDtypes) {
     auto backend = make_cpu_backend(CpuBackendOptions{2, dtype});
-    for (int64_t m : {1, 2, 3, 4, 5, 9, 16, 17, 33}) {
-      for (auto [n, k] :
-           {std::pair<int64_t, int64_t>{1, 1}, {5, 15}, {37, 16}, {8, 33}, {67, 100}, {130, 257}}) {
+    // Rows of x: partial tiles of 1 and 2 rows, several tiles, and beyond the
+    // default crossover; shapes with partial weight tiles, column tails and
+    // (k = 2500) several column chunks.
+    for (int64_t m : {1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65}) {
+      for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1},
+                          {5, 15},
+                          {37, 16},
+                          {8, 33},
+                          {67, 100},
+                          {130, 257},
+                          {13, 2500}}) {
         const auto x = random_values(size_t(m * k), uint32_t(m * 131 + k));
         const auto w = random_values(size_t(n * k), uint32_t(n * 17 + k), 0.2f);
         const Tensor wt = upload(*backend, w, n, k);
@@ -157,8 +165,8 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
                     expect[size_t(i * n + j)] + (accumulate ? prior[size_t(i * n + j)] : 0.0);
                 INFO("dtype " << dtype_name(dtype) << " m " << m << " n " << n << " k " << k
                               << " path " << path << " accumulate " << accumulate);
-                const bool int16_path =
-                    dtype == DType::I8 && (path == 0 || (path == 2 && m <= cpu::kStreamingMaxRows));
+                const bool int16_path = dtype == DType::I8 &&
+                                        (path == 0 || (path == 2 && m <= cpu::kI8StreamingMaxRows));
                 REQUIRE(std::fabs(out[size_t(i * n + j)] - want) <=
                         tolerance(x, w, i, j, k) + 1e-6 * std::fabs(want) +
                             (int16_path ? int16_activation_bound(x, stored, i, j, k) : 0.0));
@@ -252,61 +260,136 @@ TEST_CASE("vectorised exp and silu match libm", "[cpu_kernels]") {
     CHECK(out[i] == Approx(math::silu(x[i]) * up[i]).epsilon(1e-6).margin(1e-30));
 }
 
-TEST_CASE("attention matches a plain causal softmax reference", "[cpu_kernels]") {
+namespace {
+
+// K or V values stored as `dtype` (rounded as the cache rounds them), and
+// those stored values widened back for the reference.
+struct CachedValues {
+  std::vector<char> stored;
+  std::vector<float> values;
+};
+
+CachedValues cache_values(const std::vector<float>& v, DType dtype) {
+  CachedValues c;
+  c.stored.resize(v.size() * dtype_size(dtype));
+  convert_from_f32(v.data(), c.stored.data(), dtype, v.size());
+  c.values.resize(v.size());
+  convert_to_f32(c.stored.data(), dtype, c.values.data(), v.size());
+  return c;
+}
+
+const DType kKvDtypes[] = {DType::F32, DType::BF16, DType::F16};
+
+}  // namespace
+
+TEST_CASE("tiled attention matches a plain causal softmax reference", "[cpu_kernels]") {
   const int64_t head_dim = 40;  // not a multiple of 16: masked tails
   const float scale = 1.0f / std::sqrt(float(head_dim));
-  // Prefill from 0 (blocks of queries, some past the first block), a chunk
-  // continuing a cached prefix, and single-query decode steps; without a
-  // sliding window (0) and with windows shorter and longer than a block.
-  for (int64_t window : {0, 1, 7, 64, 100})
-    for (auto [tokens, first_pos] : {std::pair<int64_t, int64_t>{1, 0},
-                                     {5, 0},
-                                     {70, 0},
-                                     {150, 0},
-                                     {9, 13},
-                                     {1, 37},
-                                     {1, 200}}) {
-      const int64_t keys = first_pos + tokens, ldq = 3 * head_dim;
-      const auto q = random_values(size_t(tokens * ldq), uint32_t(tokens * 7 + first_pos));
-      const auto k = random_values(size_t(keys * head_dim), uint32_t(keys + 1));
-      const auto v = random_values(size_t(keys * head_dim), uint32_t(keys + 2));
-      std::vector<float> out(size_t(tokens * ldq), -1.0f);
-      std::vector<float> scratch(size_t(cpu::attention_scratch(tokens, first_pos)));
-      cpu::attention_head(q.data(), ldq, tokens, first_pos, k.data(), v.data(), head_dim, scale,
-                          window, out.data(), scratch.data());
-      for (int64_t i = 0; i < tokens; ++i) {
-        const int64_t position = first_pos + i;
-        const int64_t first_key = window > 0 ? std::max<int64_t>(0, position + 1 - window) : 0;
-        const auto want =
-            reference_attention(q.data() + i * ldq, position + 1, k, v, head_dim, scale, first_key);
-        for (int64_t d = 0; d < head_dim; ++d) {
-          INFO("window " << window << " tokens " << tokens << " first_pos " << first_pos
-                         << " query " << i << " d " << d);
-          REQUIRE(out[size_t(i * ldq + d)] == Approx(want[size_t(d)]).margin(2e-5));
+  // Prefill from 0 (blocks of queries, some past the first block; keys past
+  // the first key block), a chunk continuing a cached prefix, and
+  // single-query decode steps; without a sliding window (0) and with
+  // windows shorter and longer than a block of queries or of keys.
+  for (DType kv_dtype : kKvDtypes)
+    for (int64_t window : {0, 1, 7, 64, 300})
+      for (auto [tokens, first_pos] : {std::pair<int64_t, int64_t>{1, 0},
+                                       {5, 0},
+                                       {70, 0},
+                                       {300, 0},
+                                       {9, 13},
+                                       {40, 500},
+                                       {1, 37},
+                                       {1, 600}}) {
+        const int64_t keys = first_pos + tokens, ldq = 3 * head_dim;
+        const auto q = random_values(size_t(tokens * ldq), uint32_t(tokens * 7 + first_pos));
+        const auto k =
+            cache_values(random_values(size_t(keys * head_dim), uint32_t(keys + 1)), kv_dtype);
+        const auto v =
+            cache_values(random_values(size_t(keys * head_dim), uint32_t(keys + 2)), kv_dtype);
+        std::vector<float> out(size_t(tokens * ldq), -1.0f);
+        std::vector<float> scratch(size_t(cpu::attention_rows_scratch(tokens, head_dim)));
+        const cpu::KVView kv{k.stored.data(), v.stored.data(), kv_dtype, head_dim, scale};
+        cpu::attention_rows({q.data(), ldq, tokens, first_pos, 1, window}, kv, out.data(), ldq,
+                            scratch.data());
+        for (int64_t i = 0; i < tokens; ++i) {
+          const int64_t position = first_pos + i;
+          const int64_t first_key = window > 0 ? std::max<int64_t>(0, position + 1 - window) : 0;
+          const auto want = reference_attention(q.data() + i * ldq, position + 1, k.values,
+                                                v.values, head_dim, scale, first_key);
+          for (int64_t d = 0; d < head_dim; ++d) {
+            INFO("kv " << dtype_name(kv_dtype) << " window " << window << " tokens " << tokens
+                       << " first_pos " << first_pos << " query " << i << " d " << d);
+            REQUIRE(out[size_t(i * ldq + d)] == Approx(want[size_t(d)]).margin(2e-5));
+          }
+          // Only this head's columns are written.
+          REQUIRE(out[size_t(i * ldq + head_dim)] == -1.0f);
         }
-        // Only this head's columns are written.
-        REQUIRE(out[size_t(i * ldq + head_dim)] == -1.0f);
       }
-    }
 }
 
 TEST_CASE("grouped decode attention matches a plain reference for every head", "[cpu_kernels]") {
-  for (int64_t head_dim : {16, 24, 64})
-    for (int64_t heads : {1, 3, 8, 20})  // 20: more heads than one register tile
-      for (int64_t keys : {1, 17, 130}) {
-        const auto q = random_values(size_t(heads * head_dim), uint32_t(heads * 7 + keys));
-        const auto k = random_values(size_t(keys * head_dim), uint32_t(keys * 3 + 1));
-        const auto v = random_values(size_t(keys * head_dim), uint32_t(keys * 5 + 2));
-        const float scale = 1.0f / std::sqrt(float(head_dim));
-        std::vector<float> out(q.size()), scratch(size_t(heads * keys));
-        cpu::attention_decode_group(q.data(), heads, keys, k.data(), v.data(), head_dim, scale,
-                                    out.data(), scratch.data());
-        for (int64_t h = 0; h < heads; ++h) {
-          const auto want =
-              reference_attention(q.data() + h * head_dim, keys, k, v, head_dim, scale);
-          INFO("head_dim " << head_dim << " heads " << heads << " keys " << keys << " head " << h);
-          for (int64_t d = 0; d < head_dim; ++d)
-            REQUIRE(out[size_t(h * head_dim + d)] == Approx(want[size_t(d)]).margin(2e-5));
+  for (DType kv_dtype : kKvDtypes)
+    for (int64_t head_dim : {16, 24, 64})
+      for (int64_t heads : {1, 3, 8, 20})
+        for (int64_t keys : {1, 17, 130, 700}) {
+          const auto q = random_values(size_t(heads * head_dim), uint32_t(heads * 7 + keys));
+          const auto k = cache_values(
+              random_values(size_t(keys * head_dim), uint32_t(keys * 3 + 1)), kv_dtype);
+          const auto v = cache_values(
+              random_values(size_t(keys * head_dim), uint32_t(keys * 5 + 2)), kv_dtype);
+          const float scale = 1.0f / std::sqrt(float(head_dim));
+          std::vector<float> out(q.size());
+          std::vector<float> scratch(size_t(cpu::attention_rows_scratch(heads, head_dim)));
+          const cpu::KVView kv{k.stored.data(), v.stored.data(), kv_dtype, head_dim, scale};
+          // Every head is the same token at position keys - 1: pos_step 0.
+          cpu::attention_rows({q.data(), head_dim, heads, keys - 1, 0, 0}, kv, out.data(), head_dim,
+                              scratch.data());
+          for (int64_t h = 0; h < heads; ++h) {
+            const auto want = reference_attention(q.data() + h * head_dim, keys, k.values, v.values,
+                                                  head_dim, scale);
+            INFO("kv " << dtype_name(kv_dtype) << " head_dim " << head_dim << " heads " << heads
+                       << " keys " << keys << " head " << h);
+            for (int64_t d = 0; d < head_dim; ++d)
+              REQUIRE(out[size_t(h * head_dim + d)] == Approx(want[size_t(d)]).margin(2e-5));
+          }
         }
+}
+
+TEST_CASE("online-softmax merge of key ranges equals attention over all keys", "[cpu_kernels]") {
+  // Flash-decoding: the keys are cut into ranges (empty ones, ranges not on
+  // block boundaries, ranges beyond a sliding window), each range's state is
+  // computed apart and the states are merged in order; the result must be
+  // the plain softmax over every key.
+  const int64_t head_dim = 64, heads = 4, keys = 2000;
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  const auto q = random_values(size_t(heads * head_dim), 11, 3.0f);  // peaked softmax
+  const auto k = cache_values(random_values(size_t(keys * head_dim), 12), DType::BF16);
+  const auto v = cache_values(random_values(size_t(keys * head_dim), 13), DType::BF16);
+  const cpu::KVView kv{k.stored.data(), v.stored.data(), DType::BF16, head_dim, scale};
+  const std::vector<std::vector<int64_t>> cuts = {
+      {0, keys}, {0, 1000, keys}, {0, 0, 256, 300, 1999, keys}, {0, 700, 700, 1500, keys}};
+  for (int64_t window : {0, 900})
+    for (const auto& cut : cuts) {
+      std::vector<float> scratch(size_t(cpu::attention_scratch(heads, head_dim)));
+      std::vector<float> acc(size_t(2 * heads * head_dim)), stats(size_t(4 * heads));
+      const cpu::AttentionState total{acc.data(), head_dim, stats.data(), stats.data() + heads};
+      const cpu::AttentionState part{acc.data() + heads * head_dim, head_dim,
+                                     stats.data() + 2 * heads, stats.data() + 3 * heads};
+      cpu::attention_state_init(total, heads, head_dim);
+      const cpu::AttentionQuery query{q.data(), head_dim, heads, keys - 1, 0, window};
+      for (size_t c = 0; c + 1 < cut.size(); ++c) {
+        cpu::attention_state_init(part, heads, head_dim);
+        cpu::attention_partial(query, kv, cut[c], cut[c + 1], part, scratch.data());
+        cpu::attention_merge(total, part, heads, head_dim);
       }
+      std::vector<float> out(size_t(heads * head_dim));
+      cpu::attention_finish(total, heads, head_dim, out.data(), head_dim);
+      const int64_t first_key = window > 0 ? keys - window : 0;
+      for (int64_t h = 0; h < heads; ++h) {
+        const auto want = reference_attention(q.data() + h * head_dim, keys, k.values, v.values,
+                                              head_dim, scale, first_key);
+        INFO("window " << window << " ranges " << cut.size() - 1 << " head " << h);
+        for (int64_t d = 0; d < head_dim; ++d)
+          REQUIRE(out[size_t(h * head_dim + d)] == Approx(want[size_t(d)]).margin(2e-5));
+      }
+    }
 }
