@@ -15,4 +15,11 @@ void add_tokenize_commands(CLI::App& app);
 void add_sweep_command(CLI::App& app);
 void add_report_command(CLI::App& app);
 
+// The whole command line of `shardlm`: one subcommand required, a flag given
+// twice takes its last value, and every subcommand above.
+void add_all_commands(CLI::App& app);
+// CLI11 reads "--flag=" as a flag still waiting for its value and takes the
+// next argument; this refuses it first (UsageError naming the flag).
+void refuse_empty_values(int argc, const char* const* argv);
+
 }  // namespace shardlm

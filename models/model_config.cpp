@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
@@ -450,13 +451,18 @@ ModelConfig ModelConfig::load(const std::filesystem::path& model_dir) {
   if (!in)
     throw DataError(fmt::format("{}: cannot open ({}; expected a Hugging Face config.json)",
                                 path.string(), std::strerror(errno)));
+  return parse(std::string{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()},
+               path.string());
+}
+
+ModelConfig ModelConfig::parse(const std::string& text, const std::string& source) {
   json j;
   try {
-    j = json::parse(in);
+    j = json::parse(text);
   } catch (const json::exception& e) {
-    throw DataError(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+    throw DataError(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
-  return from_json(j, path.string());
+  return from_json(j, source);
 }
 
 }  // namespace shardlm

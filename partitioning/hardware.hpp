@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "partitioning/mesh.hpp"
+#include "partitioning/yaml_fields.hpp"
 
 namespace shardlm {
 
@@ -86,6 +87,7 @@ struct HardwareSpec {
   std::string mesh_problem(const Mesh& mesh) const;
 
   static HardwareSpec load(const std::string& file);  // throws DataError
+  static HardwareSpec from_yaml(const YamlFields& f);   // the same, from a parsed file
 };
 
 // configs/hardware/NAME.yaml, or NAME itself when it is a path to a file.

@@ -12,6 +12,15 @@ namespace shardlm {
 YamlFields::YamlFields(YAML::Node node, std::string file, std::string prefix)
     : node_(std::move(node)), file_(std::move(file)), prefix_(std::move(prefix)) {}
 
+namespace {
+
+YamlFields top_level_map(const YAML::Node& root, const std::string& file) {
+  if (!root.IsMap()) throw DataError(fmt::format("{}: expected a YAML map at the top level", file));
+  return YamlFields(root, file);
+}
+
+}  // namespace
+
 YamlFields YamlFields::load_file(const std::string& file) {
   if (!std::filesystem::is_regular_file(file))
     throw DataError(fmt::format("{}: no such file", file));
@@ -21,8 +30,17 @@ YamlFields YamlFields::load_file(const std::string& file) {
   } catch (const YAML::Exception& e) {
     throw DataError(fmt::format("{}: not valid YAML: {}", file, e.what()));
   }
-  if (!root.IsMap()) throw DataError(fmt::format("{}: expected a YAML map at the top level", file));
-  return YamlFields(root, file);
+  return top_level_map(root, file);
+}
+
+YamlFields YamlFields::parse(const std::string& text, const std::string& file) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw DataError(fmt::format("{}: not valid YAML: {}", file, e.what()));
+  }
+  return top_level_map(root, file);
 }
 
 std::string YamlFields::where(const std::string& key) const {
