@@ -37,7 +37,8 @@ for target in "${targets[@]}"; do
   start=$SECONDS
   result=ok
   # -runs=0: every input of the corpora is run once, nothing new is tried.
-  if ! "$binary" "${limits[@]}" -runs=0 "$regressions" "$seeds" >"$log" 2>&1; then
+  if ! "$binary" "${limits[@]}" -runs=0 -artifact_prefix="$findings/" "$regressions" "$seeds" \
+    >"$log" 2>&1; then
     result="FAILED on the committed corpora (log: $log)"
   elif [ "$seconds" -gt 0 ] &&
     ! "$binary" "${limits[@]}" "${dict[@]}" -max_total_time="$seconds" \
