@@ -435,8 +435,16 @@ nlohmann::json ModelConfig::to_json() const {
   } else {
     j["use_sliding_window"] = sliding_window > 0;
     j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+    // Without a window no layer has one; with it, layer_types says which
+    // layers do even when they are not all those from max_window_layers on.
     const auto first = std::find(window_layers.begin(), window_layers.end(), true);
-    j["max_window_layers"] = first - window_layers.begin();
+    j["max_window_layers"] = sliding_window > 0 ? first - window_layers.begin() : num_layers;
+    if (sliding_window > 0) {
+      json types = json::array();
+      for (bool windowed : window_layers)
+        types.push_back(windowed ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    }
   }
   return j;
 }

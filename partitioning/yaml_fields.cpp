@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
+#include "models/utf8.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
@@ -12,35 +15,27 @@ namespace shardlm {
 YamlFields::YamlFields(YAML::Node node, std::string file, std::string prefix)
     : node_(std::move(node)), file_(std::move(file)), prefix_(std::move(prefix)) {}
 
-namespace {
-
-YamlFields top_level_map(const YAML::Node& root, const std::string& file) {
-  if (!root.IsMap()) throw DataError(fmt::format("{}: expected a YAML map at the top level", file));
-  return YamlFields(root, file);
-}
-
-}  // namespace
-
 YamlFields YamlFields::load_file(const std::string& file) {
-  if (!std::filesystem::is_regular_file(file))
+  std::ifstream in(file, std::ios::binary);
+  if (!std::filesystem::is_regular_file(file) || !in)
     throw DataError(fmt::format("{}: no such file", file));
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(file);
-  } catch (const YAML::Exception& e) {
-    throw DataError(fmt::format("{}: not valid YAML: {}", file, e.what()));
-  }
-  return top_level_map(root, file);
+  return parse(std::string{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()},
+               file);
 }
 
 YamlFields YamlFields::parse(const std::string& text, const std::string& file) {
+  // yaml-cpp passes any bytes through; values go on into JSON (sweep
+  // results), which holds UTF-8 only.
+  if (const auto offset = utf8::first_invalid(text))
+    throw DataError(fmt::format("{}: not UTF-8 text (invalid byte at offset {})", file, *offset));
   YAML::Node root;
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     throw DataError(fmt::format("{}: not valid YAML: {}", file, e.what()));
   }
-  return top_level_map(root, file);
+  if (!root.IsMap()) throw DataError(fmt::format("{}: expected a YAML map at the top level", file));
+  return YamlFields(root, file);
 }
 
 std::string YamlFields::where(const std::string& key) const {
