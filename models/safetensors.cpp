@@ -169,9 +169,11 @@ std::map<std::string, std::string> parse_weight_map(const std::string& text,
   for (const auto& [name, shard] : index["weight_map"].items()) {
     // Shards sit beside the index: a path elsewhere is refused, not followed.
     if (!shard.is_string() || shard.get<std::string>().empty() ||
-        shard.get<std::string>().find_first_of(std::string("/\0", 2)) != std::string::npos || shard == "." || shard == "..")
-      throw DataError(fmt::format("{}: weight_map[\"{}\"]: expected a file name in its directory, got {}",
-                                  file, name, shard.dump()));
+        shard.get<std::string>().find_first_of(std::string("/\0", 2)) != std::string::npos ||
+        shard == "." || shard == "..")
+      throw DataError(
+          fmt::format("{}: weight_map[\"{}\"]: expected a file name in its directory, got {}", file,
+                      name, shard.dump()));
     weight_map.emplace(name, shard.get<std::string>());
   }
   return weight_map;
