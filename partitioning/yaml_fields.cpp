@@ -55,7 +55,12 @@ bool YamlFields::has(const std::string& key) const {
 void YamlFields::reject_unknown() const {
   std::string unknown, first;
   for (const auto& kv : node_) {
-    const std::string key = kv.first.as<std::string>();
+    if (!kv.first.IsScalar()) {
+      const YAML::Mark mark = kv.first.Mark();
+      throw DataError(fmt::format("{}:{}: expected a key name{}, got a list or map", file_,
+                                  mark.line + 1, prefix_.empty() ? "" : " in '" + prefix_ + "'"));
+    }
+    const std::string key = kv.first.Scalar();
     if (asked_.count(key)) continue;
     if (unknown.empty()) first = key;
     unknown += (unknown.empty() ? "'" : ", '") + prefix_ + key + "'";
