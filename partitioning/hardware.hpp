@@ -86,8 +86,8 @@ struct HardwareSpec {
   // Empty when the mesh is allowed, else why not.
   std::string mesh_problem(const Mesh& mesh) const;
 
-  static HardwareSpec load(const std::string& file);  // throws DataError
-  static HardwareSpec from_yaml(const YamlFields& f);   // the same, from a parsed file
+  static HardwareSpec load(const std::string& file);   // throws DataError
+  static HardwareSpec from_yaml(const YamlFields& f);  // the same, from a parsed file
 };
 
 // configs/hardware/NAME.yaml, or NAME itself when it is a path to a file.
