@@ -16,4 +16,12 @@ void add_sweep_command(CLI::App& app);
 void add_report_command(CLI::App& app);
 void add_doctor_command(CLI::App& app);
 
+// The whole command line of `shardlm`: one subcommand required, a flag given
+// twice takes its last value, and every subcommand above.
+void add_all_commands(CLI::App& app);
+// CLI11 reads "--flag=" as a flag still waiting for its value and takes the
+// next argument, and "--flag ''" as a flag not given; this refuses both first
+// (UsageError naming the flag). `app` holds every command (add_all_commands).
+void refuse_empty_values(const CLI::App& app, int argc, const char* const* argv);
+
 }  // namespace shardlm

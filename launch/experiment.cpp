@@ -242,7 +242,11 @@ std::string fnv1a64_hex(const std::string& text) {
 }
 
 Experiment Experiment::load(const std::string& file, bool dry_run) {
-  const YamlFields top = YamlFields::load_file(file);
+  return from_yaml(YamlFields::load_file(file), dry_run);
+}
+
+Experiment Experiment::from_yaml(const YamlFields& top, bool dry_run) {
+  const std::string& file = top.file();
   Experiment e;
   e.file = file;
   e.name = top.text("name", std::filesystem::path(file).stem().string());

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "partitioning/yaml_fields.hpp"
+
 namespace shardlm {
 
 struct Launcher {
@@ -39,6 +41,7 @@ struct Experiment {
   // Throws DataError naming file, line and key. `dry_run` joins each point's
   // config (and so its hash): predictions and measurements never mix on --resume.
   static Experiment load(const std::string& file, bool dry_run);
+  static Experiment from_yaml(const YamlFields& top, bool dry_run);  // a parsed file
 };
 
 // FNV-1a 64-bit as 16 lower-case hex digits: stable across builds and

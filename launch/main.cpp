@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <new>
 #include <string>
-#include <string_view>
 #include <thread>
 
 #include "collectives/world.hpp"
@@ -55,36 +54,9 @@ int main(int argc, char** argv) {
   CLI::App app{
       "shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer "
       "Inference"};
-  app.require_subcommand(1);
-  // A flag given twice takes its last value, as most command lines do.
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  shardlm::add_make_model_command(app);
-  shardlm::add_generate_command(app);
-  shardlm::add_plan_command(app);
-  shardlm::add_layouts_command(app);
-  shardlm::add_calibrate_command(app);
-  shardlm::add_bench_command(app);
-  shardlm::add_tokenize_commands(app);
-  shardlm::add_sweep_command(app);
-  shardlm::add_report_command(app);
-  shardlm::add_doctor_command(app);
+  shardlm::add_all_commands(app);
   try {
-    // CLI11 reads "--flag=" as a flag still waiting for its value and takes the
-    // next argument; refuse it here so the message names the flag.
-    // Likewise "--flag ''", which would read as a flag not given (an empty
-    // --dump-logits would silently write nothing).
-    for (int i = 1; i < argc; ++i) {
-      const std::string_view arg = argv[i];
-      if (arg.starts_with("--") && arg.ends_with("=") && arg.find('=') == arg.size() - 1)
-        throw shardlm::UsageError(fmt::format("{}: empty value", arg.substr(0, arg.size() - 1)));
-      if (!arg.empty() || i < 3) continue;
-      const std::string previous = argv[i - 1];
-      const CLI::Option* option = nullptr;
-      for (const CLI::App* command : app.get_subcommands({}))
-        if (command->get_name() == argv[1]) option = command->get_option_no_throw(previous);
-      if (option && option->get_items_expected_min() > 0)
-        throw shardlm::UsageError(fmt::format("{}: empty value", previous));
-    }
+    shardlm::refuse_empty_values(app, argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
@@ -434,8 +435,16 @@ nlohmann::json ModelConfig::to_json() const {
   } else {
     j["use_sliding_window"] = sliding_window > 0;
     j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+    // Without a window no layer has one; with it, layer_types says which
+    // layers do even when they are not all those from max_window_layers on.
     const auto first = std::find(window_layers.begin(), window_layers.end(), true);
-    j["max_window_layers"] = first - window_layers.begin();
+    j["max_window_layers"] = sliding_window > 0 ? first - window_layers.begin() : num_layers;
+    if (sliding_window > 0) {
+      json types = json::array();
+      for (bool windowed : window_layers)
+        types.push_back(windowed ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    }
   }
   return j;
 }
@@ -450,13 +459,18 @@ ModelConfig ModelConfig::load(const std::filesystem::path& model_dir) {
   if (!in)
     throw DataError(fmt::format("{}: cannot open ({}; expected a Hugging Face config.json)",
                                 path.string(), std::strerror(errno)));
+  return parse(std::string{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()},
+               path.string());
+}
+
+ModelConfig ModelConfig::parse(const std::string& text, const std::string& source) {
   json j;
   try {
-    j = json::parse(in);
+    j = json::parse(text);
   } catch (const json::exception& e) {
-    throw DataError(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+    throw DataError(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
-  return from_json(j, path.string());
+  return from_json(j, source);
 }
 
 }  // namespace shardlm

@@ -68,6 +68,8 @@ struct ModelConfig {
   // does not implement; warns (runtime/errors.hpp) about keys it does not know.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   nlohmann::json to_json() const;
+  // The same from the text of a config.json.
+  static ModelConfig parse(const std::string& text, const std::string& source);
   // Reads DIR/config.json.
   static ModelConfig load(const std::filesystem::path& model_dir);
 };

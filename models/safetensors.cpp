@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "runtime/errors.hpp"
@@ -115,23 +116,21 @@ TensorRecord parse_entry(const std::string& file, const std::string& name, const
 
 }  // namespace
 
-SafetensorsFile::SafetensorsFile(const fs::path& path)
-    : mapping_(std::make_unique<MappedFile>(path)) {
-  const std::string file = path.string();
-  const size_t size = mapping_->size();
+std::map<std::string, TensorRecord> parse_safetensors(const std::byte* data, size_t size,
+                                                      const std::string& file) {
   if (size < 8)
     throw DataError(
         fmt::format("{}: file is {} bytes, too short for a safetensors header "
                     "(8-byte length, then JSON); it is truncated or not safetensors",
                     file, size));
   uint64_t header_len = 0;
-  std::memcpy(&header_len, mapping_->data(), 8);  // little-endian, as on every supported host
+  std::memcpy(&header_len, data, 8);  // little-endian, as on every supported host
   if (header_len > size - 8)
     throw DataError(
         fmt::format("{}: corrupt header: header length {} runs past the end of the "
                     "file ({} bytes); it is truncated or not safetensors",
                     file, header_len, size));
-  const char* header_text = reinterpret_cast<const char*>(mapping_->data()) + 8;
+  const char* header_text = reinterpret_cast<const char*>(data) + 8;
   json header;
   try {
     header = json::parse(header_text, header_text + header_len);
@@ -140,16 +139,46 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
   }
   if (!header.is_object())
     throw DataError(fmt::format("{}: corrupt header: expected a JSON object", file));
-  const std::byte* data_start = mapping_->data() + 8 + header_len;
+  const std::byte* data_start = data + 8 + header_len;
   const size_t data_size = size - 8 - header_len;
+  std::map<std::string, TensorRecord> tensors;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") continue;
-    tensors_.emplace(it.key(), parse_entry(file, it.key(), it.value(), data_start, data_size));
+    tensors.emplace(it.key(), parse_entry(file, it.key(), it.value(), data_start, data_size));
   }
+  return tensors;
 }
+
+SafetensorsFile::SafetensorsFile(const fs::path& path)
+    : mapping_(std::make_unique<MappedFile>(path)),
+      tensors_(parse_safetensors(mapping_->data(), mapping_->size(), path.string())) {}
 
 SafetensorsFile::~SafetensorsFile() = default;
 SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
+
+std::map<std::string, std::string> parse_weight_map(const std::string& text,
+                                                    const std::string& file) {
+  json index;
+  try {
+    index = json::parse(text);
+  } catch (const json::exception& e) {
+    throw DataError(fmt::format("{}: not valid JSON: {}", file, e.what()));
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    throw DataError(fmt::format("{}: missing object field \"weight_map\"", file));
+  std::map<std::string, std::string> weight_map;
+  for (const auto& [name, shard] : index["weight_map"].items()) {
+    // Shards sit beside the index: a path elsewhere is refused, not followed.
+    if (!shard.is_string() || shard.get<std::string>().empty() ||
+        shard.get<std::string>().find_first_of(std::string("/\0", 2)) != std::string::npos ||
+        shard == "." || shard == "..")
+      throw DataError(
+          fmt::format("{}: weight_map[\"{}\"]: expected a file name in its directory, got {}", file,
+                      name, shard.dump()));
+    weight_map.emplace(name, shard.get<std::string>());
+  }
+  return weight_map;
+}
 
 Checkpoint::Checkpoint(const fs::path& model_dir) : dir_(model_dir) {
   const fs::path single = model_dir / "model.safetensors";
@@ -158,20 +187,9 @@ Checkpoint::Checkpoint(const fs::path& model_dir) : dir_(model_dir) {
   if (fs::exists(index_path, ec)) {
     std::ifstream in(index_path);
     if (!in) throw DataError(fmt::format("{}: cannot open", index_path.string()));
-    json index;
-    try {
-      index = json::parse(in);
-    } catch (const json::exception& e) {
-      throw DataError(fmt::format("{}: not valid JSON: {}", index_path.string(), e.what()));
-    }
-    if (!index.contains("weight_map") || !index["weight_map"].is_object())
-      throw DataError(fmt::format("{}: missing object field \"weight_map\"", index_path.string()));
+    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
     std::map<std::string, size_t> file_slot;
-    for (const auto& [name, file] : index["weight_map"].items()) {
-      if (!file.is_string())
-        throw DataError(
-            fmt::format("{}: weight_map[\"{}\"]: expected a file name", index_path.string(), name));
-      const std::string file_name = file.get<std::string>();
+    for (const auto& [name, file_name] : parse_weight_map(text, index_path.string())) {
       if (file_slot.emplace(file_name, files_.size()).second)
         files_.emplace_back(model_dir / file_name);
       const auto& held = files_[file_slot[file_name]].tensors();

@@ -25,6 +25,17 @@ struct TensorRecord {
   std::string file;  // for messages
 };
 
+// The tensors a safetensors file of `size` bytes at `data` holds (8-byte
+// header length, JSON header, tensor bytes), their offsets checked against the
+// data; records point into `data`. `file` names it in errors (DataError).
+std::map<std::string, TensorRecord> parse_safetensors(const std::byte* data, size_t size,
+                                                      const std::string& file);
+
+// The weight_map of a model.safetensors.index.json: tensor name -> shard file
+// name (a plain name in the index's directory).
+std::map<std::string, std::string> parse_weight_map(const std::string& text,
+                                                    const std::string& file);
+
 class MappedFile;
 
 class SafetensorsFile {

@@ -174,16 +174,19 @@ std::string resolve_config(const std::string& name_or_path, const std::string& k
                               known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", "))));
 }
 HardwareSpec HardwareSpec::load(const std::string& file) {
-  YamlFields f = YamlFields::load_file(file);
+  return from_yaml(YamlFields::load_file(file));
+}
+
+HardwareSpec HardwareSpec::from_yaml(const YamlFields& f) {
   HardwareSpec h;
-  h.source_file = file;
+  h.source_file = f.file();
   h.name = f.text("name");
-  YamlFields peaks = f.child("peak_flops");
+  const YamlFields peaks = f.child("peak_flops");
   for (const char* dtype : {"bf16", "int8", "f32"})
     if (peaks.has(dtype)) h.peak_flops[dtype] = peaks.positive(dtype);
   if (h.peak_flops.empty())
     throw DataError(fmt::format("{} needs at least one of bf16, int8, f32", f.where("peak_flops")));
-  YamlFields mem = f.child("memory");
+  const YamlFields mem = f.child("memory");
   h.memory_bytes = mem.positive("capacity_bytes");
   h.memory_bandwidth = mem.positive("bandwidth_Bps");
   h.chips_per_node = static_cast<int>(f.positive_int("chips_per_node"));
@@ -194,7 +197,7 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
   if (!h.peak_flops.count(h.activation_dtype))
     throw DataError(fmt::format("{}: '{}' has no peak_flops entry", f.where("activation_dtype"),
                                 h.activation_dtype));
-  YamlFields net = f.child("interconnect");
+  const YamlFields net = f.child("interconnect");
   h.topology = net.text("topology");
   h.min_axis_size = static_cast<int>(net.positive_int("min_axis_size", 1));
   h.intra_node_latency = net.number("latency_s", 0.0);

@@ -9,6 +9,7 @@
 
 #include "partitioning/mesh.hpp"
 #include "partitioning/topology.hpp"
+#include "partitioning/yaml_fields.hpp"
 
 namespace shardlm {
 
@@ -115,7 +116,8 @@ struct HardwareSpec {
   // Empty when the mesh is allowed, else why not.
   std::string mesh_problem(const Mesh& mesh) const;
 
-  static HardwareSpec load(const std::string& file);  // throws DataError
+  static HardwareSpec load(const std::string& file);   // throws DataError
+  static HardwareSpec from_yaml(const YamlFields& f);  // the same, from a parsed file
 };
 
 // configs/hardware/NAME.yaml, or NAME itself when it is a path to a file.

@@ -47,7 +47,10 @@ ModelSpec ModelSpec::from_config(const ModelConfig& c, const std::string& name) 
 }
 
 ModelSpec ModelSpec::load_yaml(const std::string& file) {
-  YamlFields f = YamlFields::load_file(file);
+  return from_yaml(YamlFields::load_file(file));
+}
+
+ModelSpec ModelSpec::from_yaml(const YamlFields& f) {
   ModelSpec m;
   m.name = f.text("name");
   m.source = f.text("source", "");

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "models/model_config.hpp"
+#include "partitioning/yaml_fields.hpp"
 
 namespace shardlm {
 
@@ -25,6 +26,7 @@ struct ModelSpec {
   std::string attention_kind() const;  // "MHA", "GQA" or "MQA"
 
   static ModelSpec load_yaml(const std::string& file);  // throws DataError
+  static ModelSpec from_yaml(const YamlFields& f);      // the same, from a parsed file
   static ModelSpec from_config(const ModelConfig& c, const std::string& name);
   // NAME (configs/models/NAME.yaml), a YAML file, or a directory with config.json.
   static ModelSpec resolve(const std::string& name_or_path);

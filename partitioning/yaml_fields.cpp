@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
+#include "models/utf8.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
@@ -13,11 +16,21 @@ YamlFields::YamlFields(YAML::Node node, std::string file, std::string prefix)
     : node_(std::move(node)), file_(std::move(file)), prefix_(std::move(prefix)) {}
 
 YamlFields YamlFields::load_file(const std::string& file) {
-  if (std::error_code ec; !std::filesystem::is_regular_file(file, ec))
+  std::ifstream in(file, std::ios::binary);
+  if (std::error_code ec; !std::filesystem::is_regular_file(file, ec) || !in)
     throw DataError(fmt::format("{}: no such file", file));
+  return parse(std::string{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()},
+               file);
+}
+
+YamlFields YamlFields::parse(const std::string& text, const std::string& file) {
+  // yaml-cpp passes any bytes through; values go on into JSON (sweep
+  // results), which holds UTF-8 only.
+  if (const auto offset = utf8::first_invalid(text))
+    throw DataError(fmt::format("{}: not UTF-8 text (invalid byte at offset {})", file, *offset));
   YAML::Node root;
   try {
-    root = YAML::LoadFile(file);
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     throw DataError(fmt::format("{}: not valid YAML: {}", file, e.what()));
   }
@@ -42,7 +55,12 @@ bool YamlFields::has(const std::string& key) const {
 void YamlFields::reject_unknown() const {
   std::string unknown, first;
   for (const auto& kv : node_) {
-    const std::string key = kv.first.as<std::string>();
+    if (!kv.first.IsScalar()) {
+      const YAML::Mark mark = kv.first.Mark();
+      throw DataError(fmt::format("{}:{}: expected a key name{}, got a list or map", file_,
+                                  mark.line + 1, prefix_.empty() ? "" : " in '" + prefix_ + "'"));
+    }
+    const std::string key = kv.first.Scalar();
     if (asked_.count(key)) continue;
     if (unknown.empty()) first = key;
     unknown += (unknown.empty() ? "'" : ", '") + prefix_ + key + "'";

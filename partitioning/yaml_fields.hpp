@@ -13,6 +13,8 @@ class YamlFields {
   YamlFields(YAML::Node node, std::string file, std::string prefix = "");
   // Loads FILE; throws DataError when it is missing or not a YAML map.
   static YamlFields load_file(const std::string& file);
+  // The same from the text of a file; `file` names it in errors.
+  static YamlFields parse(const std::string& text, const std::string& file);
 
   bool has(const std::string& key) const;
   double number(const std::string& key) const;  // required

@@ -6,7 +6,10 @@ set -euo pipefail
 
 DEBIAN_PACKAGES=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libyaml-cpp-dev iproute2
   catch2 libfmt-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
-  python3 python3-pip)
+  python3 python3-pip
+  # The sanitizer and fuzzing builds (scripts/sanitize.sh, scripts/fuzz.sh):
+  # clang, its sanitizer and libFuzzer runtimes, and its OpenMP runtime.
+  clang-14 libclang-rt-14-dev libomp-14-dev)
 PYTHON_PACKAGES=(numpy pytest tokenizers matplotlib)
 
 missing=()
