@@ -3,7 +3,11 @@
 // between the ranks; alone it says so and starts nothing.
 #include <fmt/core.h>
 #include <omp.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -11,9 +15,15 @@
 
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
+#include "models/model_weights.hpp"
+#include "models/presets.hpp"
+#include "models/random_checkpoint.hpp"
 #include "partitioning/calibrate.hpp"
+#include "partitioning/cost_model.hpp"
 #include "partitioning/hardware.hpp"
+#include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/parallel.hpp"
 
 namespace shardlm {
 namespace {
@@ -22,6 +32,86 @@ struct CalibrateOptions {
   std::string out, name = "local";
   bool quick = false;
 };
+
+// The time a forward pass takes beyond what the cost model prices from the
+// measured matmul, memory and collective rates: the engine runs a synthetic
+// model (the `small` preset's widths, 4 layers, a 4096-token vocabulary) on
+// all ranks as one tensor-parallel job, prefill and decode at a few row
+// counts and (several ranks) two layouts with different collective counts;
+// the difference per layer and forward pass is fitted to
+// layer + token x rows (+ collective x collectives) and written into
+// `c.spec.measured`.
+void measure_overheads(World& world, Calibration& c, bool quick) {
+  ModelConfig config = *find_preset("small");
+  config.num_layers = 4;
+  config.vocab_size = 4096;
+  namespace fs = std::filesystem;
+  // Every rank writes its own copy: nodes need not share a file system.
+  const fs::path dir =
+      fs::temp_directory_path() / fmt::format("shardlm-calibrate-{}-{}", getpid(), world.rank());
+  write_random_checkpoint(config, dir, {DType::BF16, 7, 1});
+  const Mesh mesh{1, world.size(), 1, 1};
+  ParallelContext ctx(world, mesh);
+  const Checkpoint checkpoint(dir.string());
+  const ModelSpec model = ModelSpec::from_config(config, "calibration");
+  const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
+  std::vector<FfnLayout> layouts = {FfnLayout::k1D};
+  if (world.size() > 1) layouts.push_back(FfnLayout::k2D);
+  const int reps = quick ? 3 : 6;
+  std::vector<OverheadSample> samples;
+  for (FfnLayout ffn : layouts) {
+    const Layout layout = make_layout(ffn, AttnLayout::kHeads, shape, mesh);
+    std::unique_ptr<Backend> backend = make_cpu_backend({omp_get_max_threads(), std::nullopt});
+    Engine engine(*backend, ctx, config, layout, layout,
+                  load_model_weights(checkpoint, config, *backend, layout, ctx,
+                                     {0, config.num_layers, true, true}));
+    for (const auto& [batch, prompt] : {std::pair{1, 16}, std::pair{8, 64}}) {
+      GenerationRequest request;
+      for (int b = 0; b < batch; ++b) {
+        std::vector<int32_t> ids(static_cast<size_t>(prompt));
+        for (int i = 0; i < prompt; ++i) ids[size_t(i)] = int32_t(1 + (i * 389 + b * 97) % 4000);
+        request.prompts.push_back(ids);
+      }
+      request.max_new_tokens = 9;
+      std::vector<double> prefill, decode;
+      for (int r = 0; r <= reps; ++r) {  // the first run warms up and is not counted
+        const GenerationResult result = engine.generate(request);
+        if (r == 0) continue;
+        prefill.push_back(result.prefill_s);
+        decode.push_back(result.decode_s);
+      }
+      const Workload w{batch, prompt, request.max_new_tokens - 1};
+      for (Phase phase : {Phase::kPrefill, Phase::kDecode}) {
+        const PhaseCost cost =
+            estimate_phase(model, c.spec, w, phase, {ffn, AttnLayout::kHeads, "bf16", mesh, 0});
+        OverheadSample s;
+        s.what = fmt::format("{} {} batch {} prompt {}", name(ffn), name(phase), batch, prompt);
+        s.rows = cost.layer.rows;
+        s.collectives = double(cost.layer.collectives.size());
+        // The fastest run, as the rates above are the best of theirs.
+        const auto& runs = phase == Phase::kPrefill ? prefill : decode;
+        s.measured_s = *std::min_element(runs.begin(), runs.end());
+        s.predicted_s = cost.latency_s;
+        s.per_layer_pass_s =
+            (s.measured_s - s.predicted_s) / double(config.num_layers * cost.forward_passes);
+        samples.push_back(s);
+      }
+    }
+  }
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
+  // Every rank measured its own times; rank 0's go into the file.
+  const std::array<double, 3> coef = fit_overheads(samples, world.size() > 1);
+  MeasuredEfficiency& m = c.spec.measured;
+  m.layer_overhead_s = coef[0];
+  m.token_overhead_s = coef[1];
+  m.collective_overhead_s = coef[2];
+  for (const auto& s : samples)
+    c.overhead_notes.push_back(fmt::format(
+        "{}: {:.0f} rows, {:.0f} collectives per layer: measured {:.4g} s, priced {:.4g} s, "
+        "{:+.3g} s per layer and pass",
+        s.what, s.rows, s.collectives, s.measured_s, s.predicted_s, s.per_layer_pass_s));
+}
 
 void run_calibrate(const CalibrateOptions& o) {
   if (o.out.empty()) throw UsageError("calibrate: --out FILE is required");
@@ -60,6 +150,8 @@ void run_calibrate(const CalibrateOptions& o) {
                  groups.nodes, groups.ranks_per_node);
   }
   Calibration c = calibrate(groups, o.name, o.quick);
+  world.all().barrier();
+  measure_overheads(world, c, o.quick);
   if (world.is_root()) {
     const std::string yaml = to_yaml(c);
     std::ofstream file(o.out);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "launch/flags.hpp"
 #include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
@@ -77,11 +79,15 @@ nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& co
                                const Workload& workload) {
   if (!choice.hardware) return nullptr;
   const ModelSpec model = ModelSpec::from_config(config, "model");
+  // The engine samples the first new token from prefill's logits: decode
+  // runs max_new_tokens - 1 steps (at least one priced, so the JSON stays finite).
+  Workload steps = workload;
+  steps.gen_len = std::max<int64_t>(1, workload.gen_len - 1);
   return {{"hardware", choice.hardware->name},
           {"prefill", phase_cost_json(estimate_phase(model, *choice.hardware, workload,
                                                      Phase::kPrefill, choice.prefill))},
-          {"decode", phase_cost_json(estimate_phase(model, *choice.hardware, workload,
-                                                    Phase::kDecode, choice.decode))}};
+          {"decode", phase_cost_json(estimate_phase(model, *choice.hardware, steps, Phase::kDecode,
+                                                    choice.decode))}};
 }
 
 }  // namespace shardlm

@@ -44,6 +44,21 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
   return 2.0 * double(rows) * double(inner) * double(cols) / best;
 }
 
+double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats) {
+  // 0x3f00 is 0.5 in bfloat16. The weight (inner x cols x 2 bytes) is meant
+  // to stay in cache: the cost model adds the weights' memory time itself.
+  std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
+  std::vector<uint16_t> w(size_t(cols * inner), 0x3f00);
+  const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
+  double best = INFINITY;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
+    auto t0 = Clock::now();
+    cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false);
+    if (r > 0) best = std::min(best, since(t0));
+  }
+  return 2.0 * double(rows) * double(inner) * double(cols) / best;
+}
+
 double measure_memory_read(size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
   std::vector<float> data(n);
@@ -178,6 +193,42 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
   return best_h;
 }
 
+std::array<double, 3> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
+  std::array<bool, 3> use = {true, true, with_collectives};
+  for (;;) {
+    double m[3][4] = {};
+    for (const auto& p : s) {
+      const double x[3] = {1.0, p.rows, p.collectives};
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) m[i][j] += use[i] && use[j] ? x[i] * x[j] : 0.0;
+      for (int i = 0; i < 3; ++i) m[i][3] += use[i] ? x[i] * p.per_layer_pass_s : 0.0;
+    }
+    for (int i = 0; i < 3; ++i)
+      if (!use[i]) m[i][i] = 1;    // the unused term: 1 * coef = 0
+    for (int i = 0; i < 3; ++i) {  // Gauss-Jordan, pivot on the diagonal
+      int pivot = i;
+      for (int r = i + 1; r < 3; ++r)
+        if (std::abs(m[r][i]) > std::abs(m[pivot][i])) pivot = r;
+      std::swap(m[i], m[pivot]);
+      if (std::abs(m[i][i]) < 1e-300) continue;
+      for (int r = 0; r < 3; ++r) {
+        if (r == i) continue;
+        const double f = m[r][i] / m[i][i];
+        for (int c = i; c < 4; ++c) m[r][c] -= f * m[i][c];
+      }
+    }
+    std::array<double, 3> coef{};
+    int negative = -1;
+    for (int i = 0; i < 3; ++i) {
+      coef[size_t(i)] = use[i] && std::abs(m[i][i]) > 1e-300 ? m[i][3] / m[i][i] : 0.0;
+      if (coef[size_t(i)] < 0 && negative < 0) negative = i;
+    }
+    if (negative < 0) return coef;
+    use[size_t(negative)] = false;
+    if (!use[0] && !use[1] && !use[2]) return {0, 0, 0};  // nothing the model does not price
+  }
+}
+
 Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool quick) {
   Communicator& comm = *g.all;
   Calibration c;
@@ -195,6 +246,22 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   c.matmul.push_back({big, big, big, measure_matmul(big, big, big, quick ? 2 : 4)});
   double peak = 0;
   for (const auto& m : c.matmul) peak = std::max(peak, m.flops_per_s);
+  // The rows decode (1 to a batch) and prefill (batch x prompt) multiply
+  // with, on a layer-sized BF16 weight (4 MiB). Best of many runs: what the
+  // machine does when other work leaves it alone.
+  comm.barrier();
+  for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
+    const int repeats = std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
+    c.matmul_bf16.push_back(
+        {rows, 1024, 2048, measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200))});
+  }
+  // Read bandwidth by working set: caches serve the smaller ones.
+  comm.barrier();
+  for (size_t mib : {8, 32, 64, 128, 256, 512}) {
+    if (quick && mib > 128) break;
+    comm.barrier();
+    c.memory_by_bytes.emplace_back(double(mib << 20), measure_memory_read(mib << 20, 5));
+  }
   comm.barrier();
   c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
   c.memory_bytes =
@@ -242,6 +309,9 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   }
   h.efficiency.matmul_peak_fraction = 1.0;  // the peak above is already what sgemm achieves
   h.efficiency.matmul_half_rows = fit_half_rows(c.matmul, peak);
+  for (const auto& m : c.matmul_bf16)
+    h.measured.matmul_flops_by_rows.emplace_back(double(m.rows), m.flops_per_s);
+  h.measured.memory_Bps_by_bytes = c.memory_by_bytes;
   return c;
 }
 
@@ -261,6 +331,10 @@ std::string to_yaml(const Calibration& c) {
     out += fmt::format("#   {} x {} x {}: {:.4g}\n", m.rows, m.inner, m.cols, m.flops_per_s);
   out += fmt::format("# Memory: parallel read of an array larger than the caches: {:.4g} B/s.\n",
                      c.memory_read_Bps);
+  if (!c.matmul_bf16.empty())
+    out +=
+        "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], best of repeats;\n"
+        "# measured.memory_Bps_by_bytes: the same parallel read at each working set.\n";
   auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
     out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);
     for (const auto& s : list)
@@ -307,6 +381,14 @@ std::string to_yaml(const Calibration& c) {
       "  collective_bandwidth_fraction: 1.0\n  comm_overlap: 0.0\n  layer_overhead_s: 0.0\n"
       "  memory_reserve_fraction: 0.2\n",
       h.efficiency.matmul_half_rows);
+  if (!c.overhead_notes.empty()) {
+    out +=
+        "# measured.*_overhead_s: the engine on a synthetic model (small's widths, 4 layers), "
+        "measured against the cost model's price of each run, the difference fitted to\n"
+        "# layer + token x rows + collective x collectives per layer and forward pass:\n";
+    for (const auto& n : c.overhead_notes) out += fmt::format("#   {}\n", n);
+  }
+  out += h.measured.to_yaml();
   return out;
 }
 

@@ -4,6 +4,7 @@
 // bandwidth, and, under mpirun, collective bandwidth and latency between
 // ranks — and write a hardware spec (configs/hardware format). One rank is
 // one "chip"; ranks on one machine share its cores and memory.
+#include <array>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,12 @@ struct Calibration {
   int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
   double memory_read_Bps = 0, memory_bytes = 0;
+  // BF16-weight matmuls at the row counts of decode and prefill, and the
+  // read bandwidth by working set (spec.measured).
+  std::vector<MatmulSample> matmul_bf16;
+  std::vector<std::pair<double, double>> memory_by_bytes;
+  // How the overheads of spec.measured were found (one line per run), for the comments.
+  std::vector<std::string> overhead_notes;
   // Inside a node (all ranks when there is one node): collectives and sends.
   std::vector<CollectiveSample> collectives, sends;
   double collective_bandwidth_Bps = 0, collective_latency_s = 0;  // fitted, when ranks > 1
@@ -50,6 +57,10 @@ struct CalibrationGroups {
 // Best-of-`repeats` FLOP/s of the CPU backend's matmul for [rows x inner] ·
 // [cols x inner]ᵀ, F32 weights (oneDNN sgemm above 16 rows).
 double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// The same with BF16 weights (a checkpoint's usual dtype, widened as the
+// backend does), best of `repeats` runs: the rate the cost model's
+// measured matmul_flops_by_rows holds.
+double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
@@ -63,6 +74,19 @@ void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& laten
 // matmul_half_rows h minimising the squared error of f(rows) = rows / (rows + h)
 // against the measured fraction of the best FLOP/s.
 double fit_half_rows(const std::vector<MatmulSample>& s, double peak);
+
+// One forward-pass measurement of the engine beside the cost model's price of it.
+struct OverheadSample {
+  std::string what;
+  double rows = 0, collectives = 0;  // per chip, per layer
+  double measured_s = 0, predicted_s = 0;
+  double per_layer_pass_s = 0;  // (measured - predicted) / (layers x forward passes)
+};
+// Least squares of per_layer_pass_s = layer + token * rows (+ collective *
+// collectives when `with_collectives`), each term kept non-negative by
+// dropping one that comes out negative and fitting again: {layer, token,
+// collective} seconds.
+std::array<double, 3> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
 
 // Runs every measurement (collectives only when there are several ranks;
 // inside and across nodes separately when there are several nodes).

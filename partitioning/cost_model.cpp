@@ -89,6 +89,21 @@ struct Pricer {
     return is_norm ? act_bytes : weight_bytes;
   }
 
+  // FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it
+  // when the spec says, else the efficiency curve.
+  double matmul_rate(double rows) const {
+    if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows);
+    return peak * hw.efficiency.matmul_fraction(rows);
+  }
+
+  // Bytes/s at which a chip reads a forward pass's weights and KV cache of
+  // `working_set` bytes: as measured for that working set when the spec
+  // says (caches), else the memory bandwidth times its efficiency.
+  double memory_rate(double working_set) const {
+    if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set);
+    return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
+  }
+
   // Adds the cost of `steps` at `dims` to `out` (roofline and efficiency-weighted compute).
   void price(const std::vector<Step>& steps, const std::string& stage, const DimSizes& dims,
              ForwardCost& out) const {
@@ -108,8 +123,9 @@ struct Pricer {
           const double flops = 2 * einsum_macs(lhs, w.used, dims, mesh);
           out.flops += flops;
           out.compute_s += flops / peak;
-          out.compute_eff_s +=
-              flops / (peak * eff.matmul_fraction(matmul_rows(lhs, w.used, dims, mesh)));
+          const double rows = matmul_rows(lhs, w.used, dims, mesh);
+          out.compute_eff_s += flops / matmul_rate(rows);
+          out.rows = std::max(out.rows, rows);
           out.weight_bytes += static_cast<double>(w.used.local_elements(dims, mesh)) * weight_bytes;
           break;
         }
@@ -123,7 +139,7 @@ struct Pricer {
                                (phase == Phase::kPrefill ? 0.5 : 1.0);
           out.flops += flops;
           out.compute_s += flops / peak;
-          out.compute_eff_s += flops / (peak * eff.matmul_fraction(b * l));
+          out.compute_eff_s += flops / matmul_rate(b * l);
           // K and V: decode reads the cache; prefill writes this step's part of it.
           DimSizes cache = dims;
           if (phase == Phase::kPrefill) cache['C'] = dims.at('L');
@@ -155,11 +171,12 @@ struct Pricer {
           const bool first_of_group =
               s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
           const double latency = first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
+          const double waiting = first_of_group ? hw.measured.collective_overhead_s : 0.0;
           const double bw = hw.collective_bandwidth(mesh, s.axes);
           c.seconds = latency + c.bytes / bw;
           out.comm_bytes += c.bytes;
           out.comm_s += c.seconds;
-          out.comm_eff_s += latency + c.bytes / (bw * eff.collective_bandwidth_fraction);
+          out.comm_eff_s += latency + waiting + c.bytes / (bw * eff.collective_bandwidth_fraction);
           out.collectives.push_back(std::move(c));
           break;
         }
@@ -168,15 +185,16 @@ struct Pricer {
     }
   }
 
-  void finish(ForwardCost& f, bool per_layer) const {
+  // `working_set`: the bytes per chip one forward pass reads (all layers of
+  // the stage and the edges), which decides the memory rate.
+  void finish(ForwardCost& f, bool per_layer, double working_set) const {
     const EfficiencyModel& eff = hw.efficiency;
     f.weight_mem_s = f.weight_bytes / hw.memory_bandwidth;
     f.kv_mem_s = f.kv_bytes / hw.memory_bandwidth;
-    f.memory_eff_s =
-        (f.weight_bytes + f.kv_bytes) / (hw.memory_bandwidth * eff.memory_bandwidth_fraction);
+    f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_rate(working_set);
     const double busy = std::max(f.compute_eff_s, f.memory_eff_s);
     f.overlap_s = eff.comm_overlap * std::min(f.comm_eff_s, busy);
-    f.overhead_s = per_layer ? eff.layer_overhead_s : 0.0;
+    f.overhead_s = per_layer ? eff.layer_overhead_s + hw.measured.overhead_s(f.rows) : 0.0;
     f.latency_s = busy + f.comm_eff_s - f.overlap_s + f.overhead_s;
   }
 };
@@ -231,12 +249,15 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
   if (pc.micro_batches > w.batch)  // prefill in chunks of every prompt
     dims['L'] = (w.prompt_len * w.batch + pc.micro_batches - 1) / pc.micro_batches;
   pricer.price(layout.layer, "layer", dims, pc.layer);
-  pricer.finish(pc.layer, true);
   pricer.price(layout.prologue, "prologue", dims, pc.edges);
   DimSizes last_token = dims;
   last_token['L'] = 1;  // only the last position's logits are needed
   pricer.price(layout.epilogue, "epilogue", last_token, pc.edges);
-  pricer.finish(pc.edges, false);
+  const double working_set =
+      static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
+      pc.edges.weight_bytes + pc.edges.kv_bytes;
+  pricer.finish(pc.layer, true, working_set);
+  pricer.finish(pc.edges, false, working_set);
 
   // Pipeline: micro-batches flow through pp stages; activations hop between them.
   double stage_s = static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s;

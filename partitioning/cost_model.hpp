@@ -60,6 +60,7 @@ struct ForwardCost {
   double flops = 0;
   double compute_s = 0, weight_mem_s = 0, kv_mem_s = 0, comm_s = 0;  // roofline
   double weight_bytes = 0, kv_bytes = 0, comm_bytes = 0;
+  double rows = 0;  // the most rows (tokens) of any matmul on the chip
   // The same, through the efficiency model.
   double compute_eff_s = 0, memory_eff_s = 0, comm_eff_s = 0, overlap_s = 0, overhead_s = 0;
   double latency_s = 0;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "partitioning/measured_efficiency.hpp"
 #include "partitioning/mesh.hpp"
 
 namespace shardlm {
@@ -61,6 +62,10 @@ struct HardwareSpec {
   bool map_by_node = false;
   std::string activation_dtype = "bf16";
   EfficiencyModel efficiency;
+  // What calibrate measured (matmul rate by rows, memory bandwidth by working
+  // set, overheads per layer and token); where given the cost model uses it
+  // in place of the efficiency curves above.
+  MeasuredEfficiency measured;
 
   // Peak matmul FLOP/s for a dtype; int8 weights still multiply in the
   // activation dtype (the paper's §3.6), so callers pass activation_dtype.

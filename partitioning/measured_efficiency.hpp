@@ -1,0 +1,48 @@
+#pragma once
+// What `shardlm calibrate` measured on this machine beyond peak and
+// bandwidth, for the cost model to use in place of the curve fits of
+// EfficiencyModel (the `measured:` section of a hardware YAML):
+// - the CPU backend's matmul FLOP/s at each row count (thin matmuls of
+//   decode run far from peak, and a kernel switch makes the fall-off a step,
+//   not a smooth curve);
+// - the memory read bandwidth by working set (a model whose weights fit the
+//   last-level cache streams them much faster than DRAM);
+// - a fixed time per layer and per token (matmul row) of every forward pass:
+//   the norms, rotary embedding, activation function and bookkeeping the
+//   roofline does not count, and per collective (ranks arriving apart),
+//   fitted to the engine's own forward passes on a synthetic model.
+// Re-running calibrate after a kernel changes re-measures all of them.
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace shardlm {
+
+class YamlFields;
+
+struct MeasuredEfficiency {
+  // (rows, FLOP/s) and (bytes, B/s), increasing in the first element.
+  std::vector<std::pair<double, double>> matmul_flops_by_rows, memory_Bps_by_bytes;
+  double layer_overhead_s = 0;  // per layer per forward pass
+  double token_overhead_s = 0;  // per layer, per token (matmul row) on the chip
+  // Per collective, beyond its latency and bandwidth: the wait for the
+  // slowest member, which back-to-back collectives (how their latency is
+  // measured) do not show.
+  double collective_overhead_s = 0;
+
+  bool has_matmul() const { return !matmul_flops_by_rows.empty(); }
+  bool has_memory() const { return !memory_Bps_by_bytes.empty(); }
+  // Interpolated linearly in log(rows) and log(bytes), constant beyond the
+  // measured range.
+  double matmul_flops(double rows) const;
+  double memory_Bps(double working_set_bytes) const;
+  double overhead_s(double rows) const { return layer_overhead_s + token_overhead_s * rows; }
+
+  // Reads the `measured` section (throws DataError naming the key).
+  static MeasuredEfficiency parse(const YamlFields& section);
+  // The section as calibrate writes it, `measured:` included; empty when
+  // nothing was measured.
+  std::string to_yaml() const;
+};
+
+}  // namespace shardlm
