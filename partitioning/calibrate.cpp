@@ -193,39 +193,56 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
   return best_h;
 }
 
-std::array<double, 3> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
-  std::array<bool, 3> use = {true, true, with_collectives};
+std::array<double, 4> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
+  constexpr int kTerms = 4;
+  auto features = [](const OverheadSample& p) {
+    return std::array<double, kTerms>{1.0, p.rows, p.collectives - p.inter_node_collectives,
+                                      p.inter_node_collectives};
+  };
+  std::array<bool, kTerms> use = {true, true, with_collectives, with_collectives};
+  // A term no sample exercises has no data: leave it out.
+  for (int i = 0; i < kTerms; ++i) {
+    bool any = false;
+    for (const auto& p : s) any |= features(p)[size_t(i)] != 0;
+    use[size_t(i)] = use[size_t(i)] && any;
+  }
   for (;;) {
-    double m[3][4] = {};
+    double m[kTerms][kTerms + 1] = {};
     for (const auto& p : s) {
-      const double x[3] = {1.0, p.rows, p.collectives};
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) m[i][j] += use[i] && use[j] ? x[i] * x[j] : 0.0;
-      for (int i = 0; i < 3; ++i) m[i][3] += use[i] ? x[i] * p.per_layer_pass_s : 0.0;
+      const auto x = features(p);
+      for (int i = 0; i < kTerms; ++i) {
+        if (!use[size_t(i)]) continue;
+        for (int j = 0; j < kTerms; ++j)
+          if (use[size_t(j)]) m[i][j] += x[size_t(i)] * x[size_t(j)];
+        m[i][kTerms] += x[size_t(i)] * p.per_layer_pass_s;
+      }
     }
-    for (int i = 0; i < 3; ++i)
-      if (!use[i]) m[i][i] = 1;    // the unused term: 1 * coef = 0
-    for (int i = 0; i < 3; ++i) {  // Gauss-Jordan, pivot on the diagonal
+    for (int i = 0; i < kTerms; ++i)
+      if (!use[size_t(i)]) m[i][i] = 1;  // the unused term: 1 * coef = 0
+    for (int i = 0; i < kTerms; ++i) {   // Gauss-Jordan with partial pivoting
       int pivot = i;
-      for (int r = i + 1; r < 3; ++r)
+      for (int r = i + 1; r < kTerms; ++r)
         if (std::abs(m[r][i]) > std::abs(m[pivot][i])) pivot = r;
       std::swap(m[i], m[pivot]);
       if (std::abs(m[i][i]) < 1e-300) continue;
-      for (int r = 0; r < 3; ++r) {
+      for (int r = 0; r < kTerms; ++r) {
         if (r == i) continue;
         const double f = m[r][i] / m[i][i];
-        for (int c = i; c < 4; ++c) m[r][c] -= f * m[i][c];
+        for (int c = i; c <= kTerms; ++c) m[r][c] -= f * m[i][c];
       }
     }
-    std::array<double, 3> coef{};
+    std::array<double, kTerms> coef{};
     int negative = -1;
-    for (int i = 0; i < 3; ++i) {
-      coef[size_t(i)] = use[i] && std::abs(m[i][i]) > 1e-300 ? m[i][3] / m[i][i] : 0.0;
+    for (int i = 0; i < kTerms; ++i) {
+      coef[size_t(i)] = std::abs(m[i][i]) > 1e-300 ? m[i][kTerms] / m[i][i] : 0.0;
+      if (!use[size_t(i)]) coef[size_t(i)] = 0;
       if (coef[size_t(i)] < 0 && negative < 0) negative = i;
     }
     if (negative < 0) return coef;
     use[size_t(negative)] = false;
-    if (!use[0] && !use[1] && !use[2]) return {0, 0, 0};  // nothing the model does not price
+    bool left = false;
+    for (bool u : use) left |= u;
+    if (!left) return {};  // nothing the model does not price
   }
 }
 

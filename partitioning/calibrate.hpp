@@ -78,15 +78,18 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak);
 // One forward-pass measurement of the engine beside the cost model's price of it.
 struct OverheadSample {
   std::string what;
-  double rows = 0, collectives = 0;  // per chip, per layer
+  double rows = 0, collectives = 0;   // per chip, per layer
+  double inter_node_collectives = 0;  // of those, the ones whose groups cross nodes
   double measured_s = 0, predicted_s = 0;
   double per_layer_pass_s = 0;  // (measured - predicted) / (layers x forward passes)
 };
-// Least squares of per_layer_pass_s = layer + token * rows (+ collective *
-// collectives when `with_collectives`), each term kept non-negative by
-// dropping one that comes out negative and fitting again: {layer, token,
-// collective} seconds.
-std::array<double, 3> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
+// Least squares of per_layer_pass_s = layer + token * rows + collective *
+// (collectives inside a node) + inter * (collectives across nodes), the
+// collective terms only when `with_collectives`, each term kept
+// non-negative by dropping one that comes out negative and fitting again:
+// {layer, token, collective, inter-node collective} seconds. A term no
+// sample varies (no collective crosses nodes on one node) comes out 0.
+std::array<double, 4> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
 
 // Runs every measurement (collectives only when there are several ranks;
 // inside and across nodes separately when there are several nodes).

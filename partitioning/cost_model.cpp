@@ -171,7 +171,10 @@ struct Pricer {
           const bool first_of_group =
               s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
           const double latency = first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
-          const double waiting = first_of_group ? hw.measured.collective_overhead_s : 0.0;
+          const double waiting = !first_of_group ? 0.0
+                                 : hw.group_spans_nodes(mesh, s.axes)
+                                     ? hw.measured.inter_node_collective_overhead_s
+                                     : hw.measured.collective_overhead_s;
           const double bw = hw.collective_bandwidth(mesh, s.axes);
           c.seconds = latency + c.bytes / bw;
           out.comm_bytes += c.bytes;

@@ -71,13 +71,14 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
   m.layer_overhead_s = read_seconds(f, "layer_overhead_s");
   m.token_overhead_s = read_seconds(f, "token_overhead_s");
   m.collective_overhead_s = read_seconds(f, "collective_overhead_s");
+  m.inter_node_collective_overhead_s = read_seconds(f, "inter_node_collective_overhead_s");
   f.reject_unknown();
   return m;
 }
 
 std::string MeasuredEfficiency::to_yaml() const {
   if (!has_matmul() && !has_memory() && layer_overhead_s == 0 && token_overhead_s == 0 &&
-      collective_overhead_s == 0)
+      collective_overhead_s == 0 && inter_node_collective_overhead_s == 0)
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
     std::string s = "[";
@@ -91,6 +92,9 @@ std::string MeasuredEfficiency::to_yaml() const {
   out += fmt::format(
       "  layer_overhead_s: {:.4g}\n  token_overhead_s: {:.4g}\n  collective_overhead_s: {:.4g}\n",
       layer_overhead_s, token_overhead_s, collective_overhead_s);
+  if (inter_node_collective_overhead_s > 0)
+    out += fmt::format("  inter_node_collective_overhead_s: {:.4g}\n",
+                       inter_node_collective_overhead_s);
   return out;
 }
 

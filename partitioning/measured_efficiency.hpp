@@ -27,8 +27,9 @@ struct MeasuredEfficiency {
   double token_overhead_s = 0;  // per layer, per token (matmul row) on the chip
   // Per collective, beyond its latency and bandwidth: the wait for the
   // slowest member, which back-to-back collectives (how their latency is
-  // measured) do not show.
-  double collective_overhead_s = 0;
+  // measured) do not show; for a group inside one node and for one that
+  // crosses nodes (TCP, and ranks that may outnumber a node's cores).
+  double collective_overhead_s = 0, inter_node_collective_overhead_s = 0;
 
   bool has_matmul() const { return !matmul_flops_by_rows.empty(); }
   bool has_memory() const { return !memory_Bps_by_bytes.empty(); }

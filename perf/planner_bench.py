@@ -46,12 +46,12 @@ def mesh_for(ranks):
     return f"{ranks},1,1"
 
 
-def configurations(ranks_list, shapes):
+def configurations(ranks_list, shapes, ffn_layouts):
     """(ranks, ffn, attn, batch, prompt) in run order; one rank runs one layout."""
     out = []
     for batch, prompt in shapes:
         for ranks in ranks_list:
-            layouts = [("2d", "heads")] if ranks == 1 else [(f, a) for f in FFN for a in ATTN]
+            layouts = [("2d", "heads")] if ranks == 1 else [(f, a) for f in ffn_layouts for a in ATTN]
             out += [(ranks, f, a, batch, prompt) for f, a in layouts]
     return out
 
@@ -84,7 +84,7 @@ def measure_one(args, config):
 
 
 def measure(args):
-    configs = configurations(args.ranks, args.shapes)
+    configs = configurations(args.ranks, args.shapes, args.ffn_layouts)
     with open(args.jsonl, "a") as f:
         for rep in range(args.reps):
             for c in configs:
@@ -176,6 +176,9 @@ def main():
     ap.add_argument("--shapes", type=lambda s: [shape(x) for x in s.split(",")],
                     default=[(1, 16), (1, 512), (4, 128), (16, 16), (16, 512)],
                     help="BATCHxPROMPT,... (default 1x16,1x512,4x128,16x16,16x512)")
+    ap.add_argument("--ffn-layouts", type=lambda s: s.split(","), default=FFN,
+                    help="feedforward layouts of the multi-rank runs (default all; on an N,1,1 mesh "
+                         "wg-xy and wg-xyz run the same steps as wg-x)")
     ap.add_argument("--gen-len", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--weights", default="bf16", help="the checkpoint's weight dtype, for report")

@@ -145,6 +145,20 @@ TEST_CASE("the overheads are recovered from the engine's unexplained time", "[me
   CHECK(coef[0] == Approx(layer).epsilon(1e-6));
   CHECK(coef[1] == Approx(token).epsilon(1e-6));
   CHECK(coef[2] == Approx(collective).epsilon(1e-6));
+  CHECK(coef[3] == 0);  // no collective crossed nodes
+  // Across nodes: those that cross cost more, and the fit tells them apart.
+  const double inter = 9e-5;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    OverheadSample& s = samples[i];
+    s.inter_node_collectives = double(i % 3);
+    s.per_layer_pass_s = layer + token * s.rows +
+                         collective * (s.collectives - s.inter_node_collectives) +
+                         inter * s.inter_node_collectives;
+  }
+  coef = fit_overheads(samples, true);
+  CHECK(coef[2] == Approx(collective).epsilon(1e-6));
+  CHECK(coef[3] == Approx(inter).epsilon(1e-6));
+  for (auto& s : samples) s.inter_node_collectives = 0;
   // Without collectives (one rank) the collective term stays out.
   for (auto& s : samples) s.per_layer_pass_s = layer + token * s.rows;
   coef = fit_overheads(samples, false);
