@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -65,6 +66,8 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
   if (world.size() > 1) runs.push_back({Mesh{1, world.size(), 1, 1}, FfnLayout::k2D});
   if (world.nodes() > 1 && world.size() > world.nodes())
     runs.push_back({Mesh{1, world.size() / world.nodes(), world.nodes(), 1}, FfnLayout::k2D});
+  // Weights gathered every pass: the buffers the gathers fill.
+  if (world.size() > 1) runs.push_back({Mesh{1, world.size(), 1, 1}, FfnLayout::kWgX});
   const int reps = quick ? 3 : 6;
   std::vector<OverheadSample> samples;
   for (const auto& [mesh, ffn] : runs) {
@@ -103,6 +106,8 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
           s.collectives += 1;
           s.inter_node_collectives += spec.group_spans_nodes(mesh, coll.axes);
         }
+        for (const CollectiveCost& coll : cost.layer.collectives)
+          if (coll.weight) s.gathered_weight_bytes += coll.bytes;
         // The median run: what a typical run loses beyond the priced work on
         // a machine shared with other work (the rates above are best-of: what
         // the hardware can do; the loss to others' work lands here).
@@ -110,8 +115,10 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
         std::nth_element(times.begin(), times.begin() + long(times.size() / 2), times.end());
         s.measured_s = times[times.size() / 2];
         s.predicted_s = cost.latency_s;
-        s.per_layer_pass_s =
-            (s.measured_s - s.predicted_s) / double(config.num_layers * cost.forward_passes);
+        const double layer_passes = double(config.num_layers * cost.forward_passes);
+        s.per_layer_pass_s = (s.measured_s - s.predicted_s) / layer_passes;
+        // Relative errors count: a decode step weighs as much as a long prefill.
+        s.weight = std::pow(layer_passes / s.measured_s, 2);
         samples.push_back(s);
       }
     }
@@ -119,12 +126,13 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
   std::error_code ignored;
   fs::remove_all(dir, ignored);
   // Every rank measured its own times; rank 0's go into the file.
-  const std::array<double, 4> coef = fit_overheads(samples, world.size() > 1);
+  const std::array<double, 5> coef = fit_overheads(samples, world.size() > 1);
   MeasuredEfficiency& m = c.spec.measured;
   m.layer_overhead_s = coef[0];
   m.token_overhead_s = coef[1];
   m.collective_overhead_s = coef[2];
   m.inter_node_collective_overhead_s = coef[3];
+  m.weight_gather_s_per_byte = coef[4];
   for (const auto& s : samples)
     c.overhead_notes.push_back(fmt::format(
         "{}: {:.0f} rows, {:.0f} collectives per layer ({:.0f} across nodes): measured {:.4g} s, "

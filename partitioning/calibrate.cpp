@@ -59,6 +59,21 @@ double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeat
   return 2.0 * double(rows) * double(inner) * double(cols) / best;
 }
 
+double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats) {
+  std::vector<float> q(size_t(heads * head_dim), 0.1f), k(size_t(keys * head_dim), 0.2f),
+      v(size_t(keys * head_dim), 0.3f), out(size_t(heads * head_dim)),
+      scratch(size_t(heads * keys));
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  double best = INFINITY;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
+    auto t0 = Clock::now();
+    cpu::attention_decode_group(q.data(), heads, keys, k.data(), v.data(), head_dim, scale,
+                                out.data(), scratch.data());
+    if (r > 0) best = std::min(best, since(t0));
+  }
+  return 4.0 * double(heads * keys * head_dim) / best;
+}
+
 double measure_memory_read(size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
   std::vector<float> data(n);
@@ -193,13 +208,13 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
   return best_h;
 }
 
-std::array<double, 4> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
-  constexpr int kTerms = 4;
+std::array<double, 5> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
+  constexpr int kTerms = 5;
   auto features = [](const OverheadSample& p) {
     return std::array<double, kTerms>{1.0, p.rows, p.collectives - p.inter_node_collectives,
-                                      p.inter_node_collectives};
+                                      p.inter_node_collectives, p.gathered_weight_bytes};
   };
-  std::array<bool, kTerms> use = {true, true, with_collectives, with_collectives};
+  std::array<bool, kTerms> use = {true, true, with_collectives, with_collectives, with_collectives};
   // A term no sample exercises has no data: leave it out.
   for (int i = 0; i < kTerms; ++i) {
     bool any = false;
@@ -213,8 +228,8 @@ std::array<double, 4> fit_overheads(const std::vector<OverheadSample>& s, bool w
       for (int i = 0; i < kTerms; ++i) {
         if (!use[size_t(i)]) continue;
         for (int j = 0; j < kTerms; ++j)
-          if (use[size_t(j)]) m[i][j] += x[size_t(i)] * x[size_t(j)];
-        m[i][kTerms] += x[size_t(i)] * p.per_layer_pass_s;
+          if (use[size_t(j)]) m[i][j] += p.weight * x[size_t(i)] * x[size_t(j)];
+        m[i][kTerms] += p.weight * x[size_t(i)] * p.per_layer_pass_s;
       }
     }
     for (int i = 0; i < kTerms; ++i)
@@ -264,20 +279,48 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   double peak = 0;
   for (const auto& m : c.matmul) peak = std::max(peak, m.flops_per_s);
   // The rows decode (1 to a batch) and prefill (batch x prompt) multiply
-  // with, on a layer-sized BF16 weight (4 MiB). Best of many runs: what the
-  // machine does when other work leaves it alone.
+  // with, on a layer-sized BF16 weight (4 MiB), best of many runs (what the
+  // machine does when other work leaves it alone), and the read bandwidth by
+  // working set (caches serve the smaller ones), every rank in step with the
+  // others. Then the same with one rank per node working while the others
+  // sleep: a job smaller than a node runs so.
+  auto rates = [&](std::vector<MatmulSample>& matmul,
+                   std::vector<std::pair<double, double>>& memory, double& attention,
+                   Communicator* in_step) {
+    // Decode attention: 3 query heads per KV head, 64 dims, a 512-token
+    // context (in cache: the cost model adds the KV cache's memory time).
+    if (in_step) in_step->barrier();
+    attention = measure_attention_decode(3, 512, 64, quick ? 50 : 300);
+    for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
+      const int repeats =
+          std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
+      if (in_step) in_step->barrier();
+      matmul.push_back(
+          {rows, 1024, 2048, measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200))});
+    }
+    for (size_t mib : {8, 32, 64, 128, 256, 512}) {
+      if (quick && mib > 128) break;
+      double best = 0;
+      for (int r = 0; r < 3; ++r) {
+        if (in_step) in_step->barrier();
+        best = std::max(best, measure_memory_read(mib << 20, 1));
+      }
+      memory.emplace_back(double(mib << 20), best);
+    }
+  };
   comm.barrier();
-  for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
-    const int repeats = std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
-    c.matmul_bf16.push_back(
-        {rows, 1024, 2048, measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200))});
-  }
-  // Read bandwidth by working set: caches serve the smaller ones.
+  rates(c.matmul_bf16, c.memory_by_bytes, c.attention_decode_flops, &comm);
   comm.barrier();
-  for (size_t mib : {8, 32, 64, 128, 256, 512}) {
-    if (quick && mib > 128) break;
-    comm.barrier();
-    c.memory_by_bytes.emplace_back(double(mib << 20), measure_memory_read(mib << 20, 5));
+  Communicator* node = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
+  if (node) {
+    // The node's first rank measures; the others wait in a sleeping receive.
+    char done = 1;
+    if (node->rank() == 0) {
+      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_decode_flops_alone, nullptr);
+      for (int m = 1; m < node->size(); ++m) node->send(&done, 1, m);
+    } else {
+      node->recv(&done, 1, 0);
+    }
   }
   comm.barrier();
   c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
@@ -329,6 +372,11 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   for (const auto& m : c.matmul_bf16)
     h.measured.matmul_flops_by_rows.emplace_back(double(m.rows), m.flops_per_s);
   h.measured.memory_Bps_by_bytes = c.memory_by_bytes;
+  for (const auto& m : c.matmul_bf16_alone)
+    h.measured.matmul_flops_by_rows_alone.emplace_back(double(m.rows), m.flops_per_s);
+  h.measured.memory_Bps_by_bytes_alone = c.memory_by_bytes_alone;
+  h.measured.attention_decode_flops = c.attention_decode_flops;
+  h.measured.attention_decode_flops_alone = c.attention_decode_flops_alone;
   return c;
 }
 

@@ -31,8 +31,9 @@ struct Calibration {
   double memory_read_Bps = 0, memory_bytes = 0;
   // BF16-weight matmuls at the row counts of decode and prefill, and the
   // read bandwidth by working set (spec.measured).
-  std::vector<MatmulSample> matmul_bf16;
-  std::vector<std::pair<double, double>> memory_by_bytes;
+  std::vector<MatmulSample> matmul_bf16, matmul_bf16_alone;
+  std::vector<std::pair<double, double>> memory_by_bytes, memory_by_bytes_alone;
+  double attention_decode_flops = 0, attention_decode_flops_alone = 0;
   // How the overheads of spec.measured were found (one line per run), for the comments.
   std::vector<std::string> overhead_notes;
   // Inside a node (all ranks when there is one node): collectives and sends.
@@ -61,6 +62,9 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
 // backend does), best of `repeats` runs: the rate the cost model's
 // measured matmul_flops_by_rows holds.
 double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// Best-of-`repeats` FLOP/s (4 x heads x keys x head_dim) of the CPU
+// backend's decode attention for `heads` query heads sharing one KV head.
+double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
@@ -80,16 +84,19 @@ struct OverheadSample {
   std::string what;
   double rows = 0, collectives = 0;   // per chip, per layer
   double inter_node_collectives = 0;  // of those, the ones whose groups cross nodes
+  double gathered_weight_bytes = 0;   // per chip, per layer (weight-gathered layouts)
   double measured_s = 0, predicted_s = 0;
   double per_layer_pass_s = 0;  // (measured - predicted) / (layers x forward passes)
+  double weight = 1;            // of this sample in the fit
 };
-// Least squares of per_layer_pass_s = layer + token * rows + collective *
-// (collectives inside a node) + inter * (collectives across nodes), the
-// collective terms only when `with_collectives`, each term kept
-// non-negative by dropping one that comes out negative and fitting again:
-// {layer, token, collective, inter-node collective} seconds. A term no
-// sample varies (no collective crosses nodes on one node) comes out 0.
-std::array<double, 4> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
+// Weighted least squares (OverheadSample::weight) of per_layer_pass_s = layer + token * rows +
+// collective * (collectives inside a node) + inter * (collectives across nodes) + gather
+// * gathered weight bytes, the collective terms only when
+// `with_collectives`, each term kept non-negative by dropping one that
+// comes out negative and fitting again: {layer, token, collective,
+// inter-node collective, gather per byte}. A term no sample exercises (no
+// collective crosses nodes on one node) comes out 0.
+std::array<double, 5> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
 
 // Runs every measurement (collectives only when there are several ranks;
 // inside and across nodes separately when there are several nodes).

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "runtime/errors.hpp"
@@ -75,6 +76,9 @@ struct Pricer {
   const Mesh& mesh;
   Phase phase;
   double weight_bytes, act_bytes, peak;
+  // Whether the job has one rank per node: the measured rates of a rank
+  // working alone apply (hw.measured's `_alone` tables).
+  bool alone_on_node = false;
 
   const PartitionSpec& spec(const std::string& n) const {
     auto it = layout.activations.find(n);
@@ -92,7 +96,7 @@ struct Pricer {
   // FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it
   // when the spec says, else the efficiency curve.
   double matmul_rate(double rows) const {
-    if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows);
+    if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows, alone_on_node);
     return peak * hw.efficiency.matmul_fraction(rows);
   }
 
@@ -100,7 +104,7 @@ struct Pricer {
   // `working_set` bytes: as measured for that working set when the spec
   // says (caches), else the memory bandwidth times its efficiency.
   double memory_rate(double working_set) const {
-    if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set);
+    if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set, alone_on_node);
     return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
   }
 
@@ -139,7 +143,10 @@ struct Pricer {
                                (phase == Phase::kPrefill ? 0.5 : 1.0);
           out.flops += flops;
           out.compute_s += flops / peak;
-          out.compute_eff_s += flops / matmul_rate(b * l);
+          const double decode_rate = hw.measured.attention_decode_rate(alone_on_node);
+          out.compute_eff_s +=
+              flops /
+              (phase == Phase::kDecode && decode_rate > 0 ? decode_rate : matmul_rate(b * l));
           // K and V: decode reads the cache; prefill writes this step's part of it.
           DimSizes cache = dims;
           if (phase == Phase::kPrefill) cache['C'] = dims.at('L');
@@ -152,7 +159,8 @@ struct Pricer {
           break;
         case OpKind::kCollective: {
           if (mesh.axes_size(s.axes) == 1) break;  // a group of one: nothing moves
-          CollectiveCost c{stage, s.inputs[0], s.collective, s.axes, s.fusion_group, 0, 0};
+          CollectiveCost c{stage, s.inputs[0], s.collective,        s.axes, s.fusion_group,
+                           0,     0,           s.weight.has_value()};
           double elems, elem_bytes = act_bytes;
           if (s.weight) {
             const WeightLayout& w = layout.weight(*s.weight);
@@ -179,7 +187,10 @@ struct Pricer {
           c.seconds = latency + c.bytes / bw;
           out.comm_bytes += c.bytes;
           out.comm_s += c.seconds;
-          out.comm_eff_s += latency + waiting + c.bytes / (bw * eff.collective_bandwidth_fraction);
+          // Gathered weights also fill and copy buffers (measured per byte).
+          const double filling = s.weight ? c.bytes * hw.measured.weight_gather_s_per_byte : 0.0;
+          out.comm_eff_s +=
+              latency + waiting + filling + c.bytes / (bw * eff.collective_bandwidth_fraction);
           out.collectives.push_back(std::move(c));
           break;
         }
@@ -227,6 +238,14 @@ double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& 
 
 namespace {
 
+// The most ranks of the job on one node.
+int ranks_per_node(const HardwareSpec& hw, const Mesh& mesh) {
+  std::map<int, int> on;
+  int most = 0;
+  for (int r = 0; r < mesh.size(); ++r) most = std::max(most, ++on[hw.node_of(r, mesh.size())]);
+  return most;
+}
+
 PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                         Phase phase, const PhaseConfig& config, int64_t micro_batches) {
   PhaseCost pc;
@@ -248,6 +267,7 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
                 phase,     dtype_bytes(config.weights),
                 act_bytes, hw.peak(hw.activation_dtype)};
 
+  pricer.alone_on_node = ranks_per_node(hw, mesh) == 1;
   DimSizes dims = phase_dims(model, w, phase, micro_batch);
   if (pc.micro_batches > w.batch)  // prefill in chunks of every prompt
     dims['L'] = (w.prompt_len * w.batch + pc.micro_batches - 1) / pc.micro_batches;

@@ -51,8 +51,9 @@ struct CollectiveCost {
   CollectiveKind kind;
   std::string axes;
   int fusion_group = -1;
-  double bytes = 0;    // per chip
-  double seconds = 0;  // at the spec bandwidth, latency included
+  double bytes = 0;     // per chip
+  double seconds = 0;   // at the spec bandwidth, latency included
+  bool weight = false;  // a weight all-gather (weight-gathered layouts)
 };
 
 // One forward pass through one layer (or through the prologue + epilogue), per chip.

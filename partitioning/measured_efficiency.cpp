@@ -56,29 +56,44 @@ double read_seconds(const YamlFields& f, const std::string& key) {
 
 }  // namespace
 
-double MeasuredEfficiency::matmul_flops(double rows) const {
-  return interpolate_log(matmul_flops_by_rows, rows);
+double MeasuredEfficiency::matmul_flops(double rows, bool alone) const {
+  const bool use_alone = alone && !matmul_flops_by_rows_alone.empty();
+  return interpolate_log(use_alone ? matmul_flops_by_rows_alone : matmul_flops_by_rows, rows);
 }
 
-double MeasuredEfficiency::memory_Bps(double working_set_bytes) const {
-  return interpolate_log(memory_Bps_by_bytes, working_set_bytes);
+double MeasuredEfficiency::memory_Bps(double working_set_bytes, bool alone) const {
+  const bool use_alone = alone && !memory_Bps_by_bytes_alone.empty();
+  return interpolate_log(use_alone ? memory_Bps_by_bytes_alone : memory_Bps_by_bytes,
+                         working_set_bytes);
 }
 
 MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
   MeasuredEfficiency m;
   m.matmul_flops_by_rows = read_table(f, "matmul_flops_by_rows");
   m.memory_Bps_by_bytes = read_table(f, "memory_Bps_by_bytes");
+  m.matmul_flops_by_rows_alone = read_table(f, "matmul_flops_by_rows_alone");
+  m.memory_Bps_by_bytes_alone = read_table(f, "memory_Bps_by_bytes_alone");
+  if ((!m.matmul_flops_by_rows_alone.empty() && m.matmul_flops_by_rows.empty()) ||
+      (!m.memory_Bps_by_bytes_alone.empty() && m.memory_Bps_by_bytes.empty()))
+    throw DataError(fmt::format("{}: an _alone table needs the table of all ranks beside it",
+                                f.where("matmul_flops_by_rows")));
   m.layer_overhead_s = read_seconds(f, "layer_overhead_s");
   m.token_overhead_s = read_seconds(f, "token_overhead_s");
   m.collective_overhead_s = read_seconds(f, "collective_overhead_s");
   m.inter_node_collective_overhead_s = read_seconds(f, "inter_node_collective_overhead_s");
+  m.weight_gather_s_per_byte = read_seconds(f, "weight_gather_s_per_byte");
+  for (auto [key, value] :
+       {std::pair{"attention_decode_flops", &m.attention_decode_flops},
+        std::pair{"attention_decode_flops_alone", &m.attention_decode_flops_alone}})
+    if (f.has(key)) *value = f.positive(key);
   f.reject_unknown();
   return m;
 }
 
 std::string MeasuredEfficiency::to_yaml() const {
   if (!has_matmul() && !has_memory() && layer_overhead_s == 0 && token_overhead_s == 0 &&
-      collective_overhead_s == 0 && inter_node_collective_overhead_s == 0)
+      collective_overhead_s == 0 && inter_node_collective_overhead_s == 0 &&
+      weight_gather_s_per_byte == 0 && attention_decode_flops == 0)
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
     std::string s = "[";
@@ -89,9 +104,19 @@ std::string MeasuredEfficiency::to_yaml() const {
   std::string out = "measured:\n";
   if (has_matmul()) out += fmt::format("  matmul_flops_by_rows: {}\n", table(matmul_flops_by_rows));
   if (has_memory()) out += fmt::format("  memory_Bps_by_bytes: {}\n", table(memory_Bps_by_bytes));
+  if (!matmul_flops_by_rows_alone.empty())
+    out += fmt::format("  matmul_flops_by_rows_alone: {}\n", table(matmul_flops_by_rows_alone));
+  if (!memory_Bps_by_bytes_alone.empty())
+    out += fmt::format("  memory_Bps_by_bytes_alone: {}\n", table(memory_Bps_by_bytes_alone));
   out += fmt::format(
       "  layer_overhead_s: {:.4g}\n  token_overhead_s: {:.4g}\n  collective_overhead_s: {:.4g}\n",
       layer_overhead_s, token_overhead_s, collective_overhead_s);
+  if (attention_decode_flops > 0)
+    out += fmt::format("  attention_decode_flops: {:.4g}\n", attention_decode_flops);
+  if (attention_decode_flops_alone > 0)
+    out += fmt::format("  attention_decode_flops_alone: {:.4g}\n", attention_decode_flops_alone);
+  if (weight_gather_s_per_byte > 0)
+    out += fmt::format("  weight_gather_s_per_byte: {:.4g}\n", weight_gather_s_per_byte);
   if (inter_node_collective_overhead_s > 0)
     out += fmt::format("  inter_node_collective_overhead_s: {:.4g}\n",
                        inter_node_collective_overhead_s);

@@ -21,8 +21,12 @@ namespace shardlm {
 class YamlFields;
 
 struct MeasuredEfficiency {
-  // (rows, FLOP/s) and (bytes, B/s), increasing in the first element.
+  // (rows, FLOP/s) and (bytes, B/s), increasing in the first element, with
+  // every rank of a node working at once (they share its cores, caches and
+  // memory) and, `_alone`, with one rank per node working (a job smaller
+  // than a node: one rank has a core's siblings and the whole cache).
   std::vector<std::pair<double, double>> matmul_flops_by_rows, memory_Bps_by_bytes;
+  std::vector<std::pair<double, double>> matmul_flops_by_rows_alone, memory_Bps_by_bytes_alone;
   double layer_overhead_s = 0;  // per layer per forward pass
   double token_overhead_s = 0;  // per layer, per token (matmul row) on the chip
   // Per collective, beyond its latency and bandwidth: the wait for the
@@ -30,13 +34,24 @@ struct MeasuredEfficiency {
   // measured) do not show; for a group inside one node and for one that
   // crosses nodes (TCP, and ranks that may outnumber a node's cores).
   double collective_overhead_s = 0, inter_node_collective_overhead_s = 0;
+  // FLOP/s of decode attention (one new token against a cached context,
+  // the query heads that share a KV head at once), every rank at once and
+  // one rank per node alone; 0: priced as a matmul of batch rows.
+  double attention_decode_flops = 0, attention_decode_flops_alone = 0;
+  double attention_decode_rate(bool alone) const {
+    return alone && attention_decode_flops_alone > 0 ? attention_decode_flops_alone
+                                                     : attention_decode_flops;
+  }
+  // Per byte of weights all-gathered (weight-gathered layouts), beyond the
+  // collective's bandwidth: the buffers a gather fills and copies.
+  double weight_gather_s_per_byte = 0;
 
   bool has_matmul() const { return !matmul_flops_by_rows.empty(); }
   bool has_memory() const { return !memory_Bps_by_bytes.empty(); }
   // Interpolated linearly in log(rows) and log(bytes), constant beyond the
   // measured range.
-  double matmul_flops(double rows) const;
-  double memory_Bps(double working_set_bytes) const;
+  double matmul_flops(double rows, bool alone = false) const;
+  double memory_Bps(double working_set_bytes, bool alone = false) const;
   double overhead_s(double rows) const { return layer_overhead_s + token_overhead_s * rows; }
 
   // Reads the `measured` section (throws DataError naming the key).

@@ -125,7 +125,9 @@ def report(args):
         f"Measured: {len(rows)} runs, median of the repeats of each configuration (interleaved; one "
         "warm-up run of the same request before each timed one); one thread per rank. Predicted: "
         "`shardlm plan` on the spec with the mesh, layouts and workload pinned (what `generate` "
-        "prints). Error = predicted / measured - 1.",
+        "prints). Error = predicted / measured - 1. Load average (1 min) during the runs: median "
+        f"{statistics.median(r['load'] for r in rows):.1f}, range {min(r['load'] for r in rows):.1f}"
+        f"-{max(r['load'] for r in rows):.1f} on {os.cpu_count()} cores.",
         "",
         "| ranks | mesh | ffn | attn | batch | prompt | prefill meas. ms | pred. ms | error | "
         "decode meas. ms | pred. ms | error | runs |",

@@ -61,6 +61,11 @@ TEST_CASE("measured tables interpolate in log rows and log bytes, flat beyond", 
   CHECK(m.matmul_flops(1e6) == 1.5e11);
   CHECK(m.memory_Bps(std::sqrt(1e15)) == Approx(2.5e10));
   CHECK(m.memory_Bps(1e12) == 1e10);
+  // A rank alone on its node has its own table; without one, the shared one serves.
+  CHECK(m.matmul_flops(4, true) == Approx(3e10));
+  m.matmul_flops_by_rows_alone = {{1, 2e10}, {256, 2e11}};
+  CHECK(m.matmul_flops(16, true) == Approx(1.1e11));
+  CHECK(m.matmul_flops(16, false) == Approx(5e10));
   m.layer_overhead_s = 1e-4;
   m.token_overhead_s = 1e-6;
   CHECK(m.overhead_s(16) == Approx(1.16e-4));
@@ -100,6 +105,7 @@ TEST_CASE("the cost model prices matmuls, memory and overheads by the measured t
   const HardwareSpec h = load_spec("pricing",
                                    "measured:\n"
                                    "  matmul_flops_by_rows: [[1, 4.0e10], [4096, 4.0e10]]\n"
+                                   "  matmul_flops_by_rows_alone: [[1, 8.0e10], [4096, 8.0e10]]\n"
                                    "  memory_Bps_by_bytes: [[1.0e6, 4.0e10], [1.0e10, 5.0e9]]\n"
                                    "  layer_overhead_s: 2.0e-5\n"
                                    "  token_overhead_s: 1.0e-7\n"
@@ -111,7 +117,8 @@ TEST_CASE("the cost model prices matmuls, memory and overheads by the measured t
       const PhaseCost c =
           estimate_phase(model, h, w, phase, {FfnLayout::k1D, AttnLayout::kHeads, "bf16", mesh, 0});
       INFO("chips " << chips << ", " << name(phase));
-      CHECK(c.layer.compute_eff_s == Approx(c.layer.flops / 4e10));
+      // One chip is alone on its node (2 chips per node): its own rate.
+      CHECK(c.layer.compute_eff_s == Approx(c.layer.flops / (chips == 1 ? 8e10 : 4e10)));
       const double rows = phase == Phase::kPrefill ? 4.0 * 32 : 4.0;
       CHECK(c.layer.rows == rows);
       CHECK(c.layer.overhead_s == Approx(2e-5 + 1e-7 * rows));
