@@ -106,8 +106,10 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
           s.collectives += 1;
           s.inter_node_collectives += spec.group_spans_nodes(mesh, coll.axes);
         }
-        for (const CollectiveCost& coll : cost.layer.collectives)
+        for (const CollectiveCost& coll : cost.layer.collectives) {
           if (coll.weight) s.gathered_weight_bytes += coll.bytes;
+          if (spec.group_spans_nodes(mesh, coll.axes)) s.inter_node_bytes += coll.bytes;
+        }
         // The median run: what a typical run loses beyond the priced work on
         // a machine shared with other work (the rates above are best-of: what
         // the hardware can do; the loss to others' work lands here).
@@ -126,13 +128,14 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
   std::error_code ignored;
   fs::remove_all(dir, ignored);
   // Every rank measured its own times; rank 0's go into the file.
-  const std::array<double, 5> coef = fit_overheads(samples, world.size() > 1);
+  const std::array<double, 6> coef = fit_overheads(samples, world.size() > 1);
   MeasuredEfficiency& m = c.spec.measured;
   m.layer_overhead_s = coef[0];
   m.token_overhead_s = coef[1];
   m.collective_overhead_s = coef[2];
   m.inter_node_collective_overhead_s = coef[3];
   m.weight_gather_s_per_byte = coef[4];
+  m.inter_node_s_per_byte = coef[5];
   for (const auto& s : samples)
     c.overhead_notes.push_back(fmt::format(
         "{}: {:.0f} rows, {:.0f} collectives per layer ({:.0f} across nodes): measured {:.4g} s, "

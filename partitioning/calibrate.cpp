@@ -208,13 +208,18 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
   return best_h;
 }
 
-std::array<double, 5> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
-  constexpr int kTerms = 5;
+std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
+  constexpr int kTerms = 6;
   auto features = [](const OverheadSample& p) {
-    return std::array<double, kTerms>{1.0, p.rows, p.collectives - p.inter_node_collectives,
-                                      p.inter_node_collectives, p.gathered_weight_bytes};
+    return std::array<double, kTerms>{1.0,
+                                      p.rows,
+                                      p.collectives - p.inter_node_collectives,
+                                      p.inter_node_collectives,
+                                      p.gathered_weight_bytes,
+                                      p.inter_node_bytes};
   };
-  std::array<bool, kTerms> use = {true, true, with_collectives, with_collectives, with_collectives};
+  std::array<bool, kTerms> use = {
+      true, true, with_collectives, with_collectives, with_collectives, with_collectives};
   // A term no sample exercises has no data: leave it out.
   for (int i = 0; i < kTerms; ++i) {
     bool any = false;

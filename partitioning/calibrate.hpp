@@ -85,18 +85,20 @@ struct OverheadSample {
   double rows = 0, collectives = 0;   // per chip, per layer
   double inter_node_collectives = 0;  // of those, the ones whose groups cross nodes
   double gathered_weight_bytes = 0;   // per chip, per layer (weight-gathered layouts)
+  double inter_node_bytes = 0;        // per chip, per layer, moved by collectives across nodes
   double measured_s = 0, predicted_s = 0;
   double per_layer_pass_s = 0;  // (measured - predicted) / (layers x forward passes)
   double weight = 1;            // of this sample in the fit
 };
-// Weighted least squares (OverheadSample::weight) of per_layer_pass_s = layer + token * rows +
-// collective * (collectives inside a node) + inter * (collectives across nodes) + gather
-// * gathered weight bytes, the collective terms only when
-// `with_collectives`, each term kept non-negative by dropping one that
-// comes out negative and fitting again: {layer, token, collective,
-// inter-node collective, gather per byte}. A term no sample exercises (no
-// collective crosses nodes on one node) comes out 0.
-std::array<double, 5> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
+// Weighted least squares (OverheadSample::weight) of per_layer_pass_s =
+// layer + token * rows + collective * (collectives inside a node) + inter *
+// (collectives across nodes) + gather * (gathered weight bytes) + across *
+// (bytes moved across nodes), the terms past the first two only when
+// `with_collectives`, each kept non-negative by dropping one that comes out
+// negative and fitting again: {layer, token, collective, inter-node
+// collective, gather per byte, across-node per byte}. A term no sample
+// exercises (nothing crosses nodes on one node) comes out 0.
+std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
 
 // Runs every measurement (collectives only when there are several ranks;
 // inside and across nodes separately when there are several nodes).

@@ -179,16 +179,18 @@ struct Pricer {
           const bool first_of_group =
               s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
           const double latency = first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
+          const bool spans_nodes = hw.group_spans_nodes(mesh, s.axes);
           const double waiting = !first_of_group ? 0.0
-                                 : hw.group_spans_nodes(mesh, s.axes)
-                                     ? hw.measured.inter_node_collective_overhead_s
-                                     : hw.measured.collective_overhead_s;
+                                 : spans_nodes   ? hw.measured.inter_node_collective_overhead_s
+                                                 : hw.measured.collective_overhead_s;
           const double bw = hw.collective_bandwidth(mesh, s.axes);
           c.seconds = latency + c.bytes / bw;
           out.comm_bytes += c.bytes;
           out.comm_s += c.seconds;
-          // Gathered weights also fill and copy buffers (measured per byte).
-          const double filling = s.weight ? c.bytes * hw.measured.weight_gather_s_per_byte : 0.0;
+          // Gathered weights also fill and copy buffers, and bytes across nodes
+          // share a node's link (both measured per byte).
+          const double filling = (s.weight ? c.bytes * hw.measured.weight_gather_s_per_byte : 0.0) +
+                                 (spans_nodes ? c.bytes * hw.measured.inter_node_s_per_byte : 0.0);
           out.comm_eff_s +=
               latency + waiting + filling + c.bytes / (bw * eff.collective_bandwidth_fraction);
           out.collectives.push_back(std::move(c));

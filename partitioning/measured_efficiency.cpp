@@ -82,6 +82,7 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
   m.collective_overhead_s = read_seconds(f, "collective_overhead_s");
   m.inter_node_collective_overhead_s = read_seconds(f, "inter_node_collective_overhead_s");
   m.weight_gather_s_per_byte = read_seconds(f, "weight_gather_s_per_byte");
+  m.inter_node_s_per_byte = read_seconds(f, "inter_node_s_per_byte");
   for (auto [key, value] :
        {std::pair{"attention_decode_flops", &m.attention_decode_flops},
         std::pair{"attention_decode_flops_alone", &m.attention_decode_flops_alone}})
@@ -93,7 +94,7 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
 std::string MeasuredEfficiency::to_yaml() const {
   if (!has_matmul() && !has_memory() && layer_overhead_s == 0 && token_overhead_s == 0 &&
       collective_overhead_s == 0 && inter_node_collective_overhead_s == 0 &&
-      weight_gather_s_per_byte == 0 && attention_decode_flops == 0)
+      weight_gather_s_per_byte == 0 && attention_decode_flops == 0 && inter_node_s_per_byte == 0)
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
     std::string s = "[";
@@ -117,6 +118,8 @@ std::string MeasuredEfficiency::to_yaml() const {
     out += fmt::format("  attention_decode_flops_alone: {:.4g}\n", attention_decode_flops_alone);
   if (weight_gather_s_per_byte > 0)
     out += fmt::format("  weight_gather_s_per_byte: {:.4g}\n", weight_gather_s_per_byte);
+  if (inter_node_s_per_byte > 0)
+    out += fmt::format("  inter_node_s_per_byte: {:.4g}\n", inter_node_s_per_byte);
   if (inter_node_collective_overhead_s > 0)
     out += fmt::format("  inter_node_collective_overhead_s: {:.4g}\n",
                        inter_node_collective_overhead_s);

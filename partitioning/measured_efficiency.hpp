@@ -42,6 +42,10 @@ struct MeasuredEfficiency {
     return alone && attention_decode_flops_alone > 0 ? attention_decode_flops_alone
                                                      : attention_decode_flops;
   }
+  // Per byte a collective moves across nodes, beyond the inter-node
+  // bandwidth that back-to-back collectives of one rank per node measured
+  // (every rank of a node sharing its link, in both directions at once).
+  double inter_node_s_per_byte = 0;
   // Per byte of weights all-gathered (weight-gathered layouts), beyond the
   // collective's bandwidth: the buffers a gather fills and copies.
   double weight_gather_s_per_byte = 0;

@@ -7,14 +7,14 @@ faster.
 
     python3 perf/multinode_bench.py [--model models-out/small] [--nodes 2] [--ranks-per-node 2] \
         [--rate 1gbit] [--batch 4] [--prompt-len 64] [--gen-len 32] [--reps 3] \
-        [--hardware SPEC] [--out perf/results/multinode-ns.md] [--max-error 0.3]
+        [--hardware SPEC | --spec-out FILE] [--out perf/results/multinode-ns.md] [--max-error 0.3]
 
 Setups (ranks fill a node before the next, as mpirun --map-by slot does):
   tp  --mesh R,N,1: x inside a node, y across the nodes (every layer's
       collectives over y cross them);
   pp  --pp N --mesh R,1,1: one pipeline stage per node, tensor parallelism
       inside it (one activation per micro-batch crosses per stage boundary).
-Without --hardware the cluster is calibrated first (`calibrate --quick` under
+Without --hardware the cluster is calibrated first (`calibrate` under
 the cluster's mpirun). Runs are interleaved, medians of --reps; exit 1 when a
 phase is off by more than --max-error or the pick is not the faster one.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def main():
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--hardware", help="a spec calibrated on this cluster (default: calibrate now)")
+    ap.add_argument("--spec-out", help="keep the spec calibrated on the cluster here")
     ap.add_argument("--out")
     ap.add_argument("--max-error", type=float, default=0.3)
     args = ap.parse_args()
@@ -75,7 +77,7 @@ def main():
         spec = args.hardware
         if not spec:
             spec = str(root / "ns-cluster.yaml")
-            mpirun("calibrate", "--quick", "--out", spec, "--name", "ns-cluster")
+            mpirun("calibrate", "--out", spec, "--name", "ns-cluster")
         r, n = args.ranks_per_node, args.nodes
         setups = {"tp": ["--mesh", f"{r},{n},1"], "pp": ["--pp", str(n), "--mesh", f"{r},1,1"]}
         common = ["generate", "--model", args.model, "--prompt-ids", prompt_ids(args.prompt_len),
@@ -86,8 +88,11 @@ def main():
             for name, flags in setups.items():
                 out = json.loads(mpirun(*common, *flags).strip().splitlines()[-1])
                 runs[name].append(out)
+        if args.spec_out and not args.hardware:
+            shutil.copyfile(spec, args.spec_out)
     finally:
         subprocess.run(["bash", str(CLUSTER), "down", "--dir", str(cdir)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
     lines = [
         f"# Across nodes: tensor parallelism vs pipeline stages ({args.nodes} nodes x "
