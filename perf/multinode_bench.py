@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--ffn", default="1d", help="feedforward layout of both phases and setups")
+    ap.add_argument("--attn", default="heads", help="attention layout of both phases and setups")
     ap.add_argument("--hardware", help="a spec calibrated on this cluster (default: calibrate now)")
     ap.add_argument("--spec-out", help="keep the spec calibrated on the cluster here")
     ap.add_argument("--out")
@@ -82,7 +84,9 @@ def main():
         setups = {"tp": ["--mesh", f"{r},{n},1"], "pp": ["--pp", str(n), "--mesh", f"{r},1,1"]}
         common = ["generate", "--model", args.model, "--prompt-ids", prompt_ids(args.prompt_len),
                   "--batch", str(args.batch), "--max-new-tokens", str(args.gen_len), "--warmup", "1",
-                  "--hardware", spec, "--plan", "auto", "--json"]
+                  "--hardware", spec, "--json",
+                  *[flag for phase in ("prefill", "decode")
+                    for flag in (f"--ffn-layout-{phase}", args.ffn, f"--attn-layout-{phase}", args.attn)]]
         runs = {k: [] for k in setups}
         for _ in range(args.reps):
             for name, flags in setups.items():
@@ -101,7 +105,7 @@ def main():
         f"`{Path(args.model).name}`, batch {args.batch}, prompt {args.prompt_len}, {args.gen_len} new tokens; "
         f"median of {args.reps} interleaved runs (one warm-up run each); spec "
         f"{'calibrated on the cluster just before' if not args.hardware else args.hardware}. "
-        "Layouts chosen by the planner for each mesh (`--plan auto`). Error = predicted / measured - 1.",
+        f"Layouts pinned ({args.ffn}/{args.attn}). Error = predicted / measured - 1.",
         "",
         "| setup | mesh | layouts (prefill; decode) | prefill meas. ms | pred. ms | error | decode meas. ms | "
         "pred. ms | error | total meas. ms | total pred. ms |",
