@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -99,10 +98,9 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
         OverheadSample s;
         s.what = fmt::format("mesh {} {} {} batch {} prompt {}", mesh.str(), name(ffn), name(phase),
                              batch, prompt);
-        s.rows = cost.layer.rows;
-        std::set<int> fused;  // collectives run as one pay one start-up, as priced
+        s.rows = cost.layer.rows();
         for (const CollectiveCost& coll : cost.layer.collectives) {
-          if (coll.fusion_group >= 0 && !fused.insert(coll.fusion_group).second) continue;
+          if (!coll.first_of_group) continue;  // collectives run as one pay one start-up
           s.collectives += 1;
           s.inter_node_collectives += spec.group_spans_nodes(mesh, coll.axes);
         }

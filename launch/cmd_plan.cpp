@@ -3,6 +3,7 @@
 // Also `--paper-table FILE` / `--fit-paper FILE`: the fidelity table of the
 // cost model against published results, and the fit of its efficiency constants.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -26,7 +27,7 @@ struct PlanOptions {
   double latency_target_ms = 0;
   std::string ffn_prefill, ffn_decode, attn_prefill, attn_decode, mesh;
   bool json = false, show_layouts = false, hardware_given = false;
-  std::string paper_table, fit_paper;
+  std::vector<std::string> paper_table, fit_paper;
 };
 
 std::string seconds(double s) {
@@ -85,17 +86,24 @@ void print_phase(const PhasePlan& p) {
 }
 
 void run_paper(const PlanOptions& o) {
-  const std::string file = o.fit_paper.empty() ? o.paper_table : o.fit_paper;
-  PublishedSet set = PublishedSet::load(file);
+  const std::vector<std::string>& files = o.fit_paper.empty() ? o.paper_table : o.fit_paper;
+  PublishedSet set = PublishedSet::load(files);
   const std::string local_hw = set.config_root + "/hardware/" + set.hardware + ".yaml";
   HardwareSpec hw =
       HardwareSpec::load(o.hardware_given ? resolve_config(o.hardware, "hardware") : local_hw);
   if (!o.fit_paper.empty()) {
     hw = fit_efficiency(set, hw);
-    fmt::print("# fitted to {} ({} results); paste into {}:\n{}\n", file, set.results.size(),
-               hw.source_file, format_efficiency_yaml(hw.efficiency));
+    fmt::print("# fitted to {} results of {}; paste into {}:\n{}\n", set.results.size(),
+               fmt::join(set.data_sets, ", "), hw.source_file,
+               format_efficiency_yaml(hw.efficiency));
   }
-  fmt::print("{}", format_fidelity(evaluate(set, hw), hw));
+  std::vector<FidelityRow> rows = evaluate(set, hw);
+  cross_validate(set, hw, rows);
+  fmt::print("{}", format_fidelity(rows, hw));
+  fmt::print(
+      "\nThe planner left free (mesh, layouts, pipeline depth; published weight dtype) "
+      "against the fastest published configuration:\n\n{}",
+      format_free_choices(free_choices(set, hw)));
 }
 
 void run_plan(const PlanOptions& o) {
@@ -192,9 +200,9 @@ void add_plan_command(CLI::App& app) {
   cmd->add_flag("--show-layouts", o->show_layouts,
                 "print the chosen layouts' partition specs and steps");
   cmd->add_option("--paper-table", o->paper_table,
-                  "predicted vs published table for a configs/paper file");
+                  "predicted vs published (in sample and leave-one-out) for configs/paper files");
   cmd->add_option("--fit-paper", o->fit_paper,
-                  "fit the efficiency constants to a configs/paper file");
+                  "fit the efficiency constants to configs/paper files of one hardware");
   cmd->callback([o, cmd] {
     o->hardware_given = cmd->count("--hardware") > 0;
     run_plan(*o);

@@ -7,8 +7,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <mpi.h>
-#include <oneapi/dnnl/dnnl_version.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +23,7 @@
 #include "launch/commands.hpp"
 #include "launch/experiment.hpp"
 #include "launch/subprocess.hpp"
+#include "launch/system_info.hpp"
 #include "models/model_config.hpp"
 #include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
@@ -72,10 +71,6 @@ std::string exe_path() {
   return ec ? "shardlm" : p.string();
 }
 
-std::string first_line(const std::string& s) {
-  return s.substr(0, s.find('\n'));
-}
-
 std::string trim(std::string s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
   size_t i = 0;
@@ -91,16 +86,6 @@ json common_provenance(const SweepOptions& o, const HardwareSpec& hw) {
   const ChildResult dirty = run_child({"git", "-C", fs::path(exe).parent_path().string(), "status",
                                        "--porcelain", "--untracked-files=no"},
                                       {}, 10);
-  char mpi_version[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
-  int len = 0;
-  MPI_Get_library_version(mpi_version, &len);  // allowed before MPI_Init
-  std::string cpu = "unknown";
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);)
-    if (line.rfind("model name", 0) == 0) {
-      cpu = trim(line.substr(line.find(':') + 1));
-      break;
-    }
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   std::vector<std::string> command = {"shardlm", "sweep", o.experiment, "--out", o.out};
@@ -112,7 +97,7 @@ json common_provenance(const SweepOptions& o, const HardwareSpec& hw) {
       {"git_commit", head.exit_code == 0 ? trim(head.out) : "unknown"},
       {"git_dirty", dirty.exit_code == 0 && !trim(dirty.out).empty()},
       {"host", host},
-      {"cpu", fmt::format("{} ({} logical CPUs)", cpu, sysconf(_SC_NPROCESSORS_ONLN))},
+      {"cpu", fmt::format("{} ({} logical CPUs)", cpu_model(), sysconf(_SC_NPROCESSORS_ONLN))},
       {"hardware",
        {{"name", hw.name},
         {"file", hw.source_file},
@@ -122,9 +107,8 @@ json common_provenance(const SweepOptions& o, const HardwareSpec& hw) {
         {"memory_bytes_per_chip", hw.memory_bytes}}},
       {"versions",
        {{"compiler", __VERSION__},
-        {"mpi", trim(first_line(mpi_version))},
-        {"onednn",
-         fmt::format("{}.{}.{}", DNNL_VERSION_MAJOR, DNNL_VERSION_MINOR, DNNL_VERSION_PATCH)},
+        {"mpi", mpi_library_version()},
+        {"onednn", onednn_version()},
         {"fmt", FMT_VERSION},
         {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR,
                                       NLOHMANN_JSON_VERSION_MINOR, NLOHMANN_JSON_VERSION_PATCH)}}},

@@ -14,5 +14,6 @@ void add_bench_command(CLI::App& app);
 void add_tokenize_commands(CLI::App& app);
 void add_sweep_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_doctor_command(CLI::App& app);
 
 }  // namespace shardlm

@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   shardlm::add_tokenize_commands(app);
   shardlm::add_sweep_command(app);
   shardlm::add_report_command(app);
+  shardlm::add_doctor_command(app);
   try {
     // CLI11 reads "--flag=" as a flag still waiting for its value and takes the
     // next argument; refuse it here so the message names the flag.

@@ -373,6 +373,8 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     h.inter_node_latency = h.intra_node_latency;
   }
   h.efficiency.matmul_peak_fraction = 1.0;  // the peak above is already what sgemm achieves
+  h.efficiency.comm_overlap = 0.0;          // the CPU runtime runs collectives between matmuls
+  h.efficiency.weight_gather_overlap = 0.0;
   h.efficiency.matmul_half_rows = fit_half_rows(c.matmul, peak);
   for (const auto& m : c.matmul_bf16)
     h.measured.matmul_flops_by_rows.emplace_back(double(m.rows), m.flops_per_s);
@@ -448,7 +450,8 @@ std::string to_yaml(const Calibration& c) {
       "# (no overlap: the CPU runtime runs collectives between matmuls).\n"
       "efficiency:\n  matmul_peak_fraction: 1.0\n  matmul_half_rows: {:.4g}\n  "
       "memory_bandwidth_fraction: 1.0\n"
-      "  collective_bandwidth_fraction: 1.0\n  comm_overlap: 0.0\n  layer_overhead_s: 0.0\n"
+      "  collective_bandwidth_fraction: 1.0\n  comm_overlap: 0.0\n  weight_gather_overlap: 0.0\n"
+      "  layer_overhead_s: 0.0\n"
       "  memory_reserve_fraction: 0.2\n",
       h.efficiency.matmul_half_rows);
   if (!c.overhead_notes.empty()) {

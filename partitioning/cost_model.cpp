@@ -76,9 +76,6 @@ struct Pricer {
   const Mesh& mesh;
   Phase phase;
   double weight_bytes, act_bytes, peak;
-  // Whether the job has one rank per node: the measured rates of a rank
-  // working alone apply (hw.measured's `_alone` tables).
-  bool alone_on_node = false;
 
   const PartitionSpec& spec(const std::string& n) const {
     auto it = layout.activations.find(n);
@@ -93,26 +90,13 @@ struct Pricer {
     return is_norm ? act_bytes : weight_bytes;
   }
 
-  // FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it
-  // when the spec says, else the efficiency curve.
-  double matmul_rate(double rows) const {
-    if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows, alone_on_node);
-    return peak * hw.efficiency.matmul_fraction(rows);
-  }
-
-  // Bytes/s at which a chip reads a forward pass's weights and KV cache of
-  // `working_set` bytes: as measured for that working set when the spec
-  // says (caches), else the memory bandwidth times its efficiency.
-  double memory_rate(double working_set) const {
-    if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set, alone_on_node);
-    return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
-  }
-
-  // Adds the cost of `steps` at `dims` to `out` (roofline and efficiency-weighted compute).
+  // Adds the roofline cost of `steps` at `dims` to `out`, and the items the
+  // efficiency model weighs (apply_efficiency).
   void price(const std::vector<Step>& steps, const std::string& stage, const DimSizes& dims,
              ForwardCost& out) const {
-    const EfficiencyModel& eff = hw.efficiency;
     std::set<int> groups_started;
+    const size_t first_matmul = out.matmuls.size();
+    std::vector<std::pair<size_t, WeightRole>> weight_gathers;  // collective index, weight
     for (const Step& s : steps) {
       switch (s.op) {
         case OpKind::kMatmul: {
@@ -124,13 +108,15 @@ struct Pricer {
             out.weight_bytes += rows * weight_bytes;
             break;
           }
-          const double flops = 2 * einsum_macs(lhs, w.used, dims, mesh);
-          out.flops += flops;
-          out.compute_s += flops / peak;
-          const double rows = matmul_rows(lhs, w.used, dims, mesh);
-          out.compute_eff_s += flops / matmul_rate(rows);
-          out.rows = std::max(out.rows, rows);
-          out.weight_bytes += static_cast<double>(w.used.local_elements(dims, mesh)) * weight_bytes;
+          MatmulCost mm;
+          mm.flops = 2 * einsum_macs(lhs, w.used, dims, mesh);
+          mm.rows = matmul_rows(lhs, w.used, dims, mesh);
+          mm.weight_bytes = static_cast<double>(w.used.local_elements(dims, mesh)) * weight_bytes;
+          mm.weight = *s.weight;
+          out.flops += mm.flops;
+          out.compute_s += mm.flops / peak;
+          out.weight_bytes += mm.weight_bytes;
+          out.matmuls.push_back(mm);
           break;
         }
         case OpKind::kAttention: {
@@ -139,14 +125,14 @@ struct Pricer {
           const double b = shape[0], l = shape[1], h = shape[2];
           const double context = static_cast<double>(dims.at('C'));
           // QK^T and AV; causal prefill touches half of the L x C square.
-          const double flops = 4 * b * l * h * context * static_cast<double>(dims.at('D')) *
-                               (phase == Phase::kPrefill ? 0.5 : 1.0);
-          out.flops += flops;
-          out.compute_s += flops / peak;
-          const double decode_rate = hw.measured.attention_decode_rate(alone_on_node);
-          out.compute_eff_s +=
-              flops /
-              (phase == Phase::kDecode && decode_rate > 0 ? decode_rate : matmul_rate(b * l));
+          MatmulCost mm;
+          mm.flops = 4 * b * l * h * context * static_cast<double>(dims.at('D')) *
+                     (phase == Phase::kPrefill ? 0.5 : 1.0);
+          mm.rows = b * l;
+          mm.decode_attention = phase == Phase::kDecode;
+          out.flops += mm.flops;
+          out.compute_s += mm.flops / peak;
+          out.matmuls.push_back(mm);
           // K and V: decode reads the cache; prefill writes this step's part of it.
           DimSizes cache = dims;
           if (phase == Phase::kPrefill) cache['C'] = dims.at('L');
@@ -159,13 +145,15 @@ struct Pricer {
           break;
         case OpKind::kCollective: {
           if (mesh.axes_size(s.axes) == 1) break;  // a group of one: nothing moves
-          CollectiveCost c{stage, s.inputs[0], s.collective,        s.axes, s.fusion_group,
-                           0,     0,           s.weight.has_value()};
+          CollectiveCost c{stage, s.inputs[0], s.collective, s.axes, s.fusion_group};
+          c.weight = s.weight.has_value();
+          c.spans_nodes = hw.group_spans_nodes(mesh, s.axes);
           double elems, elem_bytes = act_bytes;
           if (s.weight) {
             const WeightLayout& w = layout.weight(*s.weight);
             elems = static_cast<double>(w.used.local_elements(dims, mesh));
             elem_bytes = bytes_per_weight(*s.weight);
+            weight_gathers.emplace_back(out.collectives.size(), *s.weight);
           } else {
             const PartitionSpec& in = spec(s.inputs[0]);
             const PartitionSpec& result = spec(s.output);
@@ -176,44 +164,106 @@ struct Pricer {
           }
           c.bytes = elems * elem_bytes * (s.collective == CollectiveKind::kAllReduce ? 2 : 1);
           // Fused collectives (parallel block) pay one start-up latency.
-          const bool first_of_group =
-              s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
-          const double latency = first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
-          const bool spans_nodes = hw.group_spans_nodes(mesh, s.axes);
-          const double waiting = !first_of_group ? 0.0
-                                 : spans_nodes   ? hw.measured.inter_node_collective_overhead_s
-                                                 : hw.measured.collective_overhead_s;
-          const double bw = hw.collective_bandwidth(mesh, s.axes);
-          c.seconds = latency + c.bytes / bw;
+          c.first_of_group = s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
+          c.latency_s = c.first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
+          // Bytes per second of the counted bytes: the link bandwidth over
+          // the share of them that crosses the links.
+          c.bandwidth =
+              hw.collective_bandwidth(mesh, s.axes) / hw.collective_traffic_fraction(mesh, s.axes);
+          c.seconds = c.latency_s + c.bytes / c.bandwidth;
           out.comm_bytes += c.bytes;
           out.comm_s += c.seconds;
-          // Gathered weights also fill and copy buffers, and bytes across nodes
-          // share a node's link (both measured per byte).
-          const double filling = (s.weight ? c.bytes * hw.measured.weight_gather_s_per_byte : 0.0) +
-                                 (spans_nodes ? c.bytes * hw.measured.inter_node_s_per_byte : 0.0);
-          out.comm_eff_s +=
-              latency + waiting + filling + c.bytes / (bw * eff.collective_bandwidth_fraction);
           out.collectives.push_back(std::move(c));
           break;
         }
         default: break;
       }
     }
+    for (const auto& [index, role] : weight_gathers)
+      for (size_t i = first_matmul; i < out.matmuls.size(); ++i)
+        if (out.matmuls[i].weight == role) out.collectives[index].consumer = static_cast<int>(i);
   }
 
-  // `working_set`: the bytes per chip one forward pass reads (all layers of
-  // the stage and the edges), which decides the memory rate.
-  void finish(ForwardCost& f, bool per_layer, double working_set) const {
-    const EfficiencyModel& eff = hw.efficiency;
+  void finish(ForwardCost& f) const {
     f.weight_mem_s = f.weight_bytes / hw.memory_bandwidth;
     f.kv_mem_s = f.kv_bytes / hw.memory_bandwidth;
-    f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_rate(working_set);
-    const double busy = std::max(f.compute_eff_s, f.memory_eff_s);
-    f.overlap_s = eff.comm_overlap * std::min(f.comm_eff_s, busy);
-    f.overhead_s = per_layer ? eff.layer_overhead_s + hw.measured.overhead_s(f.rows) : 0.0;
-    f.latency_s = busy + f.comm_eff_s - f.overlap_s + f.overhead_s;
   }
 };
+
+// The efficiency model (docs/planner.md §3) over the items priced above.
+// `alone`: the job has one rank per node, so the measured rates of a rank
+// working alone apply (hw.measured's `_alone` tables).
+// FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it when
+// the spec says, else the efficiency curve.
+double matmul_rate(const HardwareSpec& hw, double rows, bool alone) {
+  if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows, alone);
+  return hw.peak(hw.activation_dtype) * hw.efficiency.matmul_fraction(rows);
+}
+
+// FLOP/s of one priced matmul: decode attention at its measured rate where
+// there is one (it is not a weight matmul of batch rows).
+double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
+  const double decode_attention = hw.measured.attention_decode_rate(alone);
+  if (m.decode_attention && decode_attention > 0) return decode_attention;
+  return matmul_rate(hw, m.rows, alone);
+}
+
+// Bytes/s at which a chip reads the weights and KV cache of a forward pass
+// that reads `working_set` bytes in all (all layers of the stage and the
+// edges): as measured for that working set when the spec says (caches),
+// else the memory bandwidth times its efficiency.
+double memory_rate(const HardwareSpec& hw, double working_set, bool alone) {
+  if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set, alone);
+  return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
+}
+
+// Seconds of one collective through the efficiency model.
+double collective_seconds(const CollectiveCost& c, const HardwareSpec& hw) {
+  const MeasuredEfficiency& measured = hw.measured;
+  // The wait for the slowest member, once per (fused) collective.
+  const double waiting = !c.first_of_group ? 0.0
+                         : c.spans_nodes   ? measured.inter_node_collective_overhead_s
+                                           : measured.collective_overhead_s;
+  // Gathered weights also fill and copy buffers, and bytes across nodes
+  // share a node's link (both measured per byte).
+  const double filling = (c.weight ? c.bytes * measured.weight_gather_s_per_byte : 0.0) +
+                         (c.spans_nodes ? c.bytes * measured.inter_node_s_per_byte : 0.0);
+  return c.latency_s + waiting + filling +
+         c.bytes / (c.bandwidth * hw.efficiency.collective_bandwidth_fraction);
+}
+
+void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, double working_set,
+                      bool alone) {
+  const EfficiencyModel& eff = hw.efficiency;
+  const double memory_bw = memory_rate(hw, working_set, alone);
+  auto compute_s = [&](const MatmulCost& m) { return m.flops / matmul_rate(hw, m, alone); };
+  f.compute_eff_s = 0;
+  for (const MatmulCost& m : f.matmuls) f.compute_eff_s += compute_s(m);
+  f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_bw;
+  const double busy = std::max(f.compute_eff_s, f.memory_eff_s);
+  f.comm_eff_s = 0;
+  double hidden_gathers = 0, activations = 0;
+  for (const CollectiveCost& c : f.collectives) {
+    const double t = collective_seconds(c, hw);
+    f.comm_eff_s += t;
+    if (c.consumer < 0) {
+      activations += t;
+      continue;
+    }
+    // Looped CollectiveEinsum: the gather streams in while the matmul that
+    // uses it runs on the part already there; no longer than that matmul.
+    const MatmulCost& m = f.matmuls[size_t(c.consumer)];
+    const double behind = std::max(compute_s(m), m.weight_bytes / memory_bw);
+    hidden_gathers += eff.weight_gather_overlap * std::min(t, behind);
+  }
+  hidden_gathers = std::min(hidden_gathers, busy);
+  // Activation collectives sit between the matmuls that produce and use
+  // them: only a fitted fraction hides, behind what the gathers left.
+  const double hidden_activations = eff.comm_overlap * std::min(activations, busy - hidden_gathers);
+  f.overlap_s = hidden_gathers + hidden_activations;
+  f.overhead_s = per_layer ? eff.layer_overhead_s + hw.measured.overhead_s(f.rows()) : 0.0;
+  f.latency_s = busy + f.comm_eff_s - f.overlap_s + f.overhead_s;
+}
 
 // Largest few activations of one layer live at once; weights gathered by the
 // weight-gathered layouts are streamed (Looped CollectiveEinsum, §3.5) and
@@ -236,10 +286,6 @@ double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& 
   return total * act_bytes;
 }
 
-}  // namespace
-
-namespace {
-
 // The most ranks of the job on one node.
 int ranks_per_node(const HardwareSpec& hw, const Mesh& mesh) {
   std::map<int, int> on;
@@ -247,6 +293,17 @@ int ranks_per_node(const HardwareSpec& hw, const Mesh& mesh) {
   for (int r = 0; r < mesh.size(); ++r) most = std::max(most, ++on[hw.node_of(r, mesh.size())]);
   return most;
 }
+
+}  // namespace
+
+double ForwardCost::rows() const {
+  double most = 0;
+  for (const MatmulCost& m : matmuls)
+    if (m.weight) most = std::max(most, m.rows);
+  return most;
+}
+
+namespace {
 
 PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                         Phase phase, const PhaseConfig& config, int64_t micro_batches) {
@@ -269,51 +326,31 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
                 phase,     dtype_bytes(config.weights),
                 act_bytes, hw.peak(hw.activation_dtype)};
 
-  pricer.alone_on_node = ranks_per_node(hw, mesh) == 1;
   DimSizes dims = phase_dims(model, w, phase, micro_batch);
   if (pc.micro_batches > w.batch)  // prefill in chunks of every prompt
     dims['L'] = (w.prompt_len * w.batch + pc.micro_batches - 1) / pc.micro_batches;
   pricer.price(layout.layer, "layer", dims, pc.layer);
+  pricer.finish(pc.layer);
   pricer.price(layout.prologue, "prologue", dims, pc.edges);
   DimSizes last_token = dims;
   last_token['L'] = 1;  // only the last position's logits are needed
   pricer.price(layout.epilogue, "epilogue", last_token, pc.edges);
-  const double working_set =
-      static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
-      pc.edges.weight_bytes + pc.edges.kv_bytes;
-  pricer.finish(pc.layer, true, working_set);
-  pricer.finish(pc.edges, false, working_set);
+  pricer.finish(pc.edges);
 
   // Pipeline: micro-batches flow through pp stages; activations hop between them.
-  double stage_s = static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s;
   if (mesh.pp > 1) {
     const double hop_bytes = static_cast<double>(micro_batch * dims.at('L') * c.hidden_size) *
                              act_bytes / mesh.tp_size();
     // Every rank of a stage sends its part to the same rank of the next one;
     // the slowest of those sends sets the pace.
-    double hop_s = 0;
     for (int stage = 0; stage + 1 < mesh.pp; ++stage)
       for (int i = 0; i < mesh.tp_size(); ++i) {
         const int from = stage * mesh.tp_size() + i;
-        hop_s = std::max(hop_s, hw.send_seconds(mesh, from, from + mesh.tp_size(), hop_bytes));
+        pc.pipeline_hop_s = std::max(pc.pipeline_hop_s,
+                                     hw.send_seconds(mesh, from, from + mesh.tp_size(), hop_bytes));
       }
-    stage_s += hop_s;
   }
-  // m micro-batches (pipeline, or batch chunks that bound activation memory):
-  // prefill fills the pipeline once; each decode step runs every micro-batch
-  // through every stage. Each micro-batch runs the embedding and head.
-  const double m = static_cast<double>(pc.micro_batches), pp = mesh.pp;
-  const double passes = static_cast<double>(pc.forward_passes);
-  if (phase == Phase::kPrefill)
-    pc.latency_s = (m + pp - 1) * stage_s + m * pc.edges.latency_s;
-  else
-    pc.latency_s =
-        passes * (std::max(m, pp) * stage_s + m * pc.edges.latency_s) + (pp - 1) * stage_s;
-
-  const double peak = hw.peak(hw.activation_dtype);
-  pc.mfu = 2.0 * static_cast<double>(model.mfu_params()) * static_cast<double>(pc.tokens) /
-           (mesh.size() * peak * pc.latency_s);
-  pc.cost_chip_ms_per_token = mesh.size() * pc.latency_s * 1e3 / static_cast<double>(pc.tokens);
+  reprice(pc, model, hw);
 
   // Memory per chip: stored weights of one stage, the whole batch's KV cache
   // at the longest context, and the live activations.
@@ -355,6 +392,31 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
 }
 
 }  // namespace
+
+void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
+  const double working_set =
+      static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
+      pc.edges.weight_bytes + pc.edges.kv_bytes;
+  const bool alone = ranks_per_node(hw, pc.config.mesh) == 1;
+  apply_efficiency(pc.layer, hw, true, working_set, alone);
+  apply_efficiency(pc.edges, hw, false, working_set, alone);
+  const double stage_s =
+      static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s + pc.pipeline_hop_s;
+  // m micro-batches (pipeline, or batch chunks that bound activation memory):
+  // prefill fills the pipeline once; each decode step runs every micro-batch
+  // through every stage. Each micro-batch runs the embedding and head.
+  const double m = static_cast<double>(pc.micro_batches), pp = pc.config.mesh.pp;
+  const double passes = static_cast<double>(pc.forward_passes);
+  if (pc.phase == Phase::kPrefill)
+    pc.latency_s = (m + pp - 1) * stage_s + m * pc.edges.latency_s;
+  else
+    pc.latency_s =
+        passes * (std::max(m, pp) * stage_s + m * pc.edges.latency_s) + (pp - 1) * stage_s;
+  const double chips = pc.config.mesh.size(), tokens = static_cast<double>(pc.tokens);
+  pc.mfu = 2.0 * static_cast<double>(model.mfu_params()) * tokens /
+           (chips * hw.peak(hw.activation_dtype) * pc.latency_s);
+  pc.cost_chip_ms_per_token = chips * pc.latency_s * 1e3 / tokens;
+}
 
 PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                          Phase phase, const PhaseConfig& config) {

@@ -13,7 +13,14 @@
 //              (App. A.1, with the (K-1)/K factor dropped as the paper does).
 // Efficiency (docs/planner.md): C = sum flops / (peak * f_mm(rows)),
 // M = bytes / (bw * f_mem), X = sum (latency + bytes / (bw * f_net)),
-//   layer = max(C, M) + X - overlap * min(X, max(C, M)) + overhead.
+//   layer = max(C, M) + X - hidden + overhead, where a weight all-gather hides
+// behind the matmul that consumes it, up to that matmul's time (Looped
+// CollectiveEinsum, §3.5), and activation collectives, on the critical path,
+// hide only the fraction comm_overlap of what is left.
+// Where the spec has a `measured:` section (shardlm calibrate), its tables
+// replace f_mm and f_mem, and its per-layer, per-token and per-collective
+// overheads are added (measured_efficiency.hpp).
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,9 +58,25 @@ struct CollectiveCost {
   CollectiveKind kind;
   std::string axes;
   int fusion_group = -1;
-  double bytes = 0;     // per chip
-  double seconds = 0;   // at the spec bandwidth, latency included
-  bool weight = false;  // a weight all-gather (weight-gathered layouts)
+  double bytes = 0;    // per chip
+  double seconds = 0;  // at the spec bandwidth, latency included
+  // What `seconds` is made of: latency + bytes / bandwidth, the bandwidth
+  // per counted byte (HardwareSpec::collective_traffic_fraction).
+  double latency_s = 0, bandwidth = 0;
+  // A weight all-gather: the index in ForwardCost::matmuls of the matmul
+  // that consumes the gathered weight; -1 for activations.
+  int consumer = -1;
+  bool weight = false;         // gathers a weight (weight-gathered layouts)
+  bool first_of_group = true;  // pays the group's start-up (fused collectives pay one)
+  bool spans_nodes = false;    // its group has members on more than one node
+};
+
+// One matmul (or attention's two) on one chip: what the efficiency model needs.
+struct MatmulCost {
+  double flops = 0, rows = 0;
+  double weight_bytes = 0;  // weights it reads from memory
+  std::optional<WeightRole> weight;
+  bool decode_attention = false;  // one new token against the KV cache
 };
 
 // One forward pass through one layer (or through the prologue + epilogue), per chip.
@@ -61,11 +84,14 @@ struct ForwardCost {
   double flops = 0;
   double compute_s = 0, weight_mem_s = 0, kv_mem_s = 0, comm_s = 0;  // roofline
   double weight_bytes = 0, kv_bytes = 0, comm_bytes = 0;
-  double rows = 0;  // the most rows (tokens) of any matmul on the chip
   // The same, through the efficiency model.
   double compute_eff_s = 0, memory_eff_s = 0, comm_eff_s = 0, overlap_s = 0, overhead_s = 0;
   double latency_s = 0;
   std::vector<CollectiveCost> collectives;
+  std::vector<MatmulCost> matmuls;
+
+  // The most rows (tokens) of any weight matmul on the chip.
+  double rows() const;
 };
 
 struct MemoryUse {  // bytes per chip
@@ -82,6 +108,7 @@ struct PhaseCost {
   int64_t tokens = 0;          // batch * prompt_len, or batch * gen_len
   int64_t layers_per_stage = 0;
   int64_t micro_batches = 1;  // pipeline micro-batches, or prefill chunks that fit memory
+  double pipeline_hop_s = 0;  // the slowest send of activations between two stages
   ForwardCost layer;          // decode: at the mean context length
   ForwardCost edges;          // embedding + final norm + LM head
   double latency_s = 0;       // the whole phase
@@ -94,6 +121,11 @@ struct PhaseCost {
 
 PhaseCost estimate_phase(const ModelSpec& model, const HardwareSpec& hw, const Workload& w,
                          Phase phase, const PhaseConfig& config);
+
+// Recomputes the efficiency-weighted terms, the latency, MFU and cost of an
+// estimate_phase result for hw's efficiency constants (the rest of hw as
+// when it was priced): fitting the constants prices each configuration once.
+void reprice(PhaseCost& cost, const ModelSpec& model, const HardwareSpec& hw);
 
 // The share of a stage's time spent idle: prefill fills and drains the
 // pipeline once, (pp - 1) / (m + pp - 1); a decode step with fewer

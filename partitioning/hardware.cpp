@@ -40,8 +40,42 @@ bool HardwareSpec::group_spans_nodes(const Mesh& mesh, const std::string& axes) 
   return false;
 }
 
+std::optional<TorusSlice> HardwareSpec::slice_of(int chips) const {
+  for (const TorusSlice& s : torus_slices)
+    if (s.chips() == chips) return s;
+  return std::nullopt;
+}
+
+std::optional<SliceMapping> HardwareSpec::slice_mapping(const Mesh& mesh) const {
+  const auto slice = slice_of(mesh.size());
+  if (topology != "torus" || !slice) return std::nullopt;
+  return map_mesh(*slice, mesh, link_bandwidth, links_per_axis);
+}
+
+double HardwareSpec::collective_traffic_fraction(const Mesh& mesh, const std::string& axes) const {
+  if (topology != "torus" || !torus_per_axis || !slice_mapping(mesh)) return 1.0;
+  const double k = mesh.axes_size(axes);
+  return (k - 1) / k;
+}
+
+int HardwareSpec::collective_hops(const Mesh& mesh, const std::string& axes) const {
+  if (topology == "torus") {
+    if (const auto m = slice_mapping(mesh))
+      return torus_links(*m, axes, link_bandwidth, links_per_axis).hops;
+    int hops = 0;  // each mesh axis its own ring
+    for (char a : axes) hops += mesh.axis_size(a) / 2;
+    return hops;
+  }
+  return mesh.axes_size(axes) - 1;
+}
+
 double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& axes) const {
   if (topology == "torus") {
+    if (torus_per_axis)
+      if (const auto m = slice_mapping(mesh)) {
+        const double bw = torus_links(*m, axes, link_bandwidth, links_per_axis).bandwidth;
+        if (bw > 0) return bw;
+      }
     int long_axes = 3;
     if (torus_per_axis) {
       long_axes = 0;
@@ -72,8 +106,9 @@ double HardwareSpec::collective_bandwidth(const Mesh& mesh, const std::string& a
 }
 
 double HardwareSpec::collective_latency(const Mesh& mesh, const std::string& axes) const {
-  if (topology == "torus") return intra_node_latency;
-  return group_spans_nodes(mesh, axes) ? inter_node_latency : intra_node_latency;
+  const double hops = hop_latency > 0 ? hop_latency * collective_hops(mesh, axes) : 0.0;
+  if (topology == "torus") return intra_node_latency + hops;
+  return (group_spans_nodes(mesh, axes) ? inter_node_latency : intra_node_latency) + hops;
 }
 
 double HardwareSpec::send_seconds(const Mesh& mesh, int from, int to, double bytes) const {
@@ -91,6 +126,20 @@ std::string HardwareSpec::mesh_problem(const Mesh& mesh) const {
     if (s > 1 && s < min_axis_size)
       return fmt::format("axis {} of size {} is below {}'s minimum axis size {}", a, s, name,
                          min_axis_size);
+  }
+  if (topology == "torus" && !torus_slices.empty()) {
+    const auto slice = slice_of(mesh.size());
+    if (!slice) {
+      std::vector<std::string> sizes;
+      for (const TorusSlice& t : torus_slices) sizes.push_back(std::to_string(t.chips()));
+      return fmt::format("{} has no slice of {} chips (slices of {})", name, mesh.size(),
+                         fmt::join(sizes, ", "));
+    }
+    if (!slice_mapping(mesh))
+      return fmt::format(
+          "mesh {} (pp={}) cannot be formed on the {} slice: each mesh axis must be whole "
+          "physical axes",
+          mesh.str(), mesh.pp, slice->str());
   }
   return "";
 }
@@ -147,6 +196,9 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
   h.topology = net.text("topology");
   h.min_axis_size = static_cast<int>(net.positive_int("min_axis_size", 1));
   h.intra_node_latency = net.number("latency_s", 0.0);
+  h.hop_latency = net.number("hop_latency_s", 0.0);
+  if (h.hop_latency < 0)
+    throw DataError(fmt::format("{}: expected >= 0 seconds", net.where("hop_latency_s")));
   if (h.topology == "torus") {
     h.link_bandwidth = net.positive("link_bandwidth_Bps");
     h.links_per_axis = static_cast<int>(net.positive_int("links_per_axis", 2));
@@ -155,6 +207,20 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
       throw DataError(
           fmt::format("{}: expected 'chip' or 'axis', got '{}'", net.where("bandwidth_per"), per));
     h.torus_per_axis = per == "axis";
+    if (net.has("slices")) {
+      const int wrap = static_cast<int>(net.positive_int("wraparound_multiple", 4));
+      const YAML::Node list = net.node("slices");
+      if (!list.IsSequence() || list.size() == 0)
+        throw DataError(fmt::format("{}: expected a list of slice shapes, e.g. [2x2x2, 4x4x4]",
+                                    net.where("slices")));
+      for (const auto& item : list) {
+        try {
+          h.torus_slices.push_back(TorusSlice::parse(item.as<std::string>(), wrap));
+        } catch (const std::exception& e) {
+          throw DataError(fmt::format("{}: {}", net.where("slices"), e.what()));
+        }
+      }
+    }
     h.inter_node_latency = h.intra_node_latency;
   } else if (h.topology == "switched") {
     h.intra_node_bandwidth = net.positive("intra_node_bandwidth_Bps");
@@ -175,6 +241,10 @@ HardwareSpec HardwareSpec::load(const std::string& file) {
     m.collective_bandwidth_fraction =
         e.fraction("collective_bandwidth_fraction", m.collective_bandwidth_fraction);
     m.comm_overlap = e.number("comm_overlap", m.comm_overlap);
+    m.weight_gather_overlap = e.number("weight_gather_overlap", m.weight_gather_overlap);
+    if (m.weight_gather_overlap < 0 || m.weight_gather_overlap > 1)
+      throw DataError(
+          fmt::format("{}: expected a fraction in [0, 1]", e.where("weight_gather_overlap")));
     m.layer_overhead_s = e.number("layer_overhead_s", m.layer_overhead_s);
     m.memory_reserve_fraction = e.number("memory_reserve_fraction", m.memory_reserve_fraction);
     if (m.matmul_half_rows < 0)

@@ -3,11 +3,13 @@
 // cost model needs it, read from configs/hardware/*.yaml. Units are SI: FLOP/s,
 // bytes, bytes per second (one direction), seconds.
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "partitioning/measured_efficiency.hpp"
 #include "partitioning/mesh.hpp"
+#include "partitioning/topology.hpp"
 
 namespace shardlm {
 
@@ -20,8 +22,13 @@ struct EfficiencyModel {
   double matmul_half_rows = 0.0;
   double memory_bandwidth_fraction = 1.0;      // of the HBM bandwidth
   double collective_bandwidth_fraction = 1.0;  // of the interconnect bandwidth
-  // Fraction of communication hidden behind compute/memory time
-  // (Looped CollectiveEinsum, §3.5): 0 = none, 1 = all that fits.
+  // Overlap of communication with compute/memory time, per collective
+  // (docs/planner.md §3). A weight all-gather hides behind the matmul that
+  // consumes it (Looped CollectiveEinsum, §3.5), this fraction of that
+  // matmul's time at most:
+  double weight_gather_overlap = 1.0;
+  // An activation collective sits on the critical path between the matmuls
+  // that produce and use it: this fraction of it hides (0 = none).
   double comm_overlap = 0.0;
   double layer_overhead_s = 0.0;  // fixed time per layer per forward pass
   // Memory per chip kept free for activations, workspace and the runtime.
@@ -48,12 +55,21 @@ struct HardwareSpec {
   double link_bandwidth = 0;
   int links_per_axis = 2;
   bool torus_per_axis = false;
+  // The slices the machine comes in (topology.hpp). When given, a mesh must
+  // be made of whole physical axes of the slice of its size, and with
+  // torus_per_axis a collective gets the links of the physical axes under
+  // its mesh axes, halved on an axis that does not wrap around. Empty: any
+  // mesh, each mesh axis its own ring.
+  std::vector<TorusSlice> torus_slices;
   // switched: nodes of chips_per_node chips joined by one link inside the
   // node (intra_node_bandwidth per chip, each way) and network cards to other
   // nodes (inter_node_bandwidth per card, each way, nics_per_node cards).
   double intra_node_bandwidth = 0, inter_node_bandwidth = 0;
   double intra_node_latency = 0, inter_node_latency = 0;  // per collective or send
   int nics_per_node = 0;                                  // 0: one per chip
+  // Added to a collective's latency per hop of its ring (torus: along its
+  // physical axes; switched: one hop per member after the first).
+  double hop_latency = 0;
   // Where ranks sit (not part of the spec file: the launch decides it).
   // rank_nodes, when given, is the node of every rank, as the job found it;
   // else ranks fill nodes of chips_per_node in order (mpirun --map-by slot),
@@ -81,6 +97,17 @@ struct HardwareSpec {
   double collective_bandwidth(const Mesh& mesh, const std::string& axes) const;
   double collective_latency(const Mesh& mesh, const std::string& axes) const;
   bool group_spans_nodes(const Mesh& mesh, const std::string& axes) const;
+  // The share of the counted bytes (App. A.1: an all-gather's output) that
+  // crosses a chip's links: (K - 1)/K for a group of K on a torus priced per
+  // physical axis (each chip already holds its own part: half for K = 2);
+  // 1, the paper's convention, otherwise.
+  double collective_traffic_fraction(const Mesh& mesh, const std::string& axes) const;
+  // Hops of one step of the ring a collective over `axes` runs.
+  int collective_hops(const Mesh& mesh, const std::string& axes) const;
+  // The slice of `chips` chips, when the spec lists slices and has one.
+  std::optional<TorusSlice> slice_of(int chips) const;
+  // How `mesh` sits on its slice; empty without slices or when it cannot.
+  std::optional<SliceMapping> slice_mapping(const Mesh& mesh) const;
   // Node of `rank` among the mesh.size() ranks, by the placement above.
   int node_of(int rank, int ranks) const;
   // Seconds to send `bytes` from one rank to another (a pipeline stage

@@ -117,6 +117,23 @@ PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanR
   return plan;
 }
 
+std::vector<Mesh> candidate_meshes(const ModelSpec& model, const HardwareSpec& hw,
+                                   const PlanRequest& req, int chips) {
+  if (req.mesh) return {*req.mesh};
+  std::vector<Mesh> out;
+  auto add = [&](int pp) {
+    for (const Mesh& m : Mesh::factorizations(chips / pp, pp))
+      if (hw.mesh_problem(m).empty()) out.push_back(m);  // only what the machine can form
+  };
+  for (int pp = 1; pp <= std::min<int64_t>(req.max_pp, model.config.num_layers); pp *= 2) {
+    if (req.pp && pp != *req.pp) continue;
+    if (chips % pp) continue;
+    add(pp);
+  }
+  if (req.pp && out.empty() && chips % *req.pp == 0) add(*req.pp);
+  return out;
+}
+
 namespace {
 
 struct Setup {
@@ -143,24 +160,11 @@ std::string setup_key(const Setup& s) {
                      s.latency());
 }
 
-std::vector<Mesh> candidate_meshes(const ModelSpec& model, const PlanRequest& req, int chips) {
-  if (req.mesh) return {*req.mesh};
-  std::vector<Mesh> out;
-  for (int pp = 1; pp <= std::min<int64_t>(req.max_pp, model.config.num_layers); pp *= 2) {
-    if (req.pp && pp != *req.pp) continue;
-    if (chips % pp) continue;
-    for (const Mesh& m : Mesh::factorizations(chips / pp, pp)) out.push_back(m);
-  }
-  if (req.pp && out.empty() && chips % *req.pp == 0)
-    for (const Mesh& m : Mesh::factorizations(chips / *req.pp, *req.pp)) out.push_back(m);
-  return out;
-}
-
 std::vector<Setup> price_setups(const ModelSpec& model, const HardwareSpec& hw,
                                 const PlanRequest& req, int chips,
                                 const std::vector<std::string>& dtypes) {
   std::vector<Setup> setups;
-  for (const Mesh& mesh : candidate_meshes(model, req, chips))
+  for (const Mesh& mesh : candidate_meshes(model, hw, req, chips))
     for (const std::string& w : dtypes)
       setups.push_back({mesh, w, plan_phase(model, hw, req, Phase::kPrefill, mesh, w),
                         plan_phase(model, hw, req, Phase::kDecode, mesh, w)});
@@ -228,6 +232,9 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
   if (req.mesh && req.mesh->size() != req.chips)
     throw UsageError(fmt::format("--mesh {} with pp={} uses {} chips but --chips is {}",
                                  req.mesh->str(), req.mesh->pp, req.mesh->size(), req.chips));
+  if (req.mesh && !hw.torus_slices.empty())
+    if (std::string why = hw.mesh_problem(*req.mesh); !why.empty())
+      throw UsageError(fmt::format("--mesh: {}", why));
   if (req.chips > hw.max_chips)
     throw UsageError(
         fmt::format("--chips {} exceeds {}'s max_chips {}", req.chips, hw.name, hw.max_chips));
@@ -248,6 +255,8 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
     auto s = price_setups(model, hw, req, n, dtypes);
     setups.insert(setups.end(), s.begin(), s.end());
   }
+  if (setups.empty() && !hw.torus_slices.empty() && !hw.slice_of(req.chips))
+    throw UsageError(hw.mesh_problem(Mesh{1, req.chips, 1, 1}));
   if (setups.empty())
     throw UsageError(fmt::format("no mesh of {} chips matches the pins (--pp {})", req.chips,
                                  req.pp.value_or(0)));

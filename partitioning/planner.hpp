@@ -62,6 +62,12 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
 PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest& request,
                      Phase phase, const Mesh& mesh, const std::string& weights);
 
+// The meshes (with pipeline depth) tried for `chips` chips: the pinned one,
+// else every pipeline depth 1, 2, 4 ... up to max_pp (or the pinned depth)
+// times every factorisation x*y*z the hardware can form (hw.mesh_problem).
+std::vector<Mesh> candidate_meshes(const ModelSpec& model, const HardwareSpec& hw,
+                                   const PlanRequest& request, int chips);
+
 // "+23.0% latency: exposed communication 3 ms vs 1 ms per forward pass, mostly
 // all-gather(x) of h": why `loser` is worse than `winner`.
 std::string explain_loss(const PhaseCost& loser, const PhaseCost& winner);

@@ -120,7 +120,7 @@ TEST_CASE("the cost model prices matmuls, memory and overheads by the measured t
       // One chip is alone on its node (2 chips per node): its own rate.
       CHECK(c.layer.compute_eff_s == Approx(c.layer.flops / (chips == 1 ? 8e10 : 4e10)));
       const double rows = phase == Phase::kPrefill ? 4.0 * 32 : 4.0;
-      CHECK(c.layer.rows == rows);
+      CHECK(c.layer.rows() == rows);
       CHECK(c.layer.overhead_s == Approx(2e-5 + 1e-7 * rows));
       const double working_set =
           double(c.layers_per_stage) * (c.layer.weight_bytes + c.layer.kv_bytes) +
