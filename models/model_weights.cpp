@@ -31,9 +31,7 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
     need(c.vocab_size, "vocab_size", a.vocab, "LM head vocabulary");
   }
   for (const std::string& d : storage_differences(prefill, decode, mesh))
-    problems.push_back(d +
-                       "; weights are stored once, so pick layouts that share storage (2d and "
-                       "wg-* do; 1d does only when x = 1)");
+    problems.push_back(fmt::format("{}; {}", d, kShareStorageAdvice));
   if (!problems.empty()) {
     std::string message =
         fmt::format("cannot shard the model on mesh {} ({} ranks):", mesh.str(), mesh.size());

@@ -112,6 +112,10 @@ std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole
 // both phases, so a job can run the two layouts only when this is empty.
 std::vector<std::string> storage_differences(const Layout& prefill, const Layout& decode,
                                              const Mesh& mesh);
+// What to do about a storage difference, for messages that name one.
+inline constexpr const char* kShareStorageAdvice =
+    "weights are stored once, so pick layouts that share storage (2d and wg-* do; 1d does only "
+    "when x = 1)";
 
 // A human-readable table: weights (stored and used), activations, steps.
 std::string format_layout(const Layout& layout, const DimSizes& sizes, const Mesh& mesh);

@@ -176,7 +176,9 @@ std::pair<PhasePlan, PhasePlan> plan_phases(const ModelSpec& model, const Hardwa
     for (size_t d = 0; d < decodes.size(); ++d)
       if (difference(p, d).empty() && (!best || rank(p, d) < rank(best->first, best->second)))
         best = {p, d};
-  if (!best) return {prefill, decode};
+  if (!best)
+    throw UsageError(
+        fmt::format("mesh {}: {}; {}", mesh.str(), difference(0, 0), kShareStorageAdvice));
   const auto [p, d] = *best;
   std::vector<std::string> refused_prefill(p), refused_decode(d);
   for (size_t i = 0; i < p; ++i)
@@ -232,14 +234,21 @@ std::string setup_key(const Setup& s) {
                      s.latency());
 }
 
+// `refused`, where given: why the last mesh the pinned layouts cannot share
+// weights on was left out.
 std::vector<Setup> price_setups(const ModelSpec& model, const HardwareSpec& hw,
                                 const PlanRequest& req, int chips,
-                                const std::vector<std::string>& dtypes) {
+                                const std::vector<std::string>& dtypes,
+                                std::string* refused = nullptr) {
   std::vector<Setup> setups;
   for (const Mesh& mesh : candidate_meshes(model, hw, req, chips))
     for (const std::string& w : dtypes) {
-      auto [prefill, decode] = plan_phases(model, hw, req, mesh, w);
-      setups.push_back({mesh, w, std::move(prefill), std::move(decode)});
+      try {
+        auto [prefill, decode] = plan_phases(model, hw, req, mesh, w);
+        setups.push_back({mesh, w, std::move(prefill), std::move(decode)});
+      } catch (const UsageError& e) {
+        if (refused) *refused = e.what();
+      }
     }
   return setups;
 }
@@ -324,10 +333,12 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
     throw UsageError(fmt::format("--weights '{}': expected bf16, int8, f32 or auto", req.weights));
 
   std::vector<Setup> setups;
+  std::string refused;
   for (int n : chip_counts(req)) {
-    auto s = price_setups(model, hw, req, n, dtypes);
+    auto s = price_setups(model, hw, req, n, dtypes, &refused);
     setups.insert(setups.end(), s.begin(), s.end());
   }
+  if (setups.empty() && !refused.empty()) throw UsageError(refused);
   if (setups.empty() && !hw.torus_slices.empty() && !hw.slice_of(req.chips))
     throw UsageError(hw.mesh_problem(Mesh{1, req.chips, 1, 1}));
   if (setups.empty())

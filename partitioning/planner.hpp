@@ -66,8 +66,8 @@ PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanR
 // Best prefill and decode layouts on a fixed mesh and dtype, honouring pins,
 // that store the weights alike (storage_differences): weights are loaded
 // once for both phases. The fastest of each phase when they do; else the
-// pair of the lowest total latency that does (fitting pairs first); the two
-// fastest when pins leave no such pair.
+// pair of the lowest total latency that does (fitting pairs first). Throws
+// UsageError, naming a weight stored differently, when pins leave no such pair.
 std::pair<PhasePlan, PhasePlan> plan_phases(const ModelSpec& model, const HardwareSpec& hw,
                                             const PlanRequest& request, const Mesh& mesh,
                                             const std::string& weights);

@@ -153,4 +153,18 @@ TEST_CASE("the planner pairs only prefill and decode layouts that store weights 
     }
   // The case the rule is for occurs here (else this test would check nothing new).
   CHECK(split_apart > 0);
+  // Pins that leave no such pair are refused, naming the weight.
+  PlanRequest pinned;
+  pinned.workload = Workload{4, 128, 16};
+  pinned.chips = mesh.size();
+  pinned.mesh = mesh;
+  pinned.ffn_prefill = FfnLayout::k2D;
+  pinned.ffn_decode = FfnLayout::k1D;
+  CHECK_THROWS_WITH(
+      make_plan(small, cpu, pinned),
+      Catch::Contains("the 2d prefill layout stores wq as") && Catch::Contains("share storage"));
+  // On x = 1 the same two layouts store alike: a mesh is found where they can run.
+  pinned.mesh.reset();
+  const Plan free_mesh = make_plan(small, cpu, pinned);
+  CHECK(free_mesh.mesh.x == 1);
 }
