@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
-
 #include "launch/flags.hpp"
 #include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
@@ -79,10 +77,7 @@ nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& co
                                const Workload& workload) {
   if (!choice.hardware) return nullptr;
   const ModelSpec model = ModelSpec::from_config(config, "model");
-  // The engine samples the first new token from prefill's logits: decode
-  // runs max_new_tokens - 1 steps (at least one priced, so the JSON stays finite).
-  Workload steps = workload;
-  steps.gen_len = std::max<int64_t>(1, workload.gen_len - 1);
+  const Workload steps = decode_workload(workload);
   return {{"hardware", choice.hardware->name},
           {"prefill", phase_cost_json(estimate_phase(model, *choice.hardware, workload,
                                                      Phase::kPrefill, choice.prefill))},

@@ -15,6 +15,12 @@ std::string_view name(Phase p) {
   return p == Phase::kPrefill ? "prefill" : "decode";
 }
 
+Workload decode_workload(const Workload& request) {
+  Workload steps = request;
+  steps.gen_len = std::max<int64_t>(1, request.gen_len - 1);
+  return steps;
+}
+
 double dtype_bytes(const std::string& dtype) {
   if (dtype == "bf16" || dtype == "f16") return 2;
   if (dtype == "int8") return 1;

@@ -38,6 +38,13 @@ struct Workload {
   int64_t gen_len = 1;     // tokens generated per sequence by decode
 };
 
+// The workload that `generate` runs decode for when asked for `request`'s
+// gen_len new tokens per sequence: the first token is sampled from
+// prefill's logits, so gen_len - 1 decode steps (at least one is priced, so
+// per-step figures stay finite). Every prediction of a generate run prices
+// decode on this.
+Workload decode_workload(const Workload& request);
+
 struct PhaseConfig {
   FfnLayout ffn = FfnLayout::k2D;
   AttnLayout attn = AttnLayout::kHeads;
