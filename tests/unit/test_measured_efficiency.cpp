@@ -178,3 +178,38 @@ TEST_CASE("the overheads are recovered from the engine's unexplained time", "[me
   CHECK(coef[1] == 0);
   CHECK(coef[0] > 0);
 }
+
+TEST_CASE("reprice prices a measured spec as estimate_phase does", "[measured]") {
+  // Fitting reprices stored estimates for changed constants: with a measured
+  // section that must land where pricing afresh on the changed spec lands.
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  const std::string measured =
+      "measured:\n"
+      "  matmul_flops_by_rows: [[1, 2.0e9], [64, 3.0e10], [4096, 4.0e10]]\n"
+      "  memory_Bps_by_bytes: [[1.0e6, 4.0e10], [1.0e10, 5.0e9]]\n"
+      "  attention_decode_flops: 1.0e9\n"
+      "  layer_overhead_s: 2.0e-5\n"
+      "  token_overhead_s: 1.0e-7\n"
+      "  collective_overhead_s: 5.0e-6\n"
+      "  weight_gather_s_per_byte: 1.0e-10\n";
+  const HardwareSpec before = load_spec("reprice", measured);
+  HardwareSpec after = before;
+  after.efficiency.collective_bandwidth_fraction = 0.5;
+  after.efficiency.comm_overlap = 0.3;
+  after.efficiency.weight_gather_overlap = 0.5;
+  after.efficiency.layer_overhead_s = 1e-4;
+  const Workload w{4, 32, 8};
+  for (FfnLayout ffn : {FfnLayout::k1D, FfnLayout::k2D, FfnLayout::kWgXY})
+    for (Phase phase : {Phase::kPrefill, Phase::kDecode}) {
+      const PhaseConfig config{ffn, AttnLayout::kHeads, "bf16", Mesh{1, 2, 2, 1}, 0};
+      PhaseCost repriced = estimate_phase(model, before, w, phase, config);
+      reprice(repriced, model, after);
+      const PhaseCost fresh = estimate_phase(model, after, w, phase, config);
+      INFO(name(ffn) << " " << name(phase));
+      CHECK(repriced.latency_s == Approx(fresh.latency_s).epsilon(1e-12));
+      CHECK(repriced.layer.comm_eff_s == Approx(fresh.layer.comm_eff_s).epsilon(1e-12));
+      CHECK(repriced.layer.overhead_s == Approx(fresh.layer.overhead_s).epsilon(1e-12));
+      // The measured terms are in both: not the price without them.
+      CHECK(fresh.layer.overhead_s > after.efficiency.layer_overhead_s);
+    }
+}
