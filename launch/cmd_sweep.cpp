@@ -167,7 +167,7 @@ double bandwidth_utilisation(const json& phase, double seconds) {
 // gives one step time at the mean context).
 // `decode_tokens`: what the phase produced (measured: tokens from decode
 // steps, the first token of each sequence coming from prefill; predicted:
-// the planner's batch x gen_len passes).
+// batch x the decode steps generate runs, decode_workload).
 json metrics_from_times(const json& cfg, const ModelSpec& model, const HardwareSpec& hw,
                         const json& predicted, double prefill_s, double decode_s,
                         double decode_tokens, const json& ttft, const json& itl, const json& e2e) {
@@ -239,14 +239,17 @@ Setup plan_point(const json& cfg, const ModelInfo& model, const HardwareSpec& hw
   req.attn_prefill = pin(cfg["attn_prefill"], parse_attn_layout);
   req.attn_decode = pin(cfg["attn_decode"], parse_attn_layout);
   const Plan plan = make_plan(model.spec, hw, req);
-  PhaseCost prefill = plan.prefill.chosen, decode = plan.decode.chosen;
+  // Priced as generate prices the run it plans: decode for the steps it runs.
+  PhaseCost prefill = plan.prefill.chosen;
+  PhaseCost decode = estimate_phase(model.spec, hw, decode_workload(req.workload), Phase::kDecode,
+                                    plan.decode.chosen.config);
   if (cfg["micro_batches"] != "auto") {
     // The planner picks its own micro-batch count; a pinned one is priced
     // on the layouts it chose.
     for (PhaseCost* c : {&prefill, &decode}) {
       PhaseConfig pinned = c->config;
       pinned.micro_batches = cfg["micro_batches"].get<int64_t>();
-      *c = estimate_phase(model.spec, hw, req.workload, c->phase, pinned);
+      *c = estimate_phase(model.spec, hw, c->workload, c->phase, pinned);
       if (!c->problem.empty())
         throw DataError(fmt::format("{} with micro_batches {}: {}", name(c->phase),
                                     pinned.micro_batches, c->problem));
@@ -400,7 +403,7 @@ class Sweep {
       const json& dec = setup.predicted["decode"];
       const double prefill_s = pre["latency_s"].get<double>();
       const double decode_s = dec["latency_s"].get<double>();
-      const double steps = double(p.config["gen_len"].get<int64_t>());
+      const double steps = double(dec["forward_passes"].get<int64_t>());
       json m = metrics_from_times(p.config, model.spec, hw_, setup.predicted, prefill_s, decode_s,
                                   double(dec["tokens"].get<int64_t>()),
                                   predicted_summary(prefill_s * 1e3),

@@ -77,11 +77,12 @@ nlohmann::json predicted_costs(const LayoutChoice& choice, const ModelConfig& co
                                const Workload& workload) {
   if (!choice.hardware) return nullptr;
   const ModelSpec model = ModelSpec::from_config(config, "model");
+  const Workload steps = decode_workload(workload);
   return {{"hardware", choice.hardware->name},
           {"prefill", phase_cost_json(estimate_phase(model, *choice.hardware, workload,
                                                      Phase::kPrefill, choice.prefill))},
-          {"decode", phase_cost_json(estimate_phase(model, *choice.hardware, workload,
-                                                    Phase::kDecode, choice.decode))}};
+          {"decode", phase_cost_json(estimate_phase(model, *choice.hardware, steps, Phase::kDecode,
+                                                    choice.decode))}};
 }
 
 }  // namespace shardlm

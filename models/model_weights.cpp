@@ -9,32 +9,6 @@
 #include "runtime/parallel.hpp"
 
 namespace shardlm {
-namespace {
-
-// Which spec letters are a role's rows and cols.
-std::pair<char, char> role_dims(WeightRole role) {
-  switch (role) {
-    case WeightRole::kWq: return {'H', 'E'};
-    case WeightRole::kWk:
-    case WeightRole::kWv: return {'K', 'E'};
-    case WeightRole::kWo: return {'E', 'H'};
-    case WeightRole::kWGate:
-    case WeightRole::kWUp: return {'F', 'E'};
-    case WeightRole::kWDown: return {'E', 'F'};
-    case WeightRole::kEmbedding:
-    case WeightRole::kLmHead: return {'V', 'E'};
-    default: return {'?', 'E'};
-  }
-}
-
-}  // namespace
-
-std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role) {
-  const auto [rows, cols] = role_dims(role);
-  const PartitionSpec& spec = layout.weight(role).stored;
-  return {spec.axes_of(rows), spec.axes_of(cols)};
-}
-
 void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefill,
                      const Layout& decode) {
   std::vector<std::string> problems;
@@ -56,18 +30,8 @@ void check_shardable(const ModelConfig& c, const Mesh& mesh, const Layout& prefi
          "stored W_q heads");
     need(c.vocab_size, "vocab_size", a.vocab, "LM head vocabulary");
   }
-  for (WeightRole r : {WeightRole::kWq, WeightRole::kWk, WeightRole::kWv, WeightRole::kWo,
-                       WeightRole::kWGate, WeightRole::kWUp, WeightRole::kWDown}) {
-    const auto p = stored_axes(prefill, r), d = stored_axes(decode, r);
-    if (mesh.splitting(p.first) != mesh.splitting(d.first) ||
-        mesh.splitting(p.second) != mesh.splitting(d.second))
-      problems.push_back(fmt::format(
-          "the {} prefill layout stores {} as {} but the {} decode layout as {}; weights are "
-          "stored "
-          "once, so pick layouts that share storage (2d and wg-* do; 1d does only when x = 1)",
-          name(prefill.ffn), name(r), prefill.weight(r).stored.str(), name(decode.ffn),
-          decode.weight(r).stored.str()));
-  }
+  for (const std::string& d : storage_differences(prefill, decode, mesh))
+    problems.push_back(fmt::format("{}; {}", d, kShareStorageAdvice));
   if (!problems.empty()) {
     std::string message =
         fmt::format("cannot shard the model on mesh {} ({} ranks):", mesh.str(), mesh.size());

@@ -47,9 +47,6 @@ struct WeightsPart {
   bool embedding = true, head = true;
 };
 
-// The row and col axes of a weight role under a layout's stored specs.
-std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role);
-
 // Refuses (UsageError) model dimensions the layouts cannot split on `mesh`,
 // naming what divides and what does not, before anything is loaded.
 void check_shardable(const ModelConfig& config, const Mesh& mesh, const Layout& prefill,

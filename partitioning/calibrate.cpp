@@ -84,6 +84,39 @@ int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples) {
   return limit;
 }
 
+double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats) {
+  // 0x3f00 is 0.5 in bfloat16. The weight (inner x cols x 2 bytes) is meant
+  // to stay in cache: the cost model adds the weights' memory time itself.
+  std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
+  std::vector<uint16_t> w(size_t(cols * inner), 0x3f00);
+  const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
+  double best = INFINITY;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
+    auto t0 = Clock::now();
+    cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false);
+    if (r > 0) best = std::min(best, since(t0));
+  }
+  return 2.0 * double(rows) * double(inner) * double(cols) / best;
+}
+
+double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats) {
+  // A BF16 cache, the default --kv-dtype; 0x3e4d and 0x3e9a are 0.2 and 0.3.
+  std::vector<float> q(size_t(heads * head_dim), 0.1f), out(size_t(heads * head_dim)),
+      scratch(size_t(cpu::attention_rows_scratch(heads, head_dim)));
+  std::vector<uint16_t> k(size_t(keys * head_dim), 0x3e4d), v(size_t(keys * head_dim), 0x3e9a);
+  const cpu::KVView kv{k.data(), v.data(), DType::BF16, head_dim,
+                       1.0f / std::sqrt(float(head_dim))};
+  // The query heads of one new token at the last position: each sees every key.
+  const cpu::AttentionQuery query{q.data(), head_dim, heads, keys - 1, 0, 0};
+  double best = INFINITY;
+  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
+    auto t0 = Clock::now();
+    cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data());
+    if (r > 0) best = std::min(best, since(t0));
+  }
+  return 4.0 * double(heads * keys * head_dim) / best;
+}
+
 double measure_memory_read(size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
   std::vector<float> data(n);
@@ -218,6 +251,64 @@ double fit_half_rows(const std::vector<MatmulSample>& s, double peak) {
   return best_h;
 }
 
+std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives) {
+  constexpr int kTerms = 6;
+  auto features = [](const OverheadSample& p) {
+    return std::array<double, kTerms>{1.0,
+                                      p.rows,
+                                      p.collectives - p.inter_node_collectives,
+                                      p.inter_node_collectives,
+                                      p.gathered_weight_bytes,
+                                      p.inter_node_bytes};
+  };
+  std::array<bool, kTerms> use = {
+      true, true, with_collectives, with_collectives, with_collectives, with_collectives};
+  // A term no sample exercises has no data: leave it out.
+  for (int i = 0; i < kTerms; ++i) {
+    bool any = false;
+    for (const auto& p : s) any |= features(p)[size_t(i)] != 0;
+    use[size_t(i)] = use[size_t(i)] && any;
+  }
+  for (;;) {
+    double m[kTerms][kTerms + 1] = {};
+    for (const auto& p : s) {
+      const auto x = features(p);
+      for (int i = 0; i < kTerms; ++i) {
+        if (!use[size_t(i)]) continue;
+        for (int j = 0; j < kTerms; ++j)
+          if (use[size_t(j)]) m[i][j] += p.weight * x[size_t(i)] * x[size_t(j)];
+        m[i][kTerms] += p.weight * x[size_t(i)] * p.per_layer_pass_s;
+      }
+    }
+    for (int i = 0; i < kTerms; ++i)
+      if (!use[size_t(i)]) m[i][i] = 1;  // the unused term: 1 * coef = 0
+    for (int i = 0; i < kTerms; ++i) {   // Gauss-Jordan with partial pivoting
+      int pivot = i;
+      for (int r = i + 1; r < kTerms; ++r)
+        if (std::abs(m[r][i]) > std::abs(m[pivot][i])) pivot = r;
+      std::swap(m[i], m[pivot]);
+      if (std::abs(m[i][i]) < 1e-300) continue;
+      for (int r = 0; r < kTerms; ++r) {
+        if (r == i) continue;
+        const double f = m[r][i] / m[i][i];
+        for (int c = i; c <= kTerms; ++c) m[r][c] -= f * m[i][c];
+      }
+    }
+    std::array<double, kTerms> coef{};
+    int negative = -1;
+    for (int i = 0; i < kTerms; ++i) {
+      coef[size_t(i)] = std::abs(m[i][i]) > 1e-300 ? m[i][kTerms] / m[i][i] : 0.0;
+      if (!use[size_t(i)]) coef[size_t(i)] = 0;
+      if (coef[size_t(i)] < 0 && negative < 0) negative = i;
+    }
+    if (negative < 0) return coef;
+    use[size_t(negative)] = false;
+    bool left = false;
+    for (bool u : use) left |= u;
+    if (!left) return {};  // nothing the model does not price
+  }
+}
+
 Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool quick) {
   Communicator& comm = *g.all;
   Calibration c;
@@ -235,6 +326,50 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   c.matmul.push_back({big, big, big, measure_matmul(big, big, big, quick ? 2 : 4)});
   double peak = 0;
   for (const auto& m : c.matmul) peak = std::max(peak, m.flops_per_s);
+  // The rows decode (1 to a batch) and prefill (batch x prompt) multiply
+  // with, on a layer-sized BF16 weight (4 MiB), best of many runs (what the
+  // machine does when other work leaves it alone), and the read bandwidth by
+  // working set (caches serve the smaller ones), every rank in step with the
+  // others. Then the same with one rank per node working while the others
+  // sleep: a job smaller than a node runs so.
+  auto rates = [&](std::vector<MatmulSample>& matmul,
+                   std::vector<std::pair<double, double>>& memory, double& attention,
+                   Communicator* in_step) {
+    // Decode attention: 3 query heads per KV head, 64 dims, a 512-token
+    // context (in cache: the cost model adds the KV cache's memory time).
+    if (in_step) in_step->barrier();
+    attention = measure_attention_decode(3, 512, 64, quick ? 50 : 300);
+    for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
+      const int repeats =
+          std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
+      if (in_step) in_step->barrier();
+      matmul.push_back(
+          {rows, 1024, 2048, measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200))});
+    }
+    for (size_t mib : {8, 32, 64, 128, 256, 512}) {
+      if (quick && mib > 128) break;
+      double best = 0;
+      for (int r = 0; r < 3; ++r) {
+        if (in_step) in_step->barrier();
+        best = std::max(best, measure_memory_read(mib << 20, 1));
+      }
+      memory.emplace_back(double(mib << 20), best);
+    }
+  };
+  comm.barrier();
+  rates(c.matmul_bf16, c.memory_by_bytes, c.attention_decode_flops, &comm);
+  comm.barrier();
+  Communicator* node = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
+  if (node) {
+    // The node's first rank measures; the others wait in a sleeping receive.
+    char done = 1;
+    if (node->rank() == 0) {
+      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_decode_flops_alone, nullptr);
+      for (int m = 1; m < node->size(); ++m) node->send(&done, 1, m);
+    } else {
+      node->recv(&done, 1, 0);
+    }
+  }
   comm.barrier();
   c.spec.cpu_streaming_max_rows = measure_streaming_max_rows(quick ? 2 : 5, &c.streaming);
   comm.barrier();
@@ -283,7 +418,17 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     h.inter_node_latency = h.intra_node_latency;
   }
   h.efficiency.matmul_peak_fraction = 1.0;  // the peak above is already what sgemm achieves
+  h.efficiency.comm_overlap = 0.0;          // the CPU runtime runs collectives between matmuls
+  h.efficiency.weight_gather_overlap = 0.0;
   h.efficiency.matmul_half_rows = fit_half_rows(c.matmul, peak);
+  for (const auto& m : c.matmul_bf16)
+    h.measured.matmul_flops_by_rows.emplace_back(double(m.rows), m.flops_per_s);
+  h.measured.memory_Bps_by_bytes = c.memory_by_bytes;
+  for (const auto& m : c.matmul_bf16_alone)
+    h.measured.matmul_flops_by_rows_alone.emplace_back(double(m.rows), m.flops_per_s);
+  h.measured.memory_Bps_by_bytes_alone = c.memory_by_bytes_alone;
+  h.measured.attention_decode_flops = c.attention_decode_flops;
+  h.measured.attention_decode_flops_alone = c.attention_decode_flops_alone;
   return c;
 }
 
@@ -306,6 +451,10 @@ std::string to_yaml(const Calibration& c) {
   out += "# Decode matmul paths on BF16 weights from memory (rows: streaming s, panel s):\n";
   for (const auto& s : c.streaming)
     out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.panel_s);
+  if (!c.matmul_bf16.empty())
+    out +=
+        "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], best of repeats;\n"
+        "# measured.memory_Bps_by_bytes: the same parallel read at each working set.\n";
   auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
     out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);
     for (const auto& s : list)
@@ -354,9 +503,18 @@ std::string to_yaml(const Calibration& c) {
       "# (no overlap: the CPU runtime runs collectives between matmuls).\n"
       "efficiency:\n  matmul_peak_fraction: 1.0\n  matmul_half_rows: {:.4g}\n  "
       "memory_bandwidth_fraction: 1.0\n"
-      "  collective_bandwidth_fraction: 1.0\n  comm_overlap: 0.0\n  layer_overhead_s: 0.0\n"
+      "  collective_bandwidth_fraction: 1.0\n  comm_overlap: 0.0\n  weight_gather_overlap: 0.0\n"
+      "  layer_overhead_s: 0.0\n"
       "  memory_reserve_fraction: 0.2\n",
       h.efficiency.matmul_half_rows);
+  if (!c.overhead_notes.empty()) {
+    out +=
+        "# measured.*_overhead_s: the engine on a synthetic model (small's widths, 4 layers), "
+        "measured against the cost model's price of each run, the difference fitted to\n"
+        "# layer + token x rows + collective x collectives per layer and forward pass:\n";
+    for (const auto& n : c.overhead_notes) out += fmt::format("#   {}\n", n);
+  }
+  out += h.measured.to_yaml();
   return out;
 }
 

@@ -4,6 +4,7 @@
 // bandwidth, and, under mpirun, collective bandwidth and latency between
 // ranks — and write a hardware spec (configs/hardware format). One rank is
 // one "chip"; ranks on one machine share its cores and memory.
+#include <array>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,13 @@ struct Calibration {
   std::vector<MatmulSample> matmul;
   std::vector<StreamingSample> streaming;  // the crossover, see measure_streaming_max_rows
   double memory_read_Bps = 0, memory_bytes = 0;
+  // BF16-weight matmuls at the row counts of decode and prefill, and the
+  // read bandwidth by working set (spec.measured).
+  std::vector<MatmulSample> matmul_bf16, matmul_bf16_alone;
+  std::vector<std::pair<double, double>> memory_by_bytes, memory_by_bytes_alone;
+  double attention_decode_flops = 0, attention_decode_flops_alone = 0;
+  // How the overheads of spec.measured were found (one line per run), for the comments.
+  std::vector<std::string> overhead_notes;
   // Inside a node (all ranks when there is one node): collectives and sends.
   std::vector<CollectiveSample> collectives, sends;
   double collective_bandwidth_Bps = 0, collective_latency_s = 0;  // fitted, when ranks > 1
@@ -67,6 +75,13 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
 // The rows of the last sample (by growing rows) before the first where the
 // panel path is faster; 1 when it is faster from the first.
 int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
+// The same with BF16 weights (a checkpoint's usual dtype, widened as the
+// backend does), best of `repeats` runs: the rate the cost model's
+// measured matmul_flops_by_rows holds.
+double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// Best-of-`repeats` FLOP/s (4 x heads x keys x head_dim) of the CPU
+// backend's decode attention for `heads` query heads sharing one KV head.
+double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
@@ -80,6 +95,27 @@ void fit_latency_bandwidth(const std::vector<CollectiveSample>& s, double& laten
 // matmul_half_rows h minimising the squared error of f(rows) = rows / (rows + h)
 // against the measured fraction of the best FLOP/s.
 double fit_half_rows(const std::vector<MatmulSample>& s, double peak);
+
+// One forward-pass measurement of the engine beside the cost model's price of it.
+struct OverheadSample {
+  std::string what;
+  double rows = 0, collectives = 0;   // per chip, per layer
+  double inter_node_collectives = 0;  // of those, the ones whose groups cross nodes
+  double gathered_weight_bytes = 0;   // per chip, per layer (weight-gathered layouts)
+  double inter_node_bytes = 0;        // per chip, per layer, moved by collectives across nodes
+  double measured_s = 0, predicted_s = 0;
+  double per_layer_pass_s = 0;  // (measured - predicted) / (layers x forward passes)
+  double weight = 1;            // of this sample in the fit
+};
+// Weighted least squares (OverheadSample::weight) of per_layer_pass_s =
+// layer + token * rows + collective * (collectives inside a node) + inter *
+// (collectives across nodes) + gather * (gathered weight bytes) + across *
+// (bytes moved across nodes), the terms past the first two only when
+// `with_collectives`, each kept non-negative by dropping one that comes out
+// negative and fitting again: {layer, token, collective, inter-node
+// collective, gather per byte, across-node per byte}. A term no sample
+// exercises (nothing crosses nodes on one node) comes out 0.
+std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
 
 // Runs every measurement (collectives only when there are several ranks;
 // inside and across nodes separately when there are several nodes).

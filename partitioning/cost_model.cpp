@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "runtime/errors.hpp"
@@ -12,6 +13,12 @@ namespace shardlm {
 
 std::string_view name(Phase p) {
   return p == Phase::kPrefill ? "prefill" : "decode";
+}
+
+Workload decode_workload(const Workload& request) {
+  Workload steps = request;
+  steps.gen_len = std::max<int64_t>(1, request.gen_len - 1);
+  return steps;
 }
 
 double dtype_bytes(const std::string& dtype) {
@@ -129,6 +136,7 @@ struct Pricer {
           mm.flops = 4 * b * l * h * context * static_cast<double>(dims.at('D')) *
                      (phase == Phase::kPrefill ? 0.5 : 1.0);
           mm.rows = b * l;
+          mm.decode_attention = phase == Phase::kDecode;
           out.flops += mm.flops;
           out.compute_s += mm.flops / peak;
           out.matmuls.push_back(mm);
@@ -145,6 +153,8 @@ struct Pricer {
         case OpKind::kCollective: {
           if (mesh.axes_size(s.axes) == 1) break;  // a group of one: nothing moves
           CollectiveCost c{stage, s.inputs[0], s.collective, s.axes, s.fusion_group};
+          c.weight = s.weight.has_value();
+          c.spans_nodes = hw.group_spans_nodes(mesh, s.axes);
           double elems, elem_bytes = act_bytes;
           if (s.weight) {
             const WeightLayout& w = layout.weight(*s.weight);
@@ -161,9 +171,8 @@ struct Pricer {
           }
           c.bytes = elems * elem_bytes * (s.collective == CollectiveKind::kAllReduce ? 2 : 1);
           // Fused collectives (parallel block) pay one start-up latency.
-          const bool first_of_group =
-              s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
-          c.latency_s = first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
+          c.first_of_group = s.fusion_group < 0 || groups_started.insert(s.fusion_group).second;
+          c.latency_s = c.first_of_group ? hw.collective_latency(mesh, s.axes) : 0.0;
           // Bytes per second of the counted bytes: the link bandwidth over
           // the share of them that crosses the links.
           c.bandwidth =
@@ -189,22 +198,52 @@ struct Pricer {
 };
 
 // The efficiency model (docs/planner.md §3) over the items priced above.
-// FLOP/s of a matmul with `rows` rows per chip.
-double matmul_rate(const HardwareSpec& hw, double rows) {
+// `alone`: the job has one rank per node, so the measured rates of a rank
+// working alone apply (hw.measured's `_alone` tables).
+// FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it when
+// the spec says, else the efficiency curve.
+double matmul_rate(const HardwareSpec& hw, double rows, bool alone) {
+  if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows, alone);
   return hw.peak(hw.activation_dtype) * hw.efficiency.matmul_fraction(rows);
+}
+
+// FLOP/s of one priced matmul: decode attention at its measured rate where
+// there is one (it is not a weight matmul of batch rows).
+double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
+  const double decode_attention = hw.measured.attention_decode_rate(alone);
+  if (m.decode_attention && decode_attention > 0) return decode_attention;
+  return matmul_rate(hw, m.rows, alone);
 }
 
 // Bytes/s at which a chip reads the weights and KV cache of a forward pass
 // that reads `working_set` bytes in all (all layers of the stage and the
-// edges): one rate for every working set here.
-double memory_rate(const HardwareSpec& hw, double /*working_set*/) {
+// edges): as measured for that working set when the spec says (caches),
+// else the memory bandwidth times its efficiency.
+double memory_rate(const HardwareSpec& hw, double working_set, bool alone) {
+  if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set, alone);
   return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
 }
 
-void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, double working_set) {
+// Seconds of one collective through the efficiency model.
+double collective_seconds(const CollectiveCost& c, const HardwareSpec& hw) {
+  const MeasuredEfficiency& measured = hw.measured;
+  // The wait for the slowest member, once per (fused) collective.
+  const double waiting = !c.first_of_group ? 0.0
+                         : c.spans_nodes   ? measured.inter_node_collective_overhead_s
+                                           : measured.collective_overhead_s;
+  // Gathered weights also fill and copy buffers, and bytes across nodes
+  // share a node's link (both measured per byte).
+  const double filling = (c.weight ? c.bytes * measured.weight_gather_s_per_byte : 0.0) +
+                         (c.spans_nodes ? c.bytes * measured.inter_node_s_per_byte : 0.0);
+  return c.latency_s + waiting + filling +
+         c.bytes / (c.bandwidth * hw.efficiency.collective_bandwidth_fraction);
+}
+
+void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, double working_set,
+                      bool alone) {
   const EfficiencyModel& eff = hw.efficiency;
-  const double memory_bw = memory_rate(hw, working_set);
-  auto compute_s = [&](const MatmulCost& m) { return m.flops / matmul_rate(hw, m.rows); };
+  const double memory_bw = memory_rate(hw, working_set, alone);
+  auto compute_s = [&](const MatmulCost& m) { return m.flops / matmul_rate(hw, m, alone); };
   f.compute_eff_s = 0;
   for (const MatmulCost& m : f.matmuls) f.compute_eff_s += compute_s(m);
   f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_bw;
@@ -212,7 +251,7 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
   f.comm_eff_s = 0;
   double hidden_gathers = 0, activations = 0;
   for (const CollectiveCost& c : f.collectives) {
-    const double t = c.latency_s + c.bytes / (c.bandwidth * eff.collective_bandwidth_fraction);
+    const double t = collective_seconds(c, hw);
     f.comm_eff_s += t;
     if (c.consumer < 0) {
       activations += t;
@@ -229,7 +268,7 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
   // them: only a fitted fraction hides, behind what the gathers left.
   const double hidden_activations = eff.comm_overlap * std::min(activations, busy - hidden_gathers);
   f.overlap_s = hidden_gathers + hidden_activations;
-  f.overhead_s = per_layer ? eff.layer_overhead_s : 0.0;
+  f.overhead_s = per_layer ? eff.layer_overhead_s + hw.measured.overhead_s(f.rows()) : 0.0;
   f.latency_s = busy + f.comm_eff_s - f.overlap_s + f.overhead_s;
 }
 
@@ -254,7 +293,22 @@ double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& 
   return total * act_bytes;
 }
 
+// The most ranks of the job on one node.
+int ranks_per_node(const HardwareSpec& hw, const Mesh& mesh) {
+  std::map<int, int> on;
+  int most = 0;
+  for (int r = 0; r < mesh.size(); ++r) most = std::max(most, ++on[hw.node_of(r, mesh.size())]);
+  return most;
+}
+
 }  // namespace
+
+double ForwardCost::rows() const {
+  double most = 0;
+  for (const MatmulCost& m : matmuls)
+    if (m.weight) most = std::max(most, m.rows);
+  return most;
+}
 
 namespace {
 
@@ -353,8 +407,9 @@ void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
   const double working_set =
       static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
       pc.edges.weight_bytes + pc.edges.kv_bytes;
-  apply_efficiency(pc.layer, hw, true, working_set);
-  apply_efficiency(pc.edges, hw, false, working_set);
+  const bool alone = ranks_per_node(hw, pc.config.mesh) == 1;
+  apply_efficiency(pc.layer, hw, true, working_set, alone);
+  apply_efficiency(pc.edges, hw, false, working_set, alone);
   const double stage_s =
       static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s + pc.pipeline_hop_s;
   // m micro-batches (pipeline, or batch chunks that bound activation memory):

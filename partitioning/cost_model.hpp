@@ -17,6 +17,9 @@
 // behind the matmul that consumes it, up to that matmul's time (Looped
 // CollectiveEinsum, §3.5), and activation collectives, on the critical path,
 // hide only the fraction comm_overlap of what is left.
+// Where the spec has a `measured:` section (shardlm calibrate), its tables
+// replace f_mm and f_mem, and its per-layer, per-token and per-collective
+// overheads are added (measured_efficiency.hpp).
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,6 +37,13 @@ struct Workload {
   int64_t prompt_len = 1;  // tokens per sequence processed by prefill
   int64_t gen_len = 1;     // tokens generated per sequence by decode
 };
+
+// The workload that `generate` runs decode for when asked for `request`'s
+// gen_len new tokens per sequence: the first token is sampled from
+// prefill's logits, so gen_len - 1 decode steps (at least one is priced, so
+// per-step figures stay finite). Every prediction of a generate run prices
+// decode on this.
+Workload decode_workload(const Workload& request);
 
 struct PhaseConfig {
   FfnLayout ffn = FfnLayout::k2D;
@@ -65,6 +75,9 @@ struct CollectiveCost {
   // A weight all-gather: the index in ForwardCost::matmuls of the matmul
   // that consumes the gathered weight; -1 for activations.
   int consumer = -1;
+  bool weight = false;         // gathers a weight (weight-gathered layouts)
+  bool first_of_group = true;  // pays the group's start-up (fused collectives pay one)
+  bool spans_nodes = false;    // its group has members on more than one node
 };
 
 // One matmul (or attention's two) on one chip: what the efficiency model needs.
@@ -72,6 +85,7 @@ struct MatmulCost {
   double flops = 0, rows = 0;
   double weight_bytes = 0;  // weights it reads from memory
   std::optional<WeightRole> weight;
+  bool decode_attention = false;  // one new token against the KV cache
 };
 
 // One forward pass through one layer (or through the prologue + epilogue), per chip.
@@ -84,6 +98,9 @@ struct ForwardCost {
   double latency_s = 0;
   std::vector<CollectiveCost> collectives;
   std::vector<MatmulCost> matmuls;
+
+  // The most rows (tokens) of any weight matmul on the chip.
+  double rows() const;
 };
 
 struct MemoryUse {  // bytes per chip

@@ -263,6 +263,7 @@ HardwareSpec HardwareSpec::from_yaml(const YamlFields& f) {
           fmt::format("{}: expected a fraction in [0, 1)", e.where("memory_reserve_fraction")));
     e.reject_unknown();
   }
+  if (f.has("measured")) h.measured = MeasuredEfficiency::parse(f.child("measured"));
   for (const YamlFields* section : {&f, &peaks, &mem, &net}) section->reject_unknown();
   return h;
 }

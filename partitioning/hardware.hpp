@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "partitioning/measured_efficiency.hpp"
 #include "partitioning/mesh.hpp"
 #include "partitioning/topology.hpp"
 #include "partitioning/yaml_fields.hpp"
@@ -81,6 +82,10 @@ struct HardwareSpec {
   // (measured by `shardlm calibrate`); 0 when the spec does not say.
   int64_t cpu_streaming_max_rows = 0;
   EfficiencyModel efficiency;
+  // What calibrate measured (matmul rate by rows, memory bandwidth by working
+  // set, overheads per layer and token); where given the cost model uses it
+  // in place of the efficiency curves above.
+  MeasuredEfficiency measured;
 
   // Peak matmul FLOP/s for a dtype; int8 weights still multiply in the
   // activation dtype (the paper's §3.6), so callers pass activation_dtype.

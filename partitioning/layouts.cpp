@@ -93,6 +93,49 @@ bool Layout::has_weight(WeightRole r) const {
 
 namespace {
 
+// Which spec letters are a role's rows and cols.
+std::pair<char, char> role_dims(WeightRole role) {
+  switch (role) {
+    case WeightRole::kWq: return {'H', 'E'};
+    case WeightRole::kWk:
+    case WeightRole::kWv: return {'K', 'E'};
+    case WeightRole::kWo: return {'E', 'H'};
+    case WeightRole::kWGate:
+    case WeightRole::kWUp: return {'F', 'E'};
+    case WeightRole::kWDown: return {'E', 'F'};
+    case WeightRole::kEmbedding:
+    case WeightRole::kLmHead: return {'V', 'E'};
+    default: return {'?', 'E'};
+  }
+}
+
+}  // namespace
+
+std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role) {
+  const auto [rows, cols] = role_dims(role);
+  const PartitionSpec& spec = layout.weight(role).stored;
+  return {spec.axes_of(rows), spec.axes_of(cols)};
+}
+
+std::vector<std::string> storage_differences(const Layout& prefill, const Layout& decode,
+                                             const Mesh& mesh) {
+  std::vector<std::string> out;
+  for (WeightRole r : {WeightRole::kWq, WeightRole::kWk, WeightRole::kWv, WeightRole::kWo,
+                       WeightRole::kWGate, WeightRole::kWUp, WeightRole::kWDown}) {
+    if (!prefill.has_weight(r)) continue;  // no gate projection without a gated FFN
+    const auto p = stored_axes(prefill, r), d = stored_axes(decode, r);
+    if (mesh.splitting(p.first) != mesh.splitting(d.first) ||
+        mesh.splitting(p.second) != mesh.splitting(d.second))
+      out.push_back(
+          fmt::format("the {} prefill layout stores {} as {} but the {} decode layout as {}",
+                      name(prefill.ffn), name(r), prefill.weight(r).stored.str(), name(decode.ffn),
+                      decode.weight(r).stored.str()));
+  }
+  return out;
+}
+
+namespace {
+
 // Longest leading run of `axes` whose product divides `count`: the axes over
 // which `count` heads can be split without breaking the query-to-KV grouping
 // (the leading axes are the most significant, so each shard still maps to

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "partitioning/partition_spec.hpp"
@@ -102,6 +103,19 @@ struct Layout {
 };
 
 Layout make_layout(FfnLayout ffn, AttnLayout attn, const LayoutShape& shape, const Mesh& mesh);
+
+// The row and col axes of a weight role under a layout's stored specs.
+std::pair<std::string, std::string> stored_axes(const Layout& layout, WeightRole role);
+
+// The layer weights that `prefill` and `decode` store differently on `mesh`
+// (axes of size 1 split nothing), one line each. Weights are stored once for
+// both phases, so a job can run the two layouts only when this is empty.
+std::vector<std::string> storage_differences(const Layout& prefill, const Layout& decode,
+                                             const Mesh& mesh);
+// What to do about a storage difference, for messages that name one.
+inline constexpr const char* kShareStorageAdvice =
+    "weights are stored once, so pick layouts that share storage (2d and wg-* do; 1d does only "
+    "when x = 1)";
 
 // A human-readable table: weights (stored and used), activations, steps.
 std::string format_layout(const Layout& layout, const DimSizes& sizes, const Mesh& mesh);

@@ -85,19 +85,20 @@ static bool better(const PhaseCost& a, const PhaseCost& b) {
   return a.latency_s < b.latency_s;
 }
 
-PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest& req,
-                     Phase phase, const Mesh& mesh, const std::string& weights) {
-  const bool prefill = phase == Phase::kPrefill;
-  std::vector<PhaseCost> all;
-  for (FfnLayout f : ffn_choices(prefill ? req.ffn_prefill : req.ffn_decode))
-    for (AttnLayout a : attn_choices(prefill ? req.attn_prefill : req.attn_decode))
-      all.push_back(
-          estimate_phase(model, hw, req.workload, phase, PhaseConfig{f, a, weights, mesh}));
-  std::stable_sort(all.begin(), all.end(), better);
+namespace {
+
+// The plan that takes all[pick] of the layouts priced for a phase (best
+// first); refused[i], where given and not empty, says why a layout priced
+// better than the pick was not taken.
+PhasePlan describe_choice(const std::vector<PhaseCost>& all, size_t pick,
+                          const std::vector<std::string>& refused = {}) {
+  auto why_not = [&](size_t i) {
+    return i < refused.size() && !refused[i].empty() ? refused[i] : explain_loss(all[i], all[pick]);
+  };
   PhasePlan plan;
-  plan.chosen = all.front();
-  for (size_t i = 1; i < all.size(); ++i)
-    plan.runners_up.push_back({all[i], explain_loss(all[i], plan.chosen)});
+  plan.chosen = all[pick];
+  for (size_t i = 0; i < all.size(); ++i)
+    if (i != pick) plan.runners_up.push_back({all[i], why_not(i)});
   const PhaseCost& c = plan.chosen;
   const double tokens_per_pass =
       static_cast<double>(c.tokens) / static_cast<double>(c.forward_passes * c.micro_batches);
@@ -109,12 +110,85 @@ PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanR
         "{} "
         "layouts priced",
         tokens_per_pass, name(c.config.ffn), name(c.config.attn), all.size());
-    if (!plan.runners_up.empty())
+    if (pick > 0)
+      plan.why = fmt::format(
+          "{} tokens per forward pass: ffn {} + attention {}, with the other phase's layouts the "
+          "lowest predicted total latency of the pairs that store weights alike ({} layouts "
+          "priced); {} + {} is not taken: {}",
+          tokens_per_pass, name(c.config.ffn), name(c.config.attn), all.size(),
+          name(all[0].config.ffn), name(all[0].config.attn), why_not(0));
+    else if (!plan.runners_up.empty())
       plan.why += fmt::format(
           "; the runner-up ({} + {}) loses by {}", name(plan.runners_up[0].cost.config.ffn),
           name(plan.runners_up[0].cost.config.attn), plan.runners_up[0].lost_because);
   }
   return plan;
+}
+
+// What a phase plan priced, best first.
+std::vector<PhaseCost> priced(const PhasePlan& plan) {
+  std::vector<PhaseCost> all{plan.chosen};
+  for (const Alternative& a : plan.runners_up) all.push_back(a.cost);
+  return all;
+}
+
+}  // namespace
+
+PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest& req,
+                     Phase phase, const Mesh& mesh, const std::string& weights) {
+  const bool prefill = phase == Phase::kPrefill;
+  std::vector<PhaseCost> all;
+  for (FfnLayout f : ffn_choices(prefill ? req.ffn_prefill : req.ffn_decode))
+    for (AttnLayout a : attn_choices(prefill ? req.attn_prefill : req.attn_decode))
+      all.push_back(
+          estimate_phase(model, hw, req.workload, phase, PhaseConfig{f, a, weights, mesh}));
+  std::stable_sort(all.begin(), all.end(), better);
+  return describe_choice(all, 0);
+}
+
+std::pair<PhasePlan, PhasePlan> plan_phases(const ModelSpec& model, const HardwareSpec& hw,
+                                            const PlanRequest& req, const Mesh& mesh,
+                                            const std::string& weights) {
+  PhasePlan prefill = plan_phase(model, hw, req, Phase::kPrefill, mesh, weights);
+  PhasePlan decode = plan_phase(model, hw, req, Phase::kDecode, mesh, weights);
+  const std::vector<PhaseCost> prefills = priced(prefill), decodes = priced(decode);
+  auto layouts = [&](const std::vector<PhaseCost>& all) {
+    std::vector<Layout> out;
+    for (const PhaseCost& c : all)
+      out.push_back(make_layout(c.config.ffn, c.config.attn, layout_shape(model), mesh));
+    return out;
+  };
+  const std::vector<Layout> prefill_layouts = layouts(prefills), decode_layouts = layouts(decodes);
+  auto difference = [&](size_t p, size_t d) {
+    const auto all = storage_differences(prefill_layouts[p], decode_layouts[d], mesh);
+    return all.empty() ? std::string() : all.front();
+  };
+  if (difference(0, 0).empty()) return {prefill, decode};
+  // The pair that runs fastest in all among those that store weights alike
+  // (fitting pairs first); none when pins force two storages, and generate
+  // then names the weights stored differently.
+  std::optional<std::pair<size_t, size_t>> best;
+  auto rank = [&](size_t p, size_t d) {
+    const bool fit = prefills[p].problem.empty() && decodes[d].problem.empty();
+    return std::pair{!fit, prefills[p].latency_s + decodes[d].latency_s};
+  };
+  for (size_t p = 0; p < prefills.size(); ++p)
+    for (size_t d = 0; d < decodes.size(); ++d)
+      if (difference(p, d).empty() && (!best || rank(p, d) < rank(best->first, best->second)))
+        best = {p, d};
+  if (!best)
+    throw UsageError(
+        fmt::format("mesh {}: {}; {}", mesh.str(), difference(0, 0), kShareStorageAdvice));
+  const auto [p, d] = *best;
+  std::vector<std::string> refused_prefill(p), refused_decode(d);
+  for (size_t i = 0; i < p; ++i)
+    if (std::string why = difference(i, d); !why.empty())
+      refused_prefill[i] = "weights stored differently: " + why;
+  for (size_t i = 0; i < d; ++i)
+    if (std::string why = difference(p, i); !why.empty())
+      refused_decode[i] = "weights stored differently: " + why;
+  return {describe_choice(prefills, p, refused_prefill),
+          describe_choice(decodes, d, refused_decode)};
 }
 
 std::vector<Mesh> candidate_meshes(const ModelSpec& model, const HardwareSpec& hw,
@@ -160,14 +234,22 @@ std::string setup_key(const Setup& s) {
                      s.latency());
 }
 
+// `refused`, where given: why the last mesh the pinned layouts cannot share
+// weights on was left out.
 std::vector<Setup> price_setups(const ModelSpec& model, const HardwareSpec& hw,
                                 const PlanRequest& req, int chips,
-                                const std::vector<std::string>& dtypes) {
+                                const std::vector<std::string>& dtypes,
+                                std::string* refused = nullptr) {
   std::vector<Setup> setups;
   for (const Mesh& mesh : candidate_meshes(model, hw, req, chips))
-    for (const std::string& w : dtypes)
-      setups.push_back({mesh, w, plan_phase(model, hw, req, Phase::kPrefill, mesh, w),
-                        plan_phase(model, hw, req, Phase::kDecode, mesh, w)});
+    for (const std::string& w : dtypes) {
+      try {
+        auto [prefill, decode] = plan_phases(model, hw, req, mesh, w);
+        setups.push_back({mesh, w, std::move(prefill), std::move(decode)});
+      } catch (const UsageError& e) {
+        if (refused) *refused = e.what();
+      }
+    }
   return setups;
 }
 
@@ -251,10 +333,12 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
     throw UsageError(fmt::format("--weights '{}': expected bf16, int8, f32 or auto", req.weights));
 
   std::vector<Setup> setups;
+  std::string refused;
   for (int n : chip_counts(req)) {
-    auto s = price_setups(model, hw, req, n, dtypes);
+    auto s = price_setups(model, hw, req, n, dtypes, &refused);
     setups.insert(setups.end(), s.begin(), s.end());
   }
+  if (setups.empty() && !refused.empty()) throw UsageError(refused);
   if (setups.empty() && !hw.torus_slices.empty() && !hw.slice_of(req.chips))
     throw UsageError(hw.mesh_problem(Mesh{1, req.chips, 1, 1}));
   if (setups.empty())

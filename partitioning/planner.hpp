@@ -8,6 +8,7 @@
 // pinned to the mesh it actually runs on to get the layouts for both phases.
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "partitioning/cost_model.hpp"
@@ -61,6 +62,15 @@ Plan make_plan(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest
 // Best (ffn, attn) for one phase on a fixed mesh and dtype, honouring pins.
 PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanRequest& request,
                      Phase phase, const Mesh& mesh, const std::string& weights);
+
+// Best prefill and decode layouts on a fixed mesh and dtype, honouring pins,
+// that store the weights alike (storage_differences): weights are loaded
+// once for both phases. The fastest of each phase when they do; else the
+// pair of the lowest total latency that does (fitting pairs first). Throws
+// UsageError, naming a weight stored differently, when pins leave no such pair.
+std::pair<PhasePlan, PhasePlan> plan_phases(const ModelSpec& model, const HardwareSpec& hw,
+                                            const PlanRequest& request, const Mesh& mesh,
+                                            const std::string& weights);
 
 // The meshes (with pipeline depth) tried for `chips` chips: the pinned one,
 // else every pipeline depth 1, 2, 4 ... up to max_pp (or the pinned depth)

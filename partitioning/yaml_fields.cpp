@@ -28,6 +28,10 @@ YamlFields YamlFields::parse(const std::string& text, const std::string& file) {
   // results), which holds UTF-8 only.
   if (const auto offset = utf8::first_invalid(text))
     throw DataError(fmt::format("{}: not UTF-8 text (invalid byte at offset {})", file, *offset));
+  // YAML admits no NUL character, and yaml-cpp reads one as the end of the
+  // stream, passing on bytes past it that are not the file's.
+  if (const size_t nul = text.find('\0'); nul != std::string::npos)
+    throw DataError(fmt::format("{}: not YAML text (a NUL byte at offset {})", file, nul));
   YAML::Node root;
   try {
     root = YAML::Load(text);

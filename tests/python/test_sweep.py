@@ -110,6 +110,31 @@ def test_three_point_sweep_records_every_point(three):
     assert (out / "experiment.yaml").read_text() == exp.read_text()
 
 
+def test_dry_run_prices_the_decode_steps_generate_predicts(three, shardlm):
+    # generate runs gen_len - 1 decode steps (the first token comes from
+    # prefill) and predicts them; a dry run of the same points prices the same.
+    exp, out, _ = three
+    dry = out.parent / "three-dry"
+    sweep(shardlm, "sweep", exp, "--out", dry, "--dry-run")
+    measured = {r["config"]["chips"]: r for r in records(out) if r["status"] == "ok"}
+    dry_recs = records(dry)
+    # The 2d prefill / 1d decode mix on x = 2 is refused as generate refuses it.
+    assert [r["status"] for r in dry_recs] == ["ok", "ok", "invalid"]
+    assert "1d decode layout" in dry_recs[2]["error"], dry_recs[2]["error"]
+    predicted = [r for r in dry_recs if r["status"] == "ok"]
+    assert len(predicted) == len(measured) == 2
+    for r in predicted:
+        m = measured[r["config"]["chips"]]
+        gen = r["config"]["gen_len"]
+        dec, want = r["predicted"]["decode"], m["predicted"]["decode"]
+        assert dec["forward_passes"] == want["forward_passes"] == gen - 1
+        assert dec["latency_s"] == pytest.approx(want["latency_s"], rel=1e-9)
+        assert r["metrics"]["itl_ms"]["mean"] == pytest.approx(
+            dec["latency_s"] * 1e3 / (gen - 1), rel=1e-9)
+        assert r["predicted"]["prefill"]["latency_s"] == pytest.approx(
+            m["predicted"]["prefill"]["latency_s"], rel=1e-9)
+
+
 def test_schema_catches_damaged_records(three):
     _, out, _ = three
     good = records(out)[0]

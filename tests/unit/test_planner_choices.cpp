@@ -2,6 +2,7 @@
 // the fitted efficiency model against the published latencies.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 
 #include "partitioning/planner.hpp"
 #include "runtime/errors.hpp"
@@ -106,4 +107,64 @@ TEST_CASE("impossible requests are usage errors", "[planner]") {
   req.mesh.reset();
   req.weights = "fp4";
   CHECK_THROWS_AS(make_plan(model("tiny"), tpu(), req), UsageError);
+}
+
+TEST_CASE("the planner pairs only prefill and decode layouts that store weights alike",
+          "[planner]") {
+  // Weights are loaded once for both phases: on x = 2, 1d (E F_xyz) and 2d
+  // (E_x F_zy) store them differently, and generate refuses such a pair.
+  const ModelSpec small = model("small");
+  const HardwareSpec cpu = HardwareSpec::load(kRoot + "/configs/hardware/cpu-local.yaml");
+  const Mesh mesh{1, 2, 2, 1};
+  const LayoutShape shape = layout_shape(small);
+  auto stores_alike = [&](const PhaseConfig& p, const PhaseConfig& d) {
+    return storage_differences(make_layout(p.ffn, p.attn, shape, mesh),
+                               make_layout(d.ffn, d.attn, shape, mesh), mesh)
+        .empty();
+  };
+  int split_apart = 0;  // workloads where each phase alone prefers another storage
+  for (int64_t batch : {1, 4, 16, 64})
+    for (int64_t prompt : {16, 128, 512}) {
+      PlanRequest req;
+      req.workload = Workload{batch, prompt, 16};
+      req.chips = mesh.size();
+      req.mesh = mesh;
+      const PhasePlan alone_prefill = plan_phase(small, cpu, req, Phase::kPrefill, mesh, "f32");
+      const PhasePlan alone_decode = plan_phase(small, cpu, req, Phase::kDecode, mesh, "f32");
+      if (!stores_alike(alone_prefill.chosen.config, alone_decode.chosen.config)) ++split_apart;
+      const Plan plan = make_plan(small, cpu, req);
+      INFO("batch " << batch << " prompt " << prompt << ": prefill " << plan.prefill.why
+                    << "; decode " << plan.decode.why);
+      REQUIRE(stores_alike(plan.prefill.chosen.config, plan.decode.chosen.config));
+      // The fastest pair that stores alike, by brute force over every pair.
+      double fastest = std::numeric_limits<double>::infinity();
+      for (FfnLayout pf : kAllFfnLayouts)
+        for (AttnLayout pa : kAllAttnLayouts)
+          for (FfnLayout df : kAllFfnLayouts)
+            for (AttnLayout da : kAllAttnLayouts) {
+              const PhaseConfig p{pf, pa, "f32", mesh}, d{df, da, "f32", mesh};
+              if (!stores_alike(p, d)) continue;
+              const PhaseCost pc = estimate_phase(small, cpu, req.workload, Phase::kPrefill, p);
+              const PhaseCost dc = estimate_phase(small, cpu, req.workload, Phase::kDecode, d);
+              if (pc.problem.empty() && dc.problem.empty())
+                fastest = std::min(fastest, pc.latency_s + dc.latency_s);
+            }
+      CHECK(plan.latency_s() == Approx(fastest).epsilon(1e-12));
+    }
+  // The case the rule is for occurs here (else this test would check nothing new).
+  CHECK(split_apart > 0);
+  // Pins that leave no such pair are refused, naming the weight.
+  PlanRequest pinned;
+  pinned.workload = Workload{4, 128, 16};
+  pinned.chips = mesh.size();
+  pinned.mesh = mesh;
+  pinned.ffn_prefill = FfnLayout::k2D;
+  pinned.ffn_decode = FfnLayout::k1D;
+  CHECK_THROWS_WITH(
+      make_plan(small, cpu, pinned),
+      Catch::Contains("the 2d prefill layout stores wq as") && Catch::Contains("share storage"));
+  // On x = 1 the same two layouts store alike: a mesh is found where they can run.
+  pinned.mesh.reset();
+  const Plan free_mesh = make_plan(small, cpu, pinned);
+  CHECK(free_mesh.mesh.x == 1);
 }

@@ -1,0 +1,68 @@
+#pragma once
+// What `shardlm calibrate` measured on this machine beyond peak and
+// bandwidth, for the cost model to use in place of the curve fits of
+// EfficiencyModel (the `measured:` section of a hardware YAML):
+// - the CPU backend's matmul FLOP/s at each row count (thin matmuls of
+//   decode run far from peak, and a kernel switch makes the fall-off a step,
+//   not a smooth curve);
+// - the memory read bandwidth by working set (a model whose weights fit the
+//   last-level cache streams them much faster than DRAM);
+// - a fixed time per layer and per token (matmul row) of every forward pass:
+//   the norms, rotary embedding, activation function and bookkeeping the
+//   roofline does not count, and per collective (ranks arriving apart),
+//   fitted to the engine's own forward passes on a synthetic model.
+// Re-running calibrate after a kernel changes re-measures all of them.
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace shardlm {
+
+class YamlFields;
+
+struct MeasuredEfficiency {
+  // (rows, FLOP/s) and (bytes, B/s), increasing in the first element, with
+  // every rank of a node working at once (they share its cores, caches and
+  // memory) and, `_alone`, with one rank per node working (a job smaller
+  // than a node: one rank has a core's siblings and the whole cache).
+  std::vector<std::pair<double, double>> matmul_flops_by_rows, memory_Bps_by_bytes;
+  std::vector<std::pair<double, double>> matmul_flops_by_rows_alone, memory_Bps_by_bytes_alone;
+  double layer_overhead_s = 0;  // per layer per forward pass
+  double token_overhead_s = 0;  // per layer, per token (matmul row) on the chip
+  // Per collective, beyond its latency and bandwidth: the wait for the
+  // slowest member, which back-to-back collectives (how their latency is
+  // measured) do not show; for a group inside one node and for one that
+  // crosses nodes (TCP, and ranks that may outnumber a node's cores).
+  double collective_overhead_s = 0, inter_node_collective_overhead_s = 0;
+  // FLOP/s of decode attention (one new token against a cached context,
+  // the query heads that share a KV head at once), every rank at once and
+  // one rank per node alone; 0: priced as a matmul of batch rows.
+  double attention_decode_flops = 0, attention_decode_flops_alone = 0;
+  double attention_decode_rate(bool alone) const {
+    return alone && attention_decode_flops_alone > 0 ? attention_decode_flops_alone
+                                                     : attention_decode_flops;
+  }
+  // Per byte a collective moves across nodes, beyond the inter-node
+  // bandwidth that back-to-back collectives of one rank per node measured
+  // (every rank of a node sharing its link, in both directions at once).
+  double inter_node_s_per_byte = 0;
+  // Per byte of weights all-gathered (weight-gathered layouts), beyond the
+  // collective's bandwidth: the buffers a gather fills and copies.
+  double weight_gather_s_per_byte = 0;
+
+  bool has_matmul() const { return !matmul_flops_by_rows.empty(); }
+  bool has_memory() const { return !memory_Bps_by_bytes.empty(); }
+  // Interpolated linearly in log(rows) and log(bytes), constant beyond the
+  // measured range.
+  double matmul_flops(double rows, bool alone = false) const;
+  double memory_Bps(double working_set_bytes, bool alone = false) const;
+  double overhead_s(double rows) const { return layer_overhead_s + token_overhead_s * rows; }
+
+  // Reads the `measured` section (throws DataError naming the key).
+  static MeasuredEfficiency parse(const YamlFields& section);
+  // The section as calibrate writes it, `measured:` included; empty when
+  // nothing was measured.
+  std::string to_yaml() const;
+};
+
+}  // namespace shardlm

@@ -1,0 +1,215 @@
+// The measured section of a hardware spec (what `shardlm calibrate` wrote):
+// interpolation of the matmul and memory tables, its YAML errors, the cost
+// model pricing with it, and the fit of the per-layer, per-token and
+// per-collective overheads.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "models/presets.hpp"
+#include "partitioning/calibrate.hpp"
+#include "partitioning/cost_model.hpp"
+#include "partitioning/hardware.hpp"
+#include "runtime/errors.hpp"
+
+using namespace shardlm;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kBase = R"(name: measured-test
+peak_flops:
+  f32: 1.0e11
+memory:
+  capacity_bytes: 1.0e10
+  bandwidth_Bps: 1.0e10
+chips_per_node: 2
+activation_dtype: f32
+interconnect:
+  topology: switched
+  intra_node_bandwidth_Bps: 2.0e9
+  inter_node_bandwidth_Bps: 2.0e9
+  latency_s: 3.0e-6
+)";
+
+HardwareSpec load_spec(const std::string& name, const std::string& measured) {
+  const fs::path p = fs::temp_directory_path() / ("shardlm_test_measured_" + name + ".yaml");
+  std::ofstream(p) << kBase << measured;
+  return HardwareSpec::load(p.string());
+}
+
+std::string load_error(const std::string& name, const std::string& measured) {
+  try {
+    load_spec(name, measured);
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("measured tables interpolate in log rows and log bytes, flat beyond", "[measured]") {
+  MeasuredEfficiency m;
+  m.matmul_flops_by_rows = {{1, 1e10}, {16, 5e10}, {256, 1.5e11}};
+  m.memory_Bps_by_bytes = {{1e6, 4e10}, {1e9, 1e10}};
+  CHECK(m.matmul_flops(0.5) == 1e10);
+  CHECK(m.matmul_flops(1) == 1e10);
+  CHECK(m.matmul_flops(4) == Approx(3e10));   // half way from 1 to 16 in log
+  CHECK(m.matmul_flops(64) == Approx(1e11));  // half way from 16 to 256
+  CHECK(m.matmul_flops(1e6) == 1.5e11);
+  CHECK(m.memory_Bps(std::sqrt(1e15)) == Approx(2.5e10));
+  CHECK(m.memory_Bps(1e12) == 1e10);
+  // A rank alone on its node has its own table; without one, the shared one serves.
+  CHECK(m.matmul_flops(4, true) == Approx(3e10));
+  m.matmul_flops_by_rows_alone = {{1, 2e10}, {256, 2e11}};
+  CHECK(m.matmul_flops(16, true) == Approx(1.1e11));
+  CHECK(m.matmul_flops(16, false) == Approx(5e10));
+  m.layer_overhead_s = 1e-4;
+  m.token_overhead_s = 1e-6;
+  CHECK(m.overhead_s(16) == Approx(1.16e-4));
+}
+
+TEST_CASE("the measured section loads, and bad tables name the key", "[measured]") {
+  const HardwareSpec h = load_spec("good",
+                                   "measured:\n"
+                                   "  matmul_flops_by_rows: [[1, 2.0e10], [64, 8.0e10]]\n"
+                                   "  memory_Bps_by_bytes: [[1.0e6, 3.0e10], [1.0e9, 1.0e10]]\n"
+                                   "  layer_overhead_s: 2.0e-5\n"
+                                   "  token_overhead_s: 1.0e-7\n"
+                                   "  collective_overhead_s: 5.0e-6\n");
+  CHECK(h.measured.matmul_flops(8) == Approx(5e10));
+  CHECK(h.measured.layer_overhead_s == 2e-5);
+  CHECK(h.measured.collective_overhead_s == 5e-6);
+  // What calibrate writes reads back the same.
+  const HardwareSpec again = load_spec("again", h.measured.to_yaml());
+  CHECK(again.measured.matmul_flops_by_rows == h.measured.matmul_flops_by_rows);
+  CHECK(again.measured.token_overhead_s == h.measured.token_overhead_s);
+
+  CHECK_THAT(load_error("decreasing", "measured:\n  matmul_flops_by_rows: [[4, 1.0], [2, 1.0]]\n"),
+             Catch::Contains("measured.matmul_flops_by_rows") && Catch::Contains("increasing"));
+  CHECK_THAT(load_error("scalar", "measured:\n  memory_Bps_by_bytes: 3\n"),
+             Catch::Contains("measured.memory_Bps_by_bytes"));
+  CHECK_THAT(load_error("negative", "measured:\n  layer_overhead_s: -1\n"),
+             Catch::Contains("measured.layer_overhead_s"));
+  CHECK_THAT(load_error("unknown", "measured:\n  layer_overhead: 1\n"),
+             Catch::Contains("measured.layer_overhead"));
+}
+
+TEST_CASE("the cost model prices matmuls, memory and overheads by the measured tables",
+          "[measured]") {
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  // One rate for every row count, so the compute time has a closed form;
+  // the memory rate depends on the working set.
+  const HardwareSpec h = load_spec("pricing",
+                                   "measured:\n"
+                                   "  matmul_flops_by_rows: [[1, 4.0e10], [4096, 4.0e10]]\n"
+                                   "  matmul_flops_by_rows_alone: [[1, 8.0e10], [4096, 8.0e10]]\n"
+                                   "  memory_Bps_by_bytes: [[1.0e6, 4.0e10], [1.0e10, 5.0e9]]\n"
+                                   "  layer_overhead_s: 2.0e-5\n"
+                                   "  token_overhead_s: 1.0e-7\n"
+                                   "  collective_overhead_s: 5.0e-6\n");
+  const Workload w{4, 32, 8};
+  for (int chips : {1, 2}) {
+    const Mesh mesh{1, chips, 1, 1};
+    for (Phase phase : {Phase::kPrefill, Phase::kDecode}) {
+      const PhaseCost c =
+          estimate_phase(model, h, w, phase, {FfnLayout::k1D, AttnLayout::kHeads, "bf16", mesh, 0});
+      INFO("chips " << chips << ", " << name(phase));
+      // One chip is alone on its node (2 chips per node): its own rate.
+      CHECK(c.layer.compute_eff_s == Approx(c.layer.flops / (chips == 1 ? 8e10 : 4e10)));
+      const double rows = phase == Phase::kPrefill ? 4.0 * 32 : 4.0;
+      CHECK(c.layer.rows() == rows);
+      CHECK(c.layer.overhead_s == Approx(2e-5 + 1e-7 * rows));
+      const double working_set =
+          double(c.layers_per_stage) * (c.layer.weight_bytes + c.layer.kv_bytes) +
+          c.edges.weight_bytes + c.edges.kv_bytes;
+      const double t = std::log(working_set / 1e6) / std::log(1e10 / 1e6);
+      const double bandwidth = 4e10 + t * (5e9 - 4e10);
+      CHECK(c.layer.memory_eff_s == Approx((c.layer.weight_bytes + c.layer.kv_bytes) / bandwidth));
+      // Each collective (none on one chip) pays its latency and the measured wait.
+      double expected_comm = 0;
+      for (const auto& coll : c.layer.collectives) expected_comm += coll.seconds + 5e-6;
+      CHECK(c.layer.comm_eff_s == Approx(expected_comm));
+      CHECK(c.layer.collectives.empty() == (chips == 1));
+    }
+  }
+}
+
+TEST_CASE("the overheads are recovered from the engine's unexplained time", "[measured]") {
+  const double layer = 3e-5, token = 2e-7, collective = 4e-6;
+  std::vector<OverheadSample> samples;
+  for (double rows : {1.0, 8.0, 16.0, 512.0})
+    for (double colls : {6.0, 9.0}) {
+      OverheadSample s;
+      s.rows = rows;
+      s.collectives = colls;
+      s.per_layer_pass_s = layer + token * rows + collective * colls;
+      samples.push_back(s);
+    }
+  auto coef = fit_overheads(samples, true);
+  CHECK(coef[0] == Approx(layer).epsilon(1e-6));
+  CHECK(coef[1] == Approx(token).epsilon(1e-6));
+  CHECK(coef[2] == Approx(collective).epsilon(1e-6));
+  CHECK(coef[3] == 0);  // no collective crossed nodes
+  // Across nodes: those that cross cost more, and the fit tells them apart.
+  const double inter = 9e-5;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    OverheadSample& s = samples[i];
+    s.inter_node_collectives = double(i % 3);
+    s.per_layer_pass_s = layer + token * s.rows +
+                         collective * (s.collectives - s.inter_node_collectives) +
+                         inter * s.inter_node_collectives;
+  }
+  coef = fit_overheads(samples, true);
+  CHECK(coef[2] == Approx(collective).epsilon(1e-6));
+  CHECK(coef[3] == Approx(inter).epsilon(1e-6));
+  for (auto& s : samples) s.inter_node_collectives = 0;
+  // Without collectives (one rank) the collective term stays out.
+  for (auto& s : samples) s.per_layer_pass_s = layer + token * s.rows;
+  coef = fit_overheads(samples, false);
+  CHECK(coef[0] == Approx(layer).epsilon(1e-6));
+  CHECK(coef[1] == Approx(token).epsilon(1e-6));
+  CHECK(coef[2] == 0);
+  // A term the data make negative is dropped, not written as negative.
+  for (auto& s : samples) s.per_layer_pass_s = 1e-4 - 1e-7 * s.rows;
+  coef = fit_overheads(samples, false);
+  CHECK(coef[1] == 0);
+  CHECK(coef[0] > 0);
+}
+
+TEST_CASE("reprice prices a measured spec as estimate_phase does", "[measured]") {
+  // Fitting reprices stored estimates for changed constants: with a measured
+  // section that must land where pricing afresh on the changed spec lands.
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  const std::string measured =
+      "measured:\n"
+      "  matmul_flops_by_rows: [[1, 2.0e9], [64, 3.0e10], [4096, 4.0e10]]\n"
+      "  memory_Bps_by_bytes: [[1.0e6, 4.0e10], [1.0e10, 5.0e9]]\n"
+      "  attention_decode_flops: 1.0e9\n"
+      "  layer_overhead_s: 2.0e-5\n"
+      "  token_overhead_s: 1.0e-7\n"
+      "  collective_overhead_s: 5.0e-6\n"
+      "  weight_gather_s_per_byte: 1.0e-10\n";
+  const HardwareSpec before = load_spec("reprice", measured);
+  HardwareSpec after = before;
+  after.efficiency.collective_bandwidth_fraction = 0.5;
+  after.efficiency.comm_overlap = 0.3;
+  after.efficiency.weight_gather_overlap = 0.5;
+  after.efficiency.layer_overhead_s = 1e-4;
+  const Workload w{4, 32, 8};
+  for (FfnLayout ffn : {FfnLayout::k1D, FfnLayout::k2D, FfnLayout::kWgXY})
+    for (Phase phase : {Phase::kPrefill, Phase::kDecode}) {
+      const PhaseConfig config{ffn, AttnLayout::kHeads, "bf16", Mesh{1, 2, 2, 1}, 0};
+      PhaseCost repriced = estimate_phase(model, before, w, phase, config);
+      reprice(repriced, model, after);
+      const PhaseCost fresh = estimate_phase(model, after, w, phase, config);
+      INFO(name(ffn) << " " << name(phase));
+      CHECK(repriced.latency_s == Approx(fresh.latency_s).epsilon(1e-12));
+      CHECK(repriced.layer.comm_eff_s == Approx(fresh.layer.comm_eff_s).epsilon(1e-12));
+      CHECK(repriced.layer.overhead_s == Approx(fresh.layer.overhead_s).epsilon(1e-12));
+      // The measured terms are in both: not the price without them.
+      CHECK(fresh.layer.overhead_s > after.efficiency.layer_overhead_s);
+    }
+}
