@@ -26,6 +26,18 @@ constexpr size_t kLanes = 32;
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+// The fastest of `repeats` timed runs of `run`, after one that warms up.
+template <typename Run>
+double best_seconds(int repeats, Run&& run) {
+  run();
+  double best = INFINITY;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = Clock::now();
+    run();
+    best = std::min(best, since(t0));
+  }
+  return best;
+}
 }  // namespace
 
 double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
@@ -35,12 +47,8 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
   std::vector<float> x(size_t(rows * inner), 1.0f), w(size_t(cols * inner), 0.5f),
       out(size_t(rows * cols));
   const cpu::WeightView weights{w.data(), DType::F32, nullptr, cols, inner};
-  double best = INFINITY;
-  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
-    auto t0 = Clock::now();
-    cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false);
-    if (r > 0) best = std::min(best, since(t0));
-  }
+  const double best = best_seconds(
+      repeats, [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); });
   return 2.0 * double(rows) * double(inner) * double(cols) / best;
 }
 
@@ -90,12 +98,8 @@ double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeat
   std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
   std::vector<uint16_t> w(size_t(cols * inner), 0x3f00);
   const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
-  double best = INFINITY;
-  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
-    auto t0 = Clock::now();
-    cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false);
-    if (r > 0) best = std::min(best, since(t0));
-  }
+  const double best = best_seconds(
+      repeats, [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); });
   return 2.0 * double(rows) * double(inner) * double(cols) / best;
 }
 
@@ -108,12 +112,8 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
                        1.0f / std::sqrt(float(head_dim))};
   // The query heads of one new token at the last position: each sees every key.
   const cpu::AttentionQuery query{q.data(), head_dim, heads, keys - 1, 0, 0};
-  double best = INFINITY;
-  for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
-    auto t0 = Clock::now();
-    cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data());
-    if (r > 0) best = std::min(best, since(t0));
-  }
+  const double best = best_seconds(
+      repeats, [&] { cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data()); });
   return 4.0 * double(heads * keys * head_dim) / best;
 }
 
