@@ -23,6 +23,7 @@
 
 #include "launch/commands.hpp"
 #include "launch/experiment.hpp"
+#include "launch/flags.hpp"
 #include "launch/subprocess.hpp"
 #include "launch/system_info.hpp"
 #include "models/model_config.hpp"
@@ -71,13 +72,6 @@ std::string exe_path() {
   std::error_code ec;
   const fs::path p = fs::read_symlink("/proc/self/exe", ec);
   return ec ? "shardlm" : p.string();
-}
-
-std::string trim(std::string s) {
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-  size_t i = 0;
-  while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
-  return s.substr(i);
 }
 
 // Everything about where and with what a sweep ran, shared by its points.

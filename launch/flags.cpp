@@ -1,5 +1,6 @@
 #include "launch/flags.hpp"
 
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -24,6 +25,13 @@ Mesh mesh_flag(const std::string& text, int ranks) {
     if (ranks % x == 0 && std::abs(x - target) < std::abs(best.x - target))
       best = {1, x, ranks / x, 1};
   return best;
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+  return s.substr(i);
 }
 
 }  // namespace shardlm

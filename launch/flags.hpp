@@ -33,6 +33,9 @@ std::optional<T> parse_optional_flag(const char* flag, const std::string& text, 
 // the flag when it is missing, unreadable or a directory.
 std::ifstream open_input_file(const std::string& file, const char* flag);
 
+// `s` without leading and trailing white space.
+std::string trim(std::string s);
+
 // `--mesh X,Y,Z`, or for `ranks` ranks: x near the paper's 2-D optimum
 // 0.5·sqrt(ranks) (for d_ff = 4·d_model), y the rest.
 Mesh mesh_flag(const std::string& text, int ranks);

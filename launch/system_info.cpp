@@ -10,14 +10,10 @@
 #include <set>
 #include <sstream>
 
+#include "launch/flags.hpp"
+
 namespace shardlm {
 namespace {
-
-std::string trimmed(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  const auto e = s.find_last_not_of(" \t\r\n");
-  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
-}
 
 // The first of `names` that loads, kept loaded for the life of the process.
 void* open_library(std::initializer_list<const char*> names) {
@@ -48,7 +44,7 @@ LibraryVersion query_version(const char* what, std::initializer_list<const char*
 std::string cpu_model() {
   std::ifstream cpuinfo("/proc/cpuinfo");
   for (std::string line; std::getline(cpuinfo, line);)
-    if (line.rfind("model name", 0) == 0) return trimmed(line.substr(line.find(':') + 1));
+    if (line.rfind("model name", 0) == 0) return trim(line.substr(line.find(':') + 1));
   return "unknown";
 }
 
@@ -72,8 +68,8 @@ std::string mpi_library_version() {
   char text[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
   int len = 0;
   MPI_Get_library_version(text, &len);  // allowed before MPI_Init
-  const std::string s(text);  // len may count the terminating NUL
-  return trimmed(s.substr(0, s.find('\n')));
+  const std::string s(text);            // len may count the terminating NUL
+  return trim(s.substr(0, s.find('\n')));
 }
 
 std::string onednn_version() {

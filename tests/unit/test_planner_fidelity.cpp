@@ -23,6 +23,15 @@ PublishedSet tpu_set() {
 PublishedSet a100_set() {
   return PublishedSet::load(kRoot + "/configs/paper/fastertransformer_a100.yaml");
 }
+// Every result within 20% in sample and cross-validated, and above its roofline.
+void check_within_20_percent(const FidelityRow& r) {
+  INFO(r.published.label << ": published " << r.published.latency_s << " s, predicted "
+                         << r.predicted_s << ", cross-validated " << r.cross_validated_s);
+  CHECK(std::abs(r.error()) < 0.20);
+  CHECK(std::abs(r.cross_validated_error()) < 0.20);
+  // The pure roofline is optimistic (PAPER_NOTES §4.3): it stays below.
+  CHECK(r.roofline_s < r.published.latency_s);
+}
 }  // namespace
 
 TEST_CASE("TPU v4: every published latency within 20%, in sample and cross-validated",
@@ -32,14 +41,7 @@ TEST_CASE("TPU v4: every published latency within 20%, in sample and cross-valid
   const HardwareSpec hw = hardware("tpu-v4");
   std::vector<FidelityRow> rows = evaluate(set, hw);
   cross_validate(set, hw, rows);
-  for (const FidelityRow& r : rows) {
-    INFO(r.published.label << ": published " << r.published.latency_s << " s, predicted "
-                           << r.predicted_s << ", cross-validated " << r.cross_validated_s);
-    CHECK(std::abs(r.error()) < 0.20);
-    CHECK(std::abs(r.cross_validated_error()) < 0.20);
-    // The pure roofline is optimistic (PAPER_NOTES §4.3): it stays below.
-    CHECK(r.roofline_s < r.published.latency_s);
-  }
+  for (const FidelityRow& r : rows) check_within_20_percent(r);
 }
 
 TEST_CASE("A100: FasterTransformer latencies within 20%, in sample and cross-validated",
@@ -51,11 +53,7 @@ TEST_CASE("A100: FasterTransformer latencies within 20%, in sample and cross-val
   cross_validate(set, hw, rows);
   int pipelined = 0;
   for (const FidelityRow& r : rows) {
-    INFO(r.published.label << ": published " << r.published.latency_s << " s, predicted "
-                           << r.predicted_s << ", cross-validated " << r.cross_validated_s);
-    CHECK(std::abs(r.error()) < 0.20);
-    CHECK(std::abs(r.cross_validated_error()) < 0.20);
-    CHECK(r.roofline_s < r.published.latency_s);
+    check_within_20_percent(r);
     pipelined += r.published.config.mesh.pp == 3;
   }
   CHECK(pipelined == 18);  // PP3/TP8, with FasterTransformer's micro-batches pinned
