@@ -13,6 +13,7 @@
 #include <string>
 
 #include "runtime/batch.hpp"
+#include "runtime/sampler.hpp"
 #include "runtime/tensor.hpp"
 
 namespace shardlm {
@@ -40,6 +41,14 @@ struct Block2D {
   int64_t row_begin = 0, rows = 0, col_begin = 0, cols = 0;
 };
 
+// Device memory a backend holds, by purpose, in bytes.
+struct MemoryUsage {
+  int64_t weights = 0;           // upload_weight
+  int64_t kv_cache = 0;          // alloc_kv_cache
+  int64_t activations_peak = 0;  // high-water mark of alloc/zeros still held
+  int64_t workspace = 0;         // fixed scratch of the kernels (matmul workspace, staging)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -49,6 +58,10 @@ class Backend {
   virtual DType kv_dtype() const { return DType::F32; }
 
   virtual Tensor alloc(const Shape& shape, DType dtype) = 0;  // contents undefined
+  // One layer's K or V cache, of kv_dtype(): alloc, counted as KV cache.
+  virtual Tensor alloc_kv_cache(const Shape& shape) { return alloc(shape, kv_dtype()); }
+  // What this backend holds now (zeros where it does not count).
+  virtual MemoryUsage memory_usage() const { return {}; }
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
   // The `block` of a weight of `full_shape` read from host memory holding
   // `src_dtype` values; the backend stores it in the format its kernels want,
@@ -92,6 +105,13 @@ class Backend {
   // than heads.window positions, when set).
   virtual void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
                          const AttentionHeads& heads, const Tensor& out) = 0;
+
+  // ids[r] (host) <- the token row r of logits [rows, vocab] (F32) samples
+  // by `params` with the uniform draw uniforms[r] in [0, 1) (unused when
+  // greedy): sample_token_from_draw of each row. A device backend samples
+  // where the logits are, so only the ids travel.
+  virtual void sample(const Tensor& logits, const SamplingParams& params, const double* uniforms,
+                      int32_t* ids);
 
   // RMSNorm of whole rows: row_sum_squares then rmsnorm_scale.
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);

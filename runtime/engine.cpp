@@ -68,7 +68,7 @@ std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t 
   std::vector<KVCacheLayer> cache;
   for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
     cache.push_back(
-        {backend_.alloc(shape, backend_.kv_dtype()), backend_.alloc(shape, backend_.kv_dtype())});
+        {backend_.alloc_kv_cache(shape), backend_.alloc_kv_cache(shape)});
   return cache;
 }
 

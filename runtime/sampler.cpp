@@ -7,8 +7,18 @@
 
 namespace shardlm {
 
+double sampling_draw(std::mt19937_64& rng) {
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+}
+
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& params,
                      std::mt19937_64& rng) {
+  return sample_token_from_draw(logits, vocab, params,
+                                params.temperature <= 0.f ? 0.0 : sampling_draw(rng));
+}
+
+int32_t sample_token_from_draw(const float* logits, int64_t vocab, const SamplingParams& params,
+                               double uniform) {
   if (params.temperature <= 0.f) return int32_t(std::max_element(logits, logits + vocab) - logits);
 
   std::vector<int32_t> order(static_cast<size_t>(vocab));
@@ -43,7 +53,8 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& p
     }
     total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
   }
-  double draw = std::uniform_real_distribution<double>(0.0, total)(rng);
+  // (b - a) * canonical + a, as uniform_real_distribution(0, total) draws.
+  double draw = total * uniform;
   for (int64_t i = 0; i < keep; ++i) {
     draw -= probs[size_t(i)];
     if (draw < 0) return order[size_t(i)];

@@ -14,6 +14,13 @@ struct SamplingParams {
 };
 
 // Ties go to the lowest token id, so top_k = 1 always equals greedy.
+// `uniform` in [0, 1) is the draw (unused when greedy): the same logits and
+// draw give the same token on every backend.
+int32_t sample_token_from_draw(const float* logits, int64_t vocab, const SamplingParams& params,
+                               double uniform);
+// The draw for one token of a sequence's generator.
+double sampling_draw(std::mt19937_64& rng);
+// sample_token_from_draw with the next draw of `rng`.
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingParams& params,
                      std::mt19937_64& rng);
 

@@ -12,5 +12,5 @@ command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
   -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 "${launcher[@]}" \
-  -DSHARDLM_SANITIZE=address,undefined -DSHARDLM_FUZZ=ON >/dev/null
+  -DSHARDLM_SANITIZE=address,undefined -DSHARDLM_FUZZ=ON -DSHARDLM_CUDA=OFF >/dev/null
 cmake --build "$build_dir" -j"$(nproc)" --target "$@"

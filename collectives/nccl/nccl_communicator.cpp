@@ -23,16 +23,17 @@ void check_cuda(cudaError_t status, const char* call) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  explicit NcclCommunicator(Communicator& bootstrap)
-      : rank_(bootstrap.rank()), size_(bootstrap.size()) {
+  NcclCommunicator(Communicator& bootstrap, cudaStream_t stream)
+      : stream_(stream), own_stream_(stream == nullptr), rank_(bootstrap.rank()),
+        size_(bootstrap.size()) {
     ncclUniqueId id;
     if (rank_ == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
     bootstrap.broadcast(&id, sizeof id, 0);
     check_nccl(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
-    check_cuda(cudaStreamCreate(&stream_), "cudaStreamCreate");
+    if (own_stream_) check_cuda(cudaStreamCreate(&stream_), "cudaStreamCreate");
   }
   ~NcclCommunicator() override {
-    cudaStreamDestroy(stream_);
+    if (own_stream_) cudaStreamDestroy(stream_);
     ncclCommDestroy(comm_);
   }
   int size() const override { return size_; }
@@ -147,6 +148,7 @@ class NcclCommunicator final : public Communicator {
 
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  bool own_stream_;
   int rank_, size_;
 };
 
@@ -157,8 +159,8 @@ bool cuda_device_available() {
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap) {
-  return std::make_unique<NcclCommunicator>(bootstrap);
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, void* stream) {
+  return std::make_unique<NcclCommunicator>(bootstrap, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace shardlm

@@ -12,7 +12,11 @@ namespace shardlm {
 bool cuda_device_available();
 
 // A NCCL communicator over the members of `bootstrap` (an MPI group of the
-// same ranks, same order), on the current CUDA device.
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap);
+// same ranks, same order), on the current CUDA device. Its collectives run
+// on `stream` (a cudaStream_t: a backend's compute stream, so they queue
+// behind the kernels that produce their inputs), or on a stream of its own
+// when null.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap,
+                                                     void* stream = nullptr);
 
 }  // namespace shardlm
