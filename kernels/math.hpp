@@ -72,15 +72,19 @@ SHARDLM_HD inline double rope_inv_freq(int i, int head_dim, double theta) {
   return pow(theta, -2.0 * i / head_dim);
 }
 
+// One rotate-half pair (x[i], x[i + d/2]) turned by the angle of cosine c
+// and sine s (a GPU thread rotates one pair).
+SHARDLM_HD inline void rope_rotate_pair(float& a, float& b, float c, float s) {
+  const float a0 = a, b0 = b;
+  a = a0 * c - b0 * s;
+  b = b0 * c + a0 * s;
+}
+
 // Rotate-half RoPE on one head vector: pairs (x[i], x[i + d/2]).
 SHARDLM_HD inline void rope_rotate_half(float* x, const float* cos_row, const float* sin_row,
                                         int head_dim) {
   const int half = head_dim / 2;
-  for (int i = 0; i < half; ++i) {
-    const float a = x[i], b = x[i + half];
-    x[i] = a * cos_row[i] - b * sin_row[i];
-    x[i + half] = b * cos_row[i] + a * sin_row[i];
-  }
+  for (int i = 0; i < half; ++i) rope_rotate_pair(x[i], x[i + half], cos_row[i], sin_row[i]);
 }
 
 // Int8 weight-only quantization, symmetric per output channel (row): the
