@@ -133,17 +133,17 @@ const CublasLtMatmul::Plan& CublasLtMatmul::plan(const Key& key) {
 void CublasLtMatmul::run(const void* x, int64_t ldx, const void* w, int64_t ldw, DType dtype,
                          int64_t m, int64_t n, int64_t k, float* out, int64_t ldo,
                          bool accumulate) {
-  const Key key{m,
-                n,
-                k,
-                ldx,
-                ldw,
-                ldo,
-                dtype,
-                accumulate,
-                alignment_of(x),
-                alignment_of(w),
-                alignment_of(out)};
+  const Key key{.m = m,
+                .n = n,
+                .k = k,
+                .ldx = ldx,
+                .ldw = ldw,
+                .ldo = ldo,
+                .dtype = dtype,
+                .accumulate = accumulate,
+                .align_x = alignment_of(x),
+                .align_w = alignment_of(w),
+                .align_out = alignment_of(out)};
   const Plan& p = plan(key);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   check(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.c, out, p.c, &p.algo,

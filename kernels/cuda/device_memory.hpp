@@ -25,6 +25,11 @@
 
 namespace shardlm::cuda {
 
+// What memory is for (MemoryUsage's fields). Transient buffers of the
+// kernels (matmul inputs rounded to 16 bits, dequantised int8 panels,
+// attention and sampling scratch) count as activations: they live and die
+// within one call, as activations live within one layer. Workspace is what
+// stays: the cuBLASLt workspace and the device side of the staging ring.
 enum class MemoryPurpose { kWeights, kKVCache, kActivations, kWorkspace };
 
 // As messages name it: "weights", "the KV cache", "activations", "workspace".

@@ -11,10 +11,14 @@ namespace {
 
 // Columns one thread takes at a time: one 16-byte load of int8 weights.
 constexpr int kGroupCols = 16;
-// Weight rows (output channels) per block of int8_gemv. Every warp of the
-// block covers a share of the columns for both rows, so a block streams
-// 2 * k bytes with up to 256 loads of 16 bytes in flight per row.
-constexpr int kGemvRowsPerBlock = 2;
+// Weight rows (output channels) per block of int8_gemv: every warp of the
+// block covers a share of the columns for all of them, and each value of x
+// read (from L1/L2) serves that many weights. Four for up to 2 rows of x;
+// two above, where the accumulators (rows x M) would crowd the registers.
+template <int M>
+constexpr int gemv_rows_per_block() {
+  return M <= 2 ? 4 : 2;
+}
 constexpr int kGemvMaxWarps = 8;
 
 bool aligned16(const void* p) {
@@ -60,7 +64,7 @@ __device__ void load_x(const float* row, int64_t c, int64_t k, float (&v)[kGroup
   }
 }
 
-// Block b computes output channels [2b, 2b + 2) for all M rows of x. Its
+// Block b computes output channels [R·b, R·b + R) for all M rows of x. Its
 // threads take the columns in groups of 16, each group's weights widened once
 // and multiplied with the M rows of x (which stay in L1/L2: M * k * 4 bytes);
 // the per-thread sums are reduced over the warp, then over the warps.
@@ -69,7 +73,7 @@ __global__ void __launch_bounds__(kGemvMaxWarps * 32)
     int8_gemv_kernel(const float* __restrict__ x, int64_t ldx, const int8_t* __restrict__ w,
                      const float* __restrict__ scales, int64_t n, int64_t k, float* out,
                      int64_t ldo, bool accumulate) {
-  constexpr int R = kGemvRowsPerBlock;
+  constexpr int R = gemv_rows_per_block<M>();
   const int64_t row0 = int64_t(blockIdx.x) * R;
   const int8_t* rows[R];
 #pragma unroll
@@ -126,7 +130,8 @@ void launch_gemv(const float* x, int64_t ldx, const int8_t* w, const float* scal
   // Enough warps for one pass over the columns, at most kGemvMaxWarps.
   const int64_t groups = (k + kGroupCols - 1) / kGroupCols;
   const int warps = int(std::clamp<int64_t>((groups + 31) / 32, 1, kGemvMaxWarps));
-  const unsigned blocks = unsigned((n + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+  constexpr int rows_per_block = gemv_rows_per_block<M>();
+  const unsigned blocks = unsigned((n + rows_per_block - 1) / rows_per_block);
   const bool vec = k % kGroupCols == 0 && aligned16(w) && aligned16(x) && ldx % 4 == 0;
   if (vec)
     int8_gemv_kernel<M, true>
