@@ -57,7 +57,8 @@ int choose_device(const CudaBackendOptions& options) {
   return options.device >= 0 ? options.device : std::max(options.local_rank, 0) % count;
 }
 
-// Rows of [x.dim(0), rest] views of tensors of any rank >= 1.
+// The row length of a tensor as copy_2d sees it: its last dimension (a 1-D
+// tensor is one row).
 int64_t row_width(const Tensor& t) {
   return t.rank() == 0 ? 1 : t.dim(t.rank() - 1);
 }
