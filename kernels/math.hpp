@@ -191,6 +191,19 @@ SHARDLM_HD inline uint32_t sampling_logit_key(float logit) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+// A 64-bit key per candidate, unique within a row, whose descending order is
+// the candidate order: the logit's key above the id inverted in its
+// `id_bits` low bits (larger logit first; equal logits, lower id first).
+SHARDLM_HD inline uint64_t sampling_sort_key(float logit, int32_t id, int id_bits) {
+  const uint64_t id_mask = (uint64_t(1) << id_bits) - 1;
+  return (uint64_t(sampling_logit_key(logit)) << id_bits) | (id_mask - uint64_t(id));
+}
+
+SHARDLM_HD inline int32_t sampling_sort_key_id(uint64_t key, int id_bits) {
+  const uint64_t id_mask = (uint64_t(1) << id_bits) - 1;
+  return int32_t(id_mask - (key & id_mask));
+}
+
 // The unnormalised probability of a candidate: exp((logit - top) / T) in
 // double, top being the largest logit of the row.
 SHARDLM_HD inline double sampling_weight(float logit, float top, float temperature) {

@@ -8,8 +8,8 @@
 //
 // Temperature: each row's candidates are sorted by a 64-bit key that orders
 // them exactly as the CPU does (larger logit first, ties to the lower id):
-// the logit's order-preserving key (math::sampling_logit_key, which treats
-// -0 and +0 as equal as float comparison does) above the bit-inverted id.
+// math::sampling_sort_key, the logit's order-preserving key (which treats
+// -0 and +0 as equal, as float comparison does) above the bit-inverted id.
 // Keys are unique, so the sort's stability does not matter. Whole rows are
 // sorted (cub::DeviceSegmentedRadixSort) however small top_k is; then one
 // block per row computes the kept candidates' weights a chunk at a time in
@@ -141,12 +141,9 @@ __global__ void greedy_kernel(const float* logits, int64_t vocab, int32_t* ids) 
 // rule's order.
 __global__ void key_kernel(const float* logits, int64_t items, int64_t vocab, int bits,
                            uint64_t* keys) {
-  const uint64_t id_mask = (uint64_t(1) << bits) - 1;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const uint64_t id = uint64_t(i % vocab);
-    keys[i] = (uint64_t(math::sampling_logit_key(logits[i])) << bits) | (id_mask - id);
-  }
+       i += int64_t(gridDim.x) * blockDim.x)
+    keys[i] = math::sampling_sort_key(logits[i], int32_t(i % vocab), bits);
 }
 
 __global__ void offsets_kernel(int rows, int vocab, int* offsets) {
@@ -160,8 +157,7 @@ __global__ void walk_kernel(const float* logits, const uint64_t* sorted, int64_t
                             int32_t* ids) {
   const float* row_logits = logits + int64_t(blockIdx.x) * vocab;
   const uint64_t* row_keys = sorted + int64_t(blockIdx.x) * vocab;
-  const uint64_t id_mask = (uint64_t(1) << bits) - 1;
-  auto id_at = [&](int64_t i) { return int32_t(id_mask - (row_keys[i] & id_mask)); };
+  auto id_at = [&](int64_t i) { return math::sampling_sort_key_id(row_keys[i], bits); };
 
   __shared__ double weights[kChunk];
   __shared__ int64_t found;  // index in sorted order, or -1

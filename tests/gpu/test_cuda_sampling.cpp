@@ -64,7 +64,7 @@ std::vector<float> make_logits(int64_t rows, int64_t vocab, bool ties, uint64_t 
 // Uniforms of each row: the ends of [0, 1) first, then random draws.
 std::vector<double> make_uniforms(int64_t rows, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::vector<double> u(size_t(rows));
+  std::vector<double> u(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r)
     u[size_t(r)] = r == 0 ? 0.0 : r == 1 ? 1.0 - std::ldexp(1.0, -53) : sampling_draw(rng);
   return u;
@@ -73,8 +73,8 @@ std::vector<double> make_uniforms(int64_t rows, uint64_t seed) {
 // The GPU's ids for `params`, compared with the CPU's row by row.
 void check_rows(const std::vector<float>& logits, int64_t rows, int64_t vocab,
                 const std::vector<double>& uniforms, const SamplingParams& params) {
-  DeviceBuffer d_logits(logits.size() * sizeof(float)), d_uniforms(uniforms.size() * sizeof(double)),
-      d_ids(size_t(rows) * sizeof(int32_t)),
+  DeviceBuffer d_logits(logits.size() * sizeof(float)),
+      d_uniforms(uniforms.size() * sizeof(double)), d_ids(size_t(rows) * sizeof(int32_t)),
       d_scratch(cuda::sampling_scratch_bytes(rows, vocab));
   require_cuda(cudaMemcpy(d_logits.ptr, logits.data(), logits.size() * sizeof(float),
                           cudaMemcpyHostToDevice),
@@ -85,15 +85,15 @@ void check_rows(const std::vector<float>& logits, int64_t rows, int64_t vocab,
   cuda::sample_rows(d_logits.as<float>(), rows, vocab, params, d_uniforms.as<double>(),
                     d_ids.as<int32_t>(), d_scratch.ptr, nullptr);
   require_cuda(cudaDeviceSynchronize(), "sample_rows");
-  std::vector<int32_t> ids(size_t(rows));
+  std::vector<int32_t> ids(static_cast<size_t>(rows));
   require_cuda(
       cudaMemcpy(ids.data(), d_ids.ptr, ids.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
       "copying the ids");
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t want =
         sample_token_from_draw(logits.data() + r * vocab, vocab, params, uniforms[size_t(r)]);
-    INFO("vocab " << vocab << ", row " << r << ", temperature " << params.temperature
-                  << ", top_k " << params.top_k << ", top_p " << params.top_p << ", uniform "
+    INFO("vocab " << vocab << ", row " << r << ", temperature " << params.temperature << ", top_k "
+                  << params.top_k << ", top_p " << params.top_p << ", uniform "
                   << uniforms[size_t(r)]);
     CHECK(ids[size_t(r)] == want);
   }

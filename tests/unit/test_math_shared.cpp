@@ -2,11 +2,14 @@
 // exp and candidate order, RoPE scaling against Hugging Face's formulas
 // written out here, and int8 dequantisation against the CPU kernels.
 #include <algorithm>
+#include <bit>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numbers>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -87,6 +90,33 @@ TEST_CASE("the sort key orders logits as float comparison does", "[math][samplin
   CHECK_FALSE(math::sampling_better(1.f, 7, 1.f, 3));
   CHECK(math::sampling_better(0.f, 2, -0.f, 5));
   CHECK_FALSE(math::sampling_better(-0.f, 5, 0.f, 2));
+}
+
+TEST_CASE("sorting the 64-bit keys descending gives the CPU's candidate order",
+          "[math][sampling]") {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.f, 2.f);
+  for (const int vocab : {2, 1000, 151936}) {
+    std::vector<float> logits(static_cast<size_t>(vocab));
+    // A grid of 0.5 makes ties common; -0, +0 and -inf appear too.
+    for (float& l : logits) l = std::round(normal(rng) * 2.f) / 2.f;
+    logits[size_t(vocab / 2)] = -0.0f;
+    logits[0] = -std::numeric_limits<float>::infinity();
+    const int bits = std::max(1, int(std::bit_width(uint64_t(vocab - 1))));
+    std::vector<uint64_t> keys;
+    for (int32_t i = 0; i < vocab; ++i) {
+      keys.push_back(math::sampling_sort_key(logits[size_t(i)], i, bits));
+      REQUIRE(math::sampling_sort_key_id(keys.back(), bits) == i);
+    }
+    std::sort(keys.begin(), keys.end(), std::greater<>());
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      return math::sampling_better(logits[size_t(a)], a, logits[size_t(b)], b);
+    });
+    for (size_t i = 0; i < order.size(); ++i)
+      REQUIRE(math::sampling_sort_key_id(keys[i], bits) == order[i]);
+  }
 }
 
 namespace {
