@@ -2,71 +2,39 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numbers>
 
 #include "kernels/math.hpp"
 
 namespace shardlm {
 
 std::vector<double> rope_inv_freq(const ModelConfig& c, int64_t seq_len) {
+  // The per-frequency rules live in kernels/math.hpp, shared with device code.
   const int dim = int(c.head_dim), half = dim / 2;
   const RopeScaling& s = c.rope_scaling;
-  double base = c.rope_theta;
-  if (s.type == RopeType::kDynamic && seq_len > c.max_position_embeddings)
-    base *=
-        std::pow(s.factor * double(seq_len) / double(c.max_position_embeddings) - (s.factor - 1),
-                 double(dim) / double(dim - 2));
+  const double base =
+      s.type == RopeType::kDynamic
+          ? math::rope_dynamic_base(c.rope_theta, s.factor, seq_len, c.max_position_embeddings, dim)
+          : c.rope_theta;
   std::vector<double> inv_freq(static_cast<size_t>(half));
   for (int i = 0; i < half; ++i) inv_freq[size_t(i)] = math::rope_inv_freq(i, dim, base);
 
+  const double original_context = double(s.original_max_position_embeddings);
   switch (s.type) {
     case RopeType::kDefault:
     case RopeType::kDynamic: break;
     case RopeType::kLinear:
-      for (double& f : inv_freq) f /= s.factor;
+      for (double& f : inv_freq) f = math::rope_linear_inv_freq(f, s.factor);
       break;
-    case RopeType::kLlama3: {
-      // Long wavelengths are interpolated by the factor, short ones kept, and
-      // those between blended smoothly.
-      const double old_context = double(s.original_max_position_embeddings);
-      const double low_freq_wavelen = old_context / s.low_freq_factor;
-      const double high_freq_wavelen = old_context / s.high_freq_factor;
-      for (double& f : inv_freq) {
-        const double wavelen = 2 * std::numbers::pi / f;
-        if (wavelen > low_freq_wavelen) {
-          f /= s.factor;
-        } else if (wavelen >= high_freq_wavelen) {
-          const double smooth = (old_context / wavelen - s.low_freq_factor) /
-                                (s.high_freq_factor - s.low_freq_factor);
-          f = (1 - smooth) * f / s.factor + smooth * f;
-        }
-      }
+    case RopeType::kLlama3:
+      for (double& f : inv_freq)
+        f = math::rope_llama3_inv_freq(f, s.factor, s.low_freq_factor, s.high_freq_factor,
+                                       original_context);
       break;
-    }
     case RopeType::kYarn: {
-      // Dimensions rotating fewer than beta_slow times over the original
-      // context are interpolated, more than beta_fast times extrapolated, and
-      // a linear ramp over the dimension index joins the two.
-      auto correction_dim = [&](double rotations) {
-        return dim *
-               std::log(double(s.original_max_position_embeddings) /
-                        (rotations * 2 * std::numbers::pi)) /
-               (2 * std::log(c.rope_theta));
-      };
-      double low = correction_dim(s.beta_fast), high = correction_dim(s.beta_slow);
-      if (s.truncate) {
-        low = std::floor(low);
-        high = std::ceil(high);
-      }
-      low = std::max(low, 0.0);
-      high = std::min(high, double(dim - 1));
-      if (low == high) high += 0.001;
-      for (int i = 0; i < half; ++i) {
-        const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
-        const double extrapolation = 1 - ramp;
-        const double f = inv_freq[size_t(i)];
-        inv_freq[size_t(i)] = f / s.factor * (1 - extrapolation) + f * extrapolation;
-      }
+      const math::RopeYarnRange range = math::rope_yarn_range(s.beta_fast, s.beta_slow, s.truncate,
+                                                              dim, original_context, c.rope_theta);
+      for (int i = 0; i < half; ++i)
+        inv_freq[size_t(i)] = math::rope_yarn_inv_freq(inv_freq[size_t(i)], i, range, s.factor);
       break;
     }
   }
@@ -95,7 +63,7 @@ void fill_tables(const ModelConfig& c, const std::vector<int64_t>& positions,
       inv_freq = rope_inv_freq(c, freq_len);
     }
     for (int64_t i = 0; i < half; ++i) {
-      const double angle = double(positions[t]) * inv_freq[size_t(i)];
+      const double angle = math::rope_angle(positions[t], inv_freq[size_t(i)]);
       cos_out[t * size_t(half) + size_t(i)] = float(std::cos(angle) * scale);
       sin_out[t * size_t(half) + size_t(i)] = float(std::sin(angle) * scale);
     }

@@ -160,8 +160,7 @@ void Engine::run_layers(const Pass& p, const Tensor& residual) {
 
 // Epilogue: whole rows of the final norm on every rank, this rank's
 // vocabulary slice of the logits, then all of them everywhere.
-std::vector<float> Engine::head(const Pass& p, const Tensor& residual,
-                                const std::vector<int32_t>& logit_rows) {
+Tensor Engine::head(const Pass& p, const Tensor& residual, const std::vector<int32_t>& logit_rows) {
   const PhaseAxes& a = *p.axes;
   const BlockContext block{backend_, ops_, ctx_, config_, a, p.rows};
   const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm);
@@ -172,10 +171,7 @@ std::vector<float> Engine::head(const Pass& p, const Tensor& residual,
   backend_.embedding(all_rows, logit_rows.data(), selected);  // a row gather
   Tensor local_logits = backend_.alloc({selected_rows, weights_.lm_head.local.dim(0)}, DType::F32);
   backend_.matmul(selected, weights_.lm_head.local, local_logits, false);
-  const Tensor logits = ops_.gather_cols(local_logits, a.vocab);
-  std::vector<float> host(static_cast<size_t>(logits.numel()));
-  backend_.copy_to_host(logits, host.data());
-  return host;
+  return ops_.gather_cols(local_logits, a.vocab);
 }
 
 void Engine::send_header(int to, const StageHeader& header, const void* payload, size_t bytes) {
@@ -273,17 +269,32 @@ void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segment
   const size_t prompt_rows = logit_rows.size();
   logit_rows.insert(logit_rows.end(), sample_rows.begin(), sample_rows.end());
   if (logit_rows.empty()) return;
-  const std::vector<float> logits = head(pass, residual, logit_rows);
+  // The logits stay on the backend: only the rows the request keeps come to
+  // the host, and sampling returns ids.
+  const Tensor logits = head(pass, residual, logit_rows);
   const int64_t vocab = config_.vocab_size;
-  result_->prompt_logits.insert(result_->prompt_logits.end(), logits.begin(),
-                                logits.begin() + int64_t(prompt_rows) * vocab);
+  auto keep_rows = [&](std::vector<float>& into, int64_t first, int64_t count) {
+    const size_t at = into.size();
+    into.resize(at + size_t(count * vocab));
+    backend_.copy_to_host(logits.rows(first, count), into.data() + at);
+  };
+  if (prompt_rows) keep_rows(result_->prompt_logits, 0, int64_t(prompt_rows));
+  // One draw per sampled row from its sequence's generator, in row order, as
+  // sample_token draws (none when greedy): a seed gives the same tokens.
+  const bool draws = req.sampling.temperature > 0.f;
+  std::vector<double> uniforms(sampled.size(), 0.0);
+  for (size_t i = 0; i < sampled.size(); ++i)
+    if (draws) uniforms[i] = sampling_draw(rngs_[size_t(sampled[i])]);
+  std::vector<int32_t> ids(sampled.size());
+  if (!sampled.empty())
+    backend_.sample(logits.rows(int64_t(prompt_rows), int64_t(sampled.size())), req.sampling,
+                    uniforms.data(), ids.data());
   std::vector<SampledToken> tokens;
   for (size_t i = 0; i < sampled.size(); ++i) {
     const int s = sampled[i];
-    const float* logit_row = logits.data() + int64_t(prompt_rows + i) * vocab;
     if (s == 0 && req.keep_step_logits)
-      result_->step_logits.insert(result_->step_logits.end(), logit_row, logit_row + vocab);
-    const int32_t token = sample_token(logit_row, vocab, req.sampling, rngs_[size_t(s)]);
+      keep_rows(result_->step_logits, int64_t(prompt_rows + i), 1);
+    const int32_t token = ids[i];
     const int produced = ++sampled_[size_t(s)];
     const bool stopped =
         std::find(req.stop_ids.begin(), req.stop_ids.end(), token) != req.stop_ids.end();

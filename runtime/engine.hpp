@@ -96,9 +96,9 @@ class Engine {
   Pass plan_pass(Phase phase, const BatchLayout& batch);
   Tensor embed(const Pass& pass, const std::vector<int32_t>& tokens);
   void run_layers(const Pass& pass, const Tensor& residual);
-  // Logits of the rows in `logit_rows` of the micro-batch, [rows, vocab].
-  std::vector<float> head(const Pass& pass, const Tensor& residual,
-                          const std::vector<int32_t>& logit_rows);
+  // Logits of the rows in `logit_rows` of the micro-batch, [rows, vocab], on
+  // the backend.
+  Tensor head(const Pass& pass, const Tensor& residual, const std::vector<int32_t>& logit_rows);
 
   std::vector<KVCacheLayer> allocate_cache(const PhaseAxes& axes, int64_t capacity);
   // Copies a prefill cache in the prefill layout's sharding into the decode cache.

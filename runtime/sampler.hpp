@@ -15,7 +15,9 @@ struct SamplingParams {
 
 // Ties go to the lowest token id, so top_k = 1 always equals greedy.
 // `uniform` in [0, 1) is the draw (unused when greedy): the same logits and
-// draw give the same token on every backend.
+// draw give the same token on every backend. The arithmetic (candidate
+// order, weights exp((logit - top) / T) in double, the sequential sums of
+// top-p and the walk) is kernels/math.hpp's, which the CUDA sampler runs too.
 int32_t sample_token_from_draw(const float* logits, int64_t vocab, const SamplingParams& params,
                                double uniform);
 // The draw for one token of a sequence's generator.
