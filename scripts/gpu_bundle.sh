@@ -16,7 +16,8 @@
 #   ompi/  OpenMPI 4.1's mpirun (orterun), the MCA components whose own
 #          libraries are all in lib/, and its help texts; gpu_check.sh sets
 #          OPAL_PREFIX=ompi so the relocated OpenMPI finds them
-#   pmix/  PMIx's components and help texts (PMIX_PREFIX=pmix)
+#   pmix/  PMIx's components and help texts (PMIX_PREFIX=pmix,
+#          PMIX_MCA_mca_base_component_path=pmix/lib/pmix)
 #   manifest.txt  what is in it and where each file came from
 #
 # Built in BUILD_DIR (default build-gpu/) with SHARDLM_NATIVE=OFF: the GPU
@@ -122,6 +123,8 @@ if [ -d "$pmix_prefix" ]; then
   echo "pmix/share/pmix <- $pmix_prefix/share/pmix" >>"$manifest"
 fi
 
+# The GPU tests know their source directory by this path (SHARDLM_SOURCE_DIR).
+echo "source_dir=$ROOT" >"$BUNDLE/bundle.env"
 echo "largest files (KiB, uncompressed):" >>"$manifest"
 du -sk "$BUNDLE"/lib/* "$BUNDLE"/bin/* | sort -rn | head -8 | sed "s|$BUNDLE/||" >>"$manifest"
 rm -rf "$OUT_DIR"
