@@ -20,9 +20,12 @@
 #          PMIX_MCA_mca_base_component_path=pmix/lib/pmix)
 #   manifest.txt  what is in it and where each file came from
 #
-# Built in BUILD_DIR (default build-gpu/) with SHARDLM_NATIVE=OFF: the GPU
-# machine's CPU is not this one, and -march=native code could stop there
-# with an illegal instruction; CUDA code for sm_90 (H100/H200) only.
+# Built in BUILD_DIR (default build-gpu/) with SHARDLM_NATIVE=OFF and
+# -march=x86-64-v4: the GPU machine's CPU is not this one, and -march=native
+# code could stop there with an illegal instruction. The CPU kernels need
+# AVX-512 F/BW (x86-64-v4), which the host CPUs of H100/H200 machines have
+# (Sapphire/Emerald Rapids, Genoa, Turin); gpu_check.sh checks. CUDA code for
+# sm_90 (H100/H200) only.
 # Binaries built on Debian 12 (glibc 2.36, libstdc++ of GCC 12) run on a
 # newer glibc and libstdc++ (the GPU image is Ubuntu 24.04: glibc 2.39).
 set -euo pipefail
@@ -46,6 +49,7 @@ fi
 # BUNDLE_ONLY=1 bundles BUILD_DIR as it is (a build whose flags you chose).
 if [ "${BUNDLE_ONLY:-0}" != 1 ]; then
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DSHARDLM_NATIVE=OFF \
+    -DCMAKE_C_FLAGS=-march=x86-64-v4 -DCMAKE_CXX_FLAGS=-march=x86-64-v4 \
     -DCMAKE_CUDA_ARCHITECTURES=90 "${launcher[@]}" >/dev/null
   cmake --build "$BUILD_DIR" -j"$JOBS" \
     --target shardlm shardlm_cuda shardlm_gpu_tests shardlm_nccl_tests

@@ -85,6 +85,15 @@ step() {
 
 setup() {
   echo "gpu_check: $(date -u +%FT%TZ) on $(hostname), $(nproc) CPUs"
+  grep -m1 'model name' /proc/cpuinfo
+  # The bundle is built for x86-64-v4 (the CPU kernels are AVX-512).
+  local flag
+  for flag in avx512f avx512bw avx512cd avx512dq avx512vl; do
+    if ! grep -q -w "$flag" /proc/cpuinfo; then
+      echo "gpu_check: this CPU lacks $flag; the bundle's CPU code (x86-64-v4) cannot run here"
+      return 1
+    fi
+  done
   if [ ! -f "$BUNDLE_TAR" ]; then
     echo "gpu_check: no $BUNDLE_TAR: run scripts/gpu_bundle.sh on the build machine and carry gpu-bundle"
     return 1

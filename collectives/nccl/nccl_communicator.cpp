@@ -5,6 +5,7 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <exception>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
@@ -64,7 +65,13 @@ class NcclCommunicator final : public Communicator {
   ~NcclCommunicator() override {
     if (scratch_) cudaFree(scratch_);
     if (own_stream_ && stream_) cudaStreamDestroy(stream_);
-    if (comm_) ncclCommDestroy(comm_);
+    // While an error unwinds (a failed collective, a fault on this rank),
+    // peers may be gone or waiting: ncclCommDestroy finalizes and can wait
+    // for them, ncclCommAbort does not, so main() still gets to end the job.
+    if (comm_ && std::uncaught_exceptions() > 0)
+      ncclCommAbort(comm_);
+    else if (comm_)
+      ncclCommDestroy(comm_);
   }
   int size() const override { return size_; }
   int rank() const override { return rank_; }
