@@ -16,17 +16,11 @@ namespace {
 
 constexpr const char* kPluginFile = "libshardlm_cuda.so";
 
-// The directory of the running executable: the plugin is built beside it.
-std::filesystem::path executable_dir() {
+// The running executable: the plugin is built beside it.
+std::filesystem::path executable_path() {
   std::error_code error;
   const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
-  return error ? std::filesystem::current_path() : exe.parent_path();
-}
-
-std::string executable_path() {
-  std::error_code error;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
-  return error ? "shardlm" : exe.string();
+  return error ? std::filesystem::current_path() / "shardlm" : exe;
 }
 
 // The plugin's entry points, loaded once per process and never unloaded (the
@@ -44,7 +38,7 @@ struct CudaPlugin {
 const CudaPlugin& cuda_plugin() {
   static const CudaPlugin plugin = [] {
     CudaPlugin p;
-    p.path = executable_dir() / kPluginFile;
+    p.path = executable_path().parent_path() / kPluginFile;
     p.present = std::filesystem::exists(p.path);
     if (!p.present) {
       p.error = "not found";
@@ -108,12 +102,12 @@ BackendKind resolve_backend(const std::string& flag) {
   const bool required = flag == "cuda";
   // The driver is asked first (system_info dlopens libcuda alone): without a
   // device, auto never loads the plugin and its CUDA libraries.
-  const std::filesystem::path plugin_path = executable_dir() / kPluginFile;
+  const std::filesystem::path plugin_path = executable_path().parent_path() / kPluginFile;
   if (!std::filesystem::exists(plugin_path)) {
     if (!required) return BackendKind::kCpu;
     throw UsageError(fmt::format(
         "--backend cuda: this shardlm was built without the CUDA backend (no {} beside {})",
-        kPluginFile, executable_path()));
+        kPluginFile, executable_path().string()));
   }
   std::string why_none;
   if (gpu_devices(why_none).empty()) {

@@ -49,7 +49,9 @@ STEPS=$WORK/steps.tsv
 # step NAME LIMIT_S FUNCTION [ARGS]: runs an exported function under
 # `timeout` (LIMIT_S, or what is left of the budget), prints its output and
 # records "name status exit seconds note". A step whose output has a line
-# starting "SKIPPED" or "UNSUPPORTED" is recorded as such.
+# starting "SKIPPED:" (the GPU tests' mains without a device) or
+# "UNSUPPORTED:" is recorded as such; a passing step's note is its last line
+# (pytest's "9 passed, 2 skipped").
 step() {
   local name=$1 limit=$2
   shift 2
@@ -67,20 +69,21 @@ step() {
   cat "$WORK/$name.out"
   if [ $rc = 124 ] || [ $rc = 137 ]; then
     status=timeout
-  elif note=$(grep -m1 '^UNSUPPORTED' "$WORK/$name.out"); then
+  elif note=$(grep -m1 '^UNSUPPORTED:' "$WORK/$name.out"); then
     status=unsupported
   elif [ $rc != 0 ]; then
     status=fail
     note=$(grep -m1 -i 'error' "$WORK/$name.out" | cut -c1-300)
-  elif note=$(grep -m1 '^SKIPPED' "$WORK/$name.out"); then
+  elif note=$(grep -m1 '^SKIPPED:' "$WORK/$name.out"); then
     status=skipped
   else
     status=pass
+    note=$(grep -v '^[[:space:]]*$' "$WORK/$name.out" | tail -1 | cut -c1-300)
   fi
   echo "=== $name: $status (exit $rc, $((SECONDS - start)) s) ==="
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$((SECONDS - start))" \
     "$(echo "$note" | tr '\t\n' '  ')" >>"$STEPS"
-  return $rc
+  return "$rc"
 }
 
 setup() {
