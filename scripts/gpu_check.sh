@@ -19,13 +19,15 @@
 #   nvidia-smi  the device, driver and clocks as found
 #   doctor      shardlm doctor: versions, devices, the plugin, --backend auto
 #   gpu_tests   shardlm_gpu_tests: the CUDA backend against the CPU backend
-#   nccl_2ranks shardlm_nccl_tests under mpirun -n 2 (both ranks on one GPU
-#               where there is one: NCCL before 2.30 refuses that, "Duplicate
-#               GPU detected", recorded as unsupported rather than failed)
+#   nccl_2ranks shardlm_nccl_tests under mpirun -n 2, both ranks on one GPU
+#               where there is one (NCCL before 2.30 refuses that, "Duplicate
+#               GPU detected"; then again with a NCCL_HOSTID per rank: two
+#               NCCL hosts joined by sockets over the loopback)
 #   end_to_end  tests/python/test_cuda.py: generate --backend cuda against
 #               --backend cpu (--dump-logits, --dump-step-logits) on every
 #               tiny preset, max |Δ| <= 3e-2 max |logit| (the bound is derived
 #               in that file), and tensor parallelism over NCCL with 2 ranks
+#               against 1 (with the same NCCL_HOSTID fallback)
 #   bench       shardlm bench --backend cuda on the 1b preset in bf16: batch-1
 #               decode after 128 and 4096 prompt tokens and the 4096-token
 #               prefill, against the h200-sxm spec's 989 TFLOP/s dense bf16
@@ -170,14 +172,20 @@ gpu_tests() {
 }
 
 nccl_2ranks() {
-  # NCCL 2.30+ lets two ranks share a GPU when asked; older ones refuse.
+  # NCCL 2.30+ lets two ranks share a GPU when asked; older ones refuse
+  # ("Duplicate GPU detected": same host hash, same bus id). Then each rank
+  # gets a host id of its own: two NCCL "hosts" joined by the socket
+  # transport over the loopback, the same collectives on the same memory.
   local rc
   NCCL_MULTI_RANK_GPU_ENABLE=1 NCCL_DEBUG=WARN mpirun -n 2 "$B/bin/shardlm_nccl_tests" 2>&1 |
     tee "$WORK/nccl.out"
   rc=${PIPESTATUS[0]}
   if [ "$rc" != 0 ] && grep -q -e 'Duplicate GPU detected' -e 'Multiple Ranks are using the same GPU' "$WORK/nccl.out"; then
-    echo "UNSUPPORTED: this NCCL refuses two ranks on one GPU (2.30+ allows it with NCCL_MULTI_RANK_GPU_ENABLE=1); needs two GPUs"
-    return 0
+    echo "gpu_check: this NCCL refuses two ranks on one GPU; again as two NCCL hosts over sockets"
+    # shellcheck disable=SC2016  # expanded by each rank's bash
+    NCCL_DEBUG=WARN NCCL_SOCKET_IFNAME=lo mpirun -n 2 bash -c \
+      'NCCL_HOSTID="shardlm-rank-$OMPI_COMM_WORLD_RANK" exec "$@"' _ "$B/bin/shardlm_nccl_tests"
+    rc=$?
   fi
   return "$rc"
 }
