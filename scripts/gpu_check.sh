@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317  # the step functions run through `step` (bash -c)
+# shellcheck disable=SC2317,SC1091  # step functions run through `step` (bash -c); env.sh is made at run time
 # The CUDA backend's check on a lent GPU machine (an H200; docs/cuda_backend.md).
 #
 # 1. Here, on the build machine (it has the Debian packages the GPU machine
@@ -113,13 +113,15 @@ setup() {
   if [ -n "$source_dir" ] && [ ! -e "$source_dir" ]; then
     mkdir -p "$(dirname "$source_dir")" && ln -s "$ROOT" "$source_dir"
   fi
-  # CUDA's libraries: the toolkit's, then the directories of PyTorch's
-  # nvidia-* wheels (NCCL is only there).
-  local dirs="" d
+  # CUDA's libraries: the toolkit's and the directories of PyTorch's nvidia-*
+  # wheels (NCCL is only there). The toolkit first; should the plugin not
+  # load so (a cuBLASLt older than the one it was built against, say), the
+  # wheels first.
+  local toolkit="" wheels d order
   for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && dirs="$dirs:$d"
+    [ -d "$d" ] && toolkit="$toolkit:$d"
   done
-  dirs="$dirs:$(python3 - <<'EOF'
+  wheels=":$(python3 - <<'EOF'
 import glob, os, site
 roots = set(site.getsitepackages())
 try:
@@ -136,7 +138,14 @@ for root in sorted(roots):
 print(":".join(found))
 EOF
 )"
-  echo "export LD_LIBRARY_PATH=$B/lib$dirs:${LD_LIBRARY_PATH:-}" >"$WORK/env.sh"
+  for order in "$toolkit$wheels" "$wheels$toolkit"; do
+    echo "export LD_LIBRARY_PATH=$B/lib$order:${LD_LIBRARY_PATH:-}" >"$WORK/env.sh"
+    if (source "$WORK/env.sh" && "$B/bin/shardlm" doctor | grep -q 'CUDA backend: .* loads'); then
+      break
+    fi
+    echo "gpu_check: the plugin does not load with LD_LIBRARY_PATH=$B/lib$order:"
+    (source "$WORK/env.sh" && "$B/bin/shardlm" doctor | grep 'CUDA backend')
+  done
 }
 
 export B ROOT WORK OUT BUNDLE_TAR
