@@ -34,7 +34,8 @@ struct BackendSettings {
 };
 
 // A backend that, for CUDA, takes its NCCL communicators with it: the
-// device groups made on its stream are dropped before it is deleted.
+// device groups made on its stream are dropped before it is deleted (so one
+// CUDA backend at a time: bench makes one per --weights value in turn).
 using BackendPtr = std::unique_ptr<Backend, void (*)(Backend*)>;
 
 // Makes the backend `kind` (resolved) for this rank. CUDA: the device is
