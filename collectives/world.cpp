@@ -486,6 +486,32 @@ Communicator& World::group(const std::vector<int>& ranks) {
   return *groups_.emplace(ranks, std::move(comm)).first->second;
 }
 
+void World::set_device_communicators(DeviceCommFactory factory) {
+  device_groups_.clear();  // before their factory (and its backend) goes
+  device_factory_ = std::move(factory);
+}
+
+Communicator& World::device_group(const std::vector<int>& ranks) {
+  if (!device_factory_)
+    throw std::logic_error(
+        "World::device_group: no device communicators (a CUDA backend sets them)");
+  auto it = device_groups_.find(ranks);
+  if (it != device_groups_.end()) return *it->second;
+  Communicator& bootstrap = group(ranks);  // checks that this rank is a member
+  // The map's key outlives the communicator: the watchdog's message reads it.
+  const std::vector<int>* members = &device_groups_.emplace(ranks, nullptr).first->first;
+  CollectiveWatch watch{[this, members](const char* what) { enter_collective(what, members); },
+                        [this] { leave_collective(); }, [this] { return comm_timeout(); },
+                        describe_ranks(ranks)};
+  try {
+    device_groups_[ranks] = device_factory_(bootstrap, watch);
+  } catch (...) {
+    device_groups_.erase(ranks);
+    throw;
+  }
+  return *device_groups_[ranks];
+}
+
 Communicator& World::all() {
   std::vector<int> ranks(static_cast<size_t>(size_));
   std::iota(ranks.begin(), ranks.end(), 0);
@@ -503,6 +529,7 @@ void World::abort(int exit_code) {
 void World::finalize() {
   stop_watch_ = true;
   if (watchdog_.joinable()) watchdog_.join();
+  device_groups_.clear();  // NCCL communicators bootstrapped from the MPI groups
   groups_.clear();
   int finalized = 0;
   if (mpi_) MPI_Finalized(&finalized);

@@ -4,6 +4,7 @@
 // Groups of ranks get their communicator on first use and keep it: one per
 // ordered rank list, created collectively by the group's members only.
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,6 +14,17 @@
 #include "collectives/communicator.hpp"
 
 namespace shardlm {
+
+// How a communicator that waits by polling (NCCL: a stream and its async
+// error) takes part in World's watchdog (--comm-timeout). Plain functions
+// made by World, so a communicator built in the CUDA plugin (which carries
+// its own copy of this code) reports to the process's one World.
+struct CollectiveWatch {
+  std::function<void(const char* what)> enter;  // World::enter_collective for the group
+  std::function<void()> leave;                  // World::leave_collective
+  std::function<double()> timeout_s;            // --comm-timeout now; 0: none
+  std::string group;                            // "ranks 0,1": the group, for messages
+};
 
 class World {
  public:
@@ -50,6 +62,19 @@ class World {
   // The communicator of `ranks` (this process must be one of them).
   Communicator& group(const std::vector<int>& ranks);
   Communicator& all();
+
+  // Communicators over device memory for the collectives of tensor
+  // parallelism (ParallelContext::comm): NCCL where the backend is CUDA.
+  // `factory` makes one from the MPI group of the same ranks (its
+  // bootstrap) on first use of a rank list; they are kept until the factory
+  // changes. An empty factory drops them all (the backend whose stream they
+  // use is going away). Host-memory traffic (pipeline boundaries, results)
+  // stays on group() and all().
+  using DeviceCommFactory = std::function<std::unique_ptr<Communicator>(
+      Communicator& bootstrap, const CollectiveWatch& watch)>;
+  void set_device_communicators(DeviceCommFactory factory);
+  bool has_device_communicators() const { return bool(device_factory_); }
+  Communicator& device_group(const std::vector<int>& ranks);
 
   // A collective that has not finished `seconds` after it started ends the
   // job with a message naming this rank, its host and the group it waits on
@@ -93,6 +118,8 @@ class World {
   std::atomic<bool> places_known_{false};  // read by the watchdog thread
   std::vector<int> stages_;                // pipeline stage of each rank, when pipelined
   std::map<std::vector<int>, std::unique_ptr<Communicator>> groups_;
+  DeviceCommFactory device_factory_;
+  std::map<std::vector<int>, std::unique_ptr<Communicator>> device_groups_;
 
   // The watchdog: the main thread publishes when its current collective
   // started (0: none), a thread checks it against the timeout.

@@ -25,6 +25,10 @@
 // Under mpirun the peak and bandwidth are the sums over ranks (all measure at
 // once) and the bytes those of all ranks' shards. Limits are measured before
 // and after the rows; the higher of the two is used.
+// With --backend cuda the limits are the --hardware spec's per-GPU dense bf16
+// peak and memory bandwidth (the datasheet's, e.g. h200-sxm: 989 TFLOP/s,
+// 4.8 TB/s) times the ranks, not measured: the matmul's operands are 16-bit
+// whatever the weights' storage, and --threads does not apply.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <omp.h>
@@ -36,6 +40,7 @@
 #include <random>
 #include <sstream>
 
+#include "launch/backend_choice.hpp"
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/memory_check.hpp"
@@ -52,7 +57,7 @@ struct BenchOptions {
   std::string model, output = "md", mesh, ffn = "2d", attn = "heads";
   std::vector<int> prompt = {128, 512}, gen = {128}, threads = {0}, batch = {1}, context = {0};
   std::vector<std::string> weights = {"auto"};
-  std::string kv_dtype = default_kv_dtype_flag(), hardware;
+  std::string kv_dtype = default_kv_dtype_flag(), hardware, backend = "auto";
   int reps = 3;
   double bandwidth_gib = 1.5;
 };
@@ -128,10 +133,12 @@ void set_rooflines(Row& r) {
 }
 
 std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
-                        const std::vector<Row>& rows, const std::map<int, Limits>& limits) {
+                        const std::vector<Row>& rows, const std::map<int, Limits>& limits,
+                        bool gpu) {
   if (o.output == "json") {
     nlohmann::json out = {{"model", o.model},
                           {"ranks", ranks},
+                          {"backend", gpu ? "cuda" : "cpu"},
                           {"params", c.num_params()},
                           {"rows", nlohmann::json::array()}};
     for (const auto& [t, l] : limits)
@@ -177,10 +184,16 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
       "model {}: {:.1f}M params, {} layers; {} rank(s); {} KV cache; medians of {} repetitions\n\n",
       o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.kv_dtype, o.reps);
   for (const auto& [t, l] : limits)
-    s << fmt::format(
-        "- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
-        "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
-        t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
+    if (gpu)
+      s << fmt::format(
+          "- CUDA, {} GPU(s): peak {:.1f} TFLOP/s (dense bf16) and memory bandwidth {:.0f} GB/s "
+          "from the hardware spec {}\n",
+          ranks, l.peak_flops / 1e12, l.bandwidth / 1e9, o.hardware);
+    else
+      s << fmt::format(
+          "- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
+          "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
+          t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
   s << "\n| weights | threads | batch | d | p | n | prefill tok/s | prefill MFU | prefill "
        "roofline | decode tok/s | decode MB/token | decode BW util | decode roofline ms/step | "
        "decode roofline "
@@ -215,6 +228,14 @@ void run_bench(const BenchOptions& o) {
     if (v < 0) throw UsageError("-t values must be >= 0 (0: all cores)");
   std::vector<std::optional<DType>> weight_dtypes;
   for (const std::string& w : o.weights) weight_dtypes.push_back(parse_weight_dtype(w));
+  const BackendKind backend_kind = resolve_backend(o.backend);
+  const bool gpu = backend_kind == BackendKind::kCuda;
+  if (gpu && o.hardware.empty())
+    throw UsageError(
+        "bench --backend cuda: give --hardware (e.g. h200-sxm): its peak bf16 FLOP/s and memory "
+        "bandwidth per GPU are what the rows are measured against");
+  // The CPU backend's rows per thread count; a GPU's one row, "0 threads".
+  const std::vector<int> thread_counts = gpu ? std::vector<int>{0} : o.threads;
 
   World& world = World::get();
   const Mesh mesh = mesh_flag(o.mesh, world.size());
@@ -250,10 +271,11 @@ void run_bench(const BenchOptions& o) {
     }
   const Checkpoint checkpoint(o.model);
   // The matmul paths' crossover that `calibrate` measured, when a spec is given.
-  const int64_t streaming_rows =
+  const std::optional<HardwareSpec> spec =
       o.hardware.empty()
-          ? 0
-          : HardwareSpec::load(resolve_config(o.hardware, "hardware")).cpu_streaming_max_rows;
+          ? std::nullopt
+          : std::optional(HardwareSpec::load(resolve_config(o.hardware, "hardware")));
+  const int64_t streaming_rows = spec ? spec->cpu_streaming_max_rows : 0;
 
   // The limits, per thread count: measured before the weights are loaded and
   // again after the last row, keeping the higher value of each, so a burst of
@@ -261,7 +283,11 @@ void run_bench(const BenchOptions& o) {
   const int all_cores = omp_get_max_threads();
   std::map<int, Limits> limits;
   auto measure_limits = [&] {
-    for (int t : o.threads) {
+    if (gpu) {
+      limits[0] = {spec->peak("bf16") * world.size(), spec->memory_bandwidth * world.size()};
+      return;
+    }
+    for (int t : thread_counts) {
       const int threads = t > 0 ? t : all_cores;
       omp_set_num_threads(threads);
       Limits& l = limits[threads];
@@ -278,8 +304,9 @@ void run_bench(const BenchOptions& o) {
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
   std::vector<Row> rows;
   for (size_t wi = 0; wi < o.weights.size(); ++wi) {
-    std::unique_ptr<Backend> backend =
-        make_cpu_backend({all_cores, weight_dtypes[wi], kv_dtype, streaming_rows});
+    BackendPtr backend =
+        make_backend(backend_kind, {all_cores, weight_dtypes[wi], kv_dtype, streaming_rows}, world);
+    ctx.set_device_collectives(backend->device() == Device::CUDA);
     ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx,
                                               {0, config.num_layers, true, true});
     const double stored_bytes = sum_over_ranks(world, weight_bytes(weights));
@@ -288,9 +315,9 @@ void run_bench(const BenchOptions& o) {
             ? std::string(weight_dtype_name(*weight_dtypes[wi]))
             : fmt::format("auto ({})", weight_dtype_name(weights.lm_head.local.dtype()));
     Engine engine(*backend, ctx, config, layout, layout, std::move(weights));
-    for (int t : o.threads) {
-      const int threads = t > 0 ? t : all_cores;
-      omp_set_num_threads(threads);
+    for (int t : thread_counts) {
+      const int threads = gpu ? 0 : t > 0 ? t : all_cores;
+      if (!gpu) omp_set_num_threads(threads);
       for (int b : o.batch)
         for (int d : o.context)
           for (int p : o.prompt)
@@ -350,7 +377,7 @@ void run_bench(const BenchOptions& o) {
     row.limits = l;
     set_rooflines(row);
   }
-  if (world.is_root()) fmt::print("{}", format_rows(o, config, world.size(), rows, limits));
+  if (world.is_root()) fmt::print("{}", format_rows(o, config, world.size(), rows, limits, gpu));
 }
 
 }  // namespace
@@ -368,15 +395,18 @@ void add_bench_command(CLI::App& app) {
   };
   list("-p,--prompt", o->prompt, "prompt lengths (tokens per sequence)");
   list("-n,--gen", o->gen, "tokens generated per sequence");
-  list("-t,--threads", o->threads, "threads per rank (0: all cores this rank may use)");
+  list("-t,--threads", o->threads,
+       "threads per rank of the CPU backend (0: all cores this rank may use)");
   list("-b,--batch", o->batch, "sequences per batch");
   list("-d,--context", o->context,
        "tokens of context already in each sequence's cache: the prompt is d + p tokens");
   list("--weights", o->weights, "weight storage: f32, bf16, f16, int8 or auto (the checkpoint's)");
   cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help())->capture_default_str();
+  add_backend_flag(cmd, o->backend);
   cmd->add_option("--hardware", o->hardware,
                   "hardware spec whose cpu_streaming_max_rows (from `shardlm calibrate`) sets "
-                  "the matmul paths' crossover");
+                  "the CPU matmul paths' crossover; with --backend cuda, whose bf16 peak and "
+                  "memory bandwidth per GPU the rows are measured against (e.g. h200-sxm)");
   cmd->add_option("-o,--output", o->output, "md, csv or json")->capture_default_str();
   cmd->add_option("-r,--reps", o->reps, "repetitions per row (the median is reported)")
       ->capture_default_str();

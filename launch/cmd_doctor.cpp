@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "collectives/world.hpp"
+#include "launch/backend_choice.hpp"
 #include "launch/commands.hpp"
 #include "launch/system_info.hpp"
 
@@ -21,7 +22,7 @@ void print_doctor() {
   const int nodes = world ? world->nodes() : 1;
   if (world && !world->is_root()) return;
   fmt::print("shardlm doctor\n");
-  #ifdef __clang__
+#ifdef __clang__
   fmt::print("  compiler:     clang {}\n", __clang_version__);
 #else
   fmt::print("  compiler:     GCC {}\n", __VERSION__);
@@ -40,6 +41,17 @@ void print_doctor() {
   for (size_t i = 0; i < gpus.size(); ++i)
     fmt::print("  GPU {}:        {}, {:.1f} GiB, compute capability {}.{}\n", i, gpus[i].name,
                gpus[i].memory_bytes / (1u << 30), gpus[i].compute_major, gpus[i].compute_minor);
+  // The plugin is loaded here even without a device: whether its libraries
+  // (CUDA runtime, cuBLASLt, NCCL) resolve is half of what --backend cuda needs.
+  const CudaPluginReport plugin = cuda_plugin_report();
+  if (!plugin.present)
+    fmt::print("  CUDA backend: not built (no {} beside the executable)\n", plugin.path);
+  else if (!plugin.loads)
+    fmt::print("  CUDA backend: {} does not load: {}\n", plugin.path, plugin.error);
+  else
+    fmt::print("  CUDA backend: {} loads; its CUDA runtime sees {} device{}\n", plugin.path,
+               plugin.devices, plugin.devices == 1 ? "" : "s");
+  fmt::print("  --backend auto: {}\n", backend_name(resolve_backend("auto")));
   if (world) {
     fmt::print("  job:          {} ranks on {} node{}\n", world->size(), nodes,
                nodes == 1 ? "" : "s");

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
+#include "launch/backend_choice.hpp"
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/layout_choice.hpp"
@@ -43,7 +44,7 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
-  std::string mesh, weights, kv_dtype = default_kv_dtype_flag();
+  std::string mesh, weights, kv_dtype = default_kv_dtype_flag(), backend = "auto";
   std::string memory_limit;  // --memory-limit text; empty: the node's free memory
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
@@ -216,6 +217,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const ModelConfig config = ModelConfig::load(o.model);
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
   const DType kv_dtype = parse_kv_dtype(o.kv_dtype);
+  // Every rank of a node sees the same devices and plugin: an unusable
+  // --backend is said once.
+  const BackendKind backend_kind = resolve_backend(o.backend);
   size_t longest_prompt = 0;
   for (const auto& p : prompts) longest_prompt = std::max(longest_prompt, p.size());
   // Prompts against the model, on every rank alike, before anything is loaded.
@@ -298,8 +302,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const int threads = o.threads > 0 ? o.threads : world.default_threads(world.rank());
   // The spec's measured crossover of the matmul paths, when it has one.
   const int64_t streaming_rows = choice.hardware ? choice.hardware->cpu_streaming_max_rows : 0;
-  std::unique_ptr<Backend> backend =
-      make_cpu_backend({threads, weight_dtype, kv_dtype, streaming_rows});
+  BackendPtr backend =
+      make_backend(backend_kind, {threads, weight_dtype, kv_dtype, streaming_rows}, world);
+  ctx.set_device_collectives(backend->device() == Device::CUDA);
   const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
                          stage.is_first(), stage.is_last()};
   Engine engine(*backend, ctx, config, prefill, decode,
@@ -526,9 +531,10 @@ void add_generate_command(CLI::App& app) {
                   "write prefill logits of sequence 0, [prompt_tokens, vocab], as .npy");
   cmd->add_option("--dump-step-logits", o->dump_step_logits,
                   "write the logits each token of sequence 0 was sampled from, as .npy");
+  add_backend_flag(cmd, o->backend);
   cmd->add_option("--threads", o->threads,
-                  "compute threads (0: the cores this process may use, divided by the ranks of "
-                  "its node that share them; OMP_NUM_THREADS when set)")
+                  "compute threads of the CPU backend (0: the cores this process may use, "
+                  "divided by the ranks of its node that share them; OMP_NUM_THREADS when set)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
   cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help());

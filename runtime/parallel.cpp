@@ -38,7 +38,8 @@ ParallelContext::ParallelContext(World& world, const Mesh& mesh)
 }
 
 Communicator& ParallelContext::comm(std::string_view axes) {
-  return world_.group(mesh_.group(rank_, axes));
+  const std::vector<int> ranks = mesh_.group(rank_, axes);
+  return device_collectives_ ? world_.device_group(ranks) : world_.group(ranks);
 }
 
 Communicator& ParallelContext::world_comm() {

@@ -30,8 +30,12 @@ class ParallelContext {
   bool is_root() const { return rank_ == 0; }
   int size(std::string_view axes) const { return mesh_.axes_size(axes); }
   int index(std::string_view axes) const { return mesh_.group_index(rank_, axes); }
-  // The group of ranks that differ from this one only on `axes`.
+  // The group of ranks that differ from this one only on `axes`: the
+  // collectives of ShardOps, on the backend's tensors, so over device memory
+  // (World::device_group: NCCL) once set_device_collectives(true).
   Communicator& comm(std::string_view axes);
+  // Set when the backend's tensors live on a device (a CUDA backend).
+  void set_device_collectives(bool on) { device_collectives_ = on; }
   // Every rank of the job, indexed by world rank (pipeline stage boundaries).
   Communicator& world_comm();
   // This rank's pipeline stage, and the rank with its (x, y, z) in `stage`.
@@ -49,6 +53,7 @@ class ParallelContext {
   World& world_;
   Mesh mesh_;
   int rank_;
+  bool device_collectives_ = false;
 };
 
 // The axes one phase's layout uses, read from its specs.

@@ -1,0 +1,263 @@
+"""`--backend`: the choice of backend on any machine, and the CUDA backend end
+to end against the CPU backend where a CUDA device is visible.
+
+The first group runs everywhere (CI has no GPU): a bad --backend is a usage
+error, auto runs on the CPU without a device, --backend cuda without the
+plugin or a device fails with a message naming --backend (once under
+mpirun), and doctor reports the plugin.
+
+The second group needs a device and is skipped, with the reason, without
+one (doctor's "--backend auto:" line says cuda only where the plugin loads
+and its CUDA runtime sees a device). scripts/gpu_check.sh runs it on the GPU
+machine; with $SHARDLM_CUDA_REPORT set, each comparison appends one JSON
+line (model, max |Δ|, bound) to that file for the check's summary.
+
+The bound of the logits comparison. Both backends store the weights in bf16
+(the models are written in bf16) and the KV cache in bf16 (--kv-dtype bf16
+for both). The CUDA backend rounds every matmul's F32 input to bf16 on its way
+into the tensor cores: relative error u = 2^-9 per element, uniform, so a dot
+product of K terms with random signs errs by about u/sqrt(3) ≈ 1.1e-3 of its
+typical size. A tiny preset has 4 layers of 4 such matmul stages in a row,
+plus the LM head: 17 roundings, which add like independent errors through
+RMSNorm (which rescales, it does not amplify): sqrt(17) · 1.1e-3 ≈ 4.7e-3 of
+a typical logit, σ. The maximum over 12 prompt positions × 32000 logits
+(3.8e5 draws) stays within about 5σ ≈ 2.4e-2 of the typical logit, and the
+typical logit is below the largest: max |Δ| ≤ 3e-2 · max |logit| leaves
+that margin and still catches a wrong head, position or scale, whose errors
+are of the order of the logits themselves. Tensor parallelism over NCCL on
+top changes only the order of F32 sums (1e-7 relative), which can move
+single bf16 roundings: the same bound holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PROMPT, SUBPROCESS_ENV, ids_arg, load_npy_f32, parse_single_json
+from test_tensor_parallel import MPI_ENV
+
+BOUND = 3e-2  # max |Δ| / max |logit|, derived in the module's docstring
+NEW_TOKENS = 4
+PRESETS = ["tiny", "tiny-mha", "tiny-mqa", "tiny-parallel", "tiny-llama3", "tiny-tied",
+           "tiny-llama-bias", "tiny-qwen2", "tiny-mistral"]
+# Past tiny-mistral's 16-token window and tiny-llama3's 32-token original context.
+LONG_PROMPT = [(7 * i + 3) % 997 + 1 for i in range(40)]
+
+has_mpirun = shutil.which("mpirun") is not None
+
+
+def doctor_field(stdout: str, name: str) -> str:
+    lines = [l for l in stdout.splitlines() if l.strip().startswith(name + ":")]
+    assert len(lines) == 1, f"{name!r} not printed once by doctor:\n{stdout}"
+    return lines[0].split(":", 1)[1].strip()
+
+
+@pytest.fixture(scope="module")
+def doctor(shardlm) -> str:
+    return shardlm.run("doctor").stdout
+
+
+@pytest.fixture(scope="module")
+def cuda(doctor):
+    """Skips a test unless --backend auto would run on CUDA here."""
+    if doctor_field(doctor, "--backend auto") != "cuda":
+        why = doctor_field(doctor, "CUDA backend")
+        gpus = doctor_field(doctor, "GPUs") if "GPUs:" in doctor else "see doctor"
+        pytest.skip(f"no usable CUDA device (CUDA backend: {why}; GPUs: {gpus})")
+
+
+def report(**fields):
+    path = os.environ.get("SHARDLM_CUDA_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(fields) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# Everywhere
+# ---------------------------------------------------------------------------
+
+
+def test_unknown_backend_is_a_usage_error(shardlm, models):
+    p = shardlm.run("generate", "--model", models.get("tiny"), "--prompt-ids", "1,2",
+                    "--backend", "bogus", check=False)
+    assert p.returncode == 2, p.stderr
+    assert "--backend" in p.stderr and "bogus" in p.stderr, p.stderr
+
+
+def test_auto_runs_on_the_cpu_without_a_device(shardlm, models, doctor):
+    if doctor_field(doctor, "--backend auto") == "cuda":
+        pytest.skip("a CUDA device is visible: auto runs on it (the GPU tests below)")
+    out = shardlm.generate_json(models.get("tiny"), PROMPT, "--max-new-tokens", 2,
+                                "--backend", "auto")
+    assert out["backend"].startswith("cpu"), out["backend"]
+
+
+def test_cuda_without_a_device_names_the_flag(shardlm, models):
+    # An empty CUDA_VISIBLE_DEVICES hides every device, on a GPU machine too.
+    env = dict(SUBPROCESS_ENV, CUDA_VISIBLE_DEVICES="")
+    p = subprocess.run([str(shardlm.path), "generate", "--model", str(models.get("tiny")),
+                        "--prompt-ids", "1,2", "--backend", "cuda"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2, p.stderr
+    plugin = shardlm.path.parent / "libshardlm_cuda.so"
+    if plugin.exists():
+        assert "--backend cuda: no CUDA device is visible (CUDA_VISIBLE_DEVICES=)" in p.stderr, \
+            p.stderr
+    else:
+        assert "--backend cuda: this shardlm was built without the CUDA backend" in p.stderr, \
+            p.stderr
+
+
+@pytest.fixture
+def shardlm_alone(shardlm, tmp_path) -> Path:
+    """The binary copied where no libshardlm_cuda.so lies beside it."""
+    copy = tmp_path / "bin" / "shardlm"
+    copy.parent.mkdir()
+    shutil.copy2(shardlm.path, copy)
+    return copy
+
+
+def test_cuda_without_the_plugin_names_the_flag_and_the_path(shardlm_alone, models):
+    p = subprocess.run([str(shardlm_alone), "generate", "--model", str(models.get("tiny")),
+                        "--prompt-ids", "1,2", "--backend", "cuda"],
+                       capture_output=True, text=True, timeout=60, env=SUBPROCESS_ENV)
+    assert p.returncode == 2, p.stderr
+    assert ("shardlm: error: --backend cuda: this shardlm was built without the CUDA backend "
+            f"(no libshardlm_cuda.so beside {shardlm_alone})") in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not has_mpirun, reason="mpirun not installed")
+def test_cuda_without_the_plugin_is_said_once_under_mpirun(shardlm_alone, models):
+    p = subprocess.run(["mpirun", "-n", "2", str(shardlm_alone), "generate", "--model",
+                        str(models.get("tiny")), "--prompt-ids", "1,2", "--backend", "cuda"],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(SUBPROCESS_ENV, **MPI_ENV))
+    assert p.returncode != 0
+    assert p.stderr.count("--backend cuda: this shardlm was built without") == 1, p.stderr
+
+
+def test_bench_takes_the_flag(shardlm, models):
+    p = shardlm.run("bench", "--model", models.get("tiny"), "--backend", "nope", check=False)
+    assert p.returncode == 2 and "--backend" in p.stderr, p.stderr
+
+
+def test_doctor_reports_the_plugin(doctor, shardlm, shardlm_alone):
+    line = doctor_field(doctor, "CUDA backend")
+    plugin = shardlm.path.parent / "libshardlm_cuda.so"
+    if plugin.exists():
+        assert line.startswith(f"{plugin} loads") or line.startswith(f"{plugin} does not load"), line
+    else:
+        assert line.startswith("not built"), line
+    assert doctor_field(doctor, "--backend auto") in ("cpu", "cuda")
+    alone = subprocess.run([str(shardlm_alone), "doctor"], capture_output=True, text=True,
+                           timeout=60, env=SUBPROCESS_ENV)
+    assert alone.returncode == 0, alone.stderr
+    assert doctor_field(alone.stdout, "CUDA backend") == (
+        f"not built (no {shardlm_alone.parent / 'libshardlm_cuda.so'} beside the executable)")
+    assert doctor_field(alone.stdout, "--backend auto") == "cpu"
+
+
+# ---------------------------------------------------------------------------
+# Where a CUDA device is visible
+# ---------------------------------------------------------------------------
+
+
+# NCCL before 2.30 refuses two ranks on one GPU ("Duplicate GPU detected": same
+# host hash, same bus id). A host id of its own per rank makes the two ranks two
+# NCCL hosts, joined by its socket transport over the loopback: slower, but the
+# same collectives over the same device memory, which is what is tested.
+SEPARATE_NCCL_HOSTS = ["bash", "-c", 'NCCL_HOSTID="shardlm-rank-$OMPI_COMM_WORLD_RANK" exec "$@"', "_"]
+REFUSED = ("Duplicate GPU detected", "Multiple Ranks are using the same GPU")
+
+
+def generate(shardlm, model, out_dir: Path, backend: str, prompt, ranks=None, extra=(),
+             separate_hosts=False):
+    """Greedy generation with both logits dumps; the process and the output folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = ["generate", "--model", model, "--prompt-ids", ids_arg(prompt), "--max-new-tokens",
+            NEW_TOKENS, "--backend", backend, "--kv-dtype", "bf16", "--dump-logits",
+            out_dir / "prefill.npy", "--dump-step-logits", out_dir / "steps.npy", "--json",
+            *extra]
+    if ranks is None:
+        p = shardlm.run(*args, check=False, timeout=120)
+    else:
+        # NCCL's warnings go to files: rank 0's stdout must hold the JSON alone.
+        env = dict(SUBPROCESS_ENV, **MPI_ENV, NCCL_DEBUG="WARN",
+                   NCCL_DEBUG_FILE=str(out_dir / "nccl.%p.log"), NCCL_MULTI_RANK_GPU_ENABLE="1")
+        if separate_hosts:
+            env.update(NCCL_SOCKET_IFNAME="lo")
+        wrapper = SEPARATE_NCCL_HOSTS if separate_hosts else []
+        p = subprocess.run(["mpirun", "-n", str(ranks), *wrapper, str(shardlm.path),
+                            *map(str, args)],
+                           capture_output=True, text=True, timeout=180, env=env)
+    return p, out_dir
+
+
+def results(p, out_dir: Path):
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout: {p.stdout[-3000:]}\nstderr: {p.stderr[-3000:]}"
+    return (parse_single_json(p.stdout), load_npy_f32(out_dir / "prefill.npy"),
+            load_npy_f32(out_dir / "steps.npy"))
+
+
+def compare(test: str, model: str, expected, actual) -> None:
+    """Prefill logits, and the decode steps' logits up to the first step whose
+    greedy token differs (a near-tie may go either way; what follows it then
+    continues different text)."""
+    ref, ref_prefill, ref_steps = expected
+    out, prefill, steps = actual
+    same = 0
+    for a, b in zip(ref["generated_ids"][0], out["generated_ids"][0]):
+        if a != b:
+            break
+        same += 1
+    scale = float(np.abs(ref_prefill).max())
+    assert np.isfinite(prefill).all() and np.isfinite(steps).all(), "non-finite logits"
+    diff = float(np.abs(prefill - ref_prefill).max())
+    if same > 0:
+        diff = max(diff, float(np.abs(steps[:same] - ref_steps[:same]).max()))
+    report(test=test, model=model, max_abs_diff=diff, max_abs_logit=scale,
+           relative=diff / scale, bound=BOUND, steps_compared=same,
+           tokens_expected=ref["generated_ids"][0], tokens=out["generated_ids"][0])
+    assert diff <= BOUND * scale, (
+        f"{model}: max |Δ| {diff:.4g} > {BOUND} · max |logit| {scale:.4g} "
+        f"({diff / scale:.3g} relative)")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cuda_logits_match_the_cpu_backend(shardlm, models, cuda, preset, tmp_path):
+    model = models.get(preset, "bf16")
+    prompt = LONG_PROMPT if preset in ("tiny-mistral", "tiny-llama3") else PROMPT
+    cpu = results(*generate(shardlm, model, tmp_path / "cpu", "cpu", prompt))
+    gpu = results(*generate(shardlm, model, tmp_path / "cuda", "cuda", prompt))
+    assert gpu[0]["backend"].startswith("cuda"), gpu[0]["backend"]
+    compare("cuda_vs_cpu", preset, cpu, gpu)
+
+
+@pytest.mark.skipif(not has_mpirun, reason="mpirun not installed")
+@pytest.mark.parametrize("layout", [("2d", "heads"), ("1d", "batch")])
+def test_tensor_parallel_over_nccl_matches_one_gpu(shardlm, models, cuda, layout, tmp_path):
+    """Two ranks over NCCL (on one GPU where the machine has one) against one
+    rank: the collectives move device memory."""
+    model = models.get("tiny", "bf16")
+    ffn, attn = layout
+    flags = ["--mesh", "1,2,1", "--ffn-layout-prefill", ffn, "--ffn-layout-decode", ffn,
+             "--attn-layout-prefill", attn, "--attn-layout-decode", attn]
+    one = results(*generate(shardlm, model, tmp_path / "one", "cuda", PROMPT))
+    p, out_dir = generate(shardlm, model, tmp_path / "two", "cuda", PROMPT, ranks=2,
+                          extra=flags)
+    said = p.stdout + p.stderr + "".join(f.read_text() for f in out_dir.glob("nccl.*.log"))
+    how = "tensor_parallel"
+    if p.returncode != 0 and any(r in said for r in REFUSED):
+        p, out_dir = generate(shardlm, model, tmp_path / "two-hosts", "cuda", PROMPT, ranks=2,
+                              extra=flags, separate_hosts=True)
+        how = "tensor_parallel_nccl_sockets"
+    two = results(p, out_dir)
+    compare(f"{how}_{ffn}_{attn}", "tiny", one, two)
