@@ -105,6 +105,26 @@ SHARDLM_HD inline float silu(float x) {
   return x / (1.0f + expf(-x));
 }
 
+// Online softmax (flash attention): attention over a set of keys is carried
+// as a partial (max, sum, acc): the largest score seen, the sum of
+// exp(score - max) and acc[d] = sum of exp(score - max) · value[d]. The
+// partials of two disjoint key sets merge into the partial of their union by
+// rescaling both to the larger max; softmax · V is then acc / sum. A partial
+// that saw no key has max -inf (sum 0, acc 0) and changes nothing. `acc`
+// holds `n` of the dims (a GPU thread merges only the dims it holds; max and
+// sum are the same for all of them). The CPU's attention_merge and the CUDA
+// flash-decoding merge both call this, so one rule combines every split.
+SHARDLM_HD inline void softmax_merge(float& max, float& sum, float* acc, float from_max,
+                                     float from_sum, const float* from_acc, int64_t n) {
+  if (from_max == -INFINITY) return;  // saw no key
+  const float new_max = max < from_max ? from_max : max;
+  const float into_scale = max == -INFINITY ? 0.0f : expf(max - new_max);
+  const float from_scale = expf(from_max - new_max);
+  for (int64_t d = 0; d < n; ++d) acc[d] = acc[d] * into_scale + from_acc[d] * from_scale;
+  sum = sum * into_scale + from_sum * from_scale;
+  max = new_max;
+}
+
 // ---------------------------------------------------------------------------
 // Sampling, RoPE scaling and int8 dequantisation: the rules the CPU and the
 // CUDA kernels share (runtime/sampler.cpp, models/rope.cpp, kernels/cpu and

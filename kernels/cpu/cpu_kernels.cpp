@@ -561,17 +561,9 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
 
 void attention_merge(const AttentionState& into, const AttentionState& from, int64_t rows,
                      int64_t head_dim) {
-  for (int64_t i = 0; i < rows; ++i) {
-    if (from.max[i] == -INFINITY) continue;  // saw no key
-    const float new_max = std::max(into.max[i], from.max[i]);
-    const float a = into.max[i] == -INFINITY ? 0.0f : std::exp(into.max[i] - new_max);
-    const float b = std::exp(from.max[i] - new_max);
-    float* dst = into.acc + i * into.ld;
-    const float* src = from.acc + i * from.ld;
-    for (int64_t d = 0; d < head_dim; ++d) dst[d] = dst[d] * a + src[d] * b;
-    into.sum[i] = into.sum[i] * a + from.sum[i] * b;
-    into.max[i] = new_max;
-  }
+  for (int64_t i = 0; i < rows; ++i)
+    math::softmax_merge(into.max[i], into.sum[i], into.acc + i * into.ld, from.max[i], from.sum[i],
+                        from.acc + i * from.ld, head_dim);
 }
 
 void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, float* out,
