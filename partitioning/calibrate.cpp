@@ -38,6 +38,27 @@ double best_seconds(int repeats, Run&& run) {
   }
   return best;
 }
+
+// Seconds of one run of `run` while every member of `group` runs it at once
+// (the slowest member's average, from a shared start): what ranks sharing a
+// machine get in a forward pass. Each member runs it at least `repeats`
+// times and for at least 50 ms, so that ranks sharing cores overlap; the
+// fastest of separate runs would count cores the others were waiting for.
+template <typename Run>
+double in_step_seconds(Communicator& group, int repeats, Run&& run) {
+  run();
+  group.barrier();
+  const auto t0 = Clock::now();
+  int runs = 0;
+  while (runs < repeats || since(t0) < 0.05) {
+    run();
+    ++runs;
+  }
+  const float mine = float(since(t0) / runs);
+  std::vector<float> all(size_t(group.size()));
+  group.all_gather(&mine, all.data(), 1);
+  return *std::max_element(all.begin(), all.end());
+}
 }  // namespace
 
 double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
@@ -92,15 +113,17 @@ int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples) {
   return limit;
 }
 
-double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats) {
+double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats,
+                           Communicator* in_step) {
   // 0x3f00 is 0.5 in bfloat16. The weight (inner x cols x 2 bytes) is meant
   // to stay in cache: the cost model adds the weights' memory time itself.
   std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
   std::vector<uint16_t> w(size_t(cols * inner), 0x3f00);
   const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
-  const double best = best_seconds(
-      repeats, [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); });
-  return 2.0 * double(rows) * double(inner) * double(cols) / best;
+  auto run = [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); };
+  const double seconds =
+      in_step ? in_step_seconds(*in_step, repeats, run) : best_seconds(repeats, run);
+  return 2.0 * double(rows) * double(inner) * double(cols) / seconds;
 }
 
 double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats) {
@@ -117,49 +140,77 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
   return 4.0 * double(heads * keys * head_dim) / best;
 }
 
-double measure_memory_read(size_t bytes, int repeats) {
-  const size_t n = bytes / sizeof(float);
-  std::vector<float> data(n);
+namespace {
+
+// One read of every element of `data` on the process's threads (their sum,
+// so that the reads are kept).
+double read_once(const std::vector<float>& data) {
+  const size_t n = data.size();
+  double sum = 0;
+#pragma omp parallel reduction(+ : sum)
+  {
+#ifdef __AVX512F__
+    // Four 64-byte loads per step, as the CPU backend's matmul kernels read
+    // weights: GCC's auto-vectorised loop below uses 32-byte vectors on
+    // these cores and reads about 20% slower than the memory allows.
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+#pragma omp for schedule(static)
+    for (size_t block = 0; block < n / 64; ++block) {
+      const float* p = data.data() + block * 64;
+      a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p));
+      a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + 16));
+      a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + 32));
+      a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + 48));
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (float v : lanes) sum += v;
+#else
+    float lanes[kLanes] = {};
+#pragma omp for schedule(static)
+    for (size_t block = 0; block < n / kLanes; ++block)
+      for (size_t j = 0; j < kLanes; ++j) lanes[j] += data[block * kLanes + j];
+    for (float v : lanes) sum += v;
+#endif
+  }
+  return sum;
+}
+
+// A `bytes` array with its pages touched by the threads that read it.
+std::vector<float> touched_array(size_t bytes) {
+  std::vector<float> data(bytes / sizeof(float));
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i)
-    data[i] = float(i & 7);  // touch pages on the threads that read them
+  for (size_t i = 0; i < data.size(); ++i) data[i] = float(i & 7);
+  return data;
+}
+
+}  // namespace
+
+double measure_memory_read(size_t bytes, int repeats) {
+  const std::vector<float> data = touched_array(bytes);
   double best = INFINITY, sink = 0;
   for (int r = 0; r <= repeats; ++r) {
     auto t0 = Clock::now();
-    double sum = 0;
-#pragma omp parallel reduction(+ : sum)
-    {
-#ifdef __AVX512F__
-      // Four 64-byte loads per step, as the CPU backend's matmul kernels read
-      // weights: GCC's auto-vectorised loop below uses 32-byte vectors on
-      // these cores and reads about 20% slower than the memory allows.
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-#pragma omp for schedule(static)
-      for (size_t block = 0; block < n / 64; ++block) {
-        const float* p = data.data() + block * 64;
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + 16));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + 32));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + 48));
-      }
-      alignas(64) float lanes[16];
-      _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-      for (float v : lanes) sum += v;
-#else
-      float lanes[kLanes] = {};
-#pragma omp for schedule(static)
-      for (size_t block = 0; block < n / kLanes; ++block)
-        for (size_t j = 0; j < kLanes; ++j) lanes[j] += data[block * kLanes + j];
-      for (float v : lanes) sum += v;
-#endif
-    }
+    sink += read_once(data);
     const double t = since(t0);
-    sink += sum;
     if (r > 0) best = std::min(best, t);
   }
   if (sink < 0) fmt::print("");  // keeps the reads
-  return double(n * sizeof(float)) / best;
+  return double(data.size() * sizeof(float)) / best;
 }
+
+namespace {
+
+// The read rate of each member of `group` while all of them read at once.
+double measure_memory_read_in_step(size_t bytes, Communicator& group) {
+  const std::vector<float> data = touched_array(bytes);
+  double sink = 0;
+  const double seconds = in_step_seconds(group, 3, [&] { sink += read_once(data); });
+  if (sink < 0) fmt::print("");  // keeps the reads
+  return double(data.size() * sizeof(float)) / seconds;
+}
+
+}  // namespace
 
 std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max_bytes) {
   std::vector<CollectiveSample> out;
@@ -327,11 +378,13 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   double peak = 0;
   for (const auto& m : c.matmul) peak = std::max(peak, m.flops_per_s);
   // The rows decode (1 to a batch) and prefill (batch x prompt) multiply
-  // with, on a layer-sized BF16 weight (4 MiB), best of many runs (what the
-  // machine does when other work leaves it alone), and the read bandwidth by
+  // with, on a layer-sized BF16 weight (4 MiB), and the read bandwidth by
   // working set (caches serve the smaller ones), every rank in step with the
-  // others. Then the same with one rank per node working while the others
-  // sleep: a job smaller than a node runs so.
+  // others: all run at once and each rate is the slowest rank's, as in a
+  // forward pass where ranks share cores and memory. Then the same with one
+  // rank per node working while the others sleep (best of many runs: what
+  // the machine does when other work leaves it alone): a job smaller than a
+  // node runs so.
   auto rates = [&](std::vector<MatmulSample>& matmul,
                    std::vector<std::pair<double, double>>& memory, double& attention,
                    Communicator* in_step) {
@@ -342,18 +395,14 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
       const int repeats =
           std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
-      if (in_step) in_step->barrier();
-      matmul.push_back(
-          {rows, 1024, 2048, measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200))});
+      matmul.push_back({rows, 1024, 2048,
+                        measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200), in_step)});
     }
     for (size_t mib : {8, 32, 64, 128, 256, 512}) {
       if (quick && mib > 128) break;
-      double best = 0;
-      for (int r = 0; r < 3; ++r) {
-        if (in_step) in_step->barrier();
-        best = std::max(best, measure_memory_read(mib << 20, 1));
-      }
-      memory.emplace_back(double(mib << 20), best);
+      memory.emplace_back(double(mib << 20), in_step
+                                                 ? measure_memory_read_in_step(mib << 20, *in_step)
+                                                 : measure_memory_read(mib << 20, 3));
     }
   };
   comm.barrier();
@@ -453,7 +502,8 @@ std::string to_yaml(const Calibration& c) {
     out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.panel_s);
   if (!c.matmul_bf16.empty())
     out +=
-        "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], best of repeats;\n"
+        "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], every rank at once, the\n"
+        "# slowest rank's average (_alone: one rank per node, best of repeats);\n"
         "# measured.memory_Bps_by_bytes: the same parallel read at each working set.\n";
   auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
     out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);

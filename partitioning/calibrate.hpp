@@ -78,7 +78,8 @@ int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // The same with BF16 weights (a checkpoint's usual dtype, widened as the
 // backend does), best of `repeats` runs: the rate the cost model's
 // measured matmul_flops_by_rows holds.
-double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats);
+double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats,
+                           Communicator* in_step = nullptr);
 // Best-of-`repeats` FLOP/s (4 x heads x keys x head_dim) of the CPU
 // backend's decode attention for `heads` query heads sharing one KV head.
 double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats);

@@ -54,10 +54,13 @@ why_not() {
   fi
 }
 
-# A token bucket for --rate: 256 KiB of burst lets 64 KiB segmentation-offload
-# packets through, and up to 100 ms of queue before drops.
+# A token bucket for --rate, up to 100 ms of queue before drops. Its burst
+# passes at memory speed, which a real link does not: keep it as small as the
+# 64 KiB segmentation-offload packets allow (a packet larger than the bucket
+# is never sent), so that a collective of a few hundred KiB takes what the
+# rate says and not a fraction of it.
 tbf() {
-  echo "tbf rate $1 burst 256kb latency 100ms"
+  echo "tbf rate $1 burst 72kb latency 100ms"
 }
 
 has_netem() {
