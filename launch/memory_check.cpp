@@ -112,13 +112,6 @@ double parse_bytes(const std::string& text, const char* flag) {
   return value * u->second;
 }
 
-std::string format_bytes(double bytes) {
-  if (bytes >= double(1ull << 40)) return fmt::format("{:.2f} TiB", bytes / double(1ull << 40));
-  if (bytes >= double(1ull << 30)) return fmt::format("{:.2f} GiB", bytes / double(1ull << 30));
-  if (bytes >= double(1 << 20)) return fmt::format("{:.1f} MiB", bytes / double(1 << 20));
-  return fmt::format("{:.0f} KiB", bytes / 1024);
-}
-
 std::optional<MemoryBudget> memory_budget(std::optional<double> limit, int ranks_on_node) {
   const double ranks = std::max(1, ranks_on_node);
   const std::string shared =

@@ -18,9 +18,6 @@ namespace shardlm {
 // "2GiB", "512 MiB", "1.5GB", "1000000" → bytes; UsageError naming `flag`.
 double parse_bytes(const std::string& text, const char* flag);
 
-// "1.5 GiB", "38.6 MiB": a byte count for a message.
-std::string format_bytes(double bytes);
-
 struct MemoryBudget {
   double per_rank = 0;    // bytes one rank may hold
   std::string source;     // where the figure comes from, for the message

@@ -16,4 +16,11 @@ void warn(std::string_view message) {
   fmt::print(stderr, "shardlm: warning: {}\n", message);
 }
 
+std::string format_bytes(double bytes) {
+  if (bytes >= double(1ull << 40)) return fmt::format("{:.2f} TiB", bytes / double(1ull << 40));
+  if (bytes >= double(1ull << 30)) return fmt::format("{:.2f} GiB", bytes / double(1ull << 30));
+  if (bytes >= double(1 << 20)) return fmt::format("{:.1f} MiB", bytes / double(1 << 20));
+  return fmt::format("{:.0f} KiB", bytes / 1024);
+}
+
 }  // namespace shardlm

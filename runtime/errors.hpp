@@ -20,4 +20,7 @@ struct DataError : std::runtime_error {
 // only (or the lone process), so a job of N ranks says it once.
 void warn(std::string_view message);
 
+// "1.50 GiB", "38.6 MiB", "12 KiB": a byte count for a message.
+std::string format_bytes(double bytes);
+
 }  // namespace shardlm

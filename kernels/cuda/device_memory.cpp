@@ -20,12 +20,6 @@ const char* purpose_name(MemoryPurpose purpose) {
   return "?";
 }
 
-std::string format_bytes(double bytes) {
-  if (bytes >= double(1ull << 30)) return fmt::format("{:.2f} GiB", bytes / double(1ull << 30));
-  if (bytes >= double(1 << 20)) return fmt::format("{:.1f} MiB", bytes / double(1 << 20));
-  return fmt::format("{:.0f} KiB", bytes / 1024);
-}
-
 std::shared_ptr<DeviceMemory> DeviceMemory::create(int device, int64_t limit) {
   return std::shared_ptr<DeviceMemory>(new DeviceMemory(device, limit));
 }

@@ -35,9 +35,6 @@ enum class MemoryPurpose { kWeights, kKVCache, kActivations, kWorkspace };
 // As messages name it: "weights", "the KV cache", "activations", "workspace".
 const char* purpose_name(MemoryPurpose purpose);
 
-// "3.20 GiB", "48.0 MiB", "12 KiB": a byte count for a message.
-std::string format_bytes(double bytes);
-
 class DeviceMemory : public std::enable_shared_from_this<DeviceMemory> {
  public:
   // Makes `device` current and creates the stream (non-blocking) and pool on
