@@ -312,6 +312,11 @@ class CudaBackend final : public Backend {
     require(logits.rank() == 2, "sample wants logits [rows, vocab]");
     const int64_t rows = logits.dim(0), vocab = logits.dim(1);
     if (rows == 0) return;
+    // The draws are read on the device unless every row takes its best token
+    // (sample_rows' greedy path): a missing array would fault there, killing
+    // the context, instead of failing here.
+    require(uniforms || params.temperature <= 0.f || params.top_k == 1,
+            "sample: a draw per row is needed unless sampling is greedy");
     const auto* device_uniforms =
         uniforms
             ? static_cast<const double*>(staging_->upload(uniforms, size_t(rows) * sizeof(double)))
