@@ -120,10 +120,9 @@ BackendKind resolve_backend(const std::string& flag) {
     if (required)
       throw UsageError(
           fmt::format("--backend cuda: {} did not load: {}", plugin.path.string(), plugin.error));
-    fmt::print(stderr,
-               "shardlm: warning: --backend auto: a CUDA device is visible but {} did not load "
-               "({}); running on the CPU\n",
-               plugin.path.string(), plugin.error);
+    warn(fmt::format(
+        "--backend auto: a CUDA device is visible but {} did not load ({}); running on the CPU",
+        plugin.path.string(), plugin.error));
     return BackendKind::kCpu;
   }
   if (plugin.device_count() == 0) {

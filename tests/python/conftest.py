@@ -33,6 +33,13 @@ os.environ.setdefault("SHARDLM_KV_DTYPE", "f32")
 SUBPROCESS_ENV = dict(os.environ)
 SUBPROCESS_ENV.setdefault("OMP_WAIT_POLICY", "passive")
 
+# What mpirun needs here: run as root (containers, CI) and more ranks than cores.
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
+
 # The prompt most tests use: 12 ids, all below any preset's vocabulary size.
 PROMPT = [1, 5, 9, 14, 2, 27, 3, 8, 31, 6, 11, 4]
 

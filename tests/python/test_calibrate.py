@@ -14,13 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import PROMPT
-
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-}
+from conftest import MPI_ENV, PROMPT
 
 
 def table(text: str, key: str) -> list[tuple[float, float]]:

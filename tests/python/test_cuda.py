@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PROMPT, SUBPROCESS_ENV, ids_arg, load_npy_f32, parse_single_json
-from test_tensor_parallel import MPI_ENV
+from conftest import MPI_ENV, PROMPT, SUBPROCESS_ENV, ids_arg, load_npy_f32, parse_single_json
 
 BOUND = 3e-2  # max |Δ| / max |logit|, derived in the module's docstring
 NEW_TOKENS = 4

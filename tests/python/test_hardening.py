@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PROMPT, SUBPROCESS_ENV, TIMEOUT_S, ids_arg, load_npy_f32
-
-MPI_ENV = dict(SUBPROCESS_ENV, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1")
+from conftest import MPI_ENV, PROMPT, SUBPROCESS_ENV, TIMEOUT_S, ids_arg, load_npy_f32
 
 
 def error_line(p) -> str:
@@ -242,7 +239,8 @@ def test_memory_limit_refuses_before_loading_and_its_advice_works(shardlm, tiny,
 ])
 def test_pre_load_error_said_once_under_mpirun(shardlm, tiny, extra, names):
     cmd = ["mpirun", "-n", "2", str(shardlm.path), *[str(a) for a in generate(tiny, *extra)]]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=MPI_ENV)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S,
+                       env=dict(SUBPROCESS_ENV, **MPI_ENV))
     assert p.returncode != 0, p.stderr
     line = error_line(p)
     for n in names:

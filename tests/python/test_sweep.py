@@ -17,16 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, SUBPROCESS_ENV
+from conftest import MPI_ENV, REPO_ROOT, SUBPROCESS_ENV
 
 sys.path.insert(0, str(REPO_ROOT / "perf"))
 import sweep_schema  # noqa: E402
 
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-}
 ENV = dict(SUBPROCESS_ENV, **MPI_ENV)
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import load_npy_f32, parse_single_json
+from conftest import MPI_ENV, load_npy_f32, parse_single_json
 
 FFN = ["1d", "2d", "wg-x", "wg-xy", "wg-xyz"]
 ATTN = ["heads", "batch"]
@@ -46,11 +46,6 @@ PROMPTS = "1,5,9,200,17,3000,45\n3,4,5\n7,8,9,10,11,12,13,14,15\n"
 LONG_PROMPTS = "".join(",".join(str((7 * i + 3 * s) % 997 + 1) for i in range(n)) + "\n"
                        for s, n in ((1, 40), (2, 3), (3, 21)))
 NEW_TOKENS = 5
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-}
 TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")

@@ -24,17 +24,12 @@ import numpy as np
 import pytest
 
 import llama_ref
-from conftest import ids_arg, load_npy_f32, parse_single_json
+from conftest import MPI_ENV, ids_arg, load_npy_f32, parse_single_json
 
 PROMPT = [(i * 37) % 500 + 1 for i in range(24)]  # more rows than the streaming path takes
 NEW_TOKENS = 6
 NEAR_EXACT = {"bf16": 1e-5, "f16": 1e-4}
 INT8_REL_TOL = 3e-2
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-}
 
 
 def run(shardlm, model, weights, out_dir, ranks=None, extra=()):
