@@ -25,6 +25,16 @@
 namespace shardlm::cpu {
 namespace {
 
+// F32 scratch on 64-byte boundaries: a vector load that straddles two cache
+// lines costs two, which in the streaming kernel's inner loop (a dozen loads
+// per step) was measured to cost a third of its speed.
+using AlignedFloats = std::unique_ptr<float[], decltype(&std::free)>;
+AlignedFloats aligned_floats(size_t count) {
+  void* memory = std::aligned_alloc(64, std::max<size_t>(64, (count * 4 + 63) / 64 * 64));
+  if (!memory) throw std::bad_alloc();
+  return AlignedFloats(static_cast<float*>(memory), &std::free);
+}
+
 // 16 weights at p (element offset already applied) as F32, `mask` selecting
 // the valid lanes of a tail. One specialisation per stored dtype, so the
 // streaming loop below is compiled once per dtype with the load inlined.
@@ -95,7 +105,7 @@ constexpr int64_t chunk_cols() {
 // x rows as the kernel reads them: as they are, or for BF16 weights split
 // into even and odd columns per 32-column block and zero-padded to a whole block.
 struct PreparedRows {
-  std::vector<float> storage;
+  AlignedFloats storage{nullptr, &std::free};
   const float* data = nullptr;
   int64_t ld = 0;
 };
@@ -108,21 +118,37 @@ PreparedRows prepare_rows(const float* x, int64_t m, int64_t ldx, int64_t k) {
     p.ld = ldx;
   } else {
     p.ld = (k + 31) / 32 * 32;
-    p.storage.assign(size_t(m * p.ld), 0.0f);
+    p.storage = aligned_floats(size_t(m * p.ld));
+    std::fill_n(p.storage.get(), m * p.ld, 0.0f);
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < k; ++j)
         p.storage[size_t(i * p.ld + j / 32 * 32 + (j % 2) * 16 + (j % 32) / 2)] = x[i * ldx + j];
-    p.data = p.storage.data();
+    p.data = p.storage.get();
   }
   return p;
 }
 
-// acc[r][i] += weights of rows[r] · x row i over one step of columns at kk;
+// A tile's weight rows: `first` and the rows after it, `stride` bytes apart.
+// Addressed as two pointers and a stride (row r at the pointer of its half plus
+// (r % 3) * stride, which x86 addressing computes for free): an array of six
+// row pointers left too few general registers for the loop and made the
+// compiler keep two rows' weights on the stack.
+struct WeightRows {
+  const char* first;
+  ptrdiff_t stride;
+  [[gnu::always_inline]] const char* row(const char* at, int r) const {
+    const char* half = r < 3 ? at : at + 3 * stride;
+    return half + (r % 3) * stride;
+  }
+};
+
+// acc[r][i] += weights of row r · x row i over one step of columns at kk;
 // `tail` masks the columns past k (the x padding of BF16 is zero already).
 template <DType D, int NR, int MR, bool Tail>
-[[gnu::always_inline]] inline void stream_step(const float* x, int64_t ldx, const char* const* rows,
+[[gnu::always_inline]] inline void stream_step(const float* x, int64_t ldx, WeightRows rows,
                                                int64_t kk, int64_t k, __m512 (&acc)[NR][MR]) {
   constexpr size_t elem = stored_size<D>();
+  const char* at = rows.first + size_t(kk) * elem;
   if constexpr (D == DType::BF16) {
     const __mmask32 mask = Tail ? __mmask32((uint64_t(1) << (k - kk)) - 1) : ~__mmask32(0);
     __m512 xe[MR], xo[MR];
@@ -133,7 +159,7 @@ template <DType D, int NR, int MR, bool Tail>
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const char* p = rows[r] + size_t(kk) * elem;
+      const char* p = rows.row(at, r);
       const __m512i raw = Tail ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p);
       const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
       const __m512 odd =
@@ -153,7 +179,7 @@ template <DType D, int NR, int MR, bool Tail>
           Tail ? _mm512_maskz_loadu_ps(mask, x + i * ldx + kk) : _mm512_loadu_ps(x + i * ldx + kk);
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const __m512 wv = load16<D>(rows[r] + size_t(kk) * elem, mask);
+      const __m512 wv = load16<D>(rows.row(at, r), mask);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_fmadd_ps(wv, xv[i], acc[r][i]);
     }
@@ -166,10 +192,10 @@ template <DType D, int NR, int MR, bool Tail>
 // With `prefetch`, every cache line read here is followed by a prefetch of the
 // line `prefetch_ahead` bytes further on: where this thread reads next.
 template <DType D, int NR, int MR>
-[[gnu::always_inline]] inline void stream_chunk(const float* x, int64_t ldx,
-                                                const char* const* rows, int64_t c0, int64_t c1,
-                                                int64_t k, float* partial, float* out, int64_t ldo,
-                                                const float* scales, bool accumulate, bool prefetch,
+[[gnu::always_inline]] inline void stream_chunk(const float* x, int64_t ldx, WeightRows rows,
+                                                int64_t c0, int64_t c1, int64_t k, float* partial,
+                                                float* out, int64_t ldo, const float* scales,
+                                                bool accumulate, bool prefetch,
                                                 ptrdiff_t prefetch_ahead) {
   constexpr int64_t S = step_cols<D>();
   constexpr size_t elem = stored_size<D>();
@@ -184,7 +210,7 @@ template <DType D, int NR, int MR>
   for (; kk < full_end; kk += S) {
     if (prefetch && (size_t(kk) * elem) % 64 == 0)
       for (int r = 0; r < NR; ++r)
-        _mm_prefetch(rows[r] + size_t(kk) * elem + prefetch_ahead, _MM_HINT_T1);
+        _mm_prefetch(rows.row(rows.first + size_t(kk) * elem + prefetch_ahead, r), _MM_HINT_T1);
     stream_step<D, NR, MR, false>(x, ldx, rows, kk, k, acc);
   }
   if (kk < end) stream_step<D, NR, MR, true>(x, ldx, rows, kk, k, acc);
@@ -212,8 +238,7 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
                  float* partial) {
   constexpr int64_t C = chunk_cols<D>();
   constexpr size_t elem = stored_size<D>();
-  const char* rows[NR];
-  for (int r = 0; r < NR; ++r) rows[r] = w + size_t(r0 + r) * size_t(k) * elem;
+  const WeightRows rows{w + size_t(r0) * size_t(k) * elem, ptrdiff_t(size_t(k) * elem)};
   const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
   for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
     const int64_t c1 = std::min(k_steps, c0 + C);
@@ -255,7 +280,7 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
   const int64_t tiles = (w.n + kRowTile - 1) / kRowTile;
 #pragma omp parallel if (tiles > 1)
   {
-    std::vector<float> partial(size_t(kRowTile * (m + kBatchTile) * 16));
+    const AlignedFloats partial = aligned_floats(size_t(kRowTile * (m + kBatchTile) * 16));
     // Static split: each thread streams one contiguous range of weight rows.
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
@@ -263,11 +288,11 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
       if (r0 + kRowTile <= w.n) {
         // The last tile of the matrix has no next tile to prefetch.
         stream_rows<D, kRowTile>(prepared, m, data, w.k, r0, out, ldo, w.scales, accumulate,
-                                 r0 + 2 * kRowTile <= w.n, partial.data());
+                                 r0 + 2 * kRowTile <= w.n, partial.get());
       } else {
         for (int64_t r = r0; r < w.n; ++r)
           stream_rows<D, 1>(prepared, m, data, w.k, r, out, ldo, w.scales, accumulate, false,
-                            partial.data());
+                            partial.get());
       }
     }
   }
@@ -634,10 +659,7 @@ void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
   // and the GEMM that reads it.
   const int64_t panel_rows = std::min<int64_t>(
       w.n, std::max<int64_t>(64, (int64_t(8) << 20) / (4 * std::max<int64_t>(w.k, 1))));
-  std::unique_ptr<float, decltype(&std::free)> panel(
-      static_cast<float*>(std::aligned_alloc(64, (size_t(panel_rows * w.k) * 4 + 63) / 64 * 64)),
-      std::free);
-  if (!panel) throw std::bad_alloc();
+  const AlignedFloats panel = aligned_floats(size_t(panel_rows * w.k));
   for (int64_t r0 = 0; r0 < w.n; r0 += panel_rows) {
     const int64_t rows = std::min(panel_rows, w.n - r0);
     widen_rows(w, r0, rows, panel.get());
