@@ -9,6 +9,11 @@
 //   build/shardlm_matmul_bench [--dtype bf16|f16|f32|int8] [--rows 1,8,32,64]
 //                              [--n 2048] [--k 2048] [--memory-mib 1024] [--reps 20]
 //                              [--threads T] [--offset BYTES] [--panel]
+//   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D] [--kv-dtype
+//   bf16|f16|f32]
+// The second form times decode attention alone (cpu::attention_rows, one
+// thread): G query heads of one token over KEYS cached keys of one KV head,
+// the cache in L2 as in a step's inner loop, and prints GB/s of K and V read.
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -39,9 +44,50 @@ std::vector<int64_t> parse_list(const char* text) {
   return out;
 }
 
+template <typename T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) {
+    return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  bool operator==(const Aligned64&) const { return true; }
+};
+using AlignedBytes = Aligned64<uint8_t>;
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtype, int64_t reps) {
+  const size_t elem = dtype_size(kv_dtype);
+  // 64-byte aligned, as the backend allocates its KV cache.
+  std::vector<uint8_t, AlignedBytes> k(size_t(keys * head_dim) * elem), v(k.size());
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = uint8_t(0x30 + (i * 2654435761u >> 24) % 12);  // normal numbers, as above
+    v[i] = uint8_t(0x30 + (i * 40503u >> 8) % 12);
+  }
+  std::vector<float> q(size_t(group * head_dim), 0.05f), out(q.size());
+  std::vector<float> scratch(size_t(cpu::attention_rows_scratch(group, head_dim)));
+  const cpu::KVView kv{k.data(), v.data(), kv_dtype, head_dim, 0.125f};
+  const cpu::AttentionQuery query{q.data(), head_dim, group, keys - 1, 0, 0};
+  std::vector<double> seconds;
+  for (int64_t r = 0; r <= reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) seconds.push_back(s);
+  }
+  const double t = median(seconds), best = *std::min_element(seconds.begin(), seconds.end());
+  fmt::print("# decode attention: {} query heads over {} keys, head_dim {}, {} cache\n", group,
+             keys, head_dim, dtype_name(kv_dtype));
+  fmt::print("median_us,kv_gbps,best_us\n{:.2f},{:.2f},{:.2f}\n", t * 1e6,
+             2.0 * double(k.size()) / t / 1e9, best * 1e6);
+  return 0;
 }
 
 }  // namespace
@@ -52,6 +98,8 @@ int main(int argc, char** argv) {
   int64_t n = 2048, k = 2048, memory_mib = 1024, reps = 20;
   bool panel = false;
   size_t offset = 0;
+  int64_t attention_keys = 0, group = 4, head_dim = 64;
+  DType kv_dtype = DType::BF16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> const char* {
@@ -89,6 +137,15 @@ int main(int argc, char** argv) {
       omp_set_num_threads(std::atoi(value()));
     } else if (a == "--offset") {
       offset = size_t(std::atoll(value()));
+    } else if (a == "--attention") {
+      attention_keys = std::atoll(value());
+    } else if (a == "--group") {
+      group = std::atoll(value());
+    } else if (a == "--head-dim") {
+      head_dim = std::atoll(value());
+    } else if (a == "--kv-dtype") {
+      const std::string d = value();
+      kv_dtype = d == "f32" ? DType::F32 : d == "f16" ? DType::F16 : DType::BF16;
     } else if (a == "--panel") {
       panel = true;
     } else {
@@ -96,6 +153,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (attention_keys > 0) return attention_bench(attention_keys, group, head_dim, kv_dtype, reps);
   const size_t elem = dtype_size(dtype);
   const size_t matrix_bytes = size_t(n * k) * elem;
   // memory_mib 0: one matrix, in cache after the first use.
