@@ -80,6 +80,10 @@ class Backend {
   virtual void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) = 0;
   // sums[r] = sum of x[r, :]^2
   virtual void row_sum_squares(const Tensor& x, const Tensor& sums) = 0;
+  // inout += x, then sums[r] = sum of inout[r, :]^2 of the new values: the
+  // residual add and the next RMSNorm's first pass. The default runs add then
+  // row_sum_squares; a device backend fuses them into one pass over the rows.
+  virtual void add_and_sum_squares(const Tensor& x, const Tensor& inout, const Tensor& sums);
   // out = x * rsqrt(sums / width + eps) * weight, per row; width is the full
   // row length when x holds only a slice of each row.
   virtual void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t width,

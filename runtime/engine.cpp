@@ -67,8 +67,7 @@ std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t 
                        std::max<int64_t>(capacity, 1), config_.head_dim};
   std::vector<KVCacheLayer> cache;
   for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
-    cache.push_back(
-        {backend_.alloc_kv_cache(shape), backend_.alloc_kv_cache(shape)});
+    cache.push_back({backend_.alloc_kv_cache(shape), backend_.alloc_kv_cache(shape)});
   return cache;
 }
 
@@ -151,19 +150,22 @@ Tensor Engine::embed(const Pass& p, const std::vector<int32_t>& tokens) {
   return residual;
 }
 
-void Engine::run_layers(const Pass& p, const Tensor& residual) {
+Tensor Engine::run_layers(const Pass& p, const Tensor& residual) {
   const BlockContext block{backend_, ops_, ctx_, config_, *p.axes, p.rows};
+  Tensor sums;  // each layer's output sums of squares, when it made them, for the next norm
   for (size_t i = 0; i < weights_.layers.size(); ++i)
-    run_decoder_block(block, stage_.first_layer + int64_t(i), weights_.layers[i], (*p.cache)[i],
-                      residual);
+    sums = run_decoder_block(block, stage_.first_layer + int64_t(i), weights_.layers[i],
+                             (*p.cache)[i], residual, sums);
+  return sums;
 }
 
 // Epilogue: whole rows of the final norm on every rank, this rank's
 // vocabulary slice of the logits, then all of them everywhere.
-Tensor Engine::head(const Pass& p, const Tensor& residual, const std::vector<int32_t>& logit_rows) {
+Tensor Engine::head(const Pass& p, const Tensor& residual, const Tensor& residual_sums,
+                    const std::vector<int32_t>& logit_rows) {
   const PhaseAxes& a = *p.axes;
   const BlockContext block{backend_, ops_, ctx_, config_, a, p.rows};
-  const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm);
+  const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm, residual_sums);
   const Tensor all_rows =
       ops_.gather_rows(ops_.gather_cols(normed, a.residual_e), a.batch, p.rest.token_count);
   const int64_t selected_rows = int64_t(logit_rows.size());
@@ -228,9 +230,9 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
   const auto start = Clock::now();
   const Pass pass = plan_pass(phase, BatchLayout(segments));
   const Tensor residual = stage_.is_first() ? embed(pass, tokens) : received;
-  run_layers(pass, residual);
+  const Tensor residual_sums = run_layers(pass, residual);
   if (stage_.is_last()) {
-    finish_micro_batch(phase, segments, pass, residual);
+    finish_micro_batch(phase, segments, pass, residual, residual_sums);
   } else {
     // This rank's shard of the residual goes to the rank with the same
     // (x, y, z) in the next stage: the split at rest is the same there.
@@ -249,7 +251,7 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
 }
 
 void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segments, const Pass& pass,
-                                const Tensor& residual) {
+                                const Tensor& residual, const Tensor& residual_sums) {
   const GenerationRequest& req = *request_;
   const bool keep_prompt = phase == Phase::kPrefill && req.keep_prompt_logits;
   std::vector<int32_t> logit_rows, sample_rows;
@@ -271,7 +273,7 @@ void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segment
   if (logit_rows.empty()) return;
   // The logits stay on the backend: only the rows the request keeps come to
   // the host, and sampling returns ids.
-  const Tensor logits = head(pass, residual, logit_rows);
+  const Tensor logits = head(pass, residual, residual_sums, logit_rows);
   const int64_t vocab = config_.vocab_size;
   auto keep_rows = [&](std::vector<float>& into, int64_t first, int64_t count) {
     const size_t at = into.size();

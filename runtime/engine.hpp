@@ -95,10 +95,13 @@ class Engine {
   struct Pass;  // where this rank's rows sit for one micro-batch
   Pass plan_pass(Phase phase, const BatchLayout& batch);
   Tensor embed(const Pass& pass, const std::vector<int32_t>& tokens);
-  void run_layers(const Pass& pass, const Tensor& residual);
+  // Returns the residual's sums of squares when the last layer made them
+  // along (see run_decoder_block), else an empty tensor.
+  Tensor run_layers(const Pass& pass, const Tensor& residual);
   // Logits of the rows in `logit_rows` of the micro-batch, [rows, vocab], on
-  // the backend.
-  Tensor head(const Pass& pass, const Tensor& residual, const std::vector<int32_t>& logit_rows);
+  // the backend; `residual_sums` as run_layers returns them.
+  Tensor head(const Pass& pass, const Tensor& residual, const Tensor& residual_sums,
+              const std::vector<int32_t>& logit_rows);
 
   std::vector<KVCacheLayer> allocate_cache(const PhaseAxes& axes, int64_t capacity);
   // Copies a prefill cache in the prefill layout's sharding into the decode cache.
@@ -110,7 +113,7 @@ class Engine {
                        const std::vector<int32_t>& tokens, const Tensor& received);
   // The last stage's part: logits, sampling, tokens back to the first stage.
   void finish_micro_batch(Phase phase, const std::vector<Segment>& segments, const Pass& pass,
-                          const Tensor& residual);
+                          const Tensor& residual, const Tensor& residual_sums);
   void end_prefill();
   // First stage: applies sampled tokens; waits for those of `sequences`.
   void apply_tokens(const std::vector<SampledToken>& tokens);

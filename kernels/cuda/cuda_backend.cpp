@@ -201,6 +201,16 @@ class CudaBackend final : public Backend {
     cuda::row_sum_squares(x.data<float>(), x.dim(0), x.dim(1), sums.data<float>(), stream());
   }
 
+  void add_and_sum_squares(const Tensor& x, const Tensor& inout, const Tensor& sums) override {
+    require_f32(x, "add_and_sum_squares input must be F32");
+    require_f32(inout, "add_and_sum_squares residual must be F32");
+    require_f32(sums, "add_and_sum_squares sums must be F32");
+    require(inout.rank() == 2 && x.numel() == inout.numel() && sums.numel() == inout.dim(0),
+            "add_and_sum_squares: the shapes do not agree (one sum per row of the residual)");
+    cuda::add_and_sum_squares(x.data<float>(), inout.data<float>(), inout.dim(0), inout.dim(1),
+                              sums.data<float>(), stream());
+  }
+
   void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t full_width, const Tensor& weight,
                      float eps, const Tensor& out) override {
     require_f32(x, "rmsnorm input must be F32");
