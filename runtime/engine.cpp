@@ -202,10 +202,12 @@ StageHeader Engine::recv_header(int from, std::vector<char>& payload) {
   Communicator& comm = ctx_.world_comm();
   StageHeader header;
   comm.recv(&header, sizeof header, from);
-  // A batch carries its segments and the residual, tokens their triples.
+  // A batch carries its segments and the residual (unless it comes over the
+  // device link), tokens their triples.
   size_t bytes = 0;
   if (header.kind == StageMessageKind::kBatch || header.kind == StageMessageKind::kTokens)
-    bytes = size_t(header.count) * 3 * sizeof(int32_t) + size_t(header.floats) * sizeof(float);
+    bytes = size_t(header.count) * 3 * sizeof(int32_t) +
+            (residual_on_device() ? 0 : size_t(header.floats) * sizeof(float));
   payload.resize(bytes);
   if (bytes) comm.recv(payload.data(), bytes, from);
   return header;
@@ -240,12 +242,21 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
     for (const Segment& s : segments) segs.insert(segs.end(), {s.slot, s.start_pos, s.num_tokens});
     StageHeader header{StageMessageKind::kBatch, int32_t(phase), int32_t(step),
                        int32_t(segments.size()), residual.numel()};
-    // Segments (int32) then the residual (float), which stays 4-byte aligned.
-    std::vector<char> payload(segs.size() * sizeof(int32_t) + residual.nbytes());
-    std::memcpy(payload.data(), segs.data(), segs.size() * sizeof(int32_t));
-    backend_.copy_to_host(residual,
-                          reinterpret_cast<float*>(payload.data() + segs.size() * sizeof(int32_t)));
-    send_header(stage_.next_rank, header, payload.data(), payload.size());
+    const size_t segment_bytes = segs.size() * sizeof(int32_t);
+    if (residual_on_device()) {
+      // The header and segments over MPI, then the residual device to device,
+      // queued behind the kernels that made it; the tensor is kept until sent.
+      send_header(stage_.next_rank, header, segs.data(), segment_bytes);
+      const ParallelContext::Link link = ctx_.device_link(stage_.next_rank);
+      pending_.push_back(
+          {link.comm.isend(residual.raw(), residual.nbytes(), link.peer), {}, residual});
+    } else {
+      // Segments (int32) then the residual (float), which stays 4-byte aligned.
+      std::vector<char> payload(segment_bytes + residual.nbytes());
+      std::memcpy(payload.data(), segs.data(), segment_bytes);
+      backend_.copy_to_host(residual, reinterpret_cast<float*>(payload.data() + segment_bytes));
+      send_header(stage_.next_rank, header, payload.data(), payload.size());
+    }
   }
   *busy_s_ += seconds_since(start);
 }
@@ -370,9 +381,14 @@ void Engine::follow() {
     const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
     const int64_t width = config_.hidden_size / ctx_.size(a.residual_e);
     Tensor residual = backend_.alloc({header.floats / width, width}, DType::F32);
-    backend_.copy_from_host(
-        reinterpret_cast<const float*>(payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
-        residual);
+    if (residual_on_device()) {
+      const ParallelContext::Link link = ctx_.device_link(stage_.prev_rank);
+      link.comm.recv(residual.raw(), residual.nbytes(), link.peer);
+    } else {
+      backend_.copy_from_host(reinterpret_cast<const float*>(
+                                  payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
+                              residual);
+    }
     run_micro_batch(phase, header.step, segments, {}, residual);
   }
 }

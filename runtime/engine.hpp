@@ -11,7 +11,9 @@
 // layers and sends its shard of the residual stream to the rank with the
 // same (x, y, z) in the next stage; the last stage runs the head, samples,
 // and sends the tokens back to the first. With one stage the same loop runs
-// with nothing to send.
+// with nothing to send. Messages go over MPI; on a device backend with its
+// collectives on the device the residual itself goes over NCCL between the
+// two ranks (ParallelContext::device_link), without a trip through the host.
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -145,9 +147,13 @@ class Engine {
   std::vector<int> sampled_;           // last stage: tokens sampled per sequence
   std::vector<int> known_tokens_;      // first stage: tokens received per sequence
   std::vector<bool> finished_;         // first stage: sequence has ended
+  // The residual crosses a stage boundary device to device (NCCL) when the
+  // collectives run on the device; else through the host over MPI.
+  bool residual_on_device() const { return ctx_.device_collectives(); }
   struct PendingSend {
     std::function<void()> wait;
     std::vector<char> buffer;  // the data, kept until the send completes
+    Tensor device_data;        // or the device tensor sent, kept as long
   };
   std::deque<PendingSend> pending_;  // boundary sends not yet waited for
   double* busy_s_ = nullptr;         // the phase's busy-time counter

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <numeric>
 #include <stdexcept>
 
@@ -40,6 +41,15 @@ ParallelContext::ParallelContext(World& world, const Mesh& mesh)
 Communicator& ParallelContext::comm(std::string_view axes) {
   const std::vector<int> ranks = mesh_.group(rank_, axes);
   return device_collectives_ ? world_.device_group(ranks) : world_.group(ranks);
+}
+
+ParallelContext::Link ParallelContext::device_link(int peer_rank) {
+  if (!device_collectives_ || peer_rank == rank_)
+    throw std::logic_error(
+        fmt::format("ParallelContext::device_link({}) on rank {} without device collectives",
+                    peer_rank, rank_));
+  const std::vector<int> ranks = {std::min(rank_, peer_rank), std::max(rank_, peer_rank)};
+  return {world_.device_group(ranks), peer_rank > rank_ ? 1 : 0};
 }
 
 Communicator& ParallelContext::world_comm() {

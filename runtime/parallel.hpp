@@ -36,6 +36,15 @@ class ParallelContext {
   Communicator& comm(std::string_view axes);
   // Set when the backend's tensors live on a device (a CUDA backend).
   void set_device_collectives(bool on) { device_collectives_ = on; }
+  bool device_collectives() const { return device_collectives_; }
+  // The device communicator (NCCL) of this rank and `peer_rank` alone, and
+  // the peer's member index in it (the lower rank is member 0): a pipeline
+  // stage boundary sends the residual over it. Needs device collectives.
+  struct Link {
+    Communicator& comm;
+    int peer;
+  };
+  Link device_link(int peer_rank);
   // Every rank of the job, indexed by world rank (pipeline stage boundaries).
   Communicator& world_comm();
   // This rank's pipeline stage, and the rank with its (x, y, z) in `stage`.

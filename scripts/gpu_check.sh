@@ -26,8 +26,10 @@
 #   end_to_end  tests/python/test_cuda.py: generate --backend cuda against
 #               --backend cpu (--dump-logits, --dump-step-logits) on every
 #               tiny preset, max |Δ| <= 3e-2 max |logit| (the bound is derived
-#               in that file), and tensor parallelism over NCCL with 2 ranks
-#               against 1 (with the same NCCL_HOSTID fallback)
+#               in that file), tensor parallelism over NCCL with 2 ranks
+#               against 1, and 2 pipeline stages whose residual crosses over
+#               NCCL send/recv against the CPU backend and 1 GPU (both with
+#               the same NCCL_HOSTID fallback)
 #   bench       shardlm bench --backend cuda on the 1b preset in bf16: batch-1
 #               decode after 128 and 4096 prompt tokens and the 4096-token
 #               prefill, against the h200-sxm spec's 989 TFLOP/s dense bf16

@@ -164,7 +164,11 @@ class NcclCommunicator final : public Communicator {
   }
   std::function<void()> isend(const void* data, size_t bytes, int to) override {
     // Enqueued on the communicator's stream; waiting is synchronising it.
-    check_nccl(ncclSend(data, bytes, ncclUint8, to, comm_, stream_), "ncclSend");
+    // The enqueue is watched too: a first send connects to the peer there.
+    {
+      const Watched watched(watch_, "send");
+      check_nccl(ncclSend(data, bytes, ncclUint8, to, comm_, stream_), "ncclSend");
+    }
     return [this] {
       const Watched watched(watch_, "send");
       wait("send", Clock::now());

@@ -178,7 +178,7 @@ REFUSED = ("Duplicate GPU detected", "Multiple Ranks are using the same GPU")
 
 
 def generate(shardlm, model, out_dir: Path, backend: str, prompt, ranks=None, extra=(),
-             separate_hosts=False):
+             separate_hosts=False, nccl_debug="WARN"):
     """Greedy generation with both logits dumps; the process and the output folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     args = ["generate", "--model", model, "--prompt-ids", ids_arg(prompt), "--max-new-tokens",
@@ -189,7 +189,7 @@ def generate(shardlm, model, out_dir: Path, backend: str, prompt, ranks=None, ex
         p = shardlm.run(*args, check=False, timeout=120)
     else:
         # NCCL's warnings go to files: rank 0's stdout must hold the JSON alone.
-        env = dict(SUBPROCESS_ENV, **MPI_ENV, NCCL_DEBUG="WARN",
+        env = dict(SUBPROCESS_ENV, **MPI_ENV, NCCL_DEBUG=nccl_debug,
                    NCCL_DEBUG_FILE=str(out_dir / "nccl.%p.log"), NCCL_MULTI_RANK_GPU_ENABLE="1")
         if separate_hosts:
             env.update(NCCL_SOCKET_IFNAME="lo")
@@ -260,3 +260,34 @@ def test_tensor_parallel_over_nccl_matches_one_gpu(shardlm, models, cuda, layout
         how = "tensor_parallel_nccl_sockets"
     two = results(p, out_dir)
     compare(f"{how}_{ffn}_{attn}", "tiny", one, two)
+
+
+def nccl_said(p, out_dir: Path) -> str:
+    return p.stdout + p.stderr + "".join(f.read_text() for f in out_dir.glob("nccl.*.log"))
+
+
+@pytest.mark.skipif(not has_mpirun, reason="mpirun not installed")
+def test_pipeline_stages_over_nccl_match_the_cpu_backend(shardlm, models, cuda, tmp_path):
+    """Two pipeline stages on the GPU (one rank each, two micro-batches, a
+    batch of two): the residual crosses the stage boundary by NCCL send/recv
+    between the two ranks' device memory. Against the CPU backend on one rank
+    within the module's bound, and against the CUDA backend on one rank. With
+    a mesh of 1,1,1 per stage there is no tensor-parallel group, so the NCCL
+    communicator NCCL reports set up (its INFO log) is the stage link's."""
+    model = models.get("tiny", "bf16")
+    batch = ["--batch", "2"]
+    cpu = results(*generate(shardlm, model, tmp_path / "cpu", "cpu", PROMPT, extra=batch))
+    one = results(*generate(shardlm, model, tmp_path / "one", "cuda", PROMPT, extra=batch))
+    flags = [*batch, "--pp", "2", "--micro-batches", "2"]
+    p, out_dir = generate(shardlm, model, tmp_path / "pp", "cuda", PROMPT, ranks=2, extra=flags,
+                          nccl_debug="INFO")
+    how = "pipeline_nccl"
+    if p.returncode != 0 and any(r in nccl_said(p, out_dir) for r in REFUSED):
+        p, out_dir = generate(shardlm, model, tmp_path / "pp-hosts", "cuda", PROMPT, ranks=2,
+                              extra=flags, separate_hosts=True, nccl_debug="INFO")
+        how = "pipeline_nccl_sockets"
+    two = results(p, out_dir)
+    assert two[0]["backend"].startswith("cuda"), two[0]["backend"]
+    assert "Init COMPLETE" in nccl_said(p, out_dir), "no NCCL communicator was set up"
+    compare(how, "tiny", cpu, two)
+    compare(f"{how}_vs_one_gpu", "tiny", one, two)
