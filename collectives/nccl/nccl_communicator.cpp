@@ -187,7 +187,16 @@ class NcclCommunicator final : public Communicator {
     const Watched watched(watch_, what);
     const Clock::time_point start = Clock::now();
     enqueue();
-    wait(what, start);
+    // A stream being captured into a graph (a decode step, kernels/cuda/
+    // step_graph.hpp) only records the collective: it runs when the graph
+    // is launched, and the wait is for the step's result.
+    if (!capturing()) wait(what, start);
+  }
+
+  bool capturing() const {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    check_cuda(cudaStreamIsCapturing(stream_, &status), "cudaStreamIsCapturing");
+    return status != cudaStreamCaptureStatusNone;
   }
 
   // Waits for the stream while polling NCCL's asynchronous error and the
