@@ -301,7 +301,7 @@ nvidia-smi 30 gpu_info
 doctor 60 doctor
 gpu_tests 150 gpu_tests
 nccl_2ranks 60 nccl_2ranks
-end_to_end 180 end_to_end
+end_to_end 240 end_to_end
 bench 150 bench
 EOF
   summary
