@@ -68,8 +68,9 @@ class World {
   // `factory` makes one from the MPI group of the same ranks (its
   // bootstrap) on first use of a rank list; they are kept until the factory
   // changes. An empty factory drops them all (the backend whose stream they
-  // use is going away). Host-memory traffic (pipeline boundaries, results)
-  // stays on group() and all().
+  // use is going away). Host-memory traffic (the pipeline's messages,
+  // results) stays on group() and all(); the residual between pipeline stages
+  // takes a device group of the two ranks (ParallelContext::device_link).
   using DeviceCommFactory = std::function<std::unique_ptr<Communicator>(
       Communicator& bootstrap, const CollectiveWatch& watch)>;
   void set_device_communicators(DeviceCommFactory factory);

@@ -58,6 +58,7 @@ struct BenchOptions {
   std::vector<int> prompt = {128, 512}, gen = {128}, threads = {0}, batch = {1}, context = {0};
   std::vector<std::string> weights = {"auto"};
   std::string kv_dtype = default_kv_dtype_flag(), hardware, backend = "auto";
+  std::string cuda_graphs = "on";
   int reps = 3;
   double bandwidth_gib = 1.5;
 };
@@ -323,6 +324,7 @@ void run_bench(const BenchOptions& o) {
           for (int p : o.prompt)
             for (int n : o.gen) {
               GenerationRequest request;
+              request.step_graphs = o.cuda_graphs == "on";
               for (int s = 0; s < b; ++s) {
                 std::vector<int32_t> ids(static_cast<size_t>(d + p));
                 for (int32_t& id : ids) id = token(rng);
@@ -403,6 +405,11 @@ void add_bench_command(CLI::App& app) {
   list("--weights", o->weights, "weight storage: f32, bf16, f16, int8 or auto (the checkpoint's)");
   cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help())->capture_default_str();
   add_backend_flag(cmd, o->backend);
+  cmd->add_option("--cuda-graphs", o->cuda_graphs,
+                  "on: with --backend cuda, decode steps as CUDA graphs (each run captures its "
+                  "own; the CPU backend ignores this flag); off: every step eagerly")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   cmd->add_option("--hardware", o->hardware,
                   "hardware spec whose cpu_streaming_max_rows (from `shardlm calibrate`) sets "
                   "the CPU matmul paths' crossover; with --backend cuda, whose bf16 peak and "

@@ -48,6 +48,7 @@ struct GenerateOptions {
   std::string memory_limit;  // --memory-limit text; empty: the node's free memory
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
+  std::string cuda_graphs = "on";
   int pp = 1, micro_batches = 0;
   bool pp_given = false;
   bool prompt_ids_given = false;  // --prompt-ids, even with empty text
@@ -346,6 +347,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
                             tokenizer->eos_ids().end());
   request.keep_prompt_logits = !o.dump_logits.empty();
   request.keep_step_logits = !o.dump_step_logits.empty();
+  request.step_graphs = o.cuda_graphs == "on";
   // Untimed runs first, so the timed one measures warm kernels (oneDNN
   // primitives, page faults) rather than a cold process; sweeps use it.
   for (int i = 0; i < o.warmup; ++i) engine.generate(request);
@@ -444,6 +446,12 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
         {"plan", o.layouts.plan_auto ? "auto" : "pinned"},
         {"predicted", predicted},
     };
+    if (backend->device() == Device::CUDA)
+      out["cuda_graphs"] = {{"on", r.step_graphs},
+                            {"captured", r.graph_steps_captured},
+                            {"replayed", r.graph_steps_replayed},
+                            {"eager", r.graph_steps_eager},
+                            {"note", r.step_graphs_note}};
     if (tokenizer) {
       out["prompt_ids"] = prompts;
       std::vector<std::string> text;
@@ -465,6 +473,14 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
             : fmt::format(", predicted {:.0f}% / {:.0f}%",
                           100 * predicted["prefill"]["pipeline_bubble"].get<double>(),
                           100 * predicted["decode"]["pipeline_bubble"].get<double>()));
+  if (o.verbose && backend->device() == Device::CUDA)
+    fmt::print("decode steps: {}{}\n",
+               r.step_graphs ? fmt::format("CUDA graphs, {} captured, {} replayed, {} eager",
+                                           r.graph_steps_captured, r.graph_steps_replayed,
+                                           r.graph_steps_eager)
+               : o.cuda_graphs == "on" ? "eager"
+                                       : "eager (--cuda-graphs off)",
+               r.step_graphs_note.empty() ? "" : fmt::format(" ({})", r.step_graphs_note));
   if (tokenizer && !stream) {
     for (size_t s = 0; s < r.generated.size(); ++s)
       fmt::print("sequence {}: {}{}\n", s, texts[s].text,
@@ -574,6 +590,12 @@ void add_generate_command(CLI::App& app) {
          "--plan", o->plan,
          "pinned: layouts from the flags above; auto: the planner picks what they leave open")
       ->check(CLI::IsMember({"pinned", "auto"}))
+      ->capture_default_str();
+  cmd->add_option("--cuda-graphs", o->cuda_graphs,
+                  "on: with --backend cuda, capture a decode step once per set of sequences as a "
+                  "CUDA graph and replay it (one pipeline stage only; the CPU backend ignores "
+                  "this flag); off: every step eagerly")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   cmd->add_option("--hardware", o->layouts.hardware,
                   "hardware spec (configs/hardware NAME or a YAML file from `shardlm calibrate`) "

@@ -17,8 +17,15 @@ Tensor matmul(Backend& backend, const Tensor& x, const Tensor& w) {
 
 // x · wᵀ joins the residual: directly when nothing is left to sum over the
 // F axes, else through the reduce-scatter that also restores the residual split.
-void add_projection(const BlockContext& b, const Tensor& partial, const Tensor& residual) {
-  b.backend.add(b.ops.reduce_scatter_cols(partial, b.axes.uf), residual);
+// Given `sums`, the add also leaves there the rows' sums of squares of the new
+// residual (the next RMSNorm's first pass, fused with the add).
+void add_projection(const BlockContext& b, const Tensor& partial, const Tensor& residual,
+                    const Tensor& sums = {}) {
+  const Tensor summed = b.ops.reduce_scatter_cols(partial, b.axes.uf);
+  if (sums.empty())
+    b.backend.add(summed, residual);
+  else
+    b.backend.add_and_sum_squares(summed, residual, sums);
 }
 
 // Adds a projection's bias to its output once the output is whole (after
@@ -33,9 +40,12 @@ void add_bias(const BlockContext& b, const Tensor& full_bias, const Tensor& out,
 
 }  // namespace
 
-Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& full_weight) {
-  Tensor sums = b.backend.alloc({x.dim(0)}, DType::F32);
-  b.backend.row_sum_squares(x, sums);
+Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& full_weight,
+                       Tensor sums) {
+  if (sums.empty()) {
+    sums = b.backend.alloc({x.dim(0)}, DType::F32);
+    b.backend.row_sum_squares(x, sums);
+  }
   b.ops.all_reduce(sums, b.axes.residual_e);
   const Tensor weight =
       b.ops.slice_cols(full_weight.reshaped({1, full_weight.numel()}), b.axes.residual_e);
@@ -45,8 +55,9 @@ Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& ful
   return out;
 }
 
-void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights& w,
-                       const KVCacheLayer& cache, const Tensor& residual) {
+Tensor run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights& w,
+                         const KVCacheLayer& cache, const Tensor& residual,
+                         const Tensor& input_sums) {
   Backend& be = b.backend;
   ShardOps& ops = b.ops;
   const PhaseAxes& a = b.axes;
@@ -61,7 +72,15 @@ void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights&
     return ops.gather_cols(normed, axes_minus(a.residual_e, a.ue));
   };
 
-  const Tensor input = matmul_input(sharded_rmsnorm(b, residual, w.input_norm));
+  // Sums of squares of the residual, made by the add that last changes it
+  // before a norm reads it when that add is a separate pass anyway (a
+  // reduce-scattered projection, no bias after it); a matmul accumulating
+  // into the residual in place leaves them to the norm.
+  auto fused_sums = [&](bool fusable) {
+    return fusable ? be.alloc({residual.dim(0)}, DType::F32) : Tensor{};
+  };
+
+  const Tensor input = matmul_input(sharded_rmsnorm(b, residual, w.input_norm, input_sums));
 
   // Projections: partial sums over the E axes become head splits (q, and k/v
   // when their heads split as finely) or are all-reduced (replicated k/v).
@@ -110,12 +129,13 @@ void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights&
   if (c.parallel_block) {
     block_partial = matmul(be, attention, w_o);
   } else {
+    const Tensor post_sums = fused_sums(sum_over_f && w.o_bias.empty());
     if (sum_over_f)
-      add_projection(b, matmul(be, attention, w_o), residual);
+      add_projection(b, matmul(be, attention, w_o), residual, post_sums);
     else
       be.matmul(attention, w_o, residual, true);
     add_bias(b, w.o_bias, residual, a.residual_e);
-    post_norm_input = matmul_input(sharded_rmsnorm(b, residual, w.post_attention_norm));
+    post_norm_input = matmul_input(sharded_rmsnorm(b, residual, w.post_attention_norm, post_sums));
     ffn_input = &post_norm_input;
   }
 
@@ -128,17 +148,20 @@ void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights&
   const Tensor hidden = ops.gather_cols(gate, a.ue);
   const Tensor w_down = used(w.down);
 
+  const Tensor output_sums =
+      fused_sums((c.parallel_block || sum_over_f) && w.o_bias.empty() && w.down_bias.empty());
   if (c.parallel_block) {
     // Both branches' partial sums share one reduction (§3.4).
     be.matmul(hidden, w_down, block_partial, true);
-    add_projection(b, block_partial, residual);
+    add_projection(b, block_partial, residual, output_sums);
     add_bias(b, w.o_bias, residual, a.residual_e);
   } else if (sum_over_f) {
-    add_projection(b, matmul(be, hidden, w_down), residual);
+    add_projection(b, matmul(be, hidden, w_down), residual, output_sums);
   } else {
     be.matmul(hidden, w_down, residual, true);
   }
   add_bias(b, w.down_bias, residual, a.residual_e);
+  return output_sums;
 }
 
 }  // namespace shardlm

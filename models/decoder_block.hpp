@@ -33,11 +33,20 @@ struct BlockContext {
   const BlockRows& rows;
 };
 
-// RMSNorm of a residual whose E is split over axes.residual_e.
-Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& full_weight);
+// RMSNorm of a residual whose E is split over axes.residual_e. `sums`: this
+// rank's sums of squares of x's rows when already made (by
+// Backend::add_and_sum_squares), else empty; the function all-reduces them in place.
+Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& full_weight,
+                       Tensor sums = {});
 
-// residual [rows, E chunk] += layer `layer`'s attention and feed-forward outputs.
-void run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights& weights,
-                       const KVCacheLayer& cache, const Tensor& residual);
+// residual [rows, E chunk] += layer `layer`'s attention and feed-forward
+// outputs. `input_sums`: the residual's sums of squares when the caller has
+// them (the previous layer's result), else empty. Returns the new residual's
+// sums when the block's last add made them along (a reduce-scattered
+// projection without a bias after it), else an empty tensor: the next norm
+// (the next layer's, or the final one) takes them.
+Tensor run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeights& weights,
+                         const KVCacheLayer& cache, const Tensor& residual,
+                         const Tensor& input_sums = {});
 
 }  // namespace shardlm

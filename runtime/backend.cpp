@@ -10,6 +10,11 @@ void Backend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Te
   rmsnorm_scale(x, sums, x.dim(1), weight, eps, out);
 }
 
+void Backend::add_and_sum_squares(const Tensor& x, const Tensor& inout, const Tensor& sums) {
+  add(x, inout);
+  row_sum_squares(inout, sums);
+}
+
 void Backend::sample(const Tensor& logits, const SamplingParams& params, const double* uniforms,
                      int32_t* ids) {
   const int64_t rows = logits.dim(0), vocab = logits.dim(1);

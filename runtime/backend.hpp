@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "runtime/batch.hpp"
 #include "runtime/sampler.hpp"
@@ -49,6 +51,18 @@ struct MemoryUsage {
   int64_t workspace = 0;         // fixed scratch of the kernels (matmul workspace, staging)
 };
 
+// What a backend does with a decode step the engine offers as a graph
+// (Backend::begin_step_graph): run it as usual, run it as usual while
+// recording what it allocates and stages (the first step of a shape),
+// capture it into a graph (the second), or replay that graph.
+enum class StepGraphMode { kEager, kMeasure, kCapture, kReplay };
+
+// A step offered as a graph could not be captured or replayed: none of its
+// work has run, and the engine runs it again eagerly.
+struct StepGraphAbandoned : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -80,6 +94,10 @@ class Backend {
   virtual void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) = 0;
   // sums[r] = sum of x[r, :]^2
   virtual void row_sum_squares(const Tensor& x, const Tensor& sums) = 0;
+  // inout += x, then sums[r] = sum of inout[r, :]^2 of the new values: the
+  // residual add and the next RMSNorm's first pass. The default runs add then
+  // row_sum_squares; a device backend fuses them into one pass over the rows.
+  virtual void add_and_sum_squares(const Tensor& x, const Tensor& inout, const Tensor& sums);
   // out = x * rsqrt(sums / width + eps) * weight, per row; width is the full
   // row length when x holds only a slice of each row.
   virtual void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t width,
@@ -112,6 +130,32 @@ class Backend {
   // where the logits are, so only the ids travel.
   virtual void sample(const Tensor& logits, const SamplingParams& params, const double* uniforms,
                       int32_t* ids);
+
+  // Decode steps as graphs (docs/cuda_backend.md, "Decode steps as CUDA
+  // graphs"). The engine brackets the part of a step from the embedding to
+  // the logits with begin_step_graph(key) and launch_step_graph(); `key`
+  // names the step's shape (steps of one key issue the same operations on
+  // the same shapes, only the host arrays they bring differ). A backend that
+  // supports graphs measures the first step of a key, captures the second and
+  // replays the rest: while replaying, operations only stage their host
+  // arrays and check that they are the ones captured (else they throw
+  // StepGraphAbandoned), and replaying_step() tells the collectives to stay
+  // away (the graph holds them). launch_step_graph() runs what the step
+  // queued (launching the graph); after it everything runs as usual until
+  // the next begin. abandon_step_graph() drops the key's graph after an
+  // error (ending a capture in progress); drop_step_graphs() all of them.
+  // The defaults run every step eagerly.
+  virtual StepGraphMode begin_step_graph(const std::vector<int64_t>& /*key*/) {
+    return StepGraphMode::kEager;
+  }
+  virtual void launch_step_graph() {}
+  // `for_good`: the key's steps stay eager (it cannot be captured);
+  // otherwise the key starts over (measured again).
+  virtual void abandon_step_graph(const std::string& /*why*/, bool /*for_good*/) {}
+  virtual bool replaying_step() const { return false; }
+  virtual void drop_step_graphs() {}
+  // Why the last step offered ran eagerly, when it did ("" when none did).
+  virtual std::string step_graph_note() const { return {}; }
 
   // RMSNorm of whole rows: row_sum_squares then rmsnorm_scale.
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);

@@ -67,8 +67,7 @@ std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t 
                        std::max<int64_t>(capacity, 1), config_.head_dim};
   std::vector<KVCacheLayer> cache;
   for (size_t layer = 0; layer < weights_.layers.size(); ++layer)
-    cache.push_back(
-        {backend_.alloc_kv_cache(shape), backend_.alloc_kv_cache(shape)});
+    cache.push_back({backend_.alloc_kv_cache(shape), backend_.alloc_kv_cache(shape)});
   return cache;
 }
 
@@ -151,19 +150,22 @@ Tensor Engine::embed(const Pass& p, const std::vector<int32_t>& tokens) {
   return residual;
 }
 
-void Engine::run_layers(const Pass& p, const Tensor& residual) {
+Tensor Engine::run_layers(const Pass& p, const Tensor& residual) {
   const BlockContext block{backend_, ops_, ctx_, config_, *p.axes, p.rows};
+  Tensor sums;  // each layer's output sums of squares, when it made them, for the next norm
   for (size_t i = 0; i < weights_.layers.size(); ++i)
-    run_decoder_block(block, stage_.first_layer + int64_t(i), weights_.layers[i], (*p.cache)[i],
-                      residual);
+    sums = run_decoder_block(block, stage_.first_layer + int64_t(i), weights_.layers[i],
+                             (*p.cache)[i], residual, sums);
+  return sums;
 }
 
 // Epilogue: whole rows of the final norm on every rank, this rank's
 // vocabulary slice of the logits, then all of them everywhere.
-Tensor Engine::head(const Pass& p, const Tensor& residual, const std::vector<int32_t>& logit_rows) {
+Tensor Engine::head(const Pass& p, const Tensor& residual, const Tensor& residual_sums,
+                    const std::vector<int32_t>& logit_rows) {
   const PhaseAxes& a = *p.axes;
   const BlockContext block{backend_, ops_, ctx_, config_, a, p.rows};
-  const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm);
+  const Tensor normed = sharded_rmsnorm(block, residual, weights_.final_norm, residual_sums);
   const Tensor all_rows =
       ops_.gather_rows(ops_.gather_cols(normed, a.residual_e), a.batch, p.rest.token_count);
   const int64_t selected_rows = int64_t(logit_rows.size());
@@ -188,22 +190,24 @@ void Engine::send_header(int to, const StageHeader& header, const void* payload,
   // are waited for in order, so it outlives the first.
   std::function<void()> header_sent = comm.isend(buffer.data(), sizeof header, to);
   if (!bytes) {
-    pending_.push_back({std::move(header_sent), std::move(buffer)});
+    pending_.push_back({std::move(header_sent), std::move(buffer), {}});
     return;
   }
   std::function<void()> payload_sent = comm.isend(buffer.data() + sizeof header, bytes, to);
-  pending_.push_back({std::move(header_sent), {}});
-  pending_.push_back({std::move(payload_sent), std::move(buffer)});
+  pending_.push_back({std::move(header_sent), {}, {}});
+  pending_.push_back({std::move(payload_sent), std::move(buffer), {}});
 }
 
 StageHeader Engine::recv_header(int from, std::vector<char>& payload) {
   Communicator& comm = ctx_.world_comm();
   StageHeader header;
   comm.recv(&header, sizeof header, from);
-  // A batch carries its segments and the residual, tokens their triples.
+  // A batch carries its segments and the residual (unless it comes over the
+  // device link), tokens their triples.
   size_t bytes = 0;
   if (header.kind == StageMessageKind::kBatch || header.kind == StageMessageKind::kTokens)
-    bytes = size_t(header.count) * 3 * sizeof(int32_t) + size_t(header.floats) * sizeof(float);
+    bytes = size_t(header.count) * 3 * sizeof(int32_t) +
+            (residual_on_device() ? 0 : size_t(header.floats) * sizeof(float));
   payload.resize(bytes);
   if (bytes) comm.recv(payload.data(), bytes, from);
   return header;
@@ -227,10 +231,25 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
   if (request_->on_micro_batch) request_->on_micro_batch(phase, step);
   const auto start = Clock::now();
   const Pass pass = plan_pass(phase, BatchLayout(segments));
-  const Tensor residual = stage_.is_first() ? embed(pass, tokens) : received;
-  run_layers(pass, residual);
+  const Outputs outputs = stage_.is_last() ? outputs_of(phase, segments) : Outputs{};
+  Tensor residual, logits;
+  // The device work of the micro-batch: what a decode step may run as a graph.
+  const auto forward = [&] {
+    residual = stage_.is_first() ? embed(pass, tokens) : received;
+    const Tensor residual_sums = run_layers(pass, residual);
+    if (!outputs.logit_rows.empty())
+      logits = head(pass, residual, residual_sums, outputs.logit_rows);
+  };
+  bool launched = false;
+  if (phase == Phase::kDecode && step_graphs_)
+    launched = run_step_graph(segments, forward);
+  else
+    forward();
   if (stage_.is_last()) {
-    finish_micro_batch(phase, segments, pass, residual);
+    // A launched graph holds the step's collectives, which no communicator
+    // waits for: the wait for the step's results (in sample) is watched instead.
+    const ParallelContext::DeviceWait wait(ctx_, launched ? "decode step (CUDA graph)" : nullptr);
+    if (!outputs.logit_rows.empty()) finish_micro_batch(outputs, logits);
   } else {
     // This rank's shard of the residual goes to the rank with the same
     // (x, y, z) in the next stage: the split at rest is the same there.
@@ -238,40 +257,86 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
     for (const Segment& s : segments) segs.insert(segs.end(), {s.slot, s.start_pos, s.num_tokens});
     StageHeader header{StageMessageKind::kBatch, int32_t(phase), int32_t(step),
                        int32_t(segments.size()), residual.numel()};
-    // Segments (int32) then the residual (float), which stays 4-byte aligned.
-    std::vector<char> payload(segs.size() * sizeof(int32_t) + residual.nbytes());
-    std::memcpy(payload.data(), segs.data(), segs.size() * sizeof(int32_t));
-    backend_.copy_to_host(residual,
-                          reinterpret_cast<float*>(payload.data() + segs.size() * sizeof(int32_t)));
-    send_header(stage_.next_rank, header, payload.data(), payload.size());
+    const size_t segment_bytes = segs.size() * sizeof(int32_t);
+    if (residual_on_device()) {
+      // The header and segments over MPI, then the residual device to device,
+      // queued behind the kernels that made it; the tensor is kept until sent.
+      send_header(stage_.next_rank, header, segs.data(), segment_bytes);
+      const ParallelContext::Link link = ctx_.device_link(stage_.next_rank);
+      pending_.push_back(
+          {link.comm.isend(residual.raw(), residual.nbytes(), link.peer), {}, residual});
+    } else {
+      // Segments (int32) then the residual (float), which stays 4-byte aligned.
+      std::vector<char> payload(segment_bytes + residual.nbytes());
+      std::memcpy(payload.data(), segs.data(), segment_bytes);
+      backend_.copy_to_host(residual, reinterpret_cast<float*>(payload.data() + segment_bytes));
+      send_header(stage_.next_rank, header, payload.data(), payload.size());
+    }
   }
   *busy_s_ += seconds_since(start);
 }
 
-void Engine::finish_micro_batch(Phase phase, const std::vector<Segment>& segments, const Pass& pass,
-                                const Tensor& residual) {
+bool Engine::run_step_graph(const std::vector<Segment>& segments,
+                            const std::function<void()>& forward) {
+  // Steps of one set of sequences (slots) issue the same operations on the
+  // same shapes; only the tokens and positions they bring differ.
+  std::vector<int64_t> key;
+  for (const Segment& s : segments) key.push_back(s.slot);
+  const StepGraphMode mode = backend_.begin_step_graph(key);
+  try {
+    forward();
+    backend_.launch_step_graph();
+  } catch (const std::exception& e) {
+    // A step abandoned while captured or replayed has not run: its operations
+    // were recorded, or checked and skipped. Another error while capturing
+    // says that this shape cannot be captured: it stays eager.
+    const bool abandoned = dynamic_cast<const StepGraphAbandoned*>(&e) != nullptr;
+    if (!abandoned && mode != StepGraphMode::kCapture) throw;
+    backend_.abandon_step_graph(e.what(), !abandoned);
+    ++result_->graph_steps_eager;
+    forward();
+    return false;
+  }
+  if (mode == StepGraphMode::kCapture) {
+    ++result_->graph_steps_captured;
+    return true;
+  }
+  if (mode == StepGraphMode::kReplay) {
+    ++result_->graph_steps_replayed;
+    return true;
+  }
+  ++result_->graph_steps_eager;
+  return false;
+}
+
+Engine::Outputs Engine::outputs_of(Phase phase, const std::vector<Segment>& segments) const {
   const GenerationRequest& req = *request_;
   const bool keep_prompt = phase == Phase::kPrefill && req.keep_prompt_logits;
-  std::vector<int32_t> logit_rows, sample_rows;
-  std::vector<int> sampled;
+  Outputs out;
+  std::vector<int32_t> sample_rows;
   int32_t row = 0;
   for (const Segment& seg : segments) {
     if (keep_prompt && seg.slot == 0)
-      for (int t = 0; t < seg.num_tokens; ++t) logit_rows.push_back(row + t);
+      for (int t = 0; t < seg.num_tokens; ++t) out.logit_rows.push_back(row + t);
     const bool completes = phase == Phase::kDecode || seg.start_pos + seg.num_tokens ==
                                                           int(req.prompts[size_t(seg.slot)].size());
     if (completes && req.max_new_tokens > 0) {
       sample_rows.push_back(row + seg.num_tokens - 1);
-      sampled.push_back(seg.slot);
+      out.sampled.push_back(seg.slot);
     }
     row += seg.num_tokens;
   }
-  const size_t prompt_rows = logit_rows.size();
-  logit_rows.insert(logit_rows.end(), sample_rows.begin(), sample_rows.end());
-  if (logit_rows.empty()) return;
+  out.prompt_rows = out.logit_rows.size();
+  out.logit_rows.insert(out.logit_rows.end(), sample_rows.begin(), sample_rows.end());
+  return out;
+}
+
+void Engine::finish_micro_batch(const Outputs& outputs, const Tensor& logits) {
+  const GenerationRequest& req = *request_;
+  const size_t prompt_rows = outputs.prompt_rows;
+  const std::vector<int>& sampled = outputs.sampled;
   // The logits stay on the backend: only the rows the request keeps come to
   // the host, and sampling returns ids.
-  const Tensor logits = head(pass, residual, logit_rows);
   const int64_t vocab = config_.vocab_size;
   auto keep_rows = [&](std::vector<float>& into, int64_t first, int64_t count) {
     const size_t at = into.size();
@@ -368,9 +433,14 @@ void Engine::follow() {
     const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
     const int64_t width = config_.hidden_size / ctx_.size(a.residual_e);
     Tensor residual = backend_.alloc({header.floats / width, width}, DType::F32);
-    backend_.copy_from_host(
-        reinterpret_cast<const float*>(payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
-        residual);
+    if (residual_on_device()) {
+      const ParallelContext::Link link = ctx_.device_link(stage_.prev_rank);
+      link.comm.recv(residual.raw(), residual.nbytes(), link.peer);
+    } else {
+      backend_.copy_from_host(reinterpret_cast<const float*>(
+                                  payload.data() + size_t(header.count) * 3 * sizeof(int32_t)),
+                              residual);
+    }
     run_micro_batch(phase, header.step, segments, {}, residual);
   }
 }
@@ -428,6 +498,16 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
   known_tokens_.assign(size_t(batch_size), 0);
   sampled_.assign(size_t(batch_size), 0);
   finished_.assign(size_t(batch_size), request.max_new_tokens == 0);
+  // Decode steps as graphs: a device backend, one pipeline stage (stages
+  // exchange messages over MPI within a step, which a graph cannot hold).
+  step_graphs_ = false;
+  if (request.step_graphs && backend_.device() != Device::CPU) {
+    if (stage_.stages > 1)
+      result.step_graphs_note =
+          "decode steps run eagerly: pipeline stages exchange messages over MPI within a step";
+    else
+      step_graphs_ = result.step_graphs = true;
+  }
   const int micro_batches = request.micro_batches > 0 ? request.micro_batches : stage_.stages;
   std::vector<int64_t> lengths;
   for (const auto& p : prompts) lengths.push_back(int64_t(p.size()));
@@ -487,6 +567,12 @@ GenerationResult Engine::generate(const GenerationRequest& request) {
     if (!stage_.is_last()) send_header(stage_.next_rank, {StageMessageKind::kDone}, nullptr, 0);
     drain_sends();
     result.decode_s = seconds_since(decode_start);
+  }
+
+  if (step_graphs_) {
+    backend_.drop_step_graphs();  // their arenas and pinned slots
+    if (result.graph_steps_eager > 0) result.step_graphs_note = backend_.step_graph_note();
+    step_graphs_ = false;
   }
 
   // Logits live on the last stage; the first stage reports them.

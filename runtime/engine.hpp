@@ -11,11 +11,14 @@
 // layers and sends its shard of the residual stream to the rank with the
 // same (x, y, z) in the next stage; the last stage runs the head, samples,
 // and sends the tokens back to the first. With one stage the same loop runs
-// with nothing to send.
+// with nothing to send. Messages go over MPI; on a device backend with its
+// collectives on the device the residual itself goes over NCCL between the
+// two ranks (ParallelContext::device_link), without a trip through the host.
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "models/decoder_block.hpp"
@@ -43,6 +46,10 @@ struct GenerationRequest {
   // Called with (sequence, token) as each token is sampled, in order, so a
   // caller can stream text while decoding goes on.
   std::function<void(int, int32_t)> on_token;
+  // Offer decode steps to the backend as graphs (--cuda-graphs): captured
+  // once per set of sequences and replayed (the CUDA backend). Only with one
+  // pipeline stage: stages exchange host messages (MPI) within a step.
+  bool step_graphs = false;
 };
 
 struct GenerationResult {
@@ -59,6 +66,13 @@ struct GenerationResult {
   int prefill_micro_batches = 1, decode_micro_batches = 1;
   // This rank's time computing (not waiting for another stage) in each phase.
   double prefill_busy_s = 0, decode_busy_s = 0;
+  // Decode steps as graphs (GenerationRequest::step_graphs): steps captured,
+  // replayed, and run eagerly though offered (each set of sequences' first
+  // step, and steps the backend abandoned); why graphs were not used, or
+  // the backend's last reason for running a step eagerly.
+  bool step_graphs = false;
+  int64_t graph_steps_captured = 0, graph_steps_replayed = 0, graph_steps_eager = 0;
+  std::string step_graphs_note;
 };
 
 // This rank's stage: which layers it holds and where its neighbours are.
@@ -95,10 +109,13 @@ class Engine {
   struct Pass;  // where this rank's rows sit for one micro-batch
   Pass plan_pass(Phase phase, const BatchLayout& batch);
   Tensor embed(const Pass& pass, const std::vector<int32_t>& tokens);
-  void run_layers(const Pass& pass, const Tensor& residual);
+  // Returns the residual's sums of squares when the last layer made them
+  // along (see run_decoder_block), else an empty tensor.
+  Tensor run_layers(const Pass& pass, const Tensor& residual);
   // Logits of the rows in `logit_rows` of the micro-batch, [rows, vocab], on
-  // the backend.
-  Tensor head(const Pass& pass, const Tensor& residual, const std::vector<int32_t>& logit_rows);
+  // the backend; `residual_sums` as run_layers returns them.
+  Tensor head(const Pass& pass, const Tensor& residual, const Tensor& residual_sums,
+              const std::vector<int32_t>& logit_rows);
 
   std::vector<KVCacheLayer> allocate_cache(const PhaseAxes& axes, int64_t capacity);
   // Copies a prefill cache in the prefill layout's sharding into the decode cache.
@@ -108,9 +125,20 @@ class Engine {
   // sampling); `tokens` are read on the first stage only.
   void run_micro_batch(Phase phase, int64_t step, const std::vector<Segment>& segments,
                        const std::vector<int32_t>& tokens, const Tensor& received);
-  // The last stage's part: logits, sampling, tokens back to the first stage.
-  void finish_micro_batch(Phase phase, const std::vector<Segment>& segments, const Pass& pass,
-                          const Tensor& residual);
+  // A decode step's device work (`forward`: embedding to logits) offered to
+  // the backend as a graph (Backend::begin_step_graph); run again eagerly
+  // when the backend abandons it. True when a graph was launched.
+  bool run_step_graph(const std::vector<Segment>& segments, const std::function<void()>& forward);
+  // The logit rows of a micro-batch on the last stage: the prompt rows kept
+  // (prefill, sequence 0) first, then one row per sampled sequence.
+  struct Outputs {
+    std::vector<int32_t> logit_rows;
+    size_t prompt_rows = 0;
+    std::vector<int> sampled;  // the sequence of each sampled row
+  };
+  Outputs outputs_of(Phase phase, const std::vector<Segment>& segments) const;
+  // The last stage's part: logits kept, sampling, tokens back to the first stage.
+  void finish_micro_batch(const Outputs& outputs, const Tensor& logits);
   void end_prefill();
   // First stage: applies sampled tokens; waits for those of `sequences`.
   void apply_tokens(const std::vector<SampledToken>& tokens);
@@ -142,12 +170,17 @@ class Engine {
   std::vector<int> sampled_;           // last stage: tokens sampled per sequence
   std::vector<int> known_tokens_;      // first stage: tokens received per sequence
   std::vector<bool> finished_;         // first stage: sequence has ended
+  // The residual crosses a stage boundary device to device (NCCL) when the
+  // collectives run on the device; else through the host over MPI.
+  bool residual_on_device() const { return ctx_.device_collectives(); }
   struct PendingSend {
     std::function<void()> wait;
     std::vector<char> buffer;  // the data, kept until the send completes
+    Tensor device_data;        // or the device tensor sent, kept as long
   };
   std::deque<PendingSend> pending_;  // boundary sends not yet waited for
   double* busy_s_ = nullptr;         // the phase's busy-time counter
+  bool step_graphs_ = false;         // decode steps offered to the backend as graphs
 };
 
 }  // namespace shardlm

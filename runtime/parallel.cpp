@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <numeric>
 #include <stdexcept>
 
@@ -40,6 +41,15 @@ ParallelContext::ParallelContext(World& world, const Mesh& mesh)
 Communicator& ParallelContext::comm(std::string_view axes) {
   const std::vector<int> ranks = mesh_.group(rank_, axes);
   return device_collectives_ ? world_.device_group(ranks) : world_.group(ranks);
+}
+
+ParallelContext::Link ParallelContext::device_link(int peer_rank) {
+  if (!device_collectives_ || peer_rank == rank_)
+    throw std::logic_error(
+        fmt::format("ParallelContext::device_link({}) on rank {} without device collectives",
+                    peer_rank, rank_));
+  const std::vector<int> ranks = {std::min(rank_, peer_rank), std::max(rank_, peer_rank)};
+  return {world_.device_group(ranks), peer_rank > rank_ ? 1 : 0};
 }
 
 Communicator& ParallelContext::world_comm() {
@@ -136,12 +146,50 @@ Tensor ShardOps::cols_to_blocks(const Tensor& x, int n) {
   return blocks;
 }
 
+namespace {
+
+// The communicator of a replayed step: every collective is in the graph.
+class ReplayedCollectives final : public Communicator {
+ public:
+  explicit ReplayedCollectives(Communicator& group) : size_(group.size()), rank_(group.rank()) {}
+  int size() const override { return size_; }
+  int rank() const override { return rank_; }
+  void all_gather(const float*, float*, size_t) override {}
+  void all_gather_bytes(const void*, void*, size_t) override {}
+  void all_gatherv(const float*, float*, const std::vector<size_t>&) override {}
+  void reduce_scatter(const float*, float*, size_t) override {}
+  void reduce_scatterv(const float*, float*, const std::vector<size_t>&) override {}
+  void all_reduce(float*, size_t) override {}
+  void all_to_all(const float*, float*, size_t) override {}
+  void all_to_allv(const float*, const std::vector<size_t>&, float*,
+                   const std::vector<size_t>&) override {}
+  void broadcast(void*, size_t, int) override {}
+  void send(const void*, size_t, int) override {}
+  void recv(void*, size_t, int) override {}
+  std::function<void()> isend(const void*, size_t, int) override {
+    return [] {};
+  }
+  void barrier() override {}
+
+ private:
+  int size_, rank_;
+};
+
+}  // namespace
+
+Communicator& ShardOps::comm(std::string_view axes) {
+  Communicator& group = ctx_.comm(axes);
+  if (!backend_.replaying_step()) return group;
+  replayed_ = std::make_unique<ReplayedCollectives>(group);
+  return *replayed_;
+}
+
 Tensor ShardOps::gather_cols(const Tensor& x, std::string_view axes) {
   const int n = ctx_.size(axes);
   if (n == 1) return x;
   const int64_t rows = x.dim(0), width = x.dim(1);
   Tensor gathered = backend_.alloc({n, rows * width}, DType::F32);
-  ctx_.comm(axes).all_gather(x.data<float>(), gathered.data<float>(), size_t(rows * width));
+  comm(axes).all_gather(x.data<float>(), gathered.data<float>(), size_t(rows * width));
   return blocks_to_cols(gathered, rows, width);
 }
 
@@ -151,13 +199,13 @@ Tensor ShardOps::reduce_scatter_cols(const Tensor& x, std::string_view axes) {
   const int64_t rows = x.dim(0), width = x.dim(1) / n;
   const Tensor packed = cols_to_blocks(x, n);
   Tensor out = backend_.alloc({rows, width}, DType::F32);
-  ctx_.comm(axes).reduce_scatter(packed.data<float>(), out.data<float>(), size_t(rows * width));
+  comm(axes).reduce_scatter(packed.data<float>(), out.data<float>(), size_t(rows * width));
   return out;
 }
 
 void ShardOps::all_reduce(const Tensor& x, std::string_view axes) {
   if (ctx_.size(axes) == 1) return;
-  ctx_.comm(axes).all_reduce(x.data<float>(), size_t(x.numel()));
+  comm(axes).all_reduce(x.data<float>(), size_t(x.numel()));
 }
 
 Tensor ShardOps::gather_rows(const Tensor& x, std::string_view axes,
@@ -168,7 +216,7 @@ Tensor ShardOps::gather_rows(const Tensor& x, std::string_view axes,
   for (int64_t c : counts) elements.push_back(size_t(c * width));
   const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   Tensor out = backend_.alloc({total, width}, DType::F32);
-  ctx_.comm(axes).all_gatherv(x.data<float>(), out.data<float>(), elements);
+  comm(axes).all_gatherv(x.data<float>(), out.data<float>(), elements);
   return out;
 }
 
@@ -180,7 +228,7 @@ Tensor ShardOps::cols_to_rows(const Tensor& x, std::string_view axes,
   std::vector<size_t> send_counts, recv_counts(size_t(n), size_t(mine * width));
   for (int64_t c : sub_counts) send_counts.push_back(size_t(c * width));
   Tensor received = backend_.alloc({n, mine * width}, DType::F32);
-  ctx_.comm(axes).all_to_allv(x.data<float>(), send_counts, received.data<float>(), recv_counts);
+  comm(axes).all_to_allv(x.data<float>(), send_counts, received.data<float>(), recv_counts);
   return blocks_to_cols(received, mine, width);
 }
 
@@ -194,7 +242,7 @@ Tensor ShardOps::rows_to_cols(const Tensor& x, std::string_view axes,
   for (int64_t c : sub_counts) recv_counts.push_back(size_t(c * width));
   const int64_t total = std::accumulate(sub_counts.begin(), sub_counts.end(), int64_t{0});
   Tensor out = backend_.alloc({total, width}, DType::F32);
-  ctx_.comm(axes).all_to_allv(packed.data<float>(), send_counts, out.data<float>(), recv_counts);
+  comm(axes).all_to_allv(packed.data<float>(), send_counts, out.data<float>(), recv_counts);
   return out;
 }
 
@@ -226,7 +274,7 @@ Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes_in,
   // Weights are gathered as stored (f32, bf16, f16 or int8), as bytes.
   const int64_t rows = w.dim(0), cols = w.dim(1);
   Tensor blocks = backend_.alloc({n, rows * cols}, w.dtype());
-  Communicator& comm = ctx_.comm(gathered);
+  Communicator& comm = this->comm(gathered);
   comm.all_gather_bytes(w.raw(), blocks.raw(), w.nbytes());
   Tensor out =
       backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)}, w.dtype());

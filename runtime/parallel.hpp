@@ -9,6 +9,7 @@
 // over fewer); cols are features, split into equal contiguous chunks over
 // "col axes", the first axis most significant.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -36,8 +37,34 @@ class ParallelContext {
   Communicator& comm(std::string_view axes);
   // Set when the backend's tensors live on a device (a CUDA backend).
   void set_device_collectives(bool on) { device_collectives_ = on; }
+  bool device_collectives() const { return device_collectives_; }
+  // The device communicator (NCCL) of this rank and `peer_rank` alone, and
+  // the peer's member index in it (the lower rank is member 0): a pipeline
+  // stage boundary sends the residual over it. Needs device collectives.
+  struct Link {
+    Communicator& comm;
+    int peer;
+  };
+  Link device_link(int peer_rank);
   // Every rank of the job, indexed by world rank (pipeline stage boundaries).
   Communicator& world_comm();
+  // Marks a wait for device work that holds collectives (a decode step
+  // launched as a CUDA graph) for World's watchdog (--comm-timeout), as each
+  // collective marks itself; a null `what` marks nothing.
+  class DeviceWait {
+   public:
+    DeviceWait(ParallelContext& ctx, const char* what) : world_(what ? &ctx.world_ : nullptr) {
+      if (world_) world_->enter_collective(what, nullptr);
+    }
+    ~DeviceWait() {
+      if (world_) world_->leave_collective();
+    }
+    DeviceWait(const DeviceWait&) = delete;
+    DeviceWait& operator=(const DeviceWait&) = delete;
+
+   private:
+    World* world_;
+  };
   // This rank's pipeline stage, and the rank with its (x, y, z) in `stage`.
   int stage() const { return mesh_.coord(rank_).pp; }
   int rank_in_stage(int stage) const;
@@ -124,9 +151,14 @@ class ShardOps {
   // with block j as col chunk j.
   Tensor blocks_to_cols(const Tensor& blocks, int64_t rows, int64_t width);
   Tensor cols_to_blocks(const Tensor& x, int n);
+  // The group's communicator; while the backend replays a captured decode
+  // step (Backend::replaying_step), one that does nothing: the graph holds
+  // the step's collectives.
+  Communicator& comm(std::string_view axes);
 
   Backend& backend_;
   ParallelContext& ctx_;
+  std::unique_ptr<Communicator> replayed_;  // comm()'s stand-in while replaying
 };
 
 }  // namespace shardlm

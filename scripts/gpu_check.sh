@@ -26,8 +26,12 @@
 #   end_to_end  tests/python/test_cuda.py: generate --backend cuda against
 #               --backend cpu (--dump-logits, --dump-step-logits) on every
 #               tiny preset, max |Δ| <= 3e-2 max |logit| (the bound is derived
-#               in that file), and tensor parallelism over NCCL with 2 ranks
-#               against 1 (with the same NCCL_HOSTID fallback)
+#               in that file), tensor parallelism over NCCL with 2 ranks
+#               against 1, and 2 pipeline stages whose residual crosses over
+#               NCCL send/recv against the CPU backend and 1 GPU (both with
+#               the same NCCL_HOSTID fallback), and decode steps as CUDA
+#               graphs against eager steps (equal bit for bit; one GPU, and
+#               2 ranks over NCCL)
 #   bench       shardlm bench --backend cuda on the 1b preset in bf16: batch-1
 #               decode after 128 and 4096 prompt tokens and the 4096-token
 #               prefill, against the h200-sxm spec's 989 TFLOP/s dense bf16
@@ -258,8 +262,12 @@ print("\n=== summary ===")
 for s in summary["steps"]:
     print(f"{s['name']:<12} {s['status']:<11} {s['seconds']:>4} s  {s['note'][:100]}")
 for c in summary["comparisons"]:
-    print(f"{c['test']:<28} {c['model']:<16} max |d| {c['max_abs_diff']:.3g} = "
-          f"{c['relative']:.3g} of max |logit| (bound {c['bound']})")
+    if "max_abs_diff" in c:
+        print(f"{c['test']:<28} {c['model']:<16} max |d| {c['max_abs_diff']:.3g} = "
+              f"{c['relative']:.3g} of max |logit| (bound {c['bound']})")
+    else:  # the CUDA graphs tests: steps captured, replayed and run eagerly
+        print(f"{c['test']:<28} {c['model']:<16} " +
+              ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("test", "model")))
 print("gpu_check:", "OK" if summary["ok"] else "FAILED")
 sys.exit(0 if summary["ok"] else 1)
 EOF
@@ -293,7 +301,7 @@ nvidia-smi 30 gpu_info
 doctor 60 doctor
 gpu_tests 150 gpu_tests
 nccl_2ranks 60 nccl_2ranks
-end_to_end 180 end_to_end
+end_to_end 240 end_to_end
 bench 150 bench
 EOF
   summary

@@ -164,7 +164,11 @@ class NcclCommunicator final : public Communicator {
   }
   std::function<void()> isend(const void* data, size_t bytes, int to) override {
     // Enqueued on the communicator's stream; waiting is synchronising it.
-    check_nccl(ncclSend(data, bytes, ncclUint8, to, comm_, stream_), "ncclSend");
+    // The enqueue is watched too: a first send connects to the peer there.
+    {
+      const Watched watched(watch_, "send");
+      check_nccl(ncclSend(data, bytes, ncclUint8, to, comm_, stream_), "ncclSend");
+    }
     return [this] {
       const Watched watched(watch_, "send");
       wait("send", Clock::now());
@@ -183,7 +187,16 @@ class NcclCommunicator final : public Communicator {
     const Watched watched(watch_, what);
     const Clock::time_point start = Clock::now();
     enqueue();
-    wait(what, start);
+    // A stream being captured into a graph (a decode step, kernels/cuda/
+    // step_graph.hpp) only records the collective: it runs when the graph
+    // is launched, and the wait is for the step's result.
+    if (!capturing()) wait(what, start);
+  }
+
+  bool capturing() const {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    check_cuda(cudaStreamIsCapturing(stream_, &status), "cudaStreamIsCapturing");
+    return status != cudaStreamCaptureStatusNone;
   }
 
   // Waits for the stream while polling NCCL's asynchronous error and the

@@ -383,8 +383,11 @@ DecodePlan plan_decode(const AttentionArgs& a, const DeviceBatch& batch) {
   }
   plan.max_heads = widest <= 1 ? 1 : widest <= 4 ? 4 : 8;
   plan.head_chunks = (widest + plan.max_heads - 1) / plan.max_heads;
-  const int64_t max_keys =
-      a.window > 0 ? std::min<int64_t>(a.window, batch.max_context) : batch.max_context;
+  // Sized by the cache's capacity, not by the step's longest context: the
+  // same plan (and so the same kernels and summation order) at every step,
+  // as a captured decode step needs (docs/cuda_backend.md); the splits past
+  // a token's keys exit at once and the merge skips them.
+  const int64_t max_keys = a.window > 0 ? std::min<int64_t>(a.window, a.capacity) : a.capacity;
   // Enough blocks for four per multiprocessor (a block streams its keys with
   // 4 warps; several per SM keep enough loads in flight to fill HBM), but
   // no split shorter than kMinKeysPerSplit.

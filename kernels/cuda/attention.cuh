@@ -16,7 +16,7 @@ struct DeviceBatch {
   const int32_t* token_slot = nullptr;  // [tokens] KV-cache slot of each token
   const int32_t* token_pos = nullptr;   // [tokens] position of each token
   int64_t tokens = 0;
-  int64_t max_context = 0;  // largest token_pos + 1 (host-known: sizes the split)
+  int64_t max_context = 0;  // largest token_pos + 1 (host-known: checked against the cache)
   bool decode = false;      // every segment has one token (decode step)
 };
 
@@ -29,8 +29,8 @@ void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache, const
 // token over its slot's cache up to its position (window as in
 // AttentionHeads). `scratch` is device memory of scratch_bytes(...) bytes
 // for the flash-decoding partials.
-size_t attention_scratch_bytes(const Tensor& q, const KVCacheLayer& cache,
-                               const DeviceBatch& batch, const AttentionHeads& heads);
+size_t attention_scratch_bytes(const Tensor& q, const KVCacheLayer& cache, const DeviceBatch& batch,
+                               const AttentionHeads& heads);
 void attention(const Tensor& q, const KVCacheLayer& cache, const DeviceBatch& batch,
                const AttentionHeads& heads, const Tensor& out, void* scratch, cudaStream_t stream);
 

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <stdexcept>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "kernels/cuda/host_staging.hpp"
 #include "kernels/cuda/int8_matmul.cuh"
 #include "kernels/cuda/sampling.cuh"
+#include "kernels/cuda/step_graph.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
@@ -34,6 +36,8 @@ namespace {
 
 using cuda::check;
 using cuda::MemoryPurpose;
+using cuda::sig;
+using StepOp = cuda::StepGraphs::Op;
 
 void require(bool ok, const char* what) {
   if (!ok) throw std::logic_error(fmt::format("cuda backend: {}", what));
@@ -83,9 +87,17 @@ class CudaBackend final : public Backend {
     sm_ = properties.major * 10 + properties.minor;
     blas_ = std::make_unique<cuda::CublasLtMatmul>(*memory_);
     staging_ = std::make_unique<cuda::HostStaging>(memory_);
+    graphs_ = std::make_unique<cuda::StepGraphs>(*memory_);
+    memory_->set_step_graphs(graphs_.get());
+    staging_->set_step_graphs(graphs_.get());
   }
 
   ~CudaBackend() override {
+    // The memory may outlive the backend (tensors keep it): it must not ask
+    // the step graphs, which go with the backend.
+    memory_->set_step_graphs(nullptr);
+    staging_->set_step_graphs(nullptr);
+    graphs_.reset();
     // Work still queued may read what this object owns (the staging slots,
     // the cuBLASLt workspace): let it finish first.
     cudaStreamSynchronize(stream());
@@ -112,6 +124,8 @@ class CudaBackend final : public Backend {
 
   Tensor zeros(const Shape& shape, DType dtype) override {
     Tensor t = alloc(shape, dtype);
+    const StepOp op(*graphs_, "zeros", {sig(t.raw()), t.nbytes()});
+    if (op.skip()) return t;
     check(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream()), "cudaMemsetAsync");
     return t;
   }
@@ -145,10 +159,12 @@ class CudaBackend final : public Backend {
   void copy_from_host(const float* src, const Tensor& dst) override {
     require_f32(dst, "copy_from_host wants an F32 device destination");
     staging_->copy_to_device(src, dst.raw(), dst.nbytes());
+    const StepOp op(*graphs_, "copy_from_host", {sig(dst.raw()), dst.nbytes()});
   }
 
   void copy_to_host(const Tensor& src, float* dst) override {
     require_f32(src, "copy_to_host wants an F32 device source");
+    graphs_->launch();  // a step's graph runs before its results are read
     check(cudaMemcpyAsync(dst, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost, stream()),
           "cudaMemcpyAsync (device to host)");
     check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize (copy_to_host)");
@@ -170,6 +186,10 @@ class CudaBackend final : public Backend {
     const char* from =
         static_cast<const char*>(src.raw()) + size_t(src_row * src_width + src_col) * elem;
     char* to = static_cast<char*>(dst.raw()) + size_t(dst_row * dst_width + dst_col) * elem;
+    const StepOp op(*graphs_, "copy_2d",
+                    {sig(from), sig(to), uint64_t(rows), uint64_t(cols), uint64_t(src_width),
+                     uint64_t(dst_width), elem});
+    if (op.skip()) return;
     check(cudaMemcpy2DAsync(to, size_t(dst_width) * elem, from, size_t(src_width) * elem,
                             size_t(cols) * elem, size_t(rows), cudaMemcpyDeviceToDevice, stream()),
           "cudaMemcpy2DAsync (copy_2d)");
@@ -189,6 +209,10 @@ class CudaBackend final : public Backend {
             "cuda backend: embedding of token id {} outside the table's {} rows", ids[t], vocab));
     const auto* device_ids =
         static_cast<const int32_t*>(staging_->upload(ids, size_t(tokens) * sizeof(int32_t)));
+    const StepOp op(*graphs_, "embedding",
+                    {sig(table.raw()), uint64_t(table.dtype()), sig(out.raw()), uint64_t(tokens),
+                     uint64_t(out.dim(1)), sig(device_ids)});
+    if (op.skip()) return;
     cuda::embedding(table.raw(), table.dtype(),
                     table.scales() ? table.scales()->data<float>() : nullptr, out.dim(1),
                     device_ids, tokens, out.data<float>(), stream());
@@ -198,7 +222,24 @@ class CudaBackend final : public Backend {
     require_f32(x, "row_sum_squares input must be F32");
     require_f32(sums, "row_sum_squares sums must be F32");
     require(sums.numel() == x.dim(0), "row_sum_squares: one sum per row");
+    const StepOp op(*graphs_, "row_sum_squares",
+                    {sig(x.raw()), uint64_t(x.dim(0)), uint64_t(x.dim(1)), sig(sums.raw())});
+    if (op.skip()) return;
     cuda::row_sum_squares(x.data<float>(), x.dim(0), x.dim(1), sums.data<float>(), stream());
+  }
+
+  void add_and_sum_squares(const Tensor& x, const Tensor& inout, const Tensor& sums) override {
+    require_f32(x, "add_and_sum_squares input must be F32");
+    require_f32(inout, "add_and_sum_squares residual must be F32");
+    require_f32(sums, "add_and_sum_squares sums must be F32");
+    require(inout.rank() == 2 && x.numel() == inout.numel() && sums.numel() == inout.dim(0),
+            "add_and_sum_squares: the shapes do not agree (one sum per row of the residual)");
+    const StepOp op(*graphs_, "add_and_sum_squares",
+                    {sig(x.raw()), sig(inout.raw()), uint64_t(inout.dim(0)), uint64_t(inout.dim(1)),
+                     sig(sums.raw())});
+    if (op.skip()) return;
+    cuda::add_and_sum_squares(x.data<float>(), inout.data<float>(), inout.dim(0), inout.dim(1),
+                              sums.data<float>(), stream());
   }
 
   void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t full_width, const Tensor& weight,
@@ -209,6 +250,11 @@ class CudaBackend final : public Backend {
     require_f32(out, "rmsnorm output must be F32");
     require(weight.numel() == x.dim(1) && out.numel() == x.numel() && sums.numel() == x.dim(0),
             "rmsnorm shapes do not agree");
+    const StepOp op(
+        *graphs_, "rmsnorm_scale",
+        {sig(x.raw()), sig(sums.raw()), uint64_t(x.dim(0)), uint64_t(x.dim(1)),
+         uint64_t(full_width), sig(weight.raw()), std::bit_cast<uint32_t>(eps), sig(out.raw())});
+    if (op.skip()) return;
     cuda::rmsnorm_scale(x.data<float>(), sums.data<float>(), x.dim(0), x.dim(1), full_width,
                         weight.data<float>(), eps, out.data<float>(), stream());
   }
@@ -220,6 +266,10 @@ class CudaBackend final : public Backend {
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
     require(w.dim(1) == k && out.dim(0) == m && out.dim(1) == n, "matmul shapes do not agree");
     if (m == 0 || n == 0) return;
+    const StepOp op(*graphs_, "matmul",
+                    {sig(x.raw()), sig(w.raw()), uint64_t(w.dtype()), sig(out.raw()), uint64_t(m),
+                     uint64_t(k), uint64_t(n), uint64_t(accumulate)});
+    if (op.skip()) return;
     if (k == 0) {
       if (!accumulate)
         check(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream()), "cudaMemsetAsync (matmul)");
@@ -257,6 +307,10 @@ class CudaBackend final : public Backend {
                         cos.dim(0)));
     const auto* device_positions =
         static_cast<const int32_t*>(staging_->upload(positions, size_t(tokens) * sizeof(int32_t)));
+    const StepOp op(*graphs_, "rope",
+                    {sig(x.raw()), uint64_t(tokens), uint64_t(x.dim(1)), uint64_t(head_dim),
+                     sig(device_positions), sig(cos.raw()), sig(sin.raw())});
+    if (op.skip()) return;
     cuda::rope(x.data<float>(), tokens, x.dim(1) / head_dim, head_dim, device_positions,
                cos.data<float>(), sin.data<float>(), stream());
   }
@@ -267,6 +321,9 @@ class CudaBackend final : public Backend {
     require_f32(out, "silu_mul output must be F32");
     require(up.numel() == gate.numel() && out.numel() == gate.numel(),
             "silu_mul sizes do not agree");
+    const StepOp op(*graphs_, "silu_mul",
+                    {sig(gate.raw()), sig(up.raw()), sig(out.raw()), uint64_t(gate.numel())});
+    if (op.skip()) return;
     cuda::silu_mul(gate.data<float>(), up.data<float>(), out.data<float>(), gate.numel(), stream());
   }
 
@@ -274,6 +331,8 @@ class CudaBackend final : public Backend {
     require_f32(x, "add input must be F32");
     require_f32(inout, "add output must be F32");
     require(x.numel() == inout.numel(), "add sizes do not agree");
+    const StepOp op(*graphs_, "add", {sig(x.raw()), sig(inout.raw()), uint64_t(x.numel())});
+    if (op.skip()) return;
     cuda::add(x.data<float>(), inout.data<float>(), x.numel(), stream());
   }
 
@@ -282,6 +341,10 @@ class CudaBackend final : public Backend {
     require_f32(inout, "add_bias output must be F32");
     require(inout.rank() == 2 && inout.dim(1) == bias.numel(),
             "add_bias: bias width differs from the rows");
+    const StepOp op(
+        *graphs_, "add_bias",
+        {sig(bias.raw()), sig(inout.raw()), uint64_t(inout.dim(0)), uint64_t(inout.dim(1))});
+    if (op.skip()) return;
     cuda::add_bias(bias.data<float>(), inout.data<float>(), inout.dim(0), inout.dim(1), stream());
   }
 
@@ -291,6 +354,11 @@ class CudaBackend final : public Backend {
     require_f32(v, "kv_write: v must be F32");
     const cuda::DeviceBatch device = device_batch(batch, cache);
     if (device.tokens == 0) return;
+    const StepOp op(
+        *graphs_, "kv_write",
+        {sig(k.raw()), sig(v.raw()), uint64_t(k.dim(1)), sig(cache.k.raw()), sig(cache.v.raw()),
+         sig(device.token_slot), sig(device.token_pos), uint64_t(device.tokens)});
+    if (op.skip()) return;
     cuda::kv_write(k, v, cache, device, stream());
   }
 
@@ -300,17 +368,38 @@ class CudaBackend final : public Backend {
     require_f32(out, "attention output must be F32");
     const cuda::DeviceBatch device = device_batch(batch, cache);
     if (device.tokens == 0) return;
+    // The decode plan depends on the cache's capacity, not on the step's
+    // positions (attention.cu), so a captured step holds for every position.
+    const StepOp op(*graphs_, "attention",
+                    {sig(q.raw()), uint64_t(q.dim(1)), sig(cache.k.raw()), sig(cache.v.raw()),
+                     uint64_t(cache.k.dim(2)), sig(device.token_slot), sig(device.token_pos),
+                     uint64_t(device.tokens), uint64_t(device.decode), uint64_t(heads.head_dim),
+                     uint64_t(heads.q_offset), uint64_t(heads.kv_offset), uint64_t(heads.group),
+                     uint64_t(heads.window), sig(out.raw())});
+    if (op.skip()) return;
     const size_t scratch_bytes = cuda::attention_scratch_bytes(q, cache, device, heads);
     const std::shared_ptr<void> scratch =
         scratch_bytes ? memory_->allocate(scratch_bytes, MemoryPurpose::kActivations) : nullptr;
     cuda::attention(q, cache, device, heads, out, scratch.get(), stream());
   }
 
+  StepGraphMode begin_step_graph(const std::vector<int64_t>& key) override {
+    return graphs_->begin(key);
+  }
+  void launch_step_graph() override { graphs_->launch(); }
+  void abandon_step_graph(const std::string& why, bool for_good) override {
+    graphs_->abandon(why, for_good);
+  }
+  std::string step_graph_note() const override { return graphs_->last_fallback(); }
+  bool replaying_step() const override { return graphs_->replaying(); }
+  void drop_step_graphs() override { graphs_->drop_all(); }
+
   void sample(const Tensor& logits, const SamplingParams& params, const double* uniforms,
               int32_t* ids) override {
     require_f32(logits, "sample wants F32 logits on the device");
     require(logits.rank() == 2, "sample wants logits [rows, vocab]");
     const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+    graphs_->launch();  // a step's graph runs before its logits are sampled
     if (rows == 0) return;
     // The draws are read on the device unless every row takes its best token
     // (sample_rows' greedy path): a missing array would fault there, killing
@@ -425,6 +514,7 @@ class CudaBackend final : public Backend {
   int sm_ = 0;
   std::unique_ptr<cuda::CublasLtMatmul> blas_;
   std::unique_ptr<cuda::HostStaging> staging_;
+  std::unique_ptr<cuda::StepGraphs> graphs_;
   std::array<std::unique_ptr<Backend>, 5> host_converters_;  // by DType
 };
 

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/step_graph.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm::cuda {
@@ -80,6 +81,8 @@ void* DeviceMemory::allocate_from_pool(size_t bytes) {
 }
 
 std::shared_ptr<void> DeviceMemory::allocate(size_t bytes, MemoryPurpose purpose) {
+  if (step_graphs_)
+    if (std::shared_ptr<void> piece = step_graphs_->allocate(bytes)) return piece;
   {
     std::lock_guard lock(mutex_);
     if (limit_ > 0 && held_locked() + int64_t(bytes) > limit_)

@@ -25,6 +25,8 @@
 
 namespace shardlm::cuda {
 
+class StepGraphs;
+
 // What memory is for (MemoryUsage's fields). Transient buffers of the
 // kernels (matmul inputs rounded to 16 bits, dequantised int8 panels,
 // attention and sampling scratch) count as activations: they live and die
@@ -52,6 +54,9 @@ class DeviceMemory : public std::enable_shared_from_this<DeviceMemory> {
   // freed on the stream when the last owner lets go. Throws DataError when
   // it does not fit (under the limit or on the device).
   std::shared_ptr<void> allocate(size_t bytes, MemoryPurpose purpose);
+  // Inside a decode step offered as a graph, allocate() asks `graphs` first
+  // (StepGraphs::allocate: a piece of the step's arena once captured).
+  void set_step_graphs(StepGraphs* graphs) { step_graphs_ = graphs; }
   MemoryUsage usage() const;
 
  private:
@@ -63,6 +68,7 @@ class DeviceMemory : public std::enable_shared_from_this<DeviceMemory> {
 
   int device_ = 0;
   int64_t limit_ = 0;
+  StepGraphs* step_graphs_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaMemPool_t pool_ = nullptr;
   mutable std::mutex mutex_;  // the counts below: deleters may run on any thread

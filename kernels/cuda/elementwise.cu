@@ -90,16 +90,34 @@ __global__ void embedding_kernel(const void* table, const float* scales, int64_t
 }
 
 // One block per row; `vec`: the rows start 16-byte aligned and width % 4 == 0.
-__global__ void row_sum_squares_kernel(const float* x, int64_t width, float* sums, bool vec) {
-  const float* row = x + int64_t(blockIdx.x) * width;
+// kAdd: the row is first replaced by row + addend (one F32 addition per
+// element, as `add`) and the sum is of the new values: the residual add and
+// the RMSNorm's sums in one pass, summed term for term as without kAdd.
+template <bool kAdd>
+__global__ void row_sum_squares_kernel(float* x, const float* addend, int64_t width, float* sums,
+                                       bool vec) {
+  const int64_t offset = int64_t(blockIdx.x) * width;
+  float* row = x + offset;
   float sum = 0.0f;
   if (vec) {
     for (int64_t i = threadIdx.x * 4; i < width; i += blockDim.x * 4) {
-      const float4 v = load4(row + i);
+      float4 v = load4(row + i);
+      if constexpr (kAdd) {
+        const float4 a = load4(addend + offset + i);
+        v = make_float4(v.x + a.x, v.y + a.y, v.z + a.z, v.w + a.w);
+        store4(row + i, v);
+      }
       sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) sum += row[i] * row[i];
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+      float v = row[i];
+      if constexpr (kAdd) {
+        v += addend[offset + i];
+        row[i] = v;
+      }
+      sum += v * v;
+    }
   }
   sum = block_sum(sum);
   if (threadIdx.x == 0) sums[blockIdx.x] = sum;
@@ -219,8 +237,18 @@ void row_sum_squares(const float* x, int64_t rows, int64_t width, float* sums,
                      cudaStream_t stream) {
   if (rows <= 0) return;
   const bool vec = aligned16(x) && width % 4 == 0;
-  row_sum_squares_kernel<<<unsigned(rows), kThreads, 0, stream>>>(x, width, sums, vec);
+  // Without kAdd the kernel only reads the row.
+  row_sum_squares_kernel<false>
+      <<<unsigned(rows), kThreads, 0, stream>>>(const_cast<float*>(x), nullptr, width, sums, vec);
   check_launch("row_sum_squares_kernel");
+}
+
+void add_and_sum_squares(const float* x, float* inout, int64_t rows, int64_t width, float* sums,
+                         cudaStream_t stream) {
+  if (rows <= 0) return;
+  const bool vec = aligned16(x) && aligned16(inout) && width % 4 == 0;
+  row_sum_squares_kernel<true><<<unsigned(rows), kThreads, 0, stream>>>(inout, x, width, sums, vec);
+  check_launch("row_sum_squares_kernel (add)");
 }
 
 void rmsnorm_scale(const float* x, const float* sums, int64_t rows, int64_t width,

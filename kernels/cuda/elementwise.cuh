@@ -22,6 +22,11 @@ void embedding(const void* table, DType dtype, const float* scales, int64_t widt
 // sums[r] = sum of x[r, :]^2 over rows of `width`.
 void row_sum_squares(const float* x, int64_t rows, int64_t width, float* sums, cudaStream_t stream);
 
+// inout[r, :] += x[r, :], then sums[r] = sum of the new inout[r, :]^2: add
+// and row_sum_squares in one pass over rows of `width`, with their results.
+void add_and_sum_squares(const float* x, float* inout, int64_t rows, int64_t width, float* sums,
+                         cudaStream_t stream);
+
 // out = x * (1 / sqrt(sums[r] / full_width + eps)) * weight, per row.
 void rmsnorm_scale(const float* x, const float* sums, int64_t rows, int64_t width,
                    int64_t full_width, const float* weight, float eps, float* out,

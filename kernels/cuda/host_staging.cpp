@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/step_graph.hpp"
 
 namespace shardlm::cuda {
 namespace {
@@ -54,7 +55,23 @@ void HostStaging::send(Slot& slot, const void* host, void* device, size_t bytes)
   check(cudaEventRecord(slot.copied, memory_->stream()), "cudaEventRecord (staging slot)");
 }
 
+bool HostStaging::in_step() const {
+  return graphs_ && graphs_->mode() != StepGraphMode::kEager;
+}
+
+void HostStaging::send_in_step(const void* host, void* device, size_t bytes) {
+  const StepGraphs::Slot slot = graphs_->stage(bytes);
+  std::memcpy(slot.pinned, host, bytes);
+  if (slot.queue_copy)
+    check(cudaMemcpyAsync(device, slot.pinned, bytes, cudaMemcpyHostToDevice, memory_->stream()),
+          "cudaMemcpyAsync (host to device, step)");
+}
+
 void HostStaging::copy_to_device(const void* host, void* device, size_t bytes) {
+  if (in_step()) {
+    if (bytes > 0) send_in_step(host, device, bytes);
+    return;
+  }
   const auto* from = static_cast<const char*>(host);
   auto* to = static_cast<char*>(device);
   for (size_t done = 0; done < bytes; done += kChunkBytes) {
@@ -64,6 +81,12 @@ void HostStaging::copy_to_device(const void* host, void* device, size_t bytes) {
 }
 
 const void* HostStaging::upload(const void* host, size_t bytes) {
+  if (in_step()) {
+    std::shared_ptr<void> buffer = memory_->allocate(bytes, MemoryPurpose::kActivations);
+    send_in_step(host, buffer.get(), bytes);
+    graphs_->keep(std::move(buffer));  // until the next step begins
+    return graphs_->kept_back();
+  }
   Slot& slot = take(bytes);
   if (slot.device_bytes < bytes) {
     // The old buffer is freed in stream order, after the work that reads it.

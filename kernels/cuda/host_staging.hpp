@@ -19,6 +19,8 @@
 
 namespace shardlm::cuda {
 
+class StepGraphs;
+
 class HostStaging {
  public:
   // Bytes one copy moves at most; copy_to_device cuts larger ones in chunks.
@@ -39,6 +41,12 @@ class HostStaging {
   // this object: the slot's next copy overwrites it, in stream order.
   const void* upload(const void* host, size_t bytes);
 
+  // Inside a decode step offered as a graph, arrays go through the step's
+  // own pinned slots instead of the ring (StepGraphs::stage), and upload's
+  // device buffers are allocated for the step (out of its arena once
+  // captured) and kept until the next step.
+  void set_step_graphs(StepGraphs* graphs) { graphs_ = graphs; }
+
  private:
   struct Slot {
     void* host = nullptr;  // pinned
@@ -51,7 +59,12 @@ class HostStaging {
   Slot& take(size_t bytes);
   void send(Slot& slot, const void* host, void* device, size_t bytes);
 
+  bool in_step() const;
+  // copy_to_device inside a step: through the step's next pinned slot.
+  void send_in_step(const void* host, void* device, size_t bytes);
+
   std::shared_ptr<DeviceMemory> memory_;
+  StepGraphs* graphs_ = nullptr;
   std::vector<Slot> slots_;
   size_t next_ = 0;
 };

@@ -403,6 +403,48 @@ TEST_CASE("row sums of squares and RMSNorm match the CPU backend", "[cuda][eleme
   }
 }
 
+TEST_CASE("add_and_sum_squares: the residual add and its sums of squares in one pass",
+          "[cuda][elementwise]") {
+  auto cpu = cpu_backend(DType::F32);
+  auto gpu = gpu_backend(DType::BF16);
+  // 67: the scalar path; 256 and 4096: 16-byte loads; rows 1..4 of a larger
+  // tensor: a view that starts one row in, as the engine's row views do.
+  for (const int64_t width : {67, 256, 4096}) {
+    const int64_t rows = 6;
+    INFO("width " << width);
+    const auto residual = random_values(size_t(rows * width), uint32_t(width + 2), -3.f, 3.f);
+    const auto x = random_values(size_t(rows * width), uint32_t(width + 3), -3.f, 3.f);
+    const Tensor cr = upload(*cpu, residual, {rows, width}),
+                 gr = upload(*gpu, residual, {rows, width});
+    const Tensor cx = upload(*cpu, x, {rows, width}), gx = upload(*gpu, x, {rows, width});
+    const Tensor cs = cpu->alloc({rows - 2}, DType::F32), gs = gpu->alloc({rows - 2}, DType::F32);
+    cpu->add_and_sum_squares(cx.rows(1, rows - 2), cr.rows(1, rows - 2), cs);
+    gpu->add_and_sum_squares(gx.rows(1, rows - 2), gr.rows(1, rows - 2), gs);
+
+    // The residual: one F32 addition per element on both sides, and rows
+    // outside the view untouched: equal.
+    const auto gpu_residual = download(*gpu, gr);
+    check_equal(gpu_residual, download(*cpu, cr));
+    for (int64_t i = 0; i < width; ++i) {
+      CHECK(gpu_residual[size_t(i)] == residual[size_t(i)]);
+      CHECK(gpu_residual[size_t((rows - 1) * width + i)] ==
+            residual[size_t((rows - 1) * width + i)]);
+    }
+    // The sums: the CPU's bound of row_sum_squares (above) against the CPU,
+    // and term for term what row_sum_squares of the new residual gives on
+    // the device (the same loop and order): equal.
+    const auto cpu_sums = download(*cpu, cs), gpu_sums = download(*gpu, gs);
+    Worst sums;
+    for (size_t r = 0; r < cpu_sums.size(); ++r)
+      sums.add(r, gpu_sums[r], cpu_sums[r], 2 * double(width) * 2 * kU * cpu_sums[r]);
+    INFO("sums: " << sums.str());
+    CHECK(sums.ratio <= 1.0);
+    const Tensor separate = gpu->alloc({rows - 2}, DType::F32);
+    gpu->row_sum_squares(gr.rows(1, rows - 2), separate);
+    check_equal(gpu_sums, download(*gpu, separate));
+  }
+}
+
 TEST_CASE("rope matches the CPU backend", "[cuda][elementwise]") {
   // Each output is a·c - b·s (or b·c + a·s) from the same a, b, c, s on both
   // sides. Unfused, fl(fl(a·c) - fl(b·s)) is within u·|a·c| + u·|b·s| + u·|result|

@@ -164,6 +164,19 @@ def test_doctor_reports_the_plugin(doctor, shardlm, shardlm_alone):
     assert doctor_field(alone.stdout, "--backend auto") == "cpu"
 
 
+def test_cuda_graphs_flag_takes_on_or_off_and_the_cpu_backend_ignores_it(shardlm, models):
+    p = shardlm.run("generate", "--model", models.get("tiny"), "--prompt-ids", "1,2",
+                    "--cuda-graphs", "maybe", check=False)
+    assert p.returncode == 2 and "--cuda-graphs" in p.stderr and "maybe" in p.stderr, p.stderr
+    p = shardlm.run("bench", "--model", models.get("tiny"), "--cuda-graphs", "yes", check=False)
+    assert p.returncode == 2 and "--cuda-graphs" in p.stderr, p.stderr
+    runs = [shardlm.generate_json(models.get("tiny"), PROMPT, "--max-new-tokens", 3,
+                                  "--backend", "cpu", "--cuda-graphs", graphs)
+            for graphs in ("on", "off")]
+    assert runs[0]["generated_ids"] == runs[1]["generated_ids"]
+    assert all("cuda_graphs" not in r for r in runs), "the CPU backend reports no graphs"
+
+
 # ---------------------------------------------------------------------------
 # Where a CUDA device is visible
 # ---------------------------------------------------------------------------
@@ -178,7 +191,7 @@ REFUSED = ("Duplicate GPU detected", "Multiple Ranks are using the same GPU")
 
 
 def generate(shardlm, model, out_dir: Path, backend: str, prompt, ranks=None, extra=(),
-             separate_hosts=False):
+             separate_hosts=False, nccl_debug="WARN"):
     """Greedy generation with both logits dumps; the process and the output folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     args = ["generate", "--model", model, "--prompt-ids", ids_arg(prompt), "--max-new-tokens",
@@ -189,7 +202,7 @@ def generate(shardlm, model, out_dir: Path, backend: str, prompt, ranks=None, ex
         p = shardlm.run(*args, check=False, timeout=120)
     else:
         # NCCL's warnings go to files: rank 0's stdout must hold the JSON alone.
-        env = dict(SUBPROCESS_ENV, **MPI_ENV, NCCL_DEBUG="WARN",
+        env = dict(SUBPROCESS_ENV, **MPI_ENV, NCCL_DEBUG=nccl_debug,
                    NCCL_DEBUG_FILE=str(out_dir / "nccl.%p.log"), NCCL_MULTI_RANK_GPU_ENABLE="1")
         if separate_hosts:
             env.update(NCCL_SOCKET_IFNAME="lo")
@@ -260,3 +273,116 @@ def test_tensor_parallel_over_nccl_matches_one_gpu(shardlm, models, cuda, layout
         how = "tensor_parallel_nccl_sockets"
     two = results(p, out_dir)
     compare(f"{how}_{ffn}_{attn}", "tiny", one, two)
+
+
+def nccl_said(p, out_dir: Path) -> str:
+    return p.stdout + p.stderr + "".join(f.read_text() for f in out_dir.glob("nccl.*.log"))
+
+
+@pytest.mark.skipif(not has_mpirun, reason="mpirun not installed")
+def test_pipeline_stages_over_nccl_match_the_cpu_backend(shardlm, models, cuda, tmp_path):
+    """Two pipeline stages on the GPU (one rank each, two micro-batches, a
+    batch of two): the residual crosses the stage boundary by NCCL send/recv
+    between the two ranks' device memory. Against the CPU backend on one rank
+    within the module's bound, and against the CUDA backend on one rank. With
+    a mesh of 1,1,1 per stage there is no tensor-parallel group, so the NCCL
+    communicator NCCL reports set up (its INFO log) is the stage link's."""
+    model = models.get("tiny", "bf16")
+    batch = ["--batch", "2"]
+    cpu = results(*generate(shardlm, model, tmp_path / "cpu", "cpu", PROMPT, extra=batch))
+    one = results(*generate(shardlm, model, tmp_path / "one", "cuda", PROMPT, extra=batch))
+    flags = [*batch, "--pp", "2", "--micro-batches", "2"]
+    p, out_dir = generate(shardlm, model, tmp_path / "pp", "cuda", PROMPT, ranks=2, extra=flags,
+                          nccl_debug="INFO")
+    how = "pipeline_nccl"
+    if p.returncode != 0 and any(r in nccl_said(p, out_dir) for r in REFUSED):
+        p, out_dir = generate(shardlm, model, tmp_path / "pp-hosts", "cuda", PROMPT, ranks=2,
+                              extra=flags, separate_hosts=True, nccl_debug="INFO")
+        how = "pipeline_nccl_sockets"
+    two = results(p, out_dir)
+    assert two[0]["backend"].startswith("cuda"), two[0]["backend"]
+    assert "Init COMPLETE" in nccl_said(p, out_dir), "no NCCL communicator was set up"
+    compare(how, "tiny", cpu, two)
+    compare(f"{how}_vs_one_gpu", "tiny", one, two)
+
+
+# Three prompts of different lengths: their sequences generate different tokens.
+GRAPH_PROMPTS = [PROMPT, [5, 17, 300, 42], [7, 99, 1000, 3, 11, 12]]
+GRAPH_NEW_TOKENS = 8
+
+
+def test_cuda_graphs_replay_the_eager_steps_exactly(shardlm, models, cuda, tmp_path):
+    """Decode steps replayed from CUDA graphs run the kernels the eager steps
+    run on the same inputs (the decode attention's plan depends on the cache's
+    capacity only), so their logits are equal bit for bit: over 7 decode steps
+    (one measured, one captured, the rest replayed) of a batch of one, and of
+    a batch of three whose middle sequence stops early at a stop id, so that
+    the batch changes shape mid-decode (a second graph)."""
+    model = models.get("tiny", "bf16")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(ids_arg(p) for p in GRAPH_PROMPTS) + "\n")
+
+    def run(name, graphs, source, extra=()):
+        out = tmp_path / name
+        out.mkdir()
+        p = shardlm.run("generate", "--model", model, *source, "--max-new-tokens",
+                        GRAPH_NEW_TOKENS, "--backend", "cuda", "--kv-dtype", "bf16",
+                        "--dump-step-logits", out / "steps.npy", "--json", "--cuda-graphs",
+                        graphs, *extra, check=False, timeout=120)
+        assert p.returncode == 0, f"exit {p.returncode}\nstderr: {p.stderr[-3000:]}"
+        return parse_single_json(p.stdout), load_npy_f32(out / "steps.npy")
+
+    one = ["--prompt-ids", ids_arg(PROMPT)]
+    three = ["--prompt-ids-file", prompts]
+    probe, _ = run("probe", "off", three)
+    ids = probe["generated_ids"]
+    # A token sequence 1 makes first at its third token or later, and no other
+    # sequence makes: it ends sequence 1 early.
+    stop = next((t for j, t in enumerate(ids[1]) if j >= 2 and t not in ids[1][:j]
+                 and t not in ids[0] and t not in ids[2]), None)
+    stops = ["--stop-ids", str(stop)] if stop is not None else []
+    for name, source in (("one", one), ("three", three)):
+        extra = stops if name == "three" else []
+        eager, eager_steps = run(f"{name}-off", "off", source, extra)
+        graphs, graph_steps = run(f"{name}-on", "on", source, extra)
+        assert graphs["generated_ids"] == eager["generated_ids"], name
+        assert np.array_equal(graph_steps, eager_steps), (
+            f"{name}: max |Δ| {float(np.abs(graph_steps - eager_steps).max()):.3g}")
+        assert eager["cuda_graphs"]["on"] is False and eager["cuda_graphs"]["replayed"] == 0
+        g = graphs["cuda_graphs"]
+        report(test="cuda_graphs", model=f"tiny {name}", **g, stop_id=stop)
+        steps = len(graphs["step_ms"])
+        assert g["on"] is True and g["captured"] + g["replayed"] + g["eager"] == steps, g
+        assert g["replayed"] >= 1, g
+        if name == "one":
+            assert (g["captured"], g["replayed"]) == (1, steps - 2), g
+        # Sequence 1's last token came at decode step `last`; a shape that
+        # lasts two steps or more is captured.
+        last = len(eager["generated_ids"][1]) - 1
+        if name == "three" and 2 <= last and steps - last >= 2:
+            assert g["captured"] == 2, g
+
+
+@pytest.mark.skipif(not has_mpirun, reason="mpirun not installed")
+def test_cuda_graphs_under_tensor_parallelism_over_nccl(shardlm, models, cuda, tmp_path):
+    """Two ranks over NCCL, decode steps captured with their collectives
+    (NCCL records them into the graph) and replayed: equal to the same two
+    ranks run eagerly, bit for bit."""
+    model = models.get("tiny", "bf16")
+    flags = ["--mesh", "1,2,1", "--batch", "2"]
+    runs = {}
+    for graphs in ("off", "on"):
+        extra = [*flags, "--cuda-graphs", graphs]
+        p, out_dir = generate(shardlm, model, tmp_path / graphs, "cuda", PROMPT, ranks=2,
+                              extra=extra)
+        if p.returncode != 0 and any(r in nccl_said(p, out_dir) for r in REFUSED):
+            p, out_dir = generate(shardlm, model, tmp_path / f"{graphs}-hosts", "cuda", PROMPT,
+                                  ranks=2, extra=extra, separate_hosts=True)
+        runs[graphs] = results(p, out_dir)
+    (off, off_prefill, off_steps), (on, on_prefill, on_steps) = runs["off"], runs["on"]
+    assert on["generated_ids"] == off["generated_ids"]
+    assert np.array_equal(on_prefill, off_prefill)
+    assert np.array_equal(on_steps, off_steps), (
+        f"max |Δ| {float(np.abs(on_steps - off_steps).max()):.3g}")
+    report(test="cuda_graphs_tensor_parallel", model="tiny", **on["cuda_graphs"])
+    assert on["cuda_graphs"]["replayed"] >= NEW_TOKENS - 3, on["cuda_graphs"]

@@ -244,6 +244,38 @@ TEST_CASE("copy_2d and embedding work for every weight dtype", "[cpu_kernels]") 
   }
 }
 
+TEST_CASE("add_and_sum_squares adds into the rows and sums the new squares", "[cpu_kernels]") {
+  // Rows 1..3 of a 5-row residual: the rows outside the view stay as they were.
+  for (const int64_t width : {5, 64, 67}) {
+    INFO("width " << width);
+    const int64_t rows = 5;
+    auto backend = make_cpu_backend(1);
+    const auto r = random_values(size_t(rows * width), 11),
+               x = random_values(size_t(rows * width), 12);
+    Tensor residual = backend->alloc({rows, width}, DType::F32),
+           addend = backend->alloc({rows, width}, DType::F32);
+    std::memcpy(residual.raw(), r.data(), residual.nbytes());
+    std::memcpy(addend.raw(), x.data(), addend.nbytes());
+    Tensor sums = backend->alloc({3}, DType::F32);
+    backend->add_and_sum_squares(addend.rows(1, 3), residual.rows(1, 3), sums);
+    for (int64_t i = 0; i < rows * width; ++i) {
+      const bool inside = i >= width && i < 4 * width;
+      CHECK(residual.data<float>()[i] == (inside ? r[size_t(i)] + x[size_t(i)] : r[size_t(i)]));
+    }
+    // Against the sum in double: F32 sums of `width` positive terms are
+    // within width·u of it relative (u = 2^-24; doubled for slack).
+    for (int64_t row = 0; row < 3; ++row) {
+      double exact = 0;
+      for (int64_t c = 0; c < width; ++c) {
+        const double v = double(residual.data<float>()[(row + 1) * width + c]);
+        exact += v * v;
+      }
+      CHECK(std::fabs(double(sums.data<float>()[row]) - exact) <=
+            2 * double(width) * std::ldexp(1.0, -24) * exact);
+    }
+  }
+}
+
 TEST_CASE("vectorised exp and silu match libm", "[cpu_kernels]") {
   std::vector<float> x;
   for (float v = -100.0f; v <= 88.5f; v += 0.37f) x.push_back(v);  // above 88.72 exp saturates
