@@ -240,14 +240,6 @@ void abort_on_signal(int signal) {
   std::_Exit(1);
 }
 
-int cores_allowed() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0)
-    return int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
-  return std::max(1, CPU_COUNT(&set));
-}
-
 // MPI ranks that wait in a collective poll the network; when a node's ranks
 // outnumber its cores that polling takes the cores the computing ranks need
 // (measured: a 2-node decode step went from 456 ms to 57 ms). OpenMPI yields
@@ -261,6 +253,14 @@ void yield_when_oversubscribed() {
 }
 
 }  // namespace
+
+int cores_allowed() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0)
+    return int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  return std::max(1, CPU_COUNT(&set));
+}
 
 std::string World::describe_ranks(const std::vector<int>& ranks) const {
   // "ranks 0,1 on node0, 2,3 on node1" (grouped by host, in order of first rank).

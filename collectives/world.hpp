@@ -26,6 +26,9 @@ struct CollectiveWatch {
   std::string group;                            // "ranks 0,1": the group, for messages
 };
 
+// The cores this process may run on (its affinity mask).
+int cores_allowed();
+
 class World {
  public:
   // The process-wide world; initializes MPI on first call when launched by

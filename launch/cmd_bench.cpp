@@ -44,6 +44,7 @@
 #include "launch/commands.hpp"
 #include "launch/flags.hpp"
 #include "launch/memory_check.hpp"
+#include "launch/openmp_wait.hpp"
 #include "models/model_weights.hpp"
 #include "partitioning/calibrate.hpp"
 #include "runtime/engine.hpp"
@@ -193,8 +194,8 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
     else
       s << fmt::format(
           "- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
-          "bandwidth {:.1f} GB/s ({:.1f} GiB streamed)\n",
-          t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib);
+          "bandwidth {:.1f} GB/s ({:.1f} GiB streamed); idle threads: {}\n",
+          t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib, openmp_wait_description());
   s << "\n| weights | threads | batch | d | p | n | prefill tok/s | prefill MFU | prefill "
        "roofline | decode tok/s | decode MB/token | decode BW util | decode roofline ms/step | "
        "decode roofline "

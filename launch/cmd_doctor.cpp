@@ -9,6 +9,7 @@
 #include "collectives/world.hpp"
 #include "launch/backend_choice.hpp"
 #include "launch/commands.hpp"
+#include "launch/openmp_wait.hpp"
 #include "launch/system_info.hpp"
 
 namespace shardlm {
@@ -30,6 +31,7 @@ void print_doctor() {
   fmt::print("  cpu:          {} ({} logical CPUs)\n", cpu_model(), sysconf(_SC_NPROCESSORS_ONLN));
   fmt::print("  cpu features: {}\n", fmt::join(cpu_flags(), " "));
   fmt::print("  oneDNN:       {}\n", onednn_version());
+  fmt::print("  OpenMP waits: {}\n", openmp_wait_description());
   fmt::print("  MPI:          {}\n", mpi_library_version());
   for (const LibraryVersion& lib : gpu_library_versions())
     fmt::print("  {:<13} {}\n", lib.name + ":", lib.version);

@@ -13,6 +13,7 @@
 
 #include "collectives/world.hpp"
 #include "launch/commands.hpp"
+#include "launch/openmp_wait.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/output_file.hpp"
 
@@ -50,6 +51,7 @@ void end_on_interrupt(int signal) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardlm::choose_openmp_wait(argv);  // may start this binary again; first, before any work
   for (int s : {SIGINT, SIGTERM}) std::signal(s, end_on_interrupt);
   CLI::App app{
       "shardlm: sharded LLM inference after Pope et al., Efficiently Scaling Transformer "

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 FFN = ["1d", "2d", "wg-x", "wg-xy", "wg-xyz"]
 ATTN = ["heads", "batch"]
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_WAIT_POLICY": "passive"}
+           "OMPI_MCA_rmaps_base_oversubscribe": "1"}
 
 
 def prompt_ids(length):

@@ -23,9 +23,8 @@ MODEL=${3:-$ROOT/models-out/1b-bf16}
 ROUNDS=${ROUNDS:-1} THREADS=${THREADS:-2}
 OUT=${OUT:-$ROOT/perf/results/throughput.md}
 [[ -f $MODEL/config.json ]] || "$AFTER" make-model --preset 1b --dtype bf16 --out "$MODEL"
-# Threads sleep at barriers instead of spinning: with other work on the
-# cores, a spinning thread burns the time slice its partner needs.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+# How idle threads wait is left to shardlm (docs/cpu_backend.md, "Idle
+# threads"): it spins on idle cores and sleeps beside other work.
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 

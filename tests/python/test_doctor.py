@@ -47,3 +47,36 @@ def test_doctor_under_mpirun_maps_every_rank_once(shardlm):
     for rank in (0, 1):
         line = next(l for l in p.stdout.splitlines() if l.startswith(f"rank {rank}:"))
         assert f"host {host}, local rank {rank} of 2" in line
+
+
+def doctor_wait_choice(shardlm, **env) -> str:
+    """What `doctor` says of idle OpenMP threads, started with none of the wait
+    settings in its environment but `env`, and two threads."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SHARDLM_OPENMP_WAIT")}
+    p = subprocess.run([str(shardlm.path), "doctor"], capture_output=True, text=True, timeout=120,
+                       env=dict(base, OMP_NUM_THREADS="2", **env))
+    assert p.returncode == 0, p.stderr
+    return field(p.stdout, "OpenMP waits")
+
+
+def test_idle_threads_sleep_when_other_work_holds_the_cores(shardlm):
+    # As many busy processes as this process may use cores: the threads would
+    # spin on cores that other work needs, so shardlm starts itself again with
+    # OMP_WAIT_POLICY=passive (and the restarted doctor reports it).
+    busy = [subprocess.Popen(["python3", "-c", "while True: pass"])
+            for _ in range(len(os.sched_getaffinity(0)))]
+    try:
+        choice = doctor_wait_choice(shardlm)
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+    assert choice.startswith("passive: "), choice
+    assert "other task(s) running" in choice
+
+
+def test_wait_setting_in_the_environment_is_kept(shardlm):
+    choice = doctor_wait_choice(shardlm, OMP_WAIT_POLICY="active")
+    assert choice == "set by the environment (OMP_WAIT_POLICY=active, GOMP_SPINCOUNT=unset)"
+    assert doctor_wait_choice(shardlm, GOMP_SPINCOUNT="1000").endswith("GOMP_SPINCOUNT=1000)")
