@@ -6,23 +6,26 @@
 // repetitions, so that a slice taken by other work on the machine moves them
 // little.
 //
-//   build/shardlm_matmul_bench [--dtype bf16|f16|f32|int8] [--rows 1,8,32,64]
+//   build/shardlm_matmul_bench [--weights bf16|f16|f32|int8] [--rows 1,8,32,64]
 //                              [--n 2048] [--k 2048] [--memory-mib 1024] [--reps 20]
 //                              [--threads T] [--offset BYTES] [--panel]
-//   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D] [--kv-dtype
-//   bf16|f16|f32]
+//   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D]
+//                              [--kv-dtype bf16|f16|f32]
 // The second form times decode attention alone (cpu::attention_rows, one
 // thread): G query heads of one token over KEYS cached keys of one KV head,
 // the cache in L2 as in a step's inner loop, and prints GB/s of K and V read.
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -32,17 +35,6 @@
 using namespace shardlm;
 
 namespace {
-
-std::vector<int64_t> parse_list(const char* text) {
-  std::vector<int64_t> out;
-  for (const char* p = text; *p;) {
-    char* end = nullptr;
-    out.push_back(std::strtoll(p, &end, 10));
-    p = *end == ',' ? end + 1 : end;
-    if (end == p && *p) break;
-  }
-  return out;
-}
 
 template <typename T>
 struct Aligned64 {
@@ -93,66 +85,50 @@ int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtyp
 }  // namespace
 
 int main(int argc, char** argv) {
-  DType dtype = DType::BF16;
+  CLI::App app{"the CPU backend's decode matmul (or decode attention) alone"};
+  std::string weights_flag = "bf16", kv = "bf16";
   std::vector<int64_t> rows_list{1, 8, 32, 64};
-  int64_t n = 2048, k = 2048, memory_mib = 1024, reps = 20;
-  bool panel = false;
+  int64_t n = 2048, k = 2048, memory_mib = 1024, reps = 20, attention_keys = 0, group = 4,
+          head_dim = 64;
+  int threads = 0;
   size_t offset = 0;
-  int64_t attention_keys = 0, group = 4, head_dim = 64;
-  DType kv_dtype = DType::BF16;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> const char* {
-      if (i + 1 >= argc) {
-        fmt::print(stderr, "matmul_bench: {} needs a value\n", a);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--dtype") {
-      const std::string d = value();
-      if (d == "bf16")
-        dtype = DType::BF16;
-      else if (d == "f16")
-        dtype = DType::F16;
-      else if (d == "f32")
-        dtype = DType::F32;
-      else if (d == "int8")
-        dtype = DType::I8;
-      else {
-        fmt::print(stderr, "matmul_bench: --dtype expects bf16, f16, f32 or int8, not {}\n", d);
-        return 2;
-      }
-    } else if (a == "--rows") {
-      rows_list = parse_list(value());
-    } else if (a == "--n") {
-      n = std::atoll(value());
-    } else if (a == "--k") {
-      k = std::atoll(value());
-    } else if (a == "--memory-mib") {
-      memory_mib = std::atoll(value());
-    } else if (a == "--reps") {
-      reps = std::atoll(value());
-    } else if (a == "--threads") {
-      omp_set_num_threads(std::atoi(value()));
-    } else if (a == "--offset") {
-      offset = size_t(std::atoll(value()));
-    } else if (a == "--attention") {
-      attention_keys = std::atoll(value());
-    } else if (a == "--group") {
-      group = std::atoll(value());
-    } else if (a == "--head-dim") {
-      head_dim = std::atoll(value());
-    } else if (a == "--kv-dtype") {
-      const std::string d = value();
-      kv_dtype = d == "f32" ? DType::F32 : d == "f16" ? DType::F16 : DType::BF16;
-    } else if (a == "--panel") {
-      panel = true;
-    } else {
-      fmt::print(stderr, "matmul_bench: unknown argument {}\n", a);
-      return 2;
-    }
+  bool panel = false;
+  app.add_option("--weights", weights_flag, "weight storage: f32, bf16, f16 or int8");
+  app.add_option("--rows", rows_list, "rows of x, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  app.add_option("--n", n, "weight rows (output features)")->check(CLI::PositiveNumber);
+  app.add_option("--k", k, "weight columns (input features)")->check(CLI::PositiveNumber);
+  app.add_option("--memory-mib", memory_mib, "size of the ring of matrices; 0: one, in cache")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--reps", reps, "timed passes (after one warm-up)")->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "OpenMP threads (0: OpenMP's default)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--offset", offset, "bytes the weights start past a page boundary");
+  app.add_flag("--panel", panel, "time the panel path (oneDNN) instead of streaming");
+  app.add_option("--attention", attention_keys, "time decode attention over this many keys")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--group", group, "query heads per KV head (--attention)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--head-dim", head_dim, "(--attention)")->check(CLI::PositiveNumber);
+  app.add_option("--kv-dtype", kv, "KV cache: f32, bf16 or f16 (--attention)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int printed = app.exit(e);
+    return printed == 0 ? 0 : 2;  // help is not an error; a bad flag is a usage error
   }
+  DType dtype = DType::BF16, kv_dtype = DType::BF16;
+  try {
+    const std::optional<DType> parsed = parse_weight_dtype(weights_flag);
+    if (!parsed) throw std::invalid_argument("--weights: expected f32, bf16, f16 or int8");
+    dtype = *parsed;
+    kv_dtype = parse_kv_dtype(kv);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "matmul_bench: {}\n", e.what());
+    return 2;
+  }
+  if (threads > 0) omp_set_num_threads(threads);
   if (attention_keys > 0) return attention_bench(attention_keys, group, head_dim, kv_dtype, reps);
   const size_t elem = dtype_size(dtype);
   const size_t matrix_bytes = size_t(n * k) * elem;
