@@ -591,30 +591,6 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
   }
 }
 
-// Runs Step<R> over the rows in blocks of kDecodeRowBlock, R the block's size.
-template <template <int> class Step, typename... Args>
-void for_row_blocks(int64_t rows, Args&&... args) {
-  for (int64_t r0 = 0; r0 < rows; r0 += kDecodeRowBlock) {
-    switch (std::min<int64_t>(kDecodeRowBlock, rows - r0)) {
-      case 1: Step<1>::run(r0, args...); break;
-      case 2: Step<2>::run(r0, args...); break;
-      case 3: Step<3>::run(r0, args...); break;
-      default: Step<4>::run(r0, args...); break;
-    }
-  }
-}
-
-template <DType D>
-struct DecodeValues {
-  template <int R>
-  struct Step {
-    static void run(int64_t r0, const KVView& kv, const AttentionState& st, int64_t j0, int64_t n,
-                    const float* weights) {
-      decode_values<D, R>(kv, st, r0, j0, n, weights);
-    }
-  };
-};
-
 // The keys [lo, hi) for rows that all sit at one position and all see them;
 // scratch holds 16 floats per row, then 16 widened keys.
 template <DType D>
@@ -646,7 +622,14 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
         for (int64_t d = 0; d < kv.head_dim; ++d) acc[d] *= shrink;
       }
     }
-    for_row_blocks<DecodeValues<D>::template Step>(q.rows, kv, st, j0, n, scratch);
+    for (int64_t r0 = 0; r0 < q.rows; r0 += kDecodeRowBlock) {
+      switch (std::min<int64_t>(kDecodeRowBlock, q.rows - r0)) {
+        case 1: decode_values<D, 1>(kv, st, r0, j0, n, scratch); break;
+        case 2: decode_values<D, 2>(kv, st, r0, j0, n, scratch); break;
+        case 3: decode_values<D, 3>(kv, st, r0, j0, n, scratch); break;
+        default: decode_values<D, 4>(kv, st, r0, j0, n, scratch); break;
+      }
+    }
   }
 }
 
