@@ -139,8 +139,9 @@ BackendKind resolve_backend(const std::string& flag) {
 
 BackendPtr make_backend(BackendKind kind, const BackendSettings& settings, World& world) {
   if (kind == BackendKind::kCpu) {
-    std::unique_ptr<Backend> cpu = make_cpu_backend(
-        {settings.threads, settings.weight_dtype, settings.kv_dtype, settings.streaming_max_rows});
+    std::unique_ptr<Backend> cpu =
+        make_cpu_backend({settings.threads, settings.weight_dtype, settings.kv_dtype,
+                          settings.streaming_max_rows, settings.amx_streaming_max_rows});
     return BackendPtr(cpu.release(), [](Backend* b) { delete b; });
   }
   const CudaPlugin& plugin = cuda_plugin();

@@ -31,6 +31,7 @@ struct BackendSettings {
   std::optional<DType> weight_dtype;
   DType kv_dtype = DType::BF16;
   int64_t streaming_max_rows = 0;  // CPU backend only (CpuBackendOptions)
+  int64_t amx_streaming_max_rows = 0;
 };
 
 // A backend that, for CUDA, takes its NCCL communicators with it: the

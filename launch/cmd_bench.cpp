@@ -1,6 +1,6 @@
 // `shardlm bench`: prefill and decode speed of a checkpoint over a grid of
 // settings, llama-bench style (every flag takes a list), beside the limits of
-// the machine: prefill MFU against the measured sgemm peak and decode
+// the machine: prefill MFU against the measured matmul peak and decode
 // bandwidth utilisation against the measured memory read bandwidth.
 //
 // Definitions (docs/cpu_backend.md):
@@ -9,7 +9,9 @@
 // - prefill FLOP = 2 * (linear weights of the layers) * batch * p
 //   + 2 * lm_head * batch (logits of the last token only)
 //   + attention 4 * layers * heads * head_dim * batch * p (p + 1) / 2;
-//   MFU = FLOP / prefill time / peak, peak = sgemm 2048^3 with the row's threads;
+//   MFU = FLOP / prefill time / peak, peak = the fastest matmul of the backend
+//   at 2048^3 with the row's threads (oneDNN sgemm, or AMX on BF16 weights
+//   where the CPU has it: measure_peak_matmul);
 // - decode bytes per token = stored weight bytes read per step / batch + KV
 //   cache bytes one token reads (K and V, every layer, at the mean context
 //   length d + p + (n + 1) / 2, at the KV cache's bytes per value);
@@ -66,6 +68,7 @@ struct BenchOptions {
 
 struct Limits {
   double peak_flops = 0, bandwidth = 0;
+  std::string peak_path;  // the matmul that reached peak_flops (measure_peak_matmul)
 };
 
 struct Row {
@@ -144,8 +147,10 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                           {"params", c.num_params()},
                           {"rows", nlohmann::json::array()}};
     for (const auto& [t, l] : limits)
-      out["limits"].push_back(
-          {{"threads", t}, {"peak_flops", l.peak_flops}, {"bandwidth_Bps", l.bandwidth}});
+      out["limits"].push_back({{"threads", t},
+                               {"peak_flops", l.peak_flops},
+                               {"peak_path", l.peak_path},
+                               {"bandwidth_Bps", l.bandwidth}});
     for (const Row& r : rows)
       out["rows"].push_back({{"weights", r.weights},
                              {"threads", r.threads},
@@ -193,9 +198,10 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
           ranks, l.peak_flops / 1e12, l.bandwidth / 1e9, o.hardware);
     else
       s << fmt::format(
-          "- {} thread(s) per rank: peak {:.1f} GFLOP/s (oneDNN sgemm 2048^3), memory read "
+          "- {} thread(s) per rank: peak {:.1f} GFLOP/s ({}), memory read "
           "bandwidth {:.1f} GB/s ({:.1f} GiB streamed); idle threads: {}\n",
-          t, l.peak_flops / 1e9, l.bandwidth / 1e9, o.bandwidth_gib, openmp_wait_description());
+          t, l.peak_flops / 1e9, l.peak_path, l.bandwidth / 1e9, o.bandwidth_gib,
+          openmp_wait_description());
   s << "\n| weights | threads | batch | d | p | n | prefill tok/s | prefill MFU | prefill "
        "roofline | decode tok/s | decode MB/token | decode BW util | decode roofline ms/step | "
        "decode roofline "
@@ -278,6 +284,7 @@ void run_bench(const BenchOptions& o) {
           ? std::nullopt
           : std::optional(HardwareSpec::load(resolve_config(o.hardware, "hardware")));
   const int64_t streaming_rows = spec ? spec->cpu_streaming_max_rows : 0;
+  const int64_t amx_streaming_rows = spec ? spec->cpu_amx_streaming_max_rows : 0;
 
   // The limits, per thread count: measured before the weights are loaded and
   // again after the last row, keeping the higher value of each, so a burst of
@@ -286,15 +293,17 @@ void run_bench(const BenchOptions& o) {
   std::map<int, Limits> limits;
   auto measure_limits = [&] {
     if (gpu) {
-      limits[0] = {spec->peak("bf16") * world.size(), spec->memory_bandwidth * world.size()};
+      limits[0] = {spec->peak("bf16") * world.size(), spec->memory_bandwidth * world.size(),
+                   "hardware spec (dense bf16)"};
       return;
     }
     for (int t : thread_counts) {
       const int threads = t > 0 ? t : all_cores;
       omp_set_num_threads(threads);
       Limits& l = limits[threads];
-      l.peak_flops =
-          std::max(l.peak_flops, sum_over_ranks(world, measure_matmul(2048, 2048, 2048, 3)));
+      const PeakMatmul peak = measure_peak_matmul(3);
+      const double peak_flops = sum_over_ranks(world, peak.flops_per_s);
+      if (peak_flops > l.peak_flops) l.peak_flops = peak_flops, l.peak_path = peak.path;
       l.bandwidth = std::max(
           l.bandwidth,
           sum_over_ranks(world, measure_memory_read(size_t(o.bandwidth_gib * double(1 << 30)), 3)));
@@ -306,8 +315,9 @@ void run_bench(const BenchOptions& o) {
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
   std::vector<Row> rows;
   for (size_t wi = 0; wi < o.weights.size(); ++wi) {
-    BackendPtr backend =
-        make_backend(backend_kind, {all_cores, weight_dtypes[wi], kv_dtype, streaming_rows}, world);
+    BackendPtr backend = make_backend(
+        backend_kind, {all_cores, weight_dtypes[wi], kv_dtype, streaming_rows, amx_streaming_rows},
+        world);
     ctx.set_device_collectives(backend->device() == Device::CUDA);
     ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx,
                                               {0, config.num_layers, true, true});

@@ -303,8 +303,10 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const int threads = o.threads > 0 ? o.threads : world.default_threads(world.rank());
   // The spec's measured crossover of the matmul paths, when it has one.
   const int64_t streaming_rows = choice.hardware ? choice.hardware->cpu_streaming_max_rows : 0;
-  BackendPtr backend =
-      make_backend(backend_kind, {threads, weight_dtype, kv_dtype, streaming_rows}, world);
+  const int64_t amx_streaming_rows =
+      choice.hardware ? choice.hardware->cpu_amx_streaming_max_rows : 0;
+  BackendPtr backend = make_backend(
+      backend_kind, {threads, weight_dtype, kv_dtype, streaming_rows, amx_streaming_rows}, world);
   ctx.set_device_collectives(backend->device() == Device::CUDA);
   const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
                          stage.is_first(), stage.is_last()};

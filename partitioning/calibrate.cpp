@@ -73,15 +73,25 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
   return 2.0 * double(rows) * double(inner) * double(cols) / best;
 }
 
-int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples) {
+PeakMatmul measure_peak_matmul(int repeats) {
+  PeakMatmul peak{measure_matmul(2048, 2048, 2048, repeats), "oneDNN sgemm 2048^3"};
+  if (cpu::amx_available()) {
+    const double amx = measure_matmul_bf16(2048, 2048, 2048, repeats, nullptr);
+    if (amx > peak.flops_per_s) peak = {amx, "AMX bf16 matmul 2048^3"};
+  }
+  return peak;
+}
+
+int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples, bool amx) {
   // Four 2048 x 4096 BF16 weights (64 MiB): each matmul reads its weight
   // from memory, as a decode step does, not from the last-level cache.
   constexpr int64_t inner = 2048, cols = 4096, matrices = 4;
-  constexpr int64_t kRows[] = {8, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+  static const std::vector<int64_t> kPanelRows = {8, 16, 24, 32, 48, 64, 96, 128, 192, 256},
+                                    kAmxRows = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32};
+  const std::vector<int64_t>& all_rows = amx ? kAmxRows : kPanelRows;
   std::vector<uint16_t> w(size_t(matrices * cols * inner));
   for (size_t i = 0; i < w.size(); ++i) w[i] = uint16_t(0x3c00 + (i * 2654435761u >> 24) % 256);
-  std::vector<float> x(size_t(kRows[std::size(kRows) - 1] * inner), 0.5f),
-      out(size_t(kRows[std::size(kRows) - 1] * cols));
+  std::vector<float> x(size_t(all_rows.back() * inner), 0.5f), out(size_t(all_rows.back() * cols));
   auto time = [&](bool streaming, int64_t rows) {
     double best = INFINITY;
     for (int r = 0; r <= repeats; ++r) {  // the first run warms up and is not counted
@@ -91,6 +101,8 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
         auto t0 = Clock::now();
         if (streaming)
           cpu::matmul_streaming(x.data(), rows, inner, weights, out.data(), cols, false);
+        else if (amx)
+          cpu::matmul_amx(x.data(), rows, inner, weights, out.data(), cols, false);
         else
           cpu::matmul_panel(x.data(), rows, inner, weights, out.data(), cols, false);
         if (r > 0) best = std::min(best, since(t0));
@@ -99,7 +111,7 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
     return best;
   };
   std::vector<StreamingSample> measured;
-  for (int64_t rows : kRows) measured.push_back({rows, time(true, rows), time(false, rows)});
+  for (int64_t rows : all_rows) measured.push_back({rows, time(true, rows), time(false, rows)});
   if (samples) *samples = measured;
   return choose_streaming_max_rows(measured);
 }
@@ -107,7 +119,7 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
 int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples) {
   int64_t limit = 1;
   for (const StreamingSample& s : samples) {
-    if (s.panel_s < s.streaming_s) break;
+    if (s.batched_s < s.streaming_s) break;
     limit = s.rows;
   }
   return limit;
@@ -421,6 +433,9 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   }
   comm.barrier();
   c.spec.cpu_streaming_max_rows = measure_streaming_max_rows(quick ? 2 : 5, &c.streaming);
+  if (cpu::amx_available())
+    c.spec.cpu_amx_streaming_max_rows =
+        measure_streaming_max_rows(quick ? 2 : 5, &c.streaming_amx, true);
   comm.barrier();
   c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
   c.memory_bytes =
@@ -499,7 +514,11 @@ std::string to_yaml(const Calibration& c) {
                      c.memory_read_Bps);
   out += "# Decode matmul paths on BF16 weights from memory (rows: streaming s, panel s):\n";
   for (const auto& s : c.streaming)
-    out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.panel_s);
+    out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.batched_s);
+  if (!c.streaming_amx.empty())
+    out += "# The same, streaming against AMX (rows: streaming s, AMX s):\n";
+  for (const auto& s : c.streaming_amx)
+    out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.batched_s);
   if (!c.matmul_bf16.empty())
     out +=
         "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], every rank at once, the\n"
@@ -548,6 +567,11 @@ std::string to_yaml(const Calibration& c) {
         "# Rows up to which the CPU backend's streaming matmul beats oneDNN (from the timings "
         "above).\ncpu_streaming_max_rows: {}\n",
         h.cpu_streaming_max_rows);
+  if (h.cpu_amx_streaming_max_rows > 0)
+    out += fmt::format(
+        "# Rows up to which it beats the AMX kernel on BF16 weights (from the timings above).\n"
+        "cpu_amx_streaming_max_rows: {}\n",
+        h.cpu_amx_streaming_max_rows);
   out += fmt::format(
       "# matmul_half_rows fitted to the sgemm fall-off above; the rest are neutral defaults\n"
       "# (no overlap: the CPU runtime runs collectives between matmuls).\n"

@@ -23,7 +23,7 @@ struct MatmulSample {
 // each path on BF16 weights read from memory.
 struct StreamingSample {
   int64_t rows;
-  double streaming_s, panel_s;
+  double streaming_s, batched_s;  // batched: the panel path, or AMX (measure_streaming_max_rows)
 };
 
 struct CollectiveSample {
@@ -35,7 +35,8 @@ struct CollectiveSample {
 struct Calibration {
   int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
-  std::vector<StreamingSample> streaming;  // the crossover, see measure_streaming_max_rows
+  std::vector<StreamingSample> streaming;      // the crossover, see measure_streaming_max_rows
+  std::vector<StreamingSample> streaming_amx;  // against AMX, where the CPU has it
   double memory_read_Bps = 0, memory_bytes = 0;
   // BF16-weight matmuls at the row counts of decode and prefill, and the
   // read bandwidth by working set (spec.measured).
@@ -66,14 +67,24 @@ struct CalibrationGroups {
 // Best-of-`repeats` FLOP/s of the CPU backend's matmul for [rows x inner] ·
 // [cols x inner]ᵀ, F32 weights (oneDNN sgemm above 16 rows).
 double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);
+// The fastest matmul the CPU backend has, 2048^3 with operands in cache: the
+// FLOP/s of oneDNN sgemm on F32 weights or, where the CPU has AMX, of the AMX
+// kernel on BF16 weights if that is higher; `path` names the one it is.
+struct PeakMatmul {
+  double flops_per_s = 0;
+  std::string path;
+};
+PeakMatmul measure_peak_matmul(int repeats);
 // Rows of x up to which the CPU backend's streaming matmul kernel beats the
-// panel path (oneDNN sgemm on widened weights): both are timed on BF16
-// weights larger than the last-level cache, at growing row counts, and the
-// answer is the largest count before the first one where the panel path wins
-// (capped at the largest count tried). `samples` receives the timings.
-int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples = nullptr);
+// batched path: the panel path (oneDNN sgemm on widened weights), or with
+// `amx` the AMX kernel (cpu::amx_available() must hold). Both are timed on
+// BF16 weights larger than the last-level cache, at growing row counts, and
+// the answer is the largest count before the first one where the batched
+// path wins (capped at the largest count tried). `samples` receives the timings.
+int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples = nullptr,
+                                   bool amx = false);
 // The rows of the last sample (by growing rows) before the first where the
-// panel path is faster; 1 when it is faster from the first.
+// batched path is faster; 1 when it is faster from the first.
 int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // The same with BF16 weights (a checkpoint's usual dtype, widened as the
 // backend does), best of `repeats` runs: the rate the cost model's

@@ -194,6 +194,8 @@ HardwareSpec HardwareSpec::from_yaml(const YamlFields& f) {
   h.activation_dtype = f.text("activation_dtype", "bf16");
   if (f.has("cpu_streaming_max_rows"))
     h.cpu_streaming_max_rows = f.positive_int("cpu_streaming_max_rows");
+  if (f.has("cpu_amx_streaming_max_rows"))
+    h.cpu_amx_streaming_max_rows = f.positive_int("cpu_amx_streaming_max_rows");
   if (!h.peak_flops.count(h.activation_dtype))
     throw DataError(fmt::format("{}: '{}' has no peak_flops entry", f.where("activation_dtype"),
                                 h.activation_dtype));

@@ -81,6 +81,9 @@ struct HardwareSpec {
   // CPU backend: rows of x up to which its streaming matmul kernel is used
   // (measured by `shardlm calibrate`); 0 when the spec does not say.
   int64_t cpu_streaming_max_rows = 0;
+  // The same for BF16 weights, above which the AMX kernel takes them (where
+  // the CPU has AMX); 0 when the spec does not say.
+  int64_t cpu_amx_streaming_max_rows = 0;
   EfficiencyModel efficiency;
   // What calibrate measured (matmul rate by rows, memory bandwidth by working
   // set, overheads per layer and token); where given the cost model uses it

@@ -1,5 +1,6 @@
 // The CPU backend's decode matmul alone: GFLOP/s and GB/s of
-// cpu::matmul_streaming (and cpu::matmul_panel, oneDNN, for comparison) at
+// cpu::matmul_streaming, cpu::matmul_panel (oneDNN), cpu::matmul_amx or the
+// backend's choice among them (cpu::matmul) at
 // several row counts, with the weights in cache (one matrix used again and
 // again) or from memory (a ring of matrices larger than the last-level cache,
 // each used once per pass, as a decode step uses its layers). Medians of the
@@ -8,7 +9,8 @@
 //
 //   build/shardlm_matmul_bench [--weights bf16|f16|f32|int8] [--rows 1,8,32,64]
 //                              [--n 2048] [--k 2048] [--memory-mib 1024] [--reps 20]
-//                              [--threads T] [--offset BYTES] [--panel]
+//                              [--threads T] [--offset BYTES]
+//                              [--path streaming|panel|amx|auto]
 //   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D]
 //                              [--kv-dtype bf16|f16|f32]
 // The second form times decode attention alone (cpu::attention_rows, one
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
           head_dim = 64;
   int threads = 0;
   size_t offset = 0;
-  bool panel = false;
+  std::string path = "streaming";
   app.add_option("--weights", weights_flag, "weight storage: f32, bf16, f16 or int8");
   app.add_option("--rows", rows_list, "rows of x, comma-separated")
       ->delimiter(',')
@@ -105,7 +107,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "OpenMP threads (0: OpenMP's default)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--offset", offset, "bytes the weights start past a page boundary");
-  app.add_flag("--panel", panel, "time the panel path (oneDNN) instead of streaming");
+  app.add_option("--path", path,
+                 "kernel: streaming, panel (oneDNN), amx or auto (the backend's choice)")
+      ->check(CLI::IsMember({"streaming", "panel", "amx", "auto"}));
   app.add_option("--attention", attention_keys, "time decode attention over this many keys")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--group", group, "query heads per KV head (--attention)")
@@ -152,7 +156,13 @@ int main(int argc, char** argv) {
   std::vector<float> x(size_t(max_rows * k), 0.25f), out(size_t(max_rows * n));
   fmt::print("# {} weights [{} x {}], {} matrices ({} MiB), {} thread(s), {} path\n",
              dtype_name(dtype), n, k, matrices, (matrices * matrix_bytes) >> 20,
-             omp_get_max_threads(), panel ? "panel (oneDNN)" : "streaming");
+             omp_get_max_threads(), path);
+  if (path == "amx" && !cpu::amx_fits(cpu::WeightView{weights, dtype, nullptr, n, k})) {
+    fmt::print(stderr,
+               "matmul_bench: --path amx needs bf16 weights, k a multiple of 32, n >= 32 "
+               "and a CPU with AMX\n");
+    return 2;
+  }
   fmt::print("rows,median_s_per_matrix,gflops,weight_gbps\n");
   for (int64_t rows : rows_list) {
     std::vector<double> per_matrix;
@@ -161,8 +171,12 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < matrices; ++i) {
         const cpu::WeightView w{weights + size_t(i) * matrix_bytes, dtype,
                                 dtype == DType::I8 ? scales.data() : nullptr, n, k};
-        if (panel)
+        if (path == "panel")
           cpu::matmul_panel(x.data(), rows, k, w, out.data(), n, false);
+        else if (path == "amx")
+          cpu::matmul_amx(x.data(), rows, k, w, out.data(), n, false);
+        else if (path == "auto")
+          cpu::matmul(x.data(), rows, k, w, out.data(), n, false);
         else
           cpu::matmul_streaming(x.data(), rows, k, w, out.data(), n, false);
       }

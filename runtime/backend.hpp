@@ -173,6 +173,8 @@ struct CpuBackendOptions {
   // Rows of x up to which matmul streams the weights (> 0: sets
   // cpu::set_streaming_max_rows for the process; 0 keeps what it is).
   int64_t streaming_max_rows = 0;
+  // The same for BF16 weights on a CPU with AMX (cpu::set_amx_streaming_max_rows).
+  int64_t amx_streaming_max_rows = 0;
 };
 
 // The CPU backend.

@@ -36,6 +36,8 @@ class CpuBackend final : public Backend {
     if (kv_dtype_ != DType::F32 && kv_dtype_ != DType::BF16 && kv_dtype_ != DType::F16)
       throw std::invalid_argument("cpu backend: the KV cache must be f32, bf16 or f16");
     if (options.streaming_max_rows > 0) cpu::set_streaming_max_rows(options.streaming_max_rows);
+    if (options.amx_streaming_max_rows > 0)
+      cpu::set_amx_streaming_max_rows(options.amx_streaming_max_rows);
     // Activations are allocated and freed every layer; glibc would map large
     // blocks fresh each time and zero-fill them on first touch (page faults
     // were 15% of prefill). Keep freed memory in the heap for reuse instead
@@ -51,11 +53,15 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device::CPU; }
   DType kv_dtype() const override { return kv_dtype_; }
   std::string describe() const override {
+    const std::string amx =
+        cpu::amx_available()
+            ? fmt::format(", AMX for BF16 weights above {} rows", cpu::amx_streaming_max_rows())
+            : "";
     return fmt::format(
-        "cpu ({} weights, {} KV cache, AVX-512 streaming matmul up to {} rows + oneDNN sgemm, {} "
-        "threads)",
+        "cpu ({} weights, {} KV cache, AVX-512 streaming matmul up to {} rows + oneDNN sgemm{}, "
+        "{} threads)",
         weight_dtype_ ? weight_dtype_name(*weight_dtype_) : "checkpoint-dtype",
-        weight_dtype_name(kv_dtype_), cpu::streaming_max_rows(), threads_);
+        weight_dtype_name(kv_dtype_), cpu::streaming_max_rows(), amx, threads_);
   }
 
   Tensor alloc(const Shape& shape, DType dtype) override {

@@ -810,7 +810,8 @@ void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
 
 namespace {
 std::atomic<int64_t> streaming_rows_limit{kDefaultStreamingMaxRows};
-}
+std::atomic<int64_t> amx_streaming_rows_limit{kDefaultAmxStreamingMaxRows};
+}  // namespace
 
 int64_t streaming_max_rows() {
   return streaming_rows_limit.load(std::memory_order_relaxed);
@@ -821,13 +822,28 @@ void set_streaming_max_rows(int64_t rows) {
   streaming_rows_limit.store(rows, std::memory_order_relaxed);
 }
 
+int64_t amx_streaming_max_rows() {
+  return amx_streaming_rows_limit.load(std::memory_order_relaxed);
+}
+
+void set_amx_streaming_max_rows(int64_t rows) {
+  if (rows < 1) throw std::invalid_argument("cpu backend: amx_streaming_max_rows must be >= 1");
+  amx_streaming_rows_limit.store(rows, std::memory_order_relaxed);
+}
+
 void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
             bool accumulate) {
-  if (m <= (w.dtype == DType::I8 ? std::min(kI8StreamingMaxRows, streaming_max_rows())
-                                 : streaming_max_rows()))
+  if (amx_fits(w)) {
+    if (m <= amx_streaming_max_rows())
+      matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
+    else
+      matmul_amx(x, m, ldx, w, out, ldo, accumulate);
+  } else if (m <= (w.dtype == DType::I8 ? std::min(kI8StreamingMaxRows, streaming_max_rows())
+                                        : streaming_max_rows())) {
     matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
-  else
+  } else {
     matmul_panel(x, m, ldx, w, out, ldo, accumulate);
+  }
 }
 
 }  // namespace shardlm::cpu

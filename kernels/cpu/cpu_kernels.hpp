@@ -42,13 +42,30 @@ int64_t streaming_max_rows();
 // prompt should not see; beyond 16 rows the panel path multiplies in F32.
 constexpr int64_t kI8StreamingMaxRows = 16;
 void set_streaming_max_rows(int64_t rows);  // rows >= 1
+// The same crossover for BF16 weights where AMX takes the rows above it
+// (amx_fits): the AMX kernel overtakes streaming at far fewer rows. calibrate
+// measures it too (cpu_amx_streaming_max_rows); the default is what it found
+// on a 2-core Xeon guest with AMX (streaming faster up to 4 rows).
+constexpr int64_t kDefaultAmxStreamingMaxRows = 4;
+int64_t amx_streaming_max_rows();
+void set_amx_streaming_max_rows(int64_t rows);  // rows >= 1
 
 // out[m, n] (ldo) = x[m, k] (ldx) · wᵀ, plus the old out when accumulate.
 void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                       int64_t ldo, bool accumulate);
 void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                   int64_t ldo, bool accumulate);
-// Chooses the path by m.
+// BF16 weights on AMX tiles (amx_matmul.cpp), for any row count: x is
+// split into two BF16 parts, so the products are as exact as the streaming
+// kernel's. amx_fits says whether w can take it: BF16, k a multiple of 32, at
+// least 32 rows, and a CPU and kernel that grant AMX (weight rows past the
+// last multiple of 32 stream).
+bool amx_available();
+bool amx_fits(const WeightView& w);
+void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                int64_t ldo, bool accumulate);
+// Chooses the path by m: streaming up to the crossover, above it AMX where it
+// fits, else the panel path.
 void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
             bool accumulate);
 

@@ -37,7 +37,7 @@ TEST_CASE("measurements return plausible numbers", "[calibrate]") {
 
 TEST_CASE("the streaming crossover is the last row count before the panel path wins",
           "[calibrate]") {
-  // streaming_s, panel_s per row count: the panel path wins from 48 rows on,
+  // streaming_s, batched_s per row count: the batched path wins from 48 rows on,
   // and a later noisy sample where streaming wins again does not count.
   const std::vector<StreamingSample> samples = {
       {8, 1.0, 3.0}, {16, 1.1, 2.0}, {32, 1.5, 1.6}, {48, 2.0, 1.9}, {64, 2.0, 2.5}};
@@ -46,7 +46,7 @@ TEST_CASE("the streaming crossover is the last row count before the panel path w
   CHECK(choose_streaming_max_rows({{8, 1.0, 2.0}, {256, 1.0, 2.0}}) == 256);
 }
 
-TEST_CASE("calibrate's spec carries the crossover to HardwareSpec::load", "[calibrate]") {
+TEST_CASE("calibrate's spec carries the crossovers to HardwareSpec::load", "[calibrate]") {
   Calibration c;
   c.spec.name = "roundtrip";
   c.spec.peak_flops["f32"] = 1e11;
@@ -54,9 +54,11 @@ TEST_CASE("calibrate's spec carries the crossover to HardwareSpec::load", "[cali
   c.spec.memory_bandwidth = 2e10;
   c.spec.intra_node_bandwidth = c.spec.inter_node_bandwidth = 2e10;
   c.spec.cpu_streaming_max_rows = 48;
+  c.spec.cpu_amx_streaming_max_rows = 3;
   const std::string file = "calibrate_roundtrip_test.yaml";
   std::ofstream(file) << to_yaml(c);
   const HardwareSpec loaded = HardwareSpec::load(file);
   std::remove(file.c_str());
   CHECK(loaded.cpu_streaming_max_rows == 48);
+  CHECK(loaded.cpu_amx_streaming_max_rows == 3);
 }

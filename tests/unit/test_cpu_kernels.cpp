@@ -123,19 +123,24 @@ TEST_CASE("int8 quantization rounds to nearest and clamps to +-127", "[cpu_kerne
 }
 
 TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[cpu_kernels]") {
+  if (!cpu::amx_available()) WARN("no AMX on this CPU or kernel: the AMX path is not tested here");
   for (DType dtype : kWeightDtypes) {
     auto backend = make_cpu_backend(CpuBackendOptions{2, dtype});
     // Rows of x: partial tiles of 1 and 2 rows, several tiles, and beyond the
-    // default crossover; shapes with partial weight tiles, column tails and
-    // (k = 2500) several column chunks.
-    for (int64_t m : {1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65}) {
+    // default crossover and AMX's chunk of 128 rows; shapes with partial weight tiles, column tails
+    // and (k = 2500) several column chunks.
+    for (int64_t m : {1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130}) {
       for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1},
                           {5, 15},
                           {37, 16},
                           {8, 33},
                           {67, 100},
                           {130, 257},
-                          {13, 2500}}) {
+                          {13, 2500},
+                          // AMX shapes (BF16, k a multiple of 32): whole
+                          // blocks of 32 weight rows with a streamed tail.
+                          {70, 96},
+                          {32, 2048}}) {
         const auto x = random_values(size_t(m * k), uint32_t(m * 131 + k));
         const auto w = random_values(size_t(n * k), uint32_t(n * 17 + k), 0.2f);
         const Tensor wt = upload(*backend, w, n, k);
@@ -144,13 +149,15 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
         const auto stored = stored_values(w, n, k, dtype);
         const auto expect = reference_matmul(x, stored, m, n, k);
         const std::vector<float> prior = random_values(size_t(m * n), 7);
-        for (int path = 0; path < 3; ++path) {
+        for (int path = 0; path < 4; ++path) {
+          if (path == 3 && !cpu::amx_fits(view_of(wt))) continue;
           for (bool accumulate : {false, true}) {
             std::vector<float> out = prior;
             if (path == 0)
               cpu::matmul_streaming(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
             if (path == 1)
               cpu::matmul_panel(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
+            if (path == 3) cpu::matmul_amx(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
             if (path == 2) {
               Tensor xt = backend->alloc({m, k}, DType::F32),
                      ot = backend->alloc({m, n}, DType::F32);

@@ -1,0 +1,257 @@
+// BF16 weights multiplied on AMX tiles (Intel Advanced Matrix Extensions):
+// out = x · wᵀ with TDPBF16PS, which multiplies a 16 x 32 BF16 tile by a
+// 32 x 16 one into 16 x 16 F32 sums in 16 cycles, 16 times the FMA units'
+// rate. The weights are read as stored: a tile of 16 weight rows is 64 bytes
+// of each row, loaded with the row stride, so the matmul computes
+// outᵀ = w · xᵀ and x is the operand rearranged, once per call.
+//
+// Accuracy: each x value is split into two BF16 values, hi = bf16(x) and
+// lo = bf16(x - hi), so x is carried to within 2^-18 of itself (instead of
+// the 2^-9 of one BF16) and every product with a BF16 weight is exact in
+// F32; only the F32 accumulation order differs from the streaming kernel.
+// That costs two tile products per weight tile, which decode (bound by
+// memory) does not notice and prefill can afford.
+#include <cpuid.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <stdexcept>
+
+#include "kernels/cpu/cpu_kernels.hpp"
+
+// GCC 12 reports its own _mm512_undefined_*() inside the AVX-512 intrinsics
+// as uninitialised once they are inlined (as in cpu_kernels.cpp).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace shardlm::cpu {
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+
+namespace {
+
+constexpr int64_t kTileRows = 16;    // rows of every tile
+constexpr int64_t kStepCols = 32;    // BF16 columns of one tile row (64 bytes)
+constexpr int64_t kBlockRows = 32;   // weight rows per block: two tiles
+constexpr int64_t kChunkRows = 128;  // x rows rearranged at once: their tiles stay in L2
+constexpr int64_t kTileBytes = 1024;
+// Steps (of 64 bytes per row) between the one read and the one prefetched.
+constexpr int64_t kPrefetchSteps = 8;
+
+// The tile registers: 0 and 1 hold weight tiles, 2 and 3 the hi and lo parts
+// of x, 4 to 7 the sums; all 16 rows of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = kTileRows;
+  }
+  _tile_loadconfig(&config);
+}
+
+// Linux hands out the AMX register state only to processes that ask for it.
+bool request_amx() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool tile = edx & (1u << 24), bf16 = edx & (1u << 22);
+  if (!tile || !bf16) return false;
+  constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+  constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+}
+
+// x rows as tiles: for each group of 16 rows and each step of 32 columns, a
+// hi tile then a lo tile, each [16 column pairs][16 rows][2]: the layout
+// TDPBF16PS wants of its second operand. Rows past the end are zero.
+struct RearrangedRows {
+  std::unique_ptr<uint16_t, decltype(&std::free)> storage{nullptr, &std::free};
+  size_t capacity = 0;
+  uint16_t* reserve(size_t values) {
+    if (values > capacity) {
+      void* memory = std::aligned_alloc(64, values * 2);
+      if (!memory) throw std::bad_alloc();
+      storage.reset(static_cast<uint16_t*>(memory));
+      capacity = values;
+    }
+    return storage.get();
+  }
+};
+
+inline __m512 bf16_to_f32(__m256bh h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(__m256i(h)), 16));
+}
+
+// One x row's 32 columns at p as hi and lo BF16 pairs (16 dwords each).
+inline void split_row(const float* p, __m512i& hi, __m512i& lo) {
+  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+  const __m256bh ha = _mm512_cvtneps_pbh(a), hb = _mm512_cvtneps_pbh(b);
+  const __m256bh la = _mm512_cvtneps_pbh(_mm512_sub_ps(a, bf16_to_f32(ha)));
+  const __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(b, bf16_to_f32(hb)));
+  hi = _mm512_inserti64x4(_mm512_castsi256_si512(__m256i(ha)), __m256i(hb), 1);
+  lo = _mm512_inserti64x4(_mm512_castsi256_si512(__m256i(la)), __m256i(lb), 1);
+}
+
+// Rearranges rows [0, rows) of x (k columns, a multiple of 32) into dst;
+// called by every thread of a parallel region, which share the work.
+void rearrange(const float* x, int64_t rows, int64_t ldx, int64_t k, uint16_t* dst) {
+  const int64_t groups = (rows + kTileRows - 1) / kTileRows, steps = k / kStepCols;
+  // Column pair c of row i goes to dword c * 16 + i of its tile.
+  const __m512i to_pair_rows =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(kTileRows));
+#pragma omp for collapse(2) schedule(static)
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t s = 0; s < steps; ++s) {
+      auto* hi_tile = reinterpret_cast<int32_t*>(dst + ((g * steps + s) * 2) * (kTileBytes / 2));
+      int32_t* lo_tile = hi_tile + kTileBytes / 4;
+      for (int64_t i = 0; i < kTileRows; ++i) {
+        const int64_t row = g * kTileRows + i;
+        __m512i hi = _mm512_setzero_si512(), lo = _mm512_setzero_si512();
+        if (row < rows) split_row(x + row * ldx + s * kStepCols, hi, lo);
+        _mm512_i32scatter_epi32(hi_tile + i, to_pair_rows, hi, 4);
+        _mm512_i32scatter_epi32(lo_tile + i, to_pair_rows, lo, 4);
+      }
+    }
+}
+
+// Adds the sums of tile `sums` (sums[j][i]: x row i, weight row j) to out
+// rows [0, valid), columns [0, 16).
+inline void write_sums(const float (&sums)[kTileRows][kTileRows], int64_t valid, float* out,
+                       int64_t ldo, bool accumulate) {
+  for (int64_t i = 0; i < valid; ++i)
+    for (int64_t j = 0; j < kTileRows; ++j) {
+      float& o = out[i * ldo + j];
+      o = accumulate ? o + sums[j][i] : sums[j][i];
+    }
+}
+
+// Weight rows [r0, r0 + 32) times the rearranged x rows [0, rows) into
+// out[i][r0 + j], two groups of 16 x rows per pass over the weights: each
+// weight tile is loaded once per pass for four tile products (two groups,
+// hi and lo). The first pass reads the weights from memory, the others
+// (more than 32 rows) from L2.
+void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t k, int64_t r0,
+                    float* out, int64_t ldo, bool accumulate) {
+  const int64_t steps = k / kStepCols, groups = (rows + kTileRows - 1) / kTileRows;
+  const size_t stride = size_t(k) * 2;
+  const char* block = w + size_t(r0) * stride;
+  alignas(64) float sums[kTileRows][kTileRows];
+  for (int64_t g = 0; g < groups; g += 2) {
+    const bool pair = g + 1 < groups;
+    const uint16_t* first = tiles + g * steps * kTileBytes;
+    const uint16_t* second = first + steps * kTileBytes;
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t s = 0; s < steps; ++s) {
+      const char* at = block + s * 64;
+      // The first pass streams the weights from memory: ask for them in L2
+      // ahead of the tile loads, which the hardware prefetcher (following
+      // 32 rows 2k bytes apart) does not do well.
+      if (g == 0 && s + kPrefetchSteps < steps)
+        for (int64_t r = 0; r < kBlockRows; ++r)
+          _mm_prefetch(at + r * stride + kPrefetchSteps * 64, _MM_HINT_T1);
+      _tile_loadd(0, at, stride);
+      _tile_loadd(1, at + kTileRows * stride, stride);
+      _tile_loadd(2, first + s * kTileBytes, 64);
+      _tile_loadd(3, first + s * kTileBytes + kTileBytes / 2, 64);
+      _tile_dpbf16ps(4, 0, 2);
+      _tile_dpbf16ps(5, 1, 2);
+      _tile_dpbf16ps(4, 0, 3);
+      _tile_dpbf16ps(5, 1, 3);
+      if (pair) {
+        _tile_loadd(2, second + s * kTileBytes, 64);
+        _tile_loadd(3, second + s * kTileBytes + kTileBytes / 2, 64);
+        _tile_dpbf16ps(6, 0, 2);
+        _tile_dpbf16ps(7, 1, 2);
+        _tile_dpbf16ps(6, 0, 3);
+        _tile_dpbf16ps(7, 1, 3);
+      }
+    }
+    float* o = out + g * kTileRows * ldo + r0;
+    const int64_t valid = std::min(kTileRows, rows - g * kTileRows);
+    _tile_stored(4, sums, 64);
+    write_sums(sums, valid, o, ldo, accumulate);
+    _tile_stored(5, sums, 64);
+    write_sums(sums, valid, o + kTileRows, ldo, accumulate);
+    if (pair) {
+      o += kTileRows * ldo;
+      const int64_t valid2 = std::min(kTileRows, rows - (g + 1) * kTileRows);
+      _tile_stored(6, sums, 64);
+      write_sums(sums, valid2, o, ldo, accumulate);
+      _tile_stored(7, sums, 64);
+      write_sums(sums, valid2, o + kTileRows, ldo, accumulate);
+    }
+  }
+}
+
+}  // namespace
+
+bool amx_available() {
+  static const bool available = request_amx();
+  return available;
+}
+
+void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                int64_t ldo, bool accumulate) {
+  const int64_t blocks = w.n / kBlockRows, block_end = blocks * kBlockRows;
+  if (blocks > 0) {
+    static thread_local RearrangedRows rearranged;
+    const int64_t chunk = std::min(m, kChunkRows);
+    uint16_t* tiles = rearranged.reserve(
+        size_t((chunk + kTileRows - 1) / kTileRows * (w.k / kStepCols)) * kTileBytes);
+    const char* data = static_cast<const char*>(w.data);
+#pragma omp parallel
+    {
+      configure_tiles();
+      for (int64_t c0 = 0; c0 < m; c0 += kChunkRows) {
+        const int64_t rows = std::min(kChunkRows, m - c0);
+        rearrange(x + c0 * ldx, rows, ldx, w.k, tiles);  // ends with a barrier
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; ++b)
+          multiply_block(tiles, rows, data, w.k, b * kBlockRows, out + c0 * ldo, ldo, accumulate);
+      }
+      _tile_release();
+    }
+  }
+  if (block_end < w.n) {
+    const WeightView rest{static_cast<const char*>(w.data) + size_t(block_end) * size_t(w.k) * 2,
+                          w.dtype, nullptr, w.n - block_end, w.k};
+    matmul_streaming(x, m, ldx, rest, out + block_end, ldo, accumulate);
+  }
+}
+
+#else
+
+bool amx_available() {
+  return false;
+}
+
+void matmul_amx(const float*, int64_t, int64_t, const WeightView&, float*, int64_t, bool) {
+  throw std::logic_error("cpu backend: matmul_amx called in a build without AMX");
+}
+
+#endif
+
+bool amx_fits(const WeightView& w) {
+  return w.dtype == DType::BF16 && w.k % 32 == 0 && w.n >= 32 && amx_available();
+}
+
+}  // namespace shardlm::cpu
