@@ -34,7 +34,30 @@
 
 namespace shardlm::cpu {
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+namespace {
+// Linux hands out the AMX register state only to processes that ask for it.
+bool request_amx() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool tile = edx & (1u << 24), bf16 = edx & (1u << 22);
+  if (!tile || !bf16) return false;
+  // The kernel rounds x to BF16 with AVX512-BF16 (CPUID 7.1 EAX bit 5).
+  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !(eax & (1u << 5))) return false;
+  constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+  constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+}
+}  // namespace
+
+bool amx_available() {
+  static const bool available = request_amx();
+  return available;
+}
+
+// The kernel is compiled for AMX whatever the build machine (-march=native
+// may lack it) and runs only where amx_available() says the CPU has it.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
 
 namespace {
 
@@ -63,17 +86,6 @@ void configure_tiles() {
     config.rows[t] = kTileRows;
   }
   _tile_loadconfig(&config);
-}
-
-// Linux hands out the AMX register state only to processes that ask for it.
-bool request_amx() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-  const bool tile = edx & (1u << 24), bf16 = edx & (1u << 22);
-  if (!tile || !bf16) return false;
-  constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
-  constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
-  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
 }
 
 // x rows as tiles: for each group of 16 rows and each step of 32 columns, a
@@ -204,13 +216,10 @@ void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t 
 
 }  // namespace
 
-bool amx_available() {
-  static const bool available = request_amx();
-  return available;
-}
-
 void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                 int64_t ldo, bool accumulate) {
+  if (!amx_available())
+    throw std::logic_error("cpu backend: matmul_amx called on a CPU without AMX (see amx_fits)");
   const int64_t blocks = w.n / kBlockRows, block_end = blocks * kBlockRows;
   if (blocks > 0) {
     static thread_local RearrangedRows rearranged;
@@ -238,17 +247,7 @@ void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, flo
   }
 }
 
-#else
-
-bool amx_available() {
-  return false;
-}
-
-void matmul_amx(const float*, int64_t, int64_t, const WeightView&, float*, int64_t, bool) {
-  throw std::logic_error("cpu backend: matmul_amx called in a build without AMX");
-}
-
-#endif
+#pragma GCC pop_options
 
 bool amx_fits(const WeightView& w) {
   return w.dtype == DType::BF16 && w.k % 32 == 0 && w.n >= 32 && amx_available();
