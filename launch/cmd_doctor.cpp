@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "collectives/world.hpp"
+#include "kernels/cpu/cpu_kernels.hpp"
 #include "launch/backend_choice.hpp"
 #include "launch/commands.hpp"
 #include "launch/openmp_wait.hpp"
@@ -31,6 +32,12 @@ void print_doctor() {
   fmt::print("  cpu:          {} ({} logical CPUs)\n", cpu_model(), sysconf(_SC_NPROCESSORS_ONLN));
   fmt::print("  cpu features: {}\n", fmt::join(cpu_flags(), " "));
   fmt::print("  oneDNN:       {}\n", onednn_version());
+  if (cpu::amx_available())
+    fmt::print("  AMX:          BF16 weights multiply on AMX tiles above {} rows\n",
+               cpu::amx_streaming_max_rows());
+  else
+    fmt::print(
+        "  AMX:          not used (the CPU lacks AMX-BF16, or the kernel refused its state)\n");
   fmt::print("  OpenMP waits: {}\n", openmp_wait_description());
   fmt::print("  MPI:          {}\n", mpi_library_version());
   for (const LibraryVersion& lib : gpu_library_versions())
