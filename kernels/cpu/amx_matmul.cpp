@@ -188,7 +188,7 @@ void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t 
       _tile_dpbf16ps(5, 1, 2);
       _tile_dpbf16ps(4, 0, 3);
       _tile_dpbf16ps(5, 1, 3);
-      if (pair) {
+      if (pair) {  // the same for the second group (tile numbers must be literals)
         _tile_loadd(2, second + s * kTileBytes, 64);
         _tile_loadd(3, second + s * kTileBytes + kTileBytes / 2, 64);
         _tile_dpbf16ps(6, 0, 2);
