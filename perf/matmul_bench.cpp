@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
              omp_get_max_threads(), path);
   if (path == "amx" && !cpu::amx_fits(cpu::WeightView{weights, dtype, nullptr, n, k})) {
     fmt::print(stderr,
-               "matmul_bench: --path amx needs bf16 weights, k a multiple of 32, n >= 32 "
+               "matmul_bench: --path amx needs bf16 or int8 weights, k a multiple of 32, n >= 32 "
                "and a CPU with AMX\n");
     return 2;
   }

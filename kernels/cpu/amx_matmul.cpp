@@ -142,24 +142,35 @@ void rearrange(const float* x, int64_t rows, int64_t ldx, int64_t k, uint16_t* d
     }
 }
 
-// Adds the sums of tile `sums` (sums[j][i]: x row i, weight row j) to out
-// rows [0, valid), columns [0, 16).
+// Adds the sums of tile `sums` (sums[j][i]: x row i, weight row j), times
+// scales[j] where given (int8 weights), to out rows [0, valid), columns [0, 16).
 inline void write_sums(const float (&sums)[kTileRows][kTileRows], int64_t valid, float* out,
-                       int64_t ldo, bool accumulate) {
+                       int64_t ldo, bool accumulate, const float* scales) {
   for (int64_t i = 0; i < valid; ++i)
     for (int64_t j = 0; j < kTileRows; ++j) {
+      const float sum = scales ? sums[j][i] * scales[j] : sums[j][i];
       float& o = out[i * ldo + j];
-      o = accumulate ? o + sums[j][i] : sums[j][i];
+      o = accumulate ? o + sum : sum;
     }
 }
 
-// Weight rows [r0, r0 + 32) times the rearranged x rows [0, rows) into
-// out[i][r0 + j], two groups of 16 x rows per pass over the weights: each
-// weight tile is loaded once per pass for four tile products (two groups,
-// hi and lo). The first pass reads the weights from memory, the others
-// (more than 32 rows) from L2.
+// Int8 weight rows as BF16 (every integer up to 256 is exact in BF16):
+// `count` values from q to dst, a multiple of 16.
+void int8_to_bf16(const int8_t* q, int64_t count, uint16_t* dst) {
+  for (int64_t c = 0; c < count; c += 16) {
+    const __m512 f = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), __m256i(_mm512_cvtneps_pbh(f)));
+  }
+}
+
+// Weight rows [r0, r0 + 32) (BF16) times the rearranged x rows [0, rows) into
+// out[i][r0 + j], the sums of row r0 + j times scales[j] where given, two groups of 16 x rows per
+// pass over the weights: each weight tile is loaded once per pass for four tile products (two
+// groups, hi and lo). The first pass reads the weights from memory, the others (more than 32 rows)
+// from L2.
 void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t k, int64_t r0,
-                    float* out, int64_t ldo, bool accumulate) {
+                    float* out, int64_t ldo, bool accumulate, const float* scales) {
   const int64_t steps = k / kStepCols, groups = (rows + kTileRows - 1) / kTileRows;
   const size_t stride = size_t(k) * 2;
   const char* block = w + size_t(r0) * stride;
@@ -200,16 +211,17 @@ void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t 
     float* o = out + g * kTileRows * ldo + r0;
     const int64_t valid = std::min(kTileRows, rows - g * kTileRows);
     _tile_stored(4, sums, 64);
-    write_sums(sums, valid, o, ldo, accumulate);
+    write_sums(sums, valid, o, ldo, accumulate, scales);
     _tile_stored(5, sums, 64);
-    write_sums(sums, valid, o + kTileRows, ldo, accumulate);
+    write_sums(sums, valid, o + kTileRows, ldo, accumulate, scales ? scales + kTileRows : nullptr);
     if (pair) {
       o += kTileRows * ldo;
       const int64_t valid2 = std::min(kTileRows, rows - (g + 1) * kTileRows);
       _tile_stored(6, sums, 64);
-      write_sums(sums, valid2, o, ldo, accumulate);
+      write_sums(sums, valid2, o, ldo, accumulate, scales);
       _tile_stored(7, sums, 64);
-      write_sums(sums, valid2, o + kTileRows, ldo, accumulate);
+      write_sums(sums, valid2, o + kTileRows, ldo, accumulate,
+                 scales ? scales + kTileRows : nullptr);
     }
   }
 }
@@ -227,30 +239,50 @@ void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, flo
     uint16_t* tiles = rearranged.reserve(
         size_t((chunk + kTileRows - 1) / kTileRows * (w.k / kStepCols)) * kTileBytes);
     const char* data = static_cast<const char*>(w.data);
+    const bool int8 = w.dtype == DType::I8;
 #pragma omp parallel
     {
       configure_tiles();
+      // Int8 weights: each thread widens a block at a time to BF16 here, just
+      // before multiplying it, so the block is still in L2.
+      static thread_local RearrangedRows widened;
+      uint16_t* block = int8 ? widened.reserve(size_t(kBlockRows * w.k)) : nullptr;
       for (int64_t c0 = 0; c0 < m; c0 += kChunkRows) {
         const int64_t rows = std::min(kChunkRows, m - c0);
         rearrange(x + c0 * ldx, rows, ldx, w.k, tiles);  // ends with a barrier
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; ++b)
-          multiply_block(tiles, rows, data, w.k, b * kBlockRows, out + c0 * ldo, ldo, accumulate);
+        for (int64_t b = 0; b < blocks; ++b) {
+          const int64_t r0 = b * kBlockRows;
+          if (int8) {
+            int8_to_bf16(reinterpret_cast<const int8_t*>(data) + r0 * w.k, kBlockRows * w.k, block);
+            multiply_block(tiles, rows, reinterpret_cast<const char*>(block), w.k, 0,
+                           out + c0 * ldo + r0, ldo, accumulate, w.scales + r0);
+          } else {
+            multiply_block(tiles, rows, data, w.k, r0, out + c0 * ldo, ldo, accumulate, nullptr);
+          }
+        }
       }
       _tile_release();
     }
   }
   if (block_end < w.n) {
-    const WeightView rest{static_cast<const char*>(w.data) + size_t(block_end) * size_t(w.k) * 2,
-                          w.dtype, nullptr, w.n - block_end, w.k};
-    matmul_streaming(x, m, ldx, rest, out + block_end, ldo, accumulate);
+    // The last rows: BF16 streams (exact); int8 takes the panel path, whose
+    // F32 products are exact too (int8 streaming would round x to int16).
+    const WeightView rest{
+        static_cast<const char*>(w.data) + size_t(block_end) * size_t(w.k) * dtype_size(w.dtype),
+        w.dtype, w.scales ? w.scales + block_end : nullptr, w.n - block_end, w.k};
+    if (w.dtype == DType::I8)
+      matmul_panel(x, m, ldx, rest, out + block_end, ldo, accumulate);
+    else
+      matmul_streaming(x, m, ldx, rest, out + block_end, ldo, accumulate);
   }
 }
 
 #pragma GCC pop_options
 
 bool amx_fits(const WeightView& w) {
-  return w.dtype == DType::BF16 && w.k % 32 == 0 && w.n >= 32 && amx_available();
+  return (w.dtype == DType::BF16 || (w.dtype == DType::I8 && w.scales)) && w.k % 32 == 0 &&
+         w.n >= 32 && amx_available();
 }
 
 }  // namespace shardlm::cpu

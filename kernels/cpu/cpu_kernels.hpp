@@ -55,11 +55,12 @@ void matmul_streaming(const float* x, int64_t m, int64_t ldx, const WeightView& 
                       int64_t ldo, bool accumulate);
 void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                   int64_t ldo, bool accumulate);
-// BF16 weights on AMX tiles (amx_matmul.cpp), for any row count: x is
-// split into two BF16 parts, so the products are as exact as the streaming
-// kernel's. amx_fits says whether w can take it: BF16, k a multiple of 32, at
-// least 32 rows, and a CPU and kernel that grant AMX (weight rows past the
-// last multiple of 32 stream).
+// BF16 and int8 weights on AMX tiles (amx_matmul.cpp), for any row count: x
+// is split into two BF16 parts, so the products are as exact as the
+// streaming kernel's; int8 blocks are widened to BF16 (exact) and their sums
+// scaled. amx_fits says whether w can take it: BF16 or int8 with scales, k a
+// multiple of 32, at least 32 rows, and a CPU and kernel that grant AMX
+// (weight rows past the last multiple of 32 stream, int8 ones take the panel).
 bool amx_available();
 bool amx_fits(const WeightView& w);
 void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,

@@ -137,7 +137,7 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
                           {67, 100},
                           {130, 257},
                           {13, 2500},
-                          // AMX shapes (BF16, k a multiple of 32): whole
+                          // AMX shapes (k a multiple of 32): whole
                           // blocks of 32 weight rows with a streamed tail.
                           {70, 96},
                           {32, 2048}}) {
