@@ -37,7 +37,8 @@ void print_doctor() {
                cpu::amx_streaming_max_rows());
   else
     fmt::print(
-        "  AMX:          not used (the CPU lacks AMX-BF16, or the kernel refused its state)\n");
+        "  AMX:          not used (the CPU lacks AMX-BF16, the kernel refused its state, or "
+        "SHARDLM_AMX=0)\n");
   fmt::print("  OpenMP waits: {}\n", openmp_wait_description());
   fmt::print("  MPI:          {}\n", mpi_library_version());
   for (const LibraryVersion& lib : gpu_library_versions())

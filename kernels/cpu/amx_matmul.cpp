@@ -24,6 +24,7 @@
 #include <memory>
 #include <new>
 #include <stdexcept>
+#include <string_view>
 
 #include "kernels/cpu/cpu_kernels.hpp"
 
@@ -47,17 +48,45 @@ bool request_amx() {
   constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
   return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
 }
+
+// x rows as tiles: for each group of 16 rows and each step of 32 columns, a
+// hi tile then a lo tile, each [16 column pairs][16 rows][2]: the layout
+// TDPBF16PS wants of its second operand. Rows past the end are zero.
+struct RearrangedRows {
+  std::unique_ptr<uint16_t, decltype(&std::free)> storage{nullptr, &std::free};
+  size_t capacity = 0;
+  uint16_t* reserve(size_t values) {
+    if (values > capacity) {
+      void* memory = std::aligned_alloc(64, values * 2);
+      if (!memory) throw std::bad_alloc();
+      storage.reset(static_cast<uint16_t*>(memory));
+      capacity = values;
+    }
+    return storage.get();
+  }
+};
 }  // namespace
 
 bool amx_available() {
-  static const bool available = request_amx();
+  // SHARDLM_AMX=0 turns the kernel off: the other paths alone, to compare
+  // or to test them on a CPU that has AMX.
+  static const bool available = [] {
+    const char* setting = std::getenv("SHARDLM_AMX");
+    return !(setting && std::string_view(setting) == "0") && request_amx();
+  }();
   return available;
 }
 
 // The kernel is compiled for AMX whatever the build machine (-march=native
 // may lack it) and runs only where amx_available() says the CPU has it.
+#if defined(__clang__)
+#pragma clang attribute push(                                                                   \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16"))), \
+    apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
+#endif
 
 namespace {
 
@@ -87,23 +116,6 @@ void configure_tiles() {
   }
   _tile_loadconfig(&config);
 }
-
-// x rows as tiles: for each group of 16 rows and each step of 32 columns, a
-// hi tile then a lo tile, each [16 column pairs][16 rows][2]: the layout
-// TDPBF16PS wants of its second operand. Rows past the end are zero.
-struct RearrangedRows {
-  std::unique_ptr<uint16_t, decltype(&std::free)> storage{nullptr, &std::free};
-  size_t capacity = 0;
-  uint16_t* reserve(size_t values) {
-    if (values > capacity) {
-      void* memory = std::aligned_alloc(64, values * 2);
-      if (!memory) throw std::bad_alloc();
-      storage.reset(static_cast<uint16_t*>(memory));
-      capacity = values;
-    }
-    return storage.get();
-  }
-};
 
 inline __m512 bf16_to_f32(__m256bh h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(__m256i(h)), 16));
@@ -226,7 +238,45 @@ void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t 
   }
 }
 
+// One thread's share of matmul_amx for the blocks of 32 weight rows (every
+// thread of the parallel region calls it; the x tiles are shared). A
+// function of its own so that it, not the compiler's outlined parallel
+// region, carries the AMX target.
+void multiply_blocks(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                     int64_t ldo, bool accumulate, uint16_t* tiles) {
+  const int64_t blocks = w.n / kBlockRows;
+  const char* data = static_cast<const char*>(w.data);
+  const bool int8 = w.dtype == DType::I8;
+  configure_tiles();
+  // Int8 weights: each thread widens a block at a time to BF16 here, just
+  // before multiplying it, so the block is still in L2.
+  static thread_local RearrangedRows widened;
+  uint16_t* block = int8 ? widened.reserve(size_t(kBlockRows * w.k)) : nullptr;
+  for (int64_t c0 = 0; c0 < m; c0 += kChunkRows) {
+    const int64_t rows = std::min(kChunkRows, m - c0);
+    rearrange(x + c0 * ldx, rows, ldx, w.k, tiles);  // ends with a barrier
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kBlockRows;
+      if (int8) {
+        int8_to_bf16(reinterpret_cast<const int8_t*>(data) + r0 * w.k, kBlockRows * w.k, block);
+        multiply_block(tiles, rows, reinterpret_cast<const char*>(block), w.k, 0,
+                       out + c0 * ldo + r0, ldo, accumulate, w.scales + r0);
+      } else {
+        multiply_block(tiles, rows, data, w.k, r0, out + c0 * ldo, ldo, accumulate, nullptr);
+      }
+    }
+  }
+  _tile_release();
+}
+
 }  // namespace
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 
 void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                 int64_t ldo, bool accumulate) {
@@ -238,32 +288,8 @@ void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, flo
     const int64_t chunk = std::min(m, kChunkRows);
     uint16_t* tiles = rearranged.reserve(
         size_t((chunk + kTileRows - 1) / kTileRows * (w.k / kStepCols)) * kTileBytes);
-    const char* data = static_cast<const char*>(w.data);
-    const bool int8 = w.dtype == DType::I8;
 #pragma omp parallel
-    {
-      configure_tiles();
-      // Int8 weights: each thread widens a block at a time to BF16 here, just
-      // before multiplying it, so the block is still in L2.
-      static thread_local RearrangedRows widened;
-      uint16_t* block = int8 ? widened.reserve(size_t(kBlockRows * w.k)) : nullptr;
-      for (int64_t c0 = 0; c0 < m; c0 += kChunkRows) {
-        const int64_t rows = std::min(kChunkRows, m - c0);
-        rearrange(x + c0 * ldx, rows, ldx, w.k, tiles);  // ends with a barrier
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t r0 = b * kBlockRows;
-          if (int8) {
-            int8_to_bf16(reinterpret_cast<const int8_t*>(data) + r0 * w.k, kBlockRows * w.k, block);
-            multiply_block(tiles, rows, reinterpret_cast<const char*>(block), w.k, 0,
-                           out + c0 * ldo + r0, ldo, accumulate, w.scales + r0);
-          } else {
-            multiply_block(tiles, rows, data, w.k, r0, out + c0 * ldo, ldo, accumulate, nullptr);
-          }
-        }
-      }
-      _tile_release();
-    }
+    multiply_blocks(x, m, ldx, w, out, ldo, accumulate, tiles);
   }
   if (block_end < w.n) {
     // The last rows: BF16 streams (exact); int8 takes the panel path, whose
@@ -277,8 +303,6 @@ void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, flo
       matmul_streaming(x, m, ldx, rest, out + block_end, ldo, accumulate);
   }
 }
-
-#pragma GCC pop_options
 
 bool amx_fits(const WeightView& w) {
   return (w.dtype == DType::BF16 || (w.dtype == DType::I8 && w.scales)) && w.k % 32 == 0 &&

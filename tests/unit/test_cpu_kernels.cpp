@@ -123,7 +123,8 @@ TEST_CASE("int8 quantization rounds to nearest and clamps to +-127", "[cpu_kerne
 }
 
 TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[cpu_kernels]") {
-  if (!cpu::amx_available()) WARN("no AMX on this CPU or kernel: the AMX path is not tested here");
+  if (!cpu::amx_available())
+    WARN("no AMX on this CPU or kernel (or SHARDLM_AMX=0): the AMX path is not tested here");
   for (DType dtype : kWeightDtypes) {
     auto backend = make_cpu_backend(CpuBackendOptions{2, dtype});
     // Rows of x: partial tiles of 1 and 2 rows, several tiles, and beyond the
