@@ -33,8 +33,10 @@ void print_doctor() {
   fmt::print("  cpu features: {}\n", fmt::join(cpu_flags(), " "));
   fmt::print("  oneDNN:       {}\n", onednn_version());
   if (cpu::amx_available())
-    fmt::print("  AMX:          BF16 weights multiply on AMX tiles above {} rows\n",
-               cpu::amx_streaming_max_rows());
+    fmt::print(
+        "  AMX:          BF16 weights multiply on AMX tiles above {} rows, int8 above its "
+        "streaming limit\n",
+        cpu::amx_streaming_max_rows());
   else
     fmt::print(
         "  AMX:          not used (the CPU lacks AMX-BF16, the kernel refused its state, or "

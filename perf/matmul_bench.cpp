@@ -157,7 +157,8 @@ int main(int argc, char** argv) {
   fmt::print("# {} weights [{} x {}], {} matrices ({} MiB), {} thread(s), {} path\n",
              dtype_name(dtype), n, k, matrices, (matrices * matrix_bytes) >> 20,
              omp_get_max_threads(), path);
-  if (path == "amx" && !cpu::amx_fits(cpu::WeightView{weights, dtype, nullptr, n, k})) {
+  if (path == "amx" && !cpu::amx_fits(cpu::WeightView{
+                           weights, dtype, dtype == DType::I8 ? scales.data() : nullptr, n, k})) {
     fmt::print(stderr,
                "matmul_bench: --path amx needs bf16 or int8 weights, k a multiple of 32, n >= 32 "
                "and a CPU with AMX\n");

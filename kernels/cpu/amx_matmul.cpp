@@ -49,10 +49,10 @@ bool request_amx() {
   return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
 }
 
-// x rows as tiles: for each group of 16 rows and each step of 32 columns, a
-// hi tile then a lo tile, each [16 column pairs][16 rows][2]: the layout
-// TDPBF16PS wants of its second operand. Rows past the end are zero.
-struct RearrangedRows {
+// A 64-byte-aligned buffer of 16-bit values, one per thread, kept between
+// calls and grown when a call needs more: the rearranged x tiles and the
+// widened int8 blocks.
+struct GrowingBuffer {
   std::unique_ptr<uint16_t, decltype(&std::free)> storage{nullptr, &std::free};
   size_t capacity = 0;
   uint16_t* reserve(size_t values) {
@@ -131,8 +131,11 @@ inline void split_row(const float* p, __m512i& hi, __m512i& lo) {
   lo = _mm512_inserti64x4(_mm512_castsi256_si512(__m256i(la)), __m256i(lb), 1);
 }
 
-// Rearranges rows [0, rows) of x (k columns, a multiple of 32) into dst;
-// called by every thread of a parallel region, which share the work.
+// Rearranges rows [0, rows) of x (k columns, a multiple of 32) into dst as
+// tiles: for each group of 16 rows and each step of 32 columns, a hi tile
+// then a lo tile, each [16 column pairs][16 rows][2], the layout TDPBF16PS
+// wants of its second operand; rows past the end are zero. Called by every
+// thread of a parallel region, which share the work.
 void rearrange(const float* x, int64_t rows, int64_t ldx, int64_t k, uint16_t* dst) {
   const int64_t groups = (rows + kTileRows - 1) / kTileRows, steps = k / kStepCols;
   // Column pair c of row i goes to dword c * 16 + i of its tile.
@@ -250,7 +253,7 @@ void multiply_blocks(const float* x, int64_t m, int64_t ldx, const WeightView& w
   configure_tiles();
   // Int8 weights: each thread widens a block at a time to BF16 here, just
   // before multiplying it, so the block is still in L2.
-  static thread_local RearrangedRows widened;
+  static thread_local GrowingBuffer widened;
   uint16_t* block = int8 ? widened.reserve(size_t(kBlockRows * w.k)) : nullptr;
   for (int64_t c0 = 0; c0 < m; c0 += kChunkRows) {
     const int64_t rows = std::min(kChunkRows, m - c0);
@@ -284,7 +287,7 @@ void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, flo
     throw std::logic_error("cpu backend: matmul_amx called on a CPU without AMX (see amx_fits)");
   const int64_t blocks = w.n / kBlockRows, block_end = blocks * kBlockRows;
   if (blocks > 0) {
-    static thread_local RearrangedRows rearranged;
+    static thread_local GrowingBuffer rearranged;
     const int64_t chunk = std::min(m, kChunkRows);
     uint16_t* tiles = rearranged.reserve(
         size_t((chunk + kTileRows - 1) / kTileRows * (w.k / kStepCols)) * kTileBytes);

@@ -55,7 +55,8 @@ class CpuBackend final : public Backend {
   std::string describe() const override {
     const std::string amx =
         cpu::amx_available()
-            ? fmt::format(", AMX for BF16 weights above {} rows", cpu::amx_streaming_max_rows())
+            ? fmt::format(", AMX above {} rows for BF16 weights (int8: above its streaming limit)",
+                          cpu::amx_streaming_max_rows())
             : "";
     return fmt::format(
         "cpu ({} weights, {} KV cache, AVX-512 streaming matmul up to {} rows + oneDNN sgemm{}, "

@@ -833,21 +833,19 @@ void set_amx_streaming_max_rows(int64_t rows) {
 
 void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
             bool accumulate) {
+  // Int8 keeps its own limit with AMX too: its streaming path (VNNI) beats
+  // AMX, which widens each block to BF16 first, at every count it takes.
+  const bool amx = amx_fits(w);
   const int64_t streaming_limit = w.dtype == DType::I8
                                       ? std::min(kI8StreamingMaxRows, streaming_max_rows())
-                                      : streaming_max_rows();
-  if (amx_fits(w)) {
-    // Int8 keeps its own limit: its streaming path (VNNI) beats AMX, which
-    // widens each block to BF16 first, at every count it takes.
-    if (m <= (w.dtype == DType::I8 ? streaming_limit : amx_streaming_max_rows()))
-      matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
-    else
-      matmul_amx(x, m, ldx, w, out, ldo, accumulate);
-  } else if (m <= streaming_limit) {
+                                  : amx ? amx_streaming_max_rows()
+                                        : streaming_max_rows();
+  if (m <= streaming_limit)
     matmul_streaming(x, m, ldx, w, out, ldo, accumulate);
-  } else {
+  else if (amx)
+    matmul_amx(x, m, ldx, w, out, ldo, accumulate);
+  else
     matmul_panel(x, m, ldx, w, out, ldo, accumulate);
-  }
 }
 
 }  // namespace shardlm::cpu
