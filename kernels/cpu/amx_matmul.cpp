@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "kernels/cpu/amx_tiles.hpp"
 #include "kernels/cpu/cpu_kernels.hpp"
 
 // GCC 12 reports its own _mm512_undefined_*() inside the AVX-512 intrinsics
@@ -77,59 +78,18 @@ bool amx_available() {
   return available;
 }
 
-// The kernel is compiled for AMX whatever the build machine (-march=native
-// may lack it) and runs only where amx_available() says the CPU has it.
-#if defined(__clang__)
-#pragma clang attribute push(                                                                   \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16"))), \
-    apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")
-#endif
-
+SHARDLM_AMX_BEGIN
 namespace {
 
-constexpr int64_t kTileRows = 16;    // rows of every tile
-constexpr int64_t kStepCols = 32;    // BF16 columns of one tile row (64 bytes)
+using namespace amx;
+
 constexpr int64_t kBlockRows = 32;   // weight rows per block: two tiles
 constexpr int64_t kChunkRows = 128;  // x rows rearranged at once: their tiles stay in L2
-constexpr int64_t kTileBytes = 1024;
 // Steps (of 64 bytes per row) between the one read and the one prefetched.
 constexpr int64_t kPrefetchSteps = 8;
 
 // The tile registers: 0 and 1 hold weight tiles, 2 and 3 the hi and lo parts
-// of x, 4 to 7 the sums; all 16 rows of 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void configure_tiles() {
-  TileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = kTileRows;
-  }
-  _tile_loadconfig(&config);
-}
-
-inline __m512 bf16_to_f32(__m256bh h) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(__m256i(h)), 16));
-}
-
-// One x row's 32 columns at p as hi and lo BF16 pairs (16 dwords each).
-inline void split_row(const float* p, __m512i& hi, __m512i& lo) {
-  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
-  const __m256bh ha = _mm512_cvtneps_pbh(a), hb = _mm512_cvtneps_pbh(b);
-  const __m256bh la = _mm512_cvtneps_pbh(_mm512_sub_ps(a, bf16_to_f32(ha)));
-  const __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(b, bf16_to_f32(hb)));
-  hi = _mm512_inserti64x4(_mm512_castsi256_si512(__m256i(ha)), __m256i(hb), 1);
-  lo = _mm512_inserti64x4(_mm512_castsi256_si512(__m256i(la)), __m256i(lb), 1);
-}
+// of x, 4 to 7 the sums.
 
 // Rearranges rows [0, rows) of x (k columns, a multiple of 32) into dst as
 // tiles: for each group of 16 rows and each step of 32 columns, a hi tile
@@ -138,23 +98,10 @@ inline void split_row(const float* p, __m512i& hi, __m512i& lo) {
 // thread of a parallel region, which share the work.
 void rearrange(const float* x, int64_t rows, int64_t ldx, int64_t k, uint16_t* dst) {
   const int64_t groups = (rows + kTileRows - 1) / kTileRows, steps = k / kStepCols;
-  // Column pair c of row i goes to dword c * 16 + i of its tile.
-  const __m512i to_pair_rows =
-      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                         _mm512_set1_epi32(kTileRows));
 #pragma omp for collapse(2) schedule(static)
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t s = 0; s < steps; ++s) {
-      auto* hi_tile = reinterpret_cast<int32_t*>(dst + ((g * steps + s) * 2) * (kTileBytes / 2));
-      int32_t* lo_tile = hi_tile + kTileBytes / 4;
-      for (int64_t i = 0; i < kTileRows; ++i) {
-        const int64_t row = g * kTileRows + i;
-        __m512i hi = _mm512_setzero_si512(), lo = _mm512_setzero_si512();
-        if (row < rows) split_row(x + row * ldx + s * kStepCols, hi, lo);
-        _mm512_i32scatter_epi32(hi_tile + i, to_pair_rows, hi, 4);
-        _mm512_i32scatter_epi32(lo_tile + i, to_pair_rows, lo, 4);
-      }
-    }
+    for (int64_t s = 0; s < steps; ++s)
+      rearrange_tile(x, rows, ldx, g, s, dst + ((g * steps + s) * 2) * (kTileBytes / 2));
 }
 
 // Adds the sums of tile `sums` (sums[j][i]: x row i, weight row j), times
@@ -275,11 +222,7 @@ void multiply_blocks(const float* x, int64_t m, int64_t ldx, const WeightView& w
 
 }  // namespace
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+SHARDLM_AMX_END
 
 void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                 int64_t ldo, bool accumulate) {

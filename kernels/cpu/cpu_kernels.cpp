@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kernels/cpu/exp16.hpp"
 #include "kernels/math.hpp"
 
 // GCC 12 reports its own _mm512_undefined_*() (a self-initialised variable
@@ -424,25 +425,6 @@ void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, in
         fmt::format("cpu backend: dnnl_sgemm failed (status {})", int(status)));
 }
 
-// exp on 16 lanes: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a
-// degree-6 Taylor polynomial (relative error below 1e-6); inputs clamp to
-// [-87.33, 88.72], the normal F32 range of the result.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-87.33f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln2 split in two
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
 }
@@ -654,6 +636,7 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
     const int64_t lo =
         std::max(key_begin, q.window > 0 ? std::max<int64_t>(0, q.first_pos + 1 - q.window) : 0);
     const int64_t hi = std::min(key_end, q.first_pos + 1);
+    if (amx_attention_fits(kv)) return attention_decode_amx(q, kv, lo, hi, st);
     switch (kv.dtype) {
       case DType::BF16: return attention_decode<DType::BF16>(q, kv, lo, hi, st, scratch);
       case DType::F16: return attention_decode<DType::F16>(q, kv, lo, hi, st, scratch);

@@ -131,6 +131,13 @@ void attention_merge(const AttentionState& into, const AttentionState& from, int
 // out rows (stride ldo) <- acc / sum.
 void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, float* out,
                       int64_t ldo);
+// Decode rows (pos_step 0: one token's query heads over their KV head) on AMX
+// tiles (amx_attention.cpp): the keys [lo, hi), which every row sees, added
+// to the state. attention_partial takes it where amx_attention_fits: a BF16
+// cache, head_dim a multiple of 32 up to 128, a CPU with AMX.
+bool amx_attention_fits(const KVView& kv);
+void attention_decode_amx(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
+                          const AttentionState& st);
 // The whole attention of the rows over every key they see, into out (stride
 // ldo); scratch holds attention_rows_scratch floats.
 int64_t attention_rows_scratch(int64_t rows, int64_t head_dim);
