@@ -2,7 +2,9 @@
 // (configs/paper): every number in sample and in leave-one-out
 // cross-validation, and the planner's free choice against the fastest
 // published configuration (docs/planner.md §3 states the targets and the
-// exceptions).
+// exceptions). [refits]: the tests that refit the constants for every
+// left-out point, seconds in the Release build and minutes under the
+// sanitizers, which skip them (scripts/sanitize.sh).
 #include <catch2/catch.hpp>
 #include <cmath>
 
@@ -35,7 +37,7 @@ void check_within_20_percent(const FidelityRow& r) {
 }  // namespace
 
 TEST_CASE("TPU v4: every published latency within 20%, in sample and cross-validated",
-          "[planner][fidelity]") {
+          "[planner][fidelity][refits]") {
   const PublishedSet set = tpu_set();
   REQUIRE(set.results.size() == 8 + 72);
   const HardwareSpec hw = hardware("tpu-v4");
@@ -45,7 +47,7 @@ TEST_CASE("TPU v4: every published latency within 20%, in sample and cross-valid
 }
 
 TEST_CASE("A100: FasterTransformer latencies within 20%, in sample and cross-validated",
-          "[planner][fidelity]") {
+          "[planner][fidelity][refits]") {
   const PublishedSet set = a100_set();
   REQUIRE(set.results.size() == 52);
   const HardwareSpec hw = hardware("a100-80g-sxm");
@@ -79,7 +81,7 @@ TEST_CASE("cross-validation refits: a point's own error grows when it is left ou
 }
 
 TEST_CASE("free choices on TPU v4 are not predicted far faster than the fastest published",
-          "[planner][fidelity]") {
+          "[planner][fidelity][refits]") {
   const HardwareSpec hw = hardware("tpu-v4");
   for (const FreeChoiceRow& r :
        free_choices(PublishedSet::load(kRoot + "/configs/paper/pope2022_tables.yaml"), hw)) {
@@ -106,7 +108,7 @@ TEST_CASE("free choices on TPU v4 are not predicted far faster than the fastest 
 }
 
 TEST_CASE("free choices on A100 against FasterTransformer on 16 and 32 GPUs",
-          "[planner][fidelity]") {
+          "[planner][fidelity][refits]") {
   const HardwareSpec hw = hardware("a100-80g-sxm");
   for (const FreeChoiceRow& r : free_choices(a100_set(), hw)) {
     INFO(r.what << ": " << r.free_setup << " " << r.free_s << " s vs " << r.best_label << " "
