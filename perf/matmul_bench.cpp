@@ -12,10 +12,12 @@
 //                              [--threads T] [--offset BYTES]
 //                              [--path streaming|panel|amx|auto]
 //   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D]
-//                              [--kv-dtype bf16|f16|f32]
-// The second form times decode attention alone (cpu::attention_rows, one
-// thread): G query heads of one token over KEYS cached keys of one KV head,
-// the cache in L2 as in a step's inner loop, and prints GB/s of K and V read.
+//                              [--kv-dtype bf16|f16|f32] [--caches N] [--threads T]
+// The second form times decode attention alone (cpu::attention_rows): G
+// query heads of one token over KEYS cached keys of one KV head, the cache in
+// L2 as in a step's inner loop (one thread unless --threads says), or N
+// caches per pass from memory as a decode step's sequences and KV heads, and
+// prints GB/s of K and V read.
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -57,28 +59,40 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtype, int64_t reps) {
-  const size_t elem = dtype_size(kv_dtype);
-  // 64-byte aligned, as the backend allocates its KV cache.
-  std::vector<uint8_t, AlignedBytes> k(size_t(keys * head_dim) * elem), v(k.size());
+int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtype, int64_t reps,
+                    int64_t caches) {
+  const size_t elem = dtype_size(kv_dtype), cache_bytes = size_t(keys * head_dim) * elem;
+  // 64-byte aligned, as the backend allocates its KV cache; `caches` of them
+  // one after the other (a decode step's sequences and KV heads).
+  std::vector<uint8_t, AlignedBytes> k(cache_bytes * size_t(caches)), v(k.size());
   for (size_t i = 0; i < k.size(); ++i) {
     k[i] = uint8_t(0x30 + (i * 2654435761u >> 24) % 12);  // normal numbers, as above
     v[i] = uint8_t(0x30 + (i * 40503u >> 8) % 12);
   }
-  std::vector<float> q(size_t(group * head_dim), 0.05f), out(q.size());
-  std::vector<float> scratch(size_t(cpu::attention_rows_scratch(group, head_dim)));
-  const cpu::KVView kv{k.data(), v.data(), kv_dtype, head_dim, 0.125f};
+  std::vector<float> q(size_t(group * head_dim), 0.05f);
   const cpu::AttentionQuery query{q.data(), head_dim, group, keys - 1, 0, 0};
   std::vector<double> seconds;
   for (int64_t r = 0; r <= reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data());
+#pragma omp parallel
+    {
+      std::vector<float> out(q.size());
+      std::vector<float> scratch(size_t(cpu::attention_rows_scratch(group, head_dim)));
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < caches; ++c) {
+        const cpu::KVView kv{k.data() + size_t(c) * cache_bytes, v.data() + size_t(c) * cache_bytes,
+                             kv_dtype, head_dim, 0.125f};
+        cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data());
+      }
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (r > 0) seconds.push_back(s);
   }
   const double t = median(seconds), best = *std::min_element(seconds.begin(), seconds.end());
-  fmt::print("# decode attention: {} query heads over {} keys, head_dim {}, {} cache\n", group,
-             keys, head_dim, dtype_name(kv_dtype));
+  fmt::print(
+      "# decode attention: {} query heads over {} keys, head_dim {}, {} cache; {} cache(s) "
+      "per pass on {} thread(s)\n",
+      group, keys, head_dim, dtype_name(kv_dtype), caches, omp_get_max_threads());
   fmt::print("median_us,kv_gbps,best_us\n{:.2f},{:.2f},{:.2f}\n", t * 1e6,
              2.0 * double(k.size()) / t / 1e9, best * 1e6);
   return 0;
@@ -91,7 +105,7 @@ int main(int argc, char** argv) {
   std::string weights_flag = "bf16", kv = "bf16";
   std::vector<int64_t> rows_list{1, 8, 32, 64};
   int64_t n = 2048, k = 2048, memory_mib = 1024, reps = 20, attention_keys = 0, group = 4,
-          head_dim = 64;
+          head_dim = 64, caches = 1;
   int threads = 0;
   size_t offset = 0;
   std::string path = "streaming";
@@ -116,6 +130,9 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--head-dim", head_dim, "(--attention)")->check(CLI::PositiveNumber);
   app.add_option("--kv-dtype", kv, "KV cache: f32, bf16 or f16 (--attention)");
+  app.add_option("--caches", caches,
+                 "KV caches per pass, shared by the threads (--attention; 1: one, in L2)")
+      ->check(CLI::PositiveNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -132,8 +149,11 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "matmul_bench: {}\n", e.what());
     return 2;
   }
+  if (attention_keys > 0) {
+    omp_set_num_threads(threads > 0 ? threads : 1);
+    return attention_bench(attention_keys, group, head_dim, kv_dtype, reps, caches);
+  }
   if (threads > 0) omp_set_num_threads(threads);
-  if (attention_keys > 0) return attention_bench(attention_keys, group, head_dim, kv_dtype, reps);
   const size_t elem = dtype_size(dtype);
   const size_t matrix_bytes = size_t(n * k) * elem;
   // memory_mib 0: one matrix, in cache after the first use.

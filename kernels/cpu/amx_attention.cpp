@@ -7,8 +7,8 @@
 // pace with the memory that streams the cache.
 //
 // Per block of 32 keys:
-//   scoresᵀ [32 keys][16 rows] = K · Qᵀ: K tiles loaded as stored (16 keys of
-//     32 BF16 dims, the row stride apart), Q split into hi and lo BF16 halves
+//   scoresᵀ [32 keys][16 rows] = K · Qᵀ: K tiles as stored (16 keys of 32
+//     BF16 dims, the row stride apart), Q split into hi and lo BF16 halves
 //     and rearranged once per call;
 //   the online softmax on those scores, one vector per key across the rows
 //     (no lane sums: each row's max and sum are a lane of a vector);
@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/cpu/amx_tiles.hpp"
 #include "kernels/cpu/cpu_kernels.hpp"
@@ -87,24 +86,34 @@ struct alignas(64) Scratch {
   uint16_t query[kMaxSteps][2][kTileBytes / 2];       // Q hi / lo tiles per 32 dims
   uint16_t values[kMaxHeadDim / 16][kTileBytes / 2];  // V of a block in key pairs, per 16 dims
   uint16_t weights[2][kTileBytes / 2];                // P hi / lo [16 rows][32 keys]
-  float scores[kBlockKeys][kTileRows];                // scoresᵀ, then the weights
+  float scores[kBlockKeys][kTileRows];                // scoresᵀ [key][row]
   float weights_f32[kTileRows][kBlockKeys];           // P rows before the split
   float products[kTileRows][kMaxHeadDim];             // P · V of a block
-  uint16_t tail_k[kBlockKeys * kMaxHeadDim];          // a last partial block, zero-padded
-  uint16_t tail_v[kBlockKeys * kMaxHeadDim];
+  uint16_t keys[kBlockKeys * kMaxHeadDim];            // K of a block, zero past its last key
 };
 
-// V rows [0, 32) at v (head_dim BF16 each) as TDPBF16PS's second operand,
-// one tile per 16 dims: dword n of row p is dims n of keys 2p and 2p + 1.
-void rearrange_values(const uint16_t* v, int64_t head_dim, Scratch& s) {
+// Keys [0, n) at k (head_dim BF16 each) into keys, rows n to 32 zero.
+void copy_keys(const uint16_t* k, int64_t n, int64_t head_dim, uint16_t* keys) {
+  for (int64_t j = 0; j < kBlockKeys; ++j)
+    for (int64_t d = 0; d < head_dim; d += 32)
+      _mm512_store_si512(keys + j * head_dim + d,
+                         j < n ? _mm512_loadu_si512(k + j * head_dim + d) : _mm512_setzero_si512());
+}
+
+// V rows [0, n) at v (head_dim BF16 each; rows n to 32 zero) as TDPBF16PS's
+// second operand, one tile per 16 dims: dword c of row p is dim c of keys 2p
+// and 2p + 1.
+void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim, Scratch& s) {
   // unpacklo/hi interleave within 128-bit blocks: lo holds dims 0-3, 8-11,
   // 16-19, 24-27 of the 32, hi the others; these put them back in order.
   const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
   const __m512i second = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  auto row = [&](int64_t j, int64_t d) {
+    return j < n ? _mm512_loadu_si512(v + j * head_dim + d) : _mm512_setzero_si512();
+  };
   for (int64_t p = 0; p < kBlockKeys / 2; ++p)
     for (int64_t h = 0; h < head_dim / 32; ++h) {
-      const __m512i even = _mm512_loadu_si512(v + (2 * p) * head_dim + 32 * h);
-      const __m512i odd = _mm512_loadu_si512(v + (2 * p + 1) * head_dim + 32 * h);
+      const __m512i even = row(2 * p, 32 * h), odd = row(2 * p + 1, 32 * h);
       const __m512i lo = _mm512_unpacklo_epi16(even, odd), hi = _mm512_unpackhi_epi16(even, odd);
       _mm512_store_si512(s.values[2 * h] + p * 32, _mm512_permutex2var_epi64(lo, first, hi));
       _mm512_store_si512(s.values[2 * h + 1] + p * 32, _mm512_permutex2var_epi64(lo, second, hi));
@@ -160,21 +169,15 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
   const auto* v_cache = static_cast<const uint16_t*>(kv.v);
   for (int64_t j0 = lo; j0 < hi; j0 += kBlockKeys) {
     const int64_t n = std::min(kBlockKeys, hi - j0);
-    const uint16_t* k = k_cache + j0 * head_dim;
-    const uint16_t* v = v_cache + j0 * head_dim;
-    if (n < kBlockKeys) {  // no tile load may read past the cache's last key
-      std::memset(s.tail_k, 0, sizeof s.tail_k);
-      std::memset(s.tail_v, 0, sizeof s.tail_v);
-      std::memcpy(s.tail_k, k, size_t(n) * stride);
-      std::memcpy(s.tail_v, v, size_t(n) * stride);
-      k = s.tail_k;
-      v = s.tail_v;
-    }
+    // K and V are read with vector loads (the out-of-order core runs ahead
+    // of those), into buffers the tile loads read from L1; keys past the last
+    // are zero there, so no load reads past the cache.
+    copy_keys(k_cache + j0 * head_dim, n, head_dim, s.keys);
     // scoresᵀ = K · Qᵀ: tiles 0 and 1 hold keys 0-15 and 16-31, 2 and 3 Q's halves.
     _tile_zero(4);
     _tile_zero(5);
     for (int64_t step = 0; step < steps; ++step) {
-      const uint16_t* at = k + step * kStepCols;
+      const uint16_t* at = s.keys + step * kStepCols;
       _tile_loadd(0, at, stride);
       _tile_loadd(1, at + kTileRows * head_dim, stride);
       _tile_loadd(2, s.query[step][0], 64);
@@ -186,7 +189,7 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
     }
     _tile_stored(4, s.scores[0], 64);
     _tile_stored(5, s.scores[kTileRows], 64);
-    rearrange_values(v, head_dim, s);
+    rearrange_values(v_cache + j0 * head_dim, n, head_dim, s);
 
     // The online softmax, one vector (across the rows) per key; keys from
     // n on weigh nothing.

@@ -636,7 +636,9 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
     const int64_t lo =
         std::max(key_begin, q.window > 0 ? std::max<int64_t>(0, q.first_pos + 1 - q.window) : 0);
     const int64_t hi = std::min(key_end, q.first_pos + 1);
-    if (amx_attention_fits(kv)) return attention_decode_amx(q, kv, lo, hi, st);
+    // The AMX kernel's cost per key is the same for 1 to 16 rows; the vector
+    // kernel's grows with the rows and is the cheaper one for a single row.
+    if (q.rows >= 2 && amx_attention_fits(kv)) return attention_decode_amx(q, kv, lo, hi, st);
     switch (kv.dtype) {
       case DType::BF16: return attention_decode<DType::BF16>(q, kv, lo, hi, st, scratch);
       case DType::F16: return attention_decode<DType::F16>(q, kv, lo, hi, st, scratch);
