@@ -37,6 +37,12 @@ namespace {
 constexpr int64_t kBlockKeys = 32;
 constexpr int64_t kMaxHeadDim = 128;
 constexpr int64_t kMaxSteps = kMaxHeadDim / amx::kStepCols;
+// Each line of K and V read is followed by a prefetch (to L2) of the line
+// this many keys on: with the cache in memory, 8 blocks ahead read 1.35x
+// faster than with the hardware prefetcher alone (matmul_bench --attention
+// 4096 --group 8 --caches 384 --threads 2, medians of three alternations:
+// 44 against 59 ms per pass; 64, 512 and 1024 keys ahead did less).
+constexpr int64_t kPrefetchKeys = 256;
 }  // namespace
 
 bool amx_attention_fits(const KVView& kv) {
@@ -92,18 +98,23 @@ struct alignas(64) Scratch {
   uint16_t keys[kBlockKeys * kMaxHeadDim];            // K of a block, zero past its last key
 };
 
-// Keys [0, n) at k (head_dim BF16 each) into keys, rows n to 32 zero.
-void copy_keys(const uint16_t* k, int64_t n, int64_t head_dim, uint16_t* keys) {
+// Keys [0, n) at k (head_dim BF16 each) into keys, rows n to 32 zero; with
+// `ahead`, each line read is followed by a prefetch kPrefetchKeys keys on.
+void copy_keys(const uint16_t* k, int64_t n, int64_t head_dim, uint16_t* keys, bool ahead) {
   for (int64_t j = 0; j < kBlockKeys; ++j)
-    for (int64_t d = 0; d < head_dim; d += 32)
+    for (int64_t d = 0; d < head_dim; d += 32) {
+      if (ahead)
+        _mm_prefetch(reinterpret_cast<const char*>(k + (j + kPrefetchKeys) * head_dim + d),
+                     _MM_HINT_T1);
       _mm512_store_si512(keys + j * head_dim + d,
                          j < n ? _mm512_loadu_si512(k + j * head_dim + d) : _mm512_setzero_si512());
+    }
 }
 
 // V rows [0, n) at v (head_dim BF16 each; rows n to 32 zero) as TDPBF16PS's
 // second operand, one tile per 16 dims: dword c of row p is dim c of keys 2p
 // and 2p + 1.
-void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim, Scratch& s) {
+void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim, Scratch& s, bool ahead) {
   // unpacklo/hi interleave within 128-bit blocks: lo holds dims 0-3, 8-11,
   // 16-19, 24-27 of the 32, hi the others; these put them back in order.
   const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
@@ -113,6 +124,13 @@ void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim, Scratch& s
   };
   for (int64_t p = 0; p < kBlockKeys / 2; ++p)
     for (int64_t h = 0; h < head_dim / 32; ++h) {
+      if (ahead) {
+        _mm_prefetch(reinterpret_cast<const char*>(v + (2 * p + kPrefetchKeys) * head_dim + 32 * h),
+                     _MM_HINT_T1);
+        _mm_prefetch(
+            reinterpret_cast<const char*>(v + (2 * p + 1 + kPrefetchKeys) * head_dim + 32 * h),
+            _MM_HINT_T1);
+      }
       const __m512i even = row(2 * p, 32 * h), odd = row(2 * p + 1, 32 * h);
       const __m512i lo = _mm512_unpacklo_epi16(even, odd), hi = _mm512_unpackhi_epi16(even, odd);
       _mm512_store_si512(s.values[2 * h] + p * 32, _mm512_permutex2var_epi64(lo, first, hi));
@@ -172,7 +190,8 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
     // K and V are read with vector loads (the out-of-order core runs ahead
     // of those), into buffers the tile loads read from L1; keys past the last
     // are zero there, so no load reads past the cache.
-    copy_keys(k_cache + j0 * head_dim, n, head_dim, s.keys);
+    const bool ahead = j0 + kPrefetchKeys + kBlockKeys <= hi;
+    copy_keys(k_cache + j0 * head_dim, n, head_dim, s.keys, ahead);
     // scoresᵀ = K · Qᵀ: tiles 0 and 1 hold keys 0-15 and 16-31, 2 and 3 Q's halves.
     _tile_zero(4);
     _tile_zero(5);
@@ -189,7 +208,7 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
     }
     _tile_stored(4, s.scores[0], 64);
     _tile_stored(5, s.scores[kTileRows], 64);
-    rearrange_values(v_cache + j0 * head_dim, n, head_dim, s);
+    rearrange_values(v_cache + j0 * head_dim, n, head_dim, s, ahead);
 
     // The online softmax, one vector (across the rows) per key; keys from
     // n on weigh nothing.
