@@ -398,12 +398,16 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   // the machine does when other work leaves it alone): a job smaller than a
   // node runs so.
   auto rates = [&](std::vector<MatmulSample>& matmul,
-                   std::vector<std::pair<double, double>>& memory, double& attention,
-                   Communicator* in_step) {
-    // Decode attention: 3 query heads per KV head, 64 dims, a 512-token
-    // context (in cache: the cost model adds the KV cache's memory time).
+                   std::vector<std::pair<double, double>>& memory,
+                   std::vector<std::pair<double, double>>& attention, Communicator* in_step) {
+    // Decode attention: 1 to 16 query heads per KV head, 64 dims, a
+    // 4096-token context (long enough that the per-call work is a small
+    // part, as where attention matters; 1 MiB, in cache: the cost model
+    // adds the KV cache's memory time).
     if (in_step) in_step->barrier();
-    attention = measure_attention_decode(3, 512, 64, quick ? 50 : 300);
+    for (int64_t group : {1, 2, 4, 8, 16})
+      attention.emplace_back(double(group),
+                             measure_attention_decode(group, 4096, 64, quick ? 10 : 40));
     for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
       const int repeats =
           std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
@@ -418,14 +422,14 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     }
   };
   comm.barrier();
-  rates(c.matmul_bf16, c.memory_by_bytes, c.attention_decode_flops, &comm);
+  rates(c.matmul_bf16, c.memory_by_bytes, c.attention_by_group, &comm);
   comm.barrier();
   Communicator* node = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
   if (node) {
     // The node's first rank measures; the others wait in a sleeping receive.
     char done = 1;
     if (node->rank() == 0) {
-      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_decode_flops_alone, nullptr);
+      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_by_group_alone, nullptr);
       for (int m = 1; m < node->size(); ++m) node->send(&done, 1, m);
     } else {
       node->recv(&done, 1, 0);
@@ -491,8 +495,8 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   for (const auto& m : c.matmul_bf16_alone)
     h.measured.matmul_flops_by_rows_alone.emplace_back(double(m.rows), m.flops_per_s);
   h.measured.memory_Bps_by_bytes_alone = c.memory_by_bytes_alone;
-  h.measured.attention_decode_flops = c.attention_decode_flops;
-  h.measured.attention_decode_flops_alone = c.attention_decode_flops_alone;
+  h.measured.attention_decode_flops_by_group = c.attention_by_group;
+  h.measured.attention_decode_flops_by_group_alone = c.attention_by_group_alone;
   return c;
 }
 

@@ -42,7 +42,8 @@ struct Calibration {
   // read bandwidth by working set (spec.measured).
   std::vector<MatmulSample> matmul_bf16, matmul_bf16_alone;
   std::vector<std::pair<double, double>> memory_by_bytes, memory_by_bytes_alone;
-  double attention_decode_flops = 0, attention_decode_flops_alone = 0;
+  // Decode attention FLOP/s by query heads per KV head.
+  std::vector<std::pair<double, double>> attention_by_group, attention_by_group_alone;
   // How the overheads of spec.measured were found (one line per run), for the comments.
   std::vector<std::string> overhead_notes;
   // Inside a node (all ranks when there is one node): collectives and sends.

@@ -137,6 +137,7 @@ struct Pricer {
                      (phase == Phase::kPrefill ? 0.5 : 1.0);
           mm.rows = b * l;
           mm.decode_attention = phase == Phase::kDecode;
+          mm.group = static_cast<double>(dims.at('H')) / static_cast<double>(dims.at('K'));
           out.flops += mm.flops;
           out.compute_s += mm.flops / peak;
           out.matmuls.push_back(mm);
@@ -210,7 +211,7 @@ double matmul_rate(const HardwareSpec& hw, double rows, bool alone) {
 // FLOP/s of one priced matmul: decode attention at its measured rate where
 // there is one (it is not a weight matmul of batch rows).
 double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
-  const double decode_attention = hw.measured.attention_decode_rate(alone);
+  const double decode_attention = hw.measured.attention_decode_rate(alone, m.group);
   if (m.decode_attention && decode_attention > 0) return decode_attention;
   return matmul_rate(hw, m.rows, alone);
 }

@@ -86,6 +86,7 @@ struct MatmulCost {
   double weight_bytes = 0;  // weights it reads from memory
   std::optional<WeightRole> weight;
   bool decode_attention = false;  // one new token against the KV cache
+  double group = 1;               // decode attention: query heads per KV head
 };
 
 // One forward pass through one layer (or through the prologue + epilogue), per chip.

@@ -67,14 +67,28 @@ double MeasuredEfficiency::memory_Bps(double working_set_bytes, bool alone) cons
                          working_set_bytes);
 }
 
+double MeasuredEfficiency::attention_decode_rate(bool alone, double group) const {
+  if (!attention_decode_flops_by_group.empty()) {
+    const bool use_alone = alone && !attention_decode_flops_by_group_alone.empty();
+    return interpolate_log(
+        use_alone ? attention_decode_flops_by_group_alone : attention_decode_flops_by_group, group);
+  }
+  return alone && attention_decode_flops_alone > 0 ? attention_decode_flops_alone
+                                                   : attention_decode_flops;
+}
+
 MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
   MeasuredEfficiency m;
   m.matmul_flops_by_rows = read_table(f, "matmul_flops_by_rows");
   m.memory_Bps_by_bytes = read_table(f, "memory_Bps_by_bytes");
   m.matmul_flops_by_rows_alone = read_table(f, "matmul_flops_by_rows_alone");
   m.memory_Bps_by_bytes_alone = read_table(f, "memory_Bps_by_bytes_alone");
+  m.attention_decode_flops_by_group = read_table(f, "attention_decode_flops_by_group");
+  m.attention_decode_flops_by_group_alone = read_table(f, "attention_decode_flops_by_group_alone");
   if ((!m.matmul_flops_by_rows_alone.empty() && m.matmul_flops_by_rows.empty()) ||
-      (!m.memory_Bps_by_bytes_alone.empty() && m.memory_Bps_by_bytes.empty()))
+      (!m.memory_Bps_by_bytes_alone.empty() && m.memory_Bps_by_bytes.empty()) ||
+      (!m.attention_decode_flops_by_group_alone.empty() &&
+       m.attention_decode_flops_by_group.empty()))
     throw DataError(fmt::format("{}: an _alone table needs the table of all ranks beside it",
                                 f.where("matmul_flops_by_rows")));
   m.layer_overhead_s = read_seconds(f, "layer_overhead_s");
@@ -94,7 +108,8 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
 std::string MeasuredEfficiency::to_yaml() const {
   if (!has_matmul() && !has_memory() && layer_overhead_s == 0 && token_overhead_s == 0 &&
       collective_overhead_s == 0 && inter_node_collective_overhead_s == 0 &&
-      weight_gather_s_per_byte == 0 && attention_decode_flops == 0 && inter_node_s_per_byte == 0)
+      weight_gather_s_per_byte == 0 && attention_decode_flops == 0 &&
+      attention_decode_flops_by_group.empty() && inter_node_s_per_byte == 0)
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
     std::string s = "[";
@@ -116,6 +131,12 @@ std::string MeasuredEfficiency::to_yaml() const {
     out += fmt::format("  attention_decode_flops: {:.4g}\n", attention_decode_flops);
   if (attention_decode_flops_alone > 0)
     out += fmt::format("  attention_decode_flops_alone: {:.4g}\n", attention_decode_flops_alone);
+  if (!attention_decode_flops_by_group.empty())
+    out += fmt::format("  attention_decode_flops_by_group: {}\n",
+                       table(attention_decode_flops_by_group));
+  if (!attention_decode_flops_by_group_alone.empty())
+    out += fmt::format("  attention_decode_flops_by_group_alone: {}\n",
+                       table(attention_decode_flops_by_group_alone));
   if (weight_gather_s_per_byte > 0)
     out += fmt::format("  weight_gather_s_per_byte: {:.4g}\n", weight_gather_s_per_byte);
   if (inter_node_s_per_byte > 0)

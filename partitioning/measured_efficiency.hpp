@@ -36,12 +36,14 @@ struct MeasuredEfficiency {
   double collective_overhead_s = 0, inter_node_collective_overhead_s = 0;
   // FLOP/s of decode attention (one new token against a cached context,
   // the query heads that share a KV head at once), every rank at once and
-  // one rank per node alone; 0: priced as a matmul of batch rows.
+  // one rank per node alone; 0: priced as a matmul of batch rows. The
+  // tables hold it by query heads per KV head (the AMX kernel's time per key
+  // is the same for 2 to 16 of them, so its FLOP/s grow with the group) and
+  // take precedence over the single rate of older specs.
   double attention_decode_flops = 0, attention_decode_flops_alone = 0;
-  double attention_decode_rate(bool alone) const {
-    return alone && attention_decode_flops_alone > 0 ? attention_decode_flops_alone
-                                                     : attention_decode_flops;
-  }
+  std::vector<std::pair<double, double>> attention_decode_flops_by_group,
+      attention_decode_flops_by_group_alone;
+  double attention_decode_rate(bool alone, double group) const;
   // Per byte a collective moves across nodes, beyond the inter-node
   // bandwidth that back-to-back collectives of one rank per node measured
   // (every rank of a node sharing its link, in both directions at once).

@@ -137,6 +137,48 @@ TEST_CASE("the cost model prices matmuls, memory and overheads by the measured t
   }
 }
 
+TEST_CASE("decode attention is priced at its measured rate for the model's group", "[measured]") {
+  // tiny: 2 query heads per KV head. The table's rate at 2 (interpolated in
+  // log group between 1 and 4, linear in the rate) must price the decode attention, the rest of
+  // the layer at the matmul rate; an older spec's single rate still serves.
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  const double group = double(model.config.num_heads) / double(model.config.num_kv_heads);
+  REQUIRE(group == 2);
+  const std::string base =
+      "measured:\n"
+      "  matmul_flops_by_rows: [[1, 4.0e10], [4096, 4.0e10]]\n"
+      "  memory_Bps_by_bytes: [[1.0e6, 4.0e10], [1.0e10, 4.0e10]]\n";
+  const HardwareSpec by_group =
+      load_spec("by-group", base +
+                                "  attention_decode_flops: 1.0e12\n"
+                                "  attention_decode_flops_by_group: [[1, 1.0e9], [4, 4.0e9]]\n");
+  CHECK(by_group.measured.attention_decode_rate(false, 2) == Approx(2.5e9));
+  const HardwareSpec single = load_spec("single", base + "  attention_decode_flops: 2.5e9\n");
+  const HardwareSpec none = load_spec("none", base);
+  const Workload w{2, 64, 4};
+  const PhaseConfig config{FfnLayout::k1D, AttnLayout::kHeads, "bf16", Mesh{1, 1, 1, 1}, 0};
+  const PhaseCost plain = estimate_phase(model, none, w, Phase::kDecode, config);
+  double attention_flops = 0;
+  for (const MatmulCost& m : plain.layer.matmuls)
+    if (m.decode_attention) {
+      CHECK(m.group == group);
+      attention_flops += m.flops;
+    }
+  REQUIRE(attention_flops > 0);
+  const double others_s = (plain.layer.flops - attention_flops) / 4e10;
+  for (const HardwareSpec* h : {&by_group, &single}) {
+    const PhaseCost c = estimate_phase(model, *h, w, Phase::kDecode, config);
+    CHECK(c.layer.compute_eff_s == Approx(others_s + attention_flops / 2.5e9));
+  }
+  // Read back as written.
+  const HardwareSpec again = load_spec("again", by_group.measured.to_yaml());
+  CHECK(again.measured.attention_decode_flops_by_group ==
+        by_group.measured.attention_decode_flops_by_group);
+  CHECK_THAT(
+      load_error("alone only", base + "  attention_decode_flops_by_group_alone: [[1, 1.0]]\n"),
+      Catch::Contains("_alone table"));
+}
+
 TEST_CASE("the overheads are recovered from the engine's unexplained time", "[measured]") {
   const double layer = 3e-5, token = 2e-7, collective = 4e-6;
   std::vector<OverheadSample> samples;
