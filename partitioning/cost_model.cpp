@@ -211,8 +211,10 @@ double matmul_rate(const HardwareSpec& hw, double rows, bool alone) {
 // FLOP/s of one priced matmul: decode attention at its measured rate where
 // there is one (it is not a weight matmul of batch rows).
 double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
-  const double decode_attention = hw.measured.attention_decode_rate(alone, m.group);
-  if (m.decode_attention && decode_attention > 0) return decode_attention;
+  if (m.decode_attention) {
+    const double decode_attention = hw.measured.attention_decode_rate(alone, m.group);
+    if (decode_attention > 0) return decode_attention;
+  }
   return matmul_rate(hw, m.rows, alone);
 }
 

@@ -88,9 +88,6 @@ constexpr int64_t kChunkRows = 128;  // x rows rearranged at once: their tiles s
 // Steps (of 64 bytes per row) between the one read and the one prefetched.
 constexpr int64_t kPrefetchSteps = 8;
 
-// The tile registers: 0 and 1 hold weight tiles, 2 and 3 the hi and lo parts
-// of x, 4 to 7 the sums.
-
 // Rearranges rows [0, rows) of x (k columns, a multiple of 32) into dst as
 // tiles: for each group of 16 rows and each step of 32 columns, a hi tile
 // then a lo tile, each [16 column pairs][16 rows][2], the layout TDPBF16PS
@@ -130,7 +127,8 @@ void int8_to_bf16(const int8_t* q, int64_t count, uint16_t* dst) {
 // out[i][r0 + j], the sums of row r0 + j times scales[j] where given, two groups of 16 x rows per
 // pass over the weights: each weight tile is loaded once per pass for four tile products (two
 // groups, hi and lo). The first pass reads the weights from memory, the others (more than 32 rows)
-// from L2.
+// from L2. Tile registers: 0 and 1 hold weight tiles, 2 and 3 the hi and lo parts of x, 4 to 7
+// the sums.
 void multiply_block(const uint16_t* tiles, int64_t rows, const char* w, int64_t k, int64_t r0,
                     float* out, int64_t ldo, bool accumulate, const float* scales) {
   const int64_t steps = k / kStepCols, groups = (rows + kTileRows - 1) / kTileRows;

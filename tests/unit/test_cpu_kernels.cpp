@@ -367,10 +367,10 @@ TEST_CASE("tiled attention matches a plain causal softmax reference", "[cpu_kern
 }
 
 TEST_CASE("grouped decode attention matches a plain reference for every head", "[cpu_kernels]") {
-  // BF16 caches with head_dim 32, 64 or 128 take the AMX kernel where the
-  // CPU has it (one or two groups of value tiles; 20 heads: two row groups).
+  // BF16 caches with head_dim 32, 64, 96 or 128 take the AMX kernel where
+  // the CPU has it (one or two groups of value tiles; 20 heads: two row groups).
   for (DType kv_dtype : kKvDtypes)
-    for (int64_t head_dim : {16, 24, 32, 64, 128})
+    for (int64_t head_dim : {16, 24, 32, 64, 96, 128})
       for (int64_t heads : {1, 3, 8, 20})
         for (int64_t keys : {1, 17, 130, 700}) {
           const auto q = random_values(size_t(heads * head_dim), uint32_t(heads * 7 + keys));
