@@ -46,9 +46,7 @@ struct Aligned64 {
   Aligned64() = default;
   template <typename U>
   Aligned64(const Aligned64<U>&) {}
-  T* allocate(size_t n) {
-    return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
-  }
+  T* allocate(size_t n) { return static_cast<T*>(cpu::allocate_streamed(n * sizeof(T))); }
   void deallocate(T* p, size_t) { std::free(p); }
   bool operator==(const Aligned64&) const { return true; }
 };
@@ -62,7 +60,7 @@ double median(std::vector<double> v) {
 int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtype, int64_t reps,
                     int64_t caches) {
   const size_t elem = dtype_size(kv_dtype), cache_bytes = size_t(keys * head_dim) * elem;
-  // 64-byte aligned, as the backend allocates its KV cache; `caches` of them
+  // Allocated as the backend allocates its KV cache; `caches` of them
   // one after the other (a decode step's sequences and KV heads).
   std::vector<uint8_t, AlignedBytes> k(cache_bytes * size_t(caches)), v(k.size());
   for (size_t i = 0; i < k.size(); ++i) {
@@ -159,12 +157,12 @@ int main(int argc, char** argv) {
   // memory_mib 0: one matrix, in cache after the first use.
   const int64_t matrices =
       std::max<int64_t>(1, int64_t((size_t(memory_mib) << 20) / std::max<size_t>(matrix_bytes, 1)));
-  // Page-aligned weights, as a checkpoint's mmap gives them, moved by
-  // --offset bytes (safetensors aligns tensors to 8 bytes only).
+  // Weights allocated as the CPU backend allocates them (page-aligned, huge
+  // pages where granted), moved by --offset bytes (safetensors aligns tensors
+  // to 8 bytes only).
   const size_t total = matrices * matrix_bytes;
   std::unique_ptr<uint8_t, decltype(&std::free)> storage(
-      static_cast<uint8_t*>(std::aligned_alloc(4096, (total + offset + 4095) / 4096 * 4096)),
-      &std::free);
+      static_cast<uint8_t*>(cpu::allocate_streamed(total + offset)), &std::free);
   uint8_t* weights = storage.get() + offset;
   for (size_t i = 0; i < total; ++i) {
     // Every byte in [0x30, 0x3b]: normal numbers of modest size in every dtype

@@ -67,9 +67,8 @@ class CpuBackend final : public Backend {
 
   Tensor alloc(const Shape& shape, DType dtype) override {
     const size_t bytes = std::max<size_t>(64, size_t(numel_of(shape)) * dtype_size(dtype));
-    void* memory = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!memory) throw std::bad_alloc();
-    return Tensor(std::shared_ptr<void>(memory, std::free), 0, shape, dtype, Device::CPU);
+    return Tensor(std::shared_ptr<void>(cpu::allocate_streamed(bytes), std::free), 0, shape, dtype,
+                  Device::CPU);
   }
 
   Tensor zeros(const Shape& shape, DType dtype) override {

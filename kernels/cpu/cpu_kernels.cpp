@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string_view>
 #include <vector>
 
 #include "kernels/cpu/exp16.hpp"
@@ -831,6 +833,23 @@ void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
     matmul_amx(x, m, ldx, w, out, ldo, accumulate);
   else
     matmul_panel(x, m, ldx, w, out, ldo, accumulate);
+}
+
+void* allocate_streamed(size_t bytes) {
+  constexpr size_t kHugePage = size_t(2) << 20;
+  static const bool huge_pages = [] {
+    const char* setting = std::getenv("SHARDLM_HUGE_PAGES");
+    return !(setting && std::string_view(setting) == "0");
+  }();
+  bytes = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  const bool huge = huge_pages && bytes >= kHugePage;
+  // posix_memalign, not aligned_alloc: the size need not be a multiple of
+  // 2 MiB. The slack before the boundary is address space, never touched.
+  void* memory = nullptr;
+  if (posix_memalign(&memory, huge ? kHugePage : 64, bytes) != 0) throw std::bad_alloc();
+  // Advice only: where the kernel has no huge pages to give, ordinary ones.
+  if (huge) ::madvise(memory, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+  return memory;
 }
 
 }  // namespace shardlm::cpu

@@ -19,6 +19,14 @@
 
 namespace shardlm::cpu {
 
+// Memory for arrays the kernels stream from DRAM (weights, the KV cache):
+// 64-byte aligned, and from 2 MiB up on a 2 MiB boundary with transparent huge
+// pages requested before any page is touched. With 4 KiB pages a stream
+// crosses a page, and in a virtual machine a two-level page walk, every 64
+// lines (perf/results/huge-pages-xeon.md). Free with std::free;
+// SHARDLM_HUGE_PAGES=0 asks for ordinary pages, to compare.
+void* allocate_streamed(size_t bytes);
+
 // A weight matrix [n, k] row-major as stored: `data` holds dtype values and,
 // for I8, `scales` one F32 per row (value = q * scales[row]).
 struct WeightView {

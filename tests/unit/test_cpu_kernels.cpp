@@ -3,6 +3,8 @@
 // dispatch, the int8 quantization, copy_2d and embedding of every dtype.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -111,6 +113,22 @@ std::vector<double> reference_attention(const float* query, int64_t length,
 const DType kWeightDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::I8};
 
 }  // namespace
+
+TEST_CASE("streamed allocations are aligned for vectors, large ones for huge pages",
+          "[cpu_kernels]") {
+  for (const size_t bytes : {size_t(1), size_t(100), (size_t(2) << 20) - 1, size_t(2) << 20,
+                             (size_t(5) << 20) + 12345}) {
+    auto* memory = static_cast<uint8_t*>(cpu::allocate_streamed(bytes));
+    const auto address = reinterpret_cast<uintptr_t>(memory);
+    CHECK(address % 64 == 0);
+    if (bytes >= (size_t(2) << 20) && std::getenv("SHARDLM_HUGE_PAGES") == nullptr)
+      CHECK(address % (size_t(2) << 20) == 0);
+    // Every byte asked for is usable, up to the last.
+    std::memset(memory, 0xab, bytes);
+    CHECK(memory[bytes - 1] == 0xab);
+    std::free(memory);
+  }
+}
 
 TEST_CASE("int8 quantization rounds to nearest and clamps to +-127", "[cpu_kernels]") {
   const float scale = math::int8_scale(2.54f);
