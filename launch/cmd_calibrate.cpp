@@ -174,6 +174,7 @@ void run_calibrate(const CalibrateOptions& o) {
     if (world.node(r) == world.node(world.rank())) same_node.push_back(r);
     if (world.local_rank(r) == world.local_rank(world.rank())) same_local.push_back(r);
   }
+  groups.self = &world.group({world.rank()});
   if (groups.nodes > 1) {
     if (groups.ranks_per_node > 1) groups.in_node = &world.group(same_node);
     groups.across = &world.group(same_local);

@@ -27,6 +27,31 @@ constexpr size_t kLanes = 32;
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+// `count` values allocated as the CPU backend allocates tensors (huge pages
+// where granted: the strided tile loads of the AMX kernels and long streams
+// run measurably faster on them), value i = fill(i), the pages touched by the
+// threads that use them.
+template <typename T>
+struct StreamedBuffer {
+  std::unique_ptr<T, decltype(&std::free)> storage;
+  size_t size;
+  template <typename Fill>
+  StreamedBuffer(size_t count, Fill fill)
+      : storage(static_cast<T*>(cpu::allocate_streamed(count * sizeof(T))), &std::free),
+        size(count) {
+    T* values = storage.get();
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; ++i) values[i] = fill(i);
+  }
+  T* data() const {
+    return storage.get();
+  }
+};
+template <typename T>
+StreamedBuffer<T> filled(size_t count, T value) {
+  return StreamedBuffer<T>(count, [value](size_t) { return value; });
+}
+
 // The fastest of `repeats` timed runs of `run`, after one that warms up.
 template <typename Run>
 double best_seconds(int repeats, Run&& run) {
@@ -66,8 +91,8 @@ double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats) {
   // The CPU backend's own matmul (streaming kernel for few rows, oneDNN sgemm
   // for many) on F32 weights that stay in cache: its compute rate, apart from
   // the memory time the cost model adds on its own.
-  std::vector<float> x(size_t(rows * inner), 1.0f), w(size_t(cols * inner), 0.5f),
-      out(size_t(rows * cols));
+  std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
+  const StreamedBuffer<float> w = filled(size_t(cols * inner), 0.5f);
   const cpu::WeightView weights{w.data(), DType::F32, nullptr, cols, inner};
   const double best = best_seconds(
       repeats, [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); });
@@ -90,8 +115,9 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
   static const std::vector<int64_t> kPanelRows = {8, 16, 24, 32, 48, 64, 96, 128, 192, 256},
                                     kAmxRows = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32};
   const std::vector<int64_t>& all_rows = amx ? kAmxRows : kPanelRows;
-  std::vector<uint16_t> w(size_t(matrices * cols * inner));
-  for (size_t i = 0; i < w.size(); ++i) w[i] = uint16_t(0x3c00 + (i * 2654435761u >> 24) % 256);
+  const StreamedBuffer<uint16_t> w(size_t(matrices * cols * inner), [](size_t i) {
+    return uint16_t(0x3c00 + (i * 2654435761u >> 24) % 256);
+  });
   std::vector<float> x(size_t(all_rows.back() * inner), 0.5f), out(size_t(all_rows.back() * cols));
   auto time = [&](bool streaming, int64_t rows) {
     double best = INFINITY;
@@ -131,7 +157,7 @@ double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeat
   // 0x3f00 is 0.5 in bfloat16. The weight (inner x cols x 2 bytes) is meant
   // to stay in cache: the cost model adds the weights' memory time itself.
   std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
-  std::vector<uint16_t> w(size_t(cols * inner), 0x3f00);
+  const StreamedBuffer<uint16_t> w = filled(size_t(cols * inner), uint16_t(0x3f00));
   const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
   auto run = [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); };
   const double seconds =
@@ -139,36 +165,24 @@ double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeat
   return 2.0 * double(rows) * double(inner) * double(cols) / seconds;
 }
 
-double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats) {
+double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats,
+                                Communicator* in_step) {
   // A BF16 cache, the default --kv-dtype; 0x3e4d and 0x3e9a are 0.2 and 0.3.
   std::vector<float> q(size_t(heads * head_dim), 0.1f), out(size_t(heads * head_dim)),
       scratch(size_t(cpu::attention_rows_scratch(heads, head_dim)));
-  std::vector<uint16_t> k(size_t(keys * head_dim), 0x3e4d), v(size_t(keys * head_dim), 0x3e9a);
+  const StreamedBuffer<uint16_t> k = filled(size_t(keys * head_dim), uint16_t(0x3e4d)),
+                                 v = filled(size_t(keys * head_dim), uint16_t(0x3e9a));
   const cpu::KVView kv{k.data(), v.data(), DType::BF16, head_dim,
                        1.0f / std::sqrt(float(head_dim))};
   // The query heads of one new token at the last position: each sees every key.
   const cpu::AttentionQuery query{q.data(), head_dim, heads, keys - 1, 0, 0};
-  const double best = best_seconds(
-      repeats, [&] { cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data()); });
-  return 4.0 * double(heads * keys * head_dim) / best;
+  auto run = [&] { cpu::attention_rows(query, kv, out.data(), head_dim, scratch.data()); };
+  const double seconds =
+      in_step ? in_step_seconds(*in_step, repeats, run) : best_seconds(repeats, run);
+  return 4.0 * double(heads * keys * head_dim) / seconds;
 }
 
 namespace {
-
-// An array of floats allocated as the CPU backend allocates weights and the
-// KV cache (huge pages where granted), its pages touched by the threads that
-// read it.
-struct StreamedArray {
-  std::unique_ptr<float, decltype(&std::free)> storage;
-  size_t size;
-  explicit StreamedArray(size_t bytes)
-      : storage(static_cast<float*>(cpu::allocate_streamed(bytes)), &std::free),
-        size(bytes / sizeof(float)) {
-    float* data = storage.get();
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < size; ++i) data[i] = float(i & 7);
-  }
-};
 
 // One read of every element of `data` on the process's threads (their sum,
 // so that the reads are kept). Each thread reads its share as kStreams
@@ -177,9 +191,9 @@ struct StreamedArray {
 // bandwidth unused here (2 threads on 4 KiB pages: 20 GB/s for one stream
 // each, 25 for eight; huge pages: 20 and 27-32), and decode measured 115% of
 // that figure.
-double read_once(const StreamedArray& array) {
+double read_once(const StreamedBuffer<float>& array) {
   constexpr size_t kStreams = 8, kBlock = 64;  // floats per block: 4 loads
-  const float* data = array.storage.get();
+  const float* data = array.data();
   const size_t blocks = array.size / kBlock;
   double sum = 0;
 #pragma omp parallel reduction(+ : sum)
@@ -221,7 +235,7 @@ double read_once(const StreamedArray& array) {
 }  // namespace
 
 double measure_memory_read(size_t bytes, int repeats) {
-  const StreamedArray data(bytes);
+  const StreamedBuffer<float> data(bytes / sizeof(float), [](size_t i) { return float(i & 7); });
   double best = INFINITY, sink = 0;
   for (int r = 0; r <= repeats; ++r) {
     auto t0 = Clock::now();
@@ -237,7 +251,7 @@ namespace {
 
 // The read rate of each member of `group` while all of them read at once.
 double measure_memory_read_in_step(size_t bytes, Communicator& group) {
-  const StreamedArray data(bytes);
+  const StreamedBuffer<float> data(bytes / sizeof(float), [](size_t i) { return float(i & 7); });
   double sink = 0;
   const double seconds = in_step_seconds(group, 3, [&] { sink += read_once(data); });
   if (sink < 0) fmt::print("");  // keeps the reads
@@ -416,8 +430,9 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   // working set (caches serve the smaller ones), every rank in step with the
   // others: all run at once and each rate is the slowest rank's, as in a
   // forward pass where ranks share cores and memory. Then the same with one
-  // rank per node working while the others sleep (best of many runs: what
-  // the machine does when other work leaves it alone): a job smaller than a
+  // rank per node working while the others sleep, timed the same way (an
+  // average over runs of 50 ms and more: on a machine whose speed moves, the
+  // fastest run predicted a 1-rank job 30-45% fast): a job smaller than a
   // node runs so.
   auto rates = [&](std::vector<MatmulSample>& matmul,
                    std::vector<std::pair<double, double>>& memory,
@@ -429,7 +444,7 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     if (in_step) in_step->barrier();
     for (int64_t group : {1, 2, 4, 8, 16})
       attention.emplace_back(double(group),
-                             measure_attention_decode(group, 4096, 64, quick ? 10 : 40));
+                             measure_attention_decode(group, 4096, 64, quick ? 10 : 40, in_step));
     for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
       const int repeats =
           std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
@@ -451,7 +466,7 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     // The node's first rank measures; the others wait in a sleeping receive.
     char done = 1;
     if (node->rank() == 0) {
-      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_by_group_alone, nullptr);
+      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_by_group_alone, g.self);
       for (int m = 1; m < node->size(); ++m) node->send(&done, 1, m);
     } else {
       node->recv(&done, 1, 0);
@@ -548,7 +563,7 @@ std::string to_yaml(const Calibration& c) {
   if (!c.matmul_bf16.empty())
     out +=
         "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], every rank at once, the\n"
-        "# slowest rank's average (_alone: one rank per node, best of repeats);\n"
+        "# slowest rank's average (_alone: one rank per node, its average);\n"
         "# measured.memory_Bps_by_bytes: the same parallel read at each working set.\n";
   auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
     out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);

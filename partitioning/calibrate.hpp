@@ -57,11 +57,14 @@ struct Calibration {
 
 // The groups calibrate measures over: every rank; the ranks of this rank's
 // node (null with one rank per node); the ranks with this rank's local
-// index, one per node (null on one node).
+// index, one per node (null on one node); this rank alone (times the rates
+// of a rank that works while the others sleep as the in-step ones are
+// timed, an average over runs, not the fastest run; null: the fastest).
 struct CalibrationGroups {
   Communicator* all = nullptr;
   Communicator* in_node = nullptr;
   Communicator* across = nullptr;
+  Communicator* self = nullptr;
   int nodes = 1, ranks_per_node = 1;
 };
 
@@ -92,9 +95,11 @@ int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // measured matmul_flops_by_rows holds.
 double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats,
                            Communicator* in_step = nullptr);
-// Best-of-`repeats` FLOP/s (4 x heads x keys x head_dim) of the CPU
-// backend's decode attention for `heads` query heads sharing one KV head.
-double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats);
+// FLOP/s (4 x heads x keys x head_dim) of the CPU backend's decode attention
+// for `heads` query heads sharing one KV head: best of `repeats` runs, or
+// with `in_step` timed as measure_matmul_bf16 times it.
+double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats,
+                                Communicator* in_step = nullptr);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).
