@@ -184,6 +184,11 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
 
 namespace {
 
+// A `bytes` array for read_once.
+StreamedBuffer<float> read_array(size_t bytes) {
+  return StreamedBuffer<float>(bytes / sizeof(float), [](size_t i) { return float(i & 7); });
+}
+
 // One read of every element of `data` on the process's threads (their sum,
 // so that the reads are kept). Each thread reads its share as kStreams
 // streams at once, 256 bytes of each in turn, as the streaming matmul reads
@@ -235,7 +240,7 @@ double read_once(const StreamedBuffer<float>& array) {
 }  // namespace
 
 double measure_memory_read(size_t bytes, int repeats) {
-  const StreamedBuffer<float> data(bytes / sizeof(float), [](size_t i) { return float(i & 7); });
+  const StreamedBuffer<float> data = read_array(bytes);
   double best = INFINITY, sink = 0;
   for (int r = 0; r <= repeats; ++r) {
     auto t0 = Clock::now();
@@ -251,7 +256,7 @@ namespace {
 
 // The read rate of each member of `group` while all of them read at once.
 double measure_memory_read_in_step(size_t bytes, Communicator& group) {
-  const StreamedBuffer<float> data(bytes / sizeof(float), [](size_t i) { return float(i & 7); });
+  const StreamedBuffer<float> data = read_array(bytes);
   double sink = 0;
   const double seconds = in_step_seconds(group, 3, [&] { sink += read_once(data); });
   if (sink < 0) fmt::print("");  // keeps the reads
@@ -441,7 +446,6 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     // 4096-token context (long enough that the per-call work is a small
     // part, as where attention matters; 1 MiB, in cache: the cost model
     // adds the KV cache's memory time).
-    if (in_step) in_step->barrier();
     for (int64_t group : {1, 2, 4, 8, 16})
       attention.emplace_back(double(group),
                              measure_attention_decode(group, 4096, 64, quick ? 10 : 40, in_step));

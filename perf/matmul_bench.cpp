@@ -41,16 +41,16 @@ using namespace shardlm;
 namespace {
 
 template <typename T>
-struct Aligned64 {
+struct StreamedAllocator {
   using value_type = T;
-  Aligned64() = default;
+  StreamedAllocator() = default;
   template <typename U>
-  Aligned64(const Aligned64<U>&) {}
+  StreamedAllocator(const StreamedAllocator<U>&) {}
   T* allocate(size_t n) { return static_cast<T*>(cpu::allocate_streamed(n * sizeof(T))); }
   void deallocate(T* p, size_t) { std::free(p); }
-  bool operator==(const Aligned64&) const { return true; }
+  bool operator==(const StreamedAllocator&) const { return true; }
 };
-using AlignedBytes = Aligned64<uint8_t>;
+using StreamedBytes = StreamedAllocator<uint8_t>;
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -62,7 +62,7 @@ int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtyp
   const size_t elem = dtype_size(kv_dtype), cache_bytes = size_t(keys * head_dim) * elem;
   // Allocated as the backend allocates its KV cache; `caches` of them
   // one after the other (a decode step's sequences and KV heads).
-  std::vector<uint8_t, AlignedBytes> k(cache_bytes * size_t(caches)), v(k.size());
+  std::vector<uint8_t, StreamedBytes> k(cache_bytes * size_t(caches)), v(k.size());
   for (size_t i = 0; i < k.size(); ++i) {
     k[i] = uint8_t(0x30 + (i * 2654435761u >> 24) % 12);  // normal numbers, as above
     v[i] = uint8_t(0x30 + (i * 40503u >> 8) % 12);

@@ -66,9 +66,9 @@ class CpuBackend final : public Backend {
   }
 
   Tensor alloc(const Shape& shape, DType dtype) override {
-    const size_t bytes = std::max<size_t>(64, size_t(numel_of(shape)) * dtype_size(dtype));
-    return Tensor(std::shared_ptr<void>(cpu::allocate_streamed(bytes), std::free), 0, shape, dtype,
-                  Device::CPU);
+    // allocate_streamed rounds up to whole 64-byte lines (at least one).
+    void* memory = cpu::allocate_streamed(size_t(numel_of(shape)) * dtype_size(dtype));
+    return Tensor(std::shared_ptr<void>(memory, std::free), 0, shape, dtype, Device::CPU);
   }
 
   Tensor zeros(const Shape& shape, DType dtype) override {
