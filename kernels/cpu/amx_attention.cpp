@@ -1,23 +1,26 @@
-// Decode attention on AMX tiles: the query heads of one token that share a
-// KV head (up to 16 rows, all at one position) over a BF16 cache, 32 keys at
-// a time. The vector kernel (attention_decode in cpu_kernels.cpp) spends
-// 20-40 cycles per key and query row on the dot products, the lane sums and
-// the weighted sum of V; here both products run on the tile unit, 16 tile
-// products per 32 keys whatever the number of rows, so its time per key
-// does not grow with the rows (2.7-6.5x faster than the vector kernel for
-// 4-16 rows over a cache in L2; from memory both take in K and V well below
-// the memory's rate: perf/results/amx-attention-xeon.md).
+// Decode attention on AMX tiles: the G query heads of one token that share a
+// KV head (up to 16 rows, all at one position) over a BF16 cache.
 //
-// Per block of 32 keys:
-//   scoresᵀ [32 keys][16 rows] = K · Qᵀ: K tiles as stored (16 keys of 32
-//     BF16 dims, the row stride apart), Q split into hi and lo BF16 halves
-//     and rearranged once per call;
-//   the online softmax on those scores, one vector per key across the rows
-//     (no lane sums: each row's max and sum are a lane of a vector);
-//   P [16 rows][32 keys] by transposing the weights, split hi / lo;
-//   P · V [16 rows][head_dim] with V rearranged into key pairs (the layout
-//     TDPBF16PS wants of its second operand), added to the rows' sums after
-//     they shrink by exp(old max - new max).
+// A tile product has 16 output columns; a token has only G rows per KV head
+// (3 for `small`, 4 or 8 for larger models). Given one block of keys per
+// score tile, 16 - G of its columns would be zero, and every vector step
+// after it (scale, max, exp, sum, transposes) would run on 16 lanes of which
+// G are live; that, not the tile products, was most of the time. So a score
+// tile packs nb = 16 / G blocks of 16 keys: block b's keys meet a Q tile
+// whose rows sit in columns [G b, G b + G) (zero elsewhere), all into one
+// accumulator, and column G b + r of row i is the score of query row r and
+// key 16 b + i. One pass takes nb blocks (twice that, in two score tiles,
+// when nb is odd, so that P · V steps of 32 keys are never half empty):
+//   scores: K tiles straight from the cache (a partial block from a
+//     zero-padded copy), Q split into hi and lo BF16 halves, per block
+//     rearranged once per call; four accumulators, so that no product waits
+//     on the one before it;
+//   the online softmax on 16 lanes: the pass's maximum of each row is the
+//     maximum over its nb columns (permutes), and so is its sum;
+//   P [16 rows][32 keys] from the transposed weights, split hi / lo, and V
+//     in key pairs (the layout TDPBF16PS wants of its second operand),
+//     interleaved without reordering: the output columns come out in a fixed
+//     permuted order (value_column_dim) that is undone once per call.
 // Accuracy: the hi / lo splits make every product exact in F32 (as in
 // amx_matmul.cpp), so the result differs from the vector kernel only in the
 // order of F32 additions.
@@ -26,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 
 #include "kernels/cpu/amx_tiles.hpp"
 #include "kernels/cpu/cpu_kernels.hpp"
@@ -36,14 +40,17 @@
 namespace shardlm::cpu {
 
 namespace {
-constexpr int64_t kBlockKeys = 32;
 constexpr int64_t kMaxHeadDim = 128;
 constexpr int64_t kMaxSteps = kMaxHeadDim / amx::kStepCols;
-// Each line of K and V read is followed by a prefetch (to L2) of the line
-// this many keys on: with the cache in memory, 8 blocks ahead read 1.35x
-// faster than with the hardware prefetcher alone (matmul_bench --attention
-// 4096 --group 8 --caches 384 --threads 2, medians of three alternations:
-// 44 against 59 ms per pass; 64, 512 and 1024 keys ahead did less).
+constexpr int64_t kMaxPerTile = 8;                  // key blocks of 16 whose scores share a tile
+constexpr int64_t kMaxPassBlocks = 10;              // key blocks in one pass: 2 x 5 at most
+constexpr int64_t kMaxChunks = kMaxPassBlocks / 2;  // P · V steps of 32 keys in one pass
+constexpr int64_t kValueTiles = kMaxHeadDim / 16;
+constexpr int64_t kChunkKeys = 32;  // keys of one P · V product
+// Each line of K and V is prefetched (to L2) this many keys before it is
+// read, spread over the pass as its blocks are read: issued all at once at
+// the start of a pass they stalled on the fill buffers (8-12% slower from
+// memory, perf/results/amx-attention-xeon.md); 128 and 512 did no better.
 constexpr int64_t kPrefetchKeys = 256;
 }  // namespace
 
@@ -89,42 +96,111 @@ inline void transpose16(const __m512 (&in)[16], __m512 (&out)[16]) {
   }
 }
 
-// Everything one call keeps between blocks, on the stack (about 40 KiB).
-struct alignas(64) Scratch {
-  uint16_t query[kMaxSteps][2][kTileBytes / 2];       // Q hi / lo tiles per 32 dims
-  uint16_t values[kMaxHeadDim / 16][kTileBytes / 2];  // V of a block in key pairs, per 16 dims
-  uint16_t weights[2][kTileBytes / 2];                // P hi / lo [16 rows][32 keys]
-  float scores[kBlockKeys][kTileRows];                // scoresᵀ [key][row]
-  float weights_f32[kTileRows][kBlockKeys];           // P rows before the split
-  float products[kTileRows][kMaxHeadDim];             // P · V of a block
-  uint16_t keys[kBlockKeys * kMaxHeadDim];            // K of a block, zero past its last key
+// How G rows pack into the tiles (see the file's comment).
+struct Packing {
+  int64_t rows;         // G
+  int64_t per_tile;     // key blocks whose scores share a tile
+  int64_t score_tiles;  // 1, or 2 when a tile holds an odd number of blocks
+  int64_t blocks() const { return per_tile * score_tiles; }
+  int64_t keys() const { return blocks() * kTileRows; }
 };
 
-// Keys [0, n) at k (head_dim BF16 each) into keys, rows n to 32 zero; with
-// `ahead`, each line read is followed by a prefetch kPrefetchKeys keys on.
-void copy_keys(const uint16_t* k, int64_t n, int64_t head_dim, uint16_t* keys, bool ahead) {
-  for (int64_t j = 0; j < kBlockKeys; ++j)
+Packing packing_for(int64_t rows) {
+  // An even number of blocks per pass, so that no P · V step is half empty.
+  const int64_t per_tile = std::min(kTileRows / rows, kMaxPerTile);
+  return {rows, per_tile, per_tile % 2 == 1 ? 2 : 1};
+}
+
+// Everything one call keeps between passes (about 140 KiB: per thread, not
+// on the stack).
+struct alignas(64) Scratch {
+  // Q hi / lo per block of a score tile and 32 dims, in that block's columns.
+  uint16_t query[kMaxPerTile][kMaxSteps][2][kTileBytes / 2];
+  // V per 32 keys in key pairs, per 16 output columns (value_column_dim).
+  uint16_t values[kMaxChunks][kValueTiles][kTileBytes / 2];
+  uint16_t weights[kMaxChunks][2][kTileBytes / 2];  // P hi / lo [16 rows][32 keys]
+  uint16_t keys[kTileRows * kMaxHeadDim];           // a partial block of K, zero past its last key
+  float scores[4][kTileRows][kTileRows];            // the four score accumulators
+  float probs[kTileRows][kMaxPassBlocks * kTileRows];  // P by row: 16 b + i is key i of block b
+  float acc[kTileRows][kMaxHeadDim];  // the rows' output sums, in the V tiles' column order
+};
+
+// Output column c of the V tile pair covering dims [32 h, 32 h + 32) is dim
+// 32 h + value_column_dim(c): unpacklo / unpackhi interleave two keys' rows
+// within 128-bit blocks, so tile 2 h holds dims 0-3, 8-11, 16-19, 24-27 of
+// the 32 and tile 2 h + 1 the others.
+constexpr int value_column_dim(int c) {
+  return 8 * (c % 16 / 4) + 4 * (c / 16) + c % 4;
+}
+
+// The rows' sums between the state (dims in order) and the scratch (columns
+// in the V tiles' order), 32 dims at a time.
+void load_sums(const AttentionState& st, int64_t rows, int64_t head_dim, Scratch& s) {
+  alignas(64) int32_t gather[32];
+  for (int c = 0; c < 32; ++c) gather[c] = value_column_dim(c);
+  const __m512i first = _mm512_load_si512(gather), second = _mm512_load_si512(gather + 16);
+  for (int64_t r = 0; r < kTileRows; ++r)
     for (int64_t d = 0; d < head_dim; d += 32) {
-      if (ahead)
-        _mm_prefetch(reinterpret_cast<const char*>(k + (j + kPrefetchKeys) * head_dim + d),
-                     _MM_HINT_T1);
-      _mm512_store_si512(keys + j * head_dim + d,
-                         j < n ? _mm512_loadu_si512(k + j * head_dim + d) : _mm512_setzero_si512());
+      __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+      if (r < rows) {
+        const __m512 a = _mm512_loadu_ps(st.acc + r * st.ld + d);
+        const __m512 b = _mm512_loadu_ps(st.acc + r * st.ld + d + 16);
+        lo = _mm512_permutex2var_ps(a, first, b);
+        hi = _mm512_permutex2var_ps(a, second, b);
+      }
+      _mm512_store_ps(s.acc[r] + d, lo);
+      _mm512_store_ps(s.acc[r] + d + 16, hi);
     }
 }
 
-// V rows [0, n) at v (head_dim BF16 each; rows n to 32 zero) as TDPBF16PS's
-// second operand, one tile per 16 dims: dword c of row p is dim c of keys 2p
+void store_sums(const Scratch& s, int64_t rows, int64_t head_dim, const AttentionState& st) {
+  alignas(64) int32_t scatter[32];
+  for (int c = 0; c < 32; ++c) scatter[value_column_dim(c)] = c;
+  const __m512i first = _mm512_load_si512(scatter), second = _mm512_load_si512(scatter + 16);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < head_dim; d += 32) {
+      const __m512 a = _mm512_load_ps(s.acc[r] + d), b = _mm512_load_ps(s.acc[r] + d + 16);
+      _mm512_storeu_ps(st.acc + r * st.ld + d, _mm512_permutex2var_ps(a, first, b));
+      _mm512_storeu_ps(st.acc + r * st.ld + d + 16, _mm512_permutex2var_ps(a, second, b));
+    }
+}
+
+// Q's rows as the second operand of the score products: for each block of a
+// score tile and each 32 dims, hi and lo tiles with row r in column G b + r.
+void prepare_queries(const float* q, int64_t ldq, const Packing& pack, int64_t steps, Scratch& s) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t step = 0; step < steps; ++step) {
+    rearrange_tile(q, pack.rows, ldq, 0, step, s.query[0][step][0]);
+    for (int64_t b = 1; b < pack.per_tile; ++b) {
+      const int shift = int(pack.rows * b);
+      const __m512i from = _mm512_sub_epi32(lane, _mm512_set1_epi32(shift));
+      const __mmask16 kept = __mmask16(0xffffu << shift);
+      for (int half = 0; half < 2; ++half)
+        for (int64_t p = 0; p < kTileRows; ++p)
+          _mm512_store_si512(s.query[b][step][half] + p * 32,
+                             _mm512_maskz_permutexvar_epi32(
+                                 kept, from, _mm512_load_si512(s.query[0][step][half] + p * 32)));
+    }
+  }
+}
+
+// Keys [0, n) of a block at k (head_dim BF16 each) into keys, rows n to 16 zero.
+void copy_keys(const uint16_t* k, int64_t n, int64_t head_dim, uint16_t* keys) {
+  for (int64_t j = 0; j < kTileRows; ++j)
+    for (int64_t d = 0; d < head_dim; d += 32)
+      _mm512_store_si512(keys + j * head_dim + d,
+                         j < n ? _mm512_loadu_si512(k + j * head_dim + d) : _mm512_setzero_si512());
+}
+
+// V rows [0, n) at v (rows n to 32 zero) as TDPBF16PS's second operand, one
+// tile per 16 output columns: dword c of row p holds column c of keys 2p
 // and 2p + 1.
-void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim, Scratch& s, bool ahead) {
-  // unpacklo/hi interleave within 128-bit blocks: lo holds dims 0-3, 8-11,
-  // 16-19, 24-27 of the 32, hi the others; these put them back in order.
-  const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-  const __m512i second = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim,
+                      uint16_t (*tiles)[kTileBytes / 2], bool ahead) {
   auto row = [&](int64_t j, int64_t d) {
     return j < n ? _mm512_loadu_si512(v + j * head_dim + d) : _mm512_setzero_si512();
   };
-  for (int64_t p = 0; p < kBlockKeys / 2; ++p)
+  for (int64_t p = 0; p < kChunkKeys / 2; ++p)
     for (int64_t h = 0; h < head_dim / 32; ++h) {
       if (ahead) {
         _mm_prefetch(reinterpret_cast<const char*>(v + (2 * p + kPrefetchKeys) * head_dim + 32 * h),
@@ -134,143 +210,203 @@ void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim, Scratch& s
             _MM_HINT_T1);
       }
       const __m512i even = row(2 * p, 32 * h), odd = row(2 * p + 1, 32 * h);
-      const __m512i lo = _mm512_unpacklo_epi16(even, odd), hi = _mm512_unpackhi_epi16(even, odd);
-      _mm512_store_si512(s.values[2 * h] + p * 32, _mm512_permutex2var_epi64(lo, first, hi));
-      _mm512_store_si512(s.values[2 * h + 1] + p * 32, _mm512_permutex2var_epi64(lo, second, hi));
+      _mm512_store_si512(tiles[2 * h] + p * 32, _mm512_unpacklo_epi16(even, odd));
+      _mm512_store_si512(tiles[2 * h + 1] + p * 32, _mm512_unpackhi_epi16(even, odd));
     }
 }
 
-// P · V for one group of up to four 16-dim tiles (tiles 4-7), P hi / lo in
-// tiles 0 and 1; tile numbers must be literals, hence the cases.
-void weighted_values(const Scratch& s, int64_t first_tile, int64_t tiles, float* products) {
-  _tile_zero(4);
-  _tile_zero(5);
-  _tile_zero(6);
-  _tile_zero(7);
-  const int64_t stride = sizeof(Scratch::products[0]);
-  const uint16_t* v = s.values[first_tile];
-  _tile_loadd(2, v, 64);
-  _tile_dpbf16ps(4, 0, 2);
-  _tile_dpbf16ps(4, 1, 2);
-  _tile_stored(4, products, stride);
-  if (tiles > 1) {
-    _tile_loadd(3, v + kTileBytes / 2, 64);
-    _tile_dpbf16ps(5, 0, 3);
-    _tile_dpbf16ps(5, 1, 3);
-    _tile_stored(5, products + 16, stride);
-  }
-  if (tiles > 2) {
-    _tile_loadd(2, v + 2 * kTileBytes / 2, 64);
-    _tile_dpbf16ps(6, 0, 2);
-    _tile_dpbf16ps(6, 1, 2);
-    _tile_stored(6, products + 32, stride);
-  }
-  if (tiles > 3) {
-    _tile_loadd(3, v + 3 * kTileBytes / 2, 64);
-    _tile_dpbf16ps(7, 0, 3);
-    _tile_dpbf16ps(7, 1, 3);
-    _tile_stored(7, products + 48, stride);
-  }
-}
+// GCC's tile intrinsics take their tile numbers as literals (they are pasted
+// into the assembly), hence macros rather than templates.
+// One block's scores: K tiles (at k, row stride `stride`) into tile a, Q's
+// hi and lo halves into accumulators hi and lo.
+#define SHARDLM_SCORE_BLOCK(a, hi, lo, k, stride, query, steps) \
+  do {                                                          \
+    for (int64_t step = 0; step < (steps); ++step) {            \
+      _tile_loadd(a, (k) + step * kStepCols, (stride));         \
+      _tile_loadd(2, (query)[step][0], 64);                     \
+      _tile_loadd(3, (query)[step][1], 64);                     \
+      _tile_dpbf16ps(hi, a, 2);                                 \
+      _tile_dpbf16ps(lo, a, 3);                                 \
+    }                                                           \
+  } while (0)
+// Accumulator acc += P (hi and lo in tiles 0 and 1) · the V tile at
+// `values`, loaded into tile v.
+#define SHARDLM_ADD_VALUES(acc, v, values) \
+  do {                                     \
+    _tile_loadd(v, (values), 64);          \
+    _tile_dpbf16ps(acc, 0, v);             \
+    _tile_dpbf16ps(acc, 1, v);             \
+  } while (0)
 
 // Up to 16 rows at one position over the keys [lo, hi) (see the file's
 // comment); the state's rows [0, rows).
 void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView& kv, int64_t lo,
                         int64_t hi, const AttentionState& st, Scratch& s) {
+  const Packing pack = packing_for(rows);
   const int64_t head_dim = kv.head_dim, steps = head_dim / kStepCols;
-  const size_t stride = size_t(head_dim) * 2;
-  for (int64_t step = 0; step < steps; ++step)
-    rearrange_tile(q, rows, ldq, 0, step, s.query[step][0]);
+  const int64_t value_tiles = head_dim / 16, pass_keys = pack.keys();
+  const size_t stride = size_t(head_dim) * 2, acc_stride = sizeof(s.acc[0]);
+  prepare_queries(q, ldq, pack, steps, s);
+  load_sums(st, rows, head_dim, s);
+  // P's rows from `rows` on stay zero.
+  for (auto& chunk : s.weights) std::fill(&chunk[0][0], &chunk[0][0] + kTileBytes, uint16_t(0));
+
+  // Lane c of a score vector: query row c % G of block c / G; idx[b] gathers
+  // each lane's row from block b, so a row's maximum (or sum) over the
+  // blocks lands in every lane of that row.
+  const int64_t live_lanes = pack.rows * pack.per_tile;
+  alignas(64) int32_t row_of[16], block_first_key[16];
+  for (int c = 0; c < 16; ++c) {
+    row_of[c] = int32_t(c % pack.rows);
+    block_first_key[c] = c < live_lanes ? int32_t(16 * (c / pack.rows)) : INT32_MAX / 2;
+  }
+  const __m512i row_of_lane = _mm512_load_si512(row_of);
+  const __m512i first_key = _mm512_load_si512(block_first_key);
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY), scale = _mm512_set1_ps(kv.scale);
   const __mmask16 live_rows = __mmask16((1u << rows) - 1);
-  __m512 max = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live_rows, st.max);
-  __m512 sum = _mm512_maskz_loadu_ps(live_rows, st.sum);
-  const __m512 scale = _mm512_set1_ps(kv.scale);
+  __m512 max = _mm512_permutexvar_ps(row_of_lane, _mm512_mask_loadu_ps(neg_inf, live_rows, st.max));
+  __m512 sum = _mm512_permutexvar_ps(row_of_lane, _mm512_maskz_loadu_ps(live_rows, st.sum));
+  auto over_blocks = [&](__m512 v, bool take_max) {
+    __m512 total = _mm512_permutexvar_ps(row_of_lane, v);
+    for (int64_t b = 1; b < pack.per_tile; ++b) {
+      const __m512 other = _mm512_permutexvar_ps(
+          _mm512_add_epi32(row_of_lane, _mm512_set1_epi32(int32_t(pack.rows * b))), v);
+      total = take_max ? _mm512_max_ps(total, other) : _mm512_add_ps(total, other);
+    }
+    return total;
+  };
+
   const auto* k_cache = static_cast<const uint16_t*>(kv.k);
   const auto* v_cache = static_cast<const uint16_t*>(kv.v);
-  for (int64_t j0 = lo; j0 < hi; j0 += kBlockKeys) {
-    const int64_t n = std::min(kBlockKeys, hi - j0);
-    // K and V are read with vector loads (the out-of-order core runs ahead
-    // of those), into buffers the tile loads read from L1; keys past the last
-    // are zero there, so no load reads past the cache.
-    const bool ahead = j0 + kPrefetchKeys + kBlockKeys <= hi;
-    copy_keys(k_cache + j0 * head_dim, n, head_dim, s.keys, ahead);
-    // scoresᵀ = K · Qᵀ: tiles 0 and 1 hold keys 0-15 and 16-31, 2 and 3 Q's halves.
+  for (int64_t j0 = lo; j0 < hi; j0 += pass_keys) {
+    const int64_t n = std::min(pass_keys, hi - j0);
+    const bool ahead = j0 + kPrefetchKeys + pass_keys <= hi;
+    // Scores: block i of score tile t into accumulators 4 / 5 or 6 / 7 (by
+    // tile where there are two, else by i's parity: four chains of products).
     _tile_zero(4);
     _tile_zero(5);
-    for (int64_t step = 0; step < steps; ++step) {
-      const uint16_t* at = s.keys + step * kStepCols;
-      _tile_loadd(0, at, stride);
-      _tile_loadd(1, at + kTileRows * head_dim, stride);
-      _tile_loadd(2, s.query[step][0], 64);
-      _tile_loadd(3, s.query[step][1], 64);
-      _tile_dpbf16ps(4, 0, 2);
-      _tile_dpbf16ps(5, 1, 2);
-      _tile_dpbf16ps(4, 0, 3);
-      _tile_dpbf16ps(5, 1, 3);
-    }
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t i = 0; i < pack.per_tile; ++i)
+      for (int64_t t = 0; t < pack.score_tiles; ++t) {
+        const int64_t b = t * pack.per_tile + i;
+        if (16 * b >= n) continue;
+        const uint16_t* k = k_cache + (j0 + 16 * b) * head_dim;
+        if (ahead)
+          for (int64_t line = 0; line < 16 * head_dim; line += 32)
+            _mm_prefetch(reinterpret_cast<const char*>(k + kPrefetchKeys * head_dim + line),
+                         _MM_HINT_T1);
+        if (16 * b + 16 > n) {
+          copy_keys(k, n - 16 * b, head_dim, s.keys);
+          k = s.keys;
+        }
+        if ((pack.score_tiles == 2 ? t : i % 2) == 0)
+          SHARDLM_SCORE_BLOCK(0, 4, 5, k, stride, s.query[i], steps);
+        else
+          SHARDLM_SCORE_BLOCK(1, 6, 7, k, stride, s.query[i], steps);
+      }
     _tile_stored(4, s.scores[0], 64);
-    _tile_stored(5, s.scores[kTileRows], 64);
-    rearrange_values(v_cache + j0 * head_dim, n, head_dim, s, ahead);
+    _tile_stored(5, s.scores[1], 64);
+    _tile_stored(6, s.scores[2], 64);
+    _tile_stored(7, s.scores[3], 64);
 
-    // The online softmax, one vector (across the rows) per key; keys from
-    // n on weigh nothing.
-    __m512 block_max = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < n; ++j)
-      block_max = _mm512_max_ps(block_max, _mm512_mul_ps(_mm512_load_ps(s.scores[j]), scale));
-    const __m512 new_max = _mm512_max_ps(max, block_max);
-    // What earlier blocks added shrinks by exp(old max - new max); nothing
+    // The online softmax: score vector (t, i) is row i of score tile t, the
+    // sum of its accumulators (two tiles: 4 + 5 and 6 + 7; one: all four).
+    __m512 e[2][kTileRows];
+    __mmask16 valid[2][kTileRows];
+    __m512 pass_max = neg_inf;
+    for (int64_t t = 0; t < pack.score_tiles; ++t)
+      for (int64_t i = 0; i < kTileRows; ++i) {
+        __m512 x;
+        if (pack.score_tiles == 2)
+          x = _mm512_add_ps(_mm512_load_ps(s.scores[2 * t][i]),
+                            _mm512_load_ps(s.scores[2 * t + 1][i]));
+        else
+          x = _mm512_add_ps(
+              _mm512_add_ps(_mm512_load_ps(s.scores[0][i]), _mm512_load_ps(s.scores[1][i])),
+              _mm512_add_ps(_mm512_load_ps(s.scores[2][i]), _mm512_load_ps(s.scores[3][i])));
+        const __m512i key =
+            _mm512_add_epi32(first_key, _mm512_set1_epi32(int32_t(16 * pack.per_tile * t + i)));
+        valid[t][i] = _mm512_cmplt_epi32_mask(key, _mm512_set1_epi32(int32_t(n)));
+        e[t][i] = _mm512_mask_mul_ps(neg_inf, valid[t][i], x, scale);
+        pass_max = _mm512_max_ps(pass_max, e[t][i]);
+      }
+    const __m512 new_max = _mm512_max_ps(max, over_blocks(pass_max, true));
+    // What earlier passes added shrinks by exp(old max - new max); nothing
     // was added while the max was -inf.
-    const __m512 shrink =
-        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(max, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ),
-                            exp16(_mm512_sub_ps(max, new_max)));
+    const __m512 shrink = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(max, neg_inf, _CMP_NEQ_OQ),
+                                              exp16(_mm512_sub_ps(max, new_max)));
     max = new_max;
-    __m512 p[2][kTileRows], block_sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < kBlockKeys; ++j) {
-      __m512& e = p[j / kTileRows][j % kTileRows];
-      e = j < n ? exp16(_mm512_fmsub_ps(_mm512_load_ps(s.scores[j]), scale, new_max))
-                : _mm512_setzero_ps();
-      block_sum = _mm512_add_ps(block_sum, e);
+    __m512 pass_sum = _mm512_setzero_ps();
+    for (int64_t t = 0; t < pack.score_tiles; ++t) {
+      for (int64_t i = 0; i < kTileRows; ++i) {
+        e[t][i] = _mm512_maskz_mov_ps(valid[t][i], exp16(_mm512_sub_ps(e[t][i], new_max)));
+        pass_sum = _mm512_add_ps(pass_sum, e[t][i]);
+      }
+      __m512 by_lane[kTileRows];
+      transpose16(e[t], by_lane);
+      for (int64_t b = 0; b < pack.per_tile; ++b)
+        for (int64_t r = 0; r < rows; ++r)
+          _mm512_store_ps(s.probs[r] + 16 * (pack.per_tile * t + b), by_lane[pack.rows * b + r]);
     }
-    sum = _mm512_fmadd_ps(sum, shrink, block_sum);
+    sum = _mm512_fmadd_ps(sum, shrink, over_blocks(pass_sum, false));
 
-    // P [16 rows][32 keys], split into BF16 halves: tiles 0 and 1.
-    for (int half = 0; half < 2; ++half) {
-      __m512 rows_of[kTileRows];
-      transpose16(p[half], rows_of);
-      for (int64_t r = 0; r < kTileRows; ++r)
-        _mm512_store_ps(s.weights_f32[r] + half * kTileRows, rows_of[r]);
-    }
-    for (int64_t r = 0; r < kTileRows; ++r) {
-      __m512i high, low;
-      split_row(s.weights_f32[r], high, low);
-      _mm512_store_si512(s.weights[0] + r * 32, high);
-      _mm512_store_si512(s.weights[1] + r * 32, low);
-    }
-    _tile_loadd(0, s.weights[0], 64);
-    _tile_loadd(1, s.weights[1], 64);
-    for (int64_t t0 = 0; t0 < head_dim / 16; t0 += 4)
-      weighted_values(s, t0, std::min<int64_t>(4, head_dim / 16 - t0), s.products[0] + t0 * 16);
-
+    // P · V, 32 keys at a time, onto the rows' sums after they shrink.
     alignas(64) float shrinks[kTileRows];
     _mm512_store_ps(shrinks, shrink);
     for (int64_t r = 0; r < rows; ++r) {
-      float* acc = st.acc + r * st.ld;
       const __m512 by = _mm512_set1_ps(shrinks[r]);
       for (int64_t d = 0; d < head_dim; d += 16)
-        _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(_mm512_loadu_ps(acc + d), by,
-                                                  _mm512_loadu_ps(s.products[r] + d)));
+        _mm512_store_ps(s.acc[r] + d, _mm512_mul_ps(_mm512_load_ps(s.acc[r] + d), by));
+    }
+    const int64_t chunks = (n + 31) / 32;
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t r = 0; r < rows; ++r) {
+        __m512i high, low;
+        split_row(s.probs[r] + 32 * c, high, low);
+        _mm512_store_si512(s.weights[c][0] + r * 32, high);
+        _mm512_store_si512(s.weights[c][1] + r * 32, low);
+      }
+      rearrange_values(v_cache + (j0 + 32 * c) * head_dim, std::min<int64_t>(32, n - 32 * c),
+                       head_dim, s.values[c], ahead);
+    }
+    for (int64_t t0 = 0; t0 < value_tiles; t0 += 4) {
+      const int64_t tiles = std::min<int64_t>(4, value_tiles - t0);
+      float* sums = s.acc[0] + 16 * t0;
+      _tile_loadd(4, sums, acc_stride);
+      if (tiles > 1) _tile_loadd(5, sums + 16, acc_stride);
+      if (tiles > 2) _tile_loadd(6, sums + 32, acc_stride);
+      if (tiles > 3) _tile_loadd(7, sums + 48, acc_stride);
+      for (int64_t c = 0; c < chunks; ++c) {
+        _tile_loadd(0, s.weights[c][0], 64);
+        _tile_loadd(1, s.weights[c][1], 64);
+        SHARDLM_ADD_VALUES(4, 2, s.values[c][t0]);
+        if (tiles > 1) SHARDLM_ADD_VALUES(5, 3, s.values[c][t0 + 1]);
+        if (tiles > 2) SHARDLM_ADD_VALUES(6, 2, s.values[c][t0 + 2]);
+        if (tiles > 3) SHARDLM_ADD_VALUES(7, 3, s.values[c][t0 + 3]);
+      }
+      _tile_stored(4, sums, acc_stride);
+      if (tiles > 1) _tile_stored(5, sums + 16, acc_stride);
+      if (tiles > 2) _tile_stored(6, sums + 32, acc_stride);
+      if (tiles > 3) _tile_stored(7, sums + 48, acc_stride);
     }
   }
+  store_sums(s, rows, head_dim, st);
   _mm512_mask_storeu_ps(st.max, live_rows, max);
   _mm512_mask_storeu_ps(st.sum, live_rows, sum);
 }
+
+#undef SHARDLM_SCORE_BLOCK
+#undef SHARDLM_ADD_VALUES
 
 }  // namespace
 
 void attention_decode_amx(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
                           const AttentionState& st) {
   if (hi <= lo) return;
-  Scratch s;
+  static thread_local std::unique_ptr<Scratch> scratch;
+  if (!scratch) scratch = std::make_unique<Scratch>();
+  Scratch& s = *scratch;
   configure_tiles();
   for (int64_t r0 = 0; r0 < q.rows; r0 += kTileRows) {
     const AttentionState rows_state{st.acc + r0 * st.ld, st.ld, st.max + r0, st.sum + r0};

@@ -45,7 +45,10 @@ inline void configure_tiles() {
     config.bytes_per_row[t] = 64;
     config.rows[t] = kTileRows;
   }
-  _tile_loadconfig(&config);
+  // Not _tile_loadconfig: GCC's declares only the first 8 bytes of the
+  // configuration as read, and once inlined the stores of the rest can be
+  // dropped (seen with GCC 12: LDTILECFG then faults on a zero row width).
+  __asm__ volatile("ldtilecfg %0" ::"m"(config));
 }
 
 inline __m512 bf16_to_f32(__m256bh h) {

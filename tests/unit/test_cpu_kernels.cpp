@@ -389,7 +389,7 @@ TEST_CASE("grouped decode attention matches a plain reference for every head", "
   // the CPU has it (one or two groups of value tiles; 20 heads: two row groups).
   for (DType kv_dtype : kKvDtypes)
     for (int64_t head_dim : {16, 24, 32, 64, 96, 128})
-      for (int64_t heads : {1, 3, 8, 20})
+      for (int64_t heads : {1, 2, 3, 5, 8, 20})
         for (int64_t keys : {1, 17, 130, 700}) {
           const auto q = random_values(size_t(heads * head_dim), uint32_t(heads * 7 + keys));
           const auto k = cache_values(
