@@ -231,11 +231,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const bool mesh_pinned = !o.mesh.empty() || o.pp_given;
   LayoutFlags layout_flags = o.layouts;
   layout_flags.rank_nodes = world.node_of_ranks();
-  LayoutChoice choice =
-      choose_layouts(layout_flags, config, mesh, mesh_pinned, workload, weights_name);
+  LayoutChoice choice = choose_layouts(layout_flags, config, mesh, mesh_pinned, workload,
+                                       weights_name, std::string(weight_dtype_name(kv_dtype)));
   mesh = choice.decode.mesh;
-  // Predictions price the KV cache in the dtype it is stored in.
-  choice.prefill.kv_dtype = choice.decode.kv_dtype = weight_dtype_name(kv_dtype);
   if (mesh.pp > config.num_layers)
     throw UsageError(fmt::format("--pp {}: more pipeline stages than the model's {} layers",
                                  mesh.pp, config.num_layers));

@@ -15,6 +15,7 @@
 #include "partitioning/paper_fit.hpp"
 #include "partitioning/plan_report.hpp"
 #include "partitioning/planner.hpp"
+#include "runtime/dtype.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
@@ -22,6 +23,7 @@ namespace {
 
 struct PlanOptions {
   std::string model, hardware = "tpu-v4", objective = "latency", weights = "auto";
+  std::string kv_dtype = default_kv_dtype_flag();
   int chips = 0, pp = 0;
   int64_t batch = 1, prompt_len = 0, gen_len = 0;
   double latency_target_ms = 0;
@@ -127,6 +129,8 @@ void run_plan(const PlanOptions& o) {
   req.objective = o.objective == "cost" ? Objective::kCost : Objective::kLatency;
   if (o.latency_target_ms > 0) req.latency_target_s = o.latency_target_ms / 1e3;
   req.weights = o.weights;
+  parse_kv_dtype(o.kv_dtype);  // a bad value is a usage error
+  req.kv_dtype = o.kv_dtype;
   req.ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", o.ffn_prefill, parse_ffn_layout);
   req.ffn_decode =
@@ -190,6 +194,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--objective", o->objective, "latency or cost")->capture_default_str();
   cmd->add_option("--latency-target-ms", o->latency_target_ms, "prefill + decode latency to meet");
   cmd->add_option("--weights", o->weights, "bf16, int8, f32 or auto")->capture_default_str();
+  cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help())->capture_default_str();
   cmd->add_option("--ffn-layout-prefill", o->ffn_prefill, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
   cmd->add_option("--ffn-layout-decode", o->ffn_decode, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
   cmd->add_option("--attn-layout-prefill", o->attn_prefill, "pin: heads or batch");

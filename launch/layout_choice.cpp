@@ -9,8 +9,8 @@
 
 namespace shardlm {
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
-                            bool mesh_pinned, const Workload& workload,
-                            const std::string& weights) {
+                            bool mesh_pinned, const Workload& workload, const std::string& weights,
+                            const std::string& kv_dtype) {
   LayoutChoice choice;
   const auto ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
@@ -32,16 +32,25 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
   }
   // Collectives are priced by the links the job's groups actually cross.
   if (choice.hardware) choice.hardware->rank_nodes = flags.rank_nodes;
-  choice.prefill = {ffn_prefill.value_or(FfnLayout::k2D), attn_prefill.value_or(AttnLayout::kHeads),
-                    weights, mesh};
-  choice.decode = {ffn_decode.value_or(FfnLayout::k2D), attn_decode.value_or(AttnLayout::kHeads),
-                   weights, mesh};
+  choice.prefill = {ffn_prefill.value_or(FfnLayout::k2D),
+                    attn_prefill.value_or(AttnLayout::kHeads),
+                    weights,
+                    mesh,
+                    0,
+                    kv_dtype};
+  choice.decode = {ffn_decode.value_or(FfnLayout::k2D),
+                   attn_decode.value_or(AttnLayout::kHeads),
+                   weights,
+                   mesh,
+                   0,
+                   kv_dtype};
   if (!flags.plan_auto) return choice;
 
   PlanRequest request;
   request.workload = workload;
   request.chips = mesh.size();
   request.weights = weights;
+  request.kv_dtype = kv_dtype;
   if (mesh_pinned) request.mesh = mesh;
   request.ffn_prefill = ffn_prefill;
   request.ffn_decode = ffn_decode;

@@ -28,11 +28,13 @@ struct LayoutChoice {
   std::string why;                       // the planner's reasoning, under --plan auto
 };
 
-// `weights` is the cost model's dtype name of the weights as stored. Under
+// `weights` and `kv_dtype` are the cost model's dtype names of the weights
+// and the KV cache as stored. Under
 // --plan auto with `mesh_pinned` false the planner also picks the mesh
 // (pipeline depth included) for mesh.size() ranks.
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
-                            bool mesh_pinned, const Workload& workload, const std::string& weights);
+                            bool mesh_pinned, const Workload& workload, const std::string& weights,
+                            const std::string& kv_dtype);
 
 // How many layers each pipeline stage of `mesh` owns: `--pp-layers` text when
 // given, else balanced_stage_split (runtime/pipeline.hpp) over the predicted

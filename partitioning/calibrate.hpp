@@ -96,8 +96,9 @@ int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats,
                            Communicator* in_step = nullptr);
 // FLOP/s (4 x heads x keys x head_dim) of the CPU backend's decode attention
-// for `heads` query heads sharing one KV head: best of `repeats` runs, or
-// with `in_step` timed as measure_matmul_bf16 times it.
+// for `heads` query heads sharing one KV head, one cache (in L2) per thread
+// of this rank, all at once: best of `repeats` runs, or with `in_step` timed
+// as measure_matmul_bf16 times it.
 double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats,
                                 Communicator* in_step = nullptr);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.

@@ -169,7 +169,18 @@ TEST_CASE("decode attention is priced at its measured rate for the model's group
   for (const HardwareSpec* h : {&by_group, &single}) {
     const PhaseCost c = estimate_phase(model, *h, w, Phase::kDecode, config);
     CHECK(c.layer.compute_eff_s == Approx(others_s + attention_flops / 2.5e9));
+    // The attention's arithmetic and its read of the cache add up, after the
+    // weight-streaming matmuls (the larger of their compute and weight read).
+    const double weights_s = std::max(others_s, c.layer.weight_bytes / 4e10);
+    REQUIRE(c.layer.kv_bytes > 0);
+    CHECK(c.layer.latency_s == Approx(weights_s + attention_flops / 2.5e9 +
+                                      c.layer.kv_bytes / 4e10 + c.layer.overhead_s));
   }
+  // Without a measured attention rate everything overlaps: the larger of all
+  // compute and all memory time.
+  CHECK(plain.layer.latency_s ==
+        Approx(std::max(plain.layer.compute_eff_s, plain.layer.memory_eff_s) +
+               plain.layer.overhead_s));
   // Read back as written.
   const HardwareSpec again = load_spec("again", by_group.measured.to_yaml());
   CHECK(again.measured.attention_decode_flops_by_group ==

@@ -22,7 +22,8 @@ TEST_CASE("layer counts of --pp-layers are parsed and checked", "[pipeline]") {
 
 TEST_CASE("the default split balances time, then memory", "[pipeline]") {
   // Equal layers and no edges: as even as it gets.
-  CHECK(balanced_stage_split(8, 4, {1, 0, 0}, {1, 0, 0}).layers == std::vector<int64_t>{2, 2, 2, 2});
+  CHECK(balanced_stage_split(8, 4, {1, 0, 0}, {1, 0, 0}).layers ==
+        std::vector<int64_t>{2, 2, 2, 2});
   CHECK(balanced_stage_split(5, 1, {1, 0, 0}, {1, 0, 0}).layers == std::vector<int64_t>{5});
   // A head worth two layers: the last stage takes two fewer (8 + 0 vs 6 + 2).
   CHECK(balanced_stage_split(14, 2, {1, 2, 0}, {1, 0, 0}).layers == std::vector<int64_t>{8, 6});
