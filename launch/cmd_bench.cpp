@@ -376,7 +376,8 @@ void run_bench(const BenchOptions& o) {
               if (world.is_root() && o.output == "md")
                 fmt::print(stderr,
                            "bench: {} weights, {} threads, b {}, d {}, p {}, n {}: prefill {:.1f} "
-                           "tok/s, decode {:.2f} tok/s ({:.0f}% of the roofline)\n",
+                           "tok/s, decode {:.2f} tok/s ({:.0f}% of the roofline as measured at "
+                           "the start; the table takes the better of start and end)\n",
                            row.weights, threads, b, d, p, n, row.prefill_tps, row.decode_tps,
                            100 * row.decode_roofline);
             }
