@@ -251,9 +251,9 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
   // P's rows from `rows` on stay zero.
   for (auto& chunk : s.weights) std::fill(&chunk[0][0], &chunk[0][0] + kTileBytes, uint16_t(0));
 
-  // Lane c of a score vector: query row c % G of block c / G; idx[b] gathers
-  // each lane's row from block b, so a row's maximum (or sum) over the
-  // blocks lands in every lane of that row.
+  // Lane c of a score vector: query row c % G of block c / G. over_blocks
+  // gathers each lane's row from every block, so a row's maximum (or sum)
+  // over the blocks lands in every lane of that row.
   const int64_t live_lanes = pack.rows * pack.per_tile;
   alignas(64) int32_t row_of[16], block_first_key[16];
   for (int c = 0; c < 16; ++c) {
