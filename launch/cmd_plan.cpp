@@ -129,8 +129,7 @@ void run_plan(const PlanOptions& o) {
   req.objective = o.objective == "cost" ? Objective::kCost : Objective::kLatency;
   if (o.latency_target_ms > 0) req.latency_target_s = o.latency_target_ms / 1e3;
   req.weights = o.weights;
-  parse_kv_dtype(o.kv_dtype);  // a bad value is a usage error
-  req.kv_dtype = o.kv_dtype;
+  req.kv_dtype = std::string(weight_dtype_name(parse_kv_dtype(o.kv_dtype)));
   req.ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", o.ffn_prefill, parse_ffn_layout);
   req.ffn_decode =

@@ -217,7 +217,8 @@ Setup plan_point(const json& cfg, const ModelInfo& model, const HardwareSpec& hw
     const std::string w = cfg["weights"].get<std::string>();
     req.weights = w == "f16" ? "bf16" : w;  // priced by bytes: the same as bf16
   }
-  req.kv_dtype = default_kv_dtype_flag();  // the runs' KV cache: generate's default
+  // The runs' KV cache: generate's default.
+  req.kv_dtype = std::string(weight_dtype_name(parse_kv_dtype(default_kv_dtype_flag())));
   Setup s;
   if (cfg["mesh"] != "auto") {
     s.mesh = Mesh::parse(cfg["mesh"].get<std::string>());

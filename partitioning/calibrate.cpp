@@ -174,8 +174,9 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
   // A BF16 cache, the default --kv-dtype; 0x3e4d and 0x3e9a are 0.2 and 0.3.
   const int threads = omp_get_max_threads();
   const size_t cache = size_t(keys * head_dim);
+  const int64_t scratch_floats = cpu::attention_rows_scratch(heads, head_dim);
   std::vector<float> q(size_t(heads * head_dim), 0.1f), out(size_t(threads * heads * head_dim)),
-      scratch(size_t(threads * cpu::attention_rows_scratch(heads, head_dim)));
+      scratch(size_t(threads * scratch_floats));
   const StreamedBuffer<uint16_t> k = filled(cache * size_t(threads), uint16_t(0x3e4d)),
                                  v = filled(cache * size_t(threads), uint16_t(0x3e9a));
   // The query heads of one new token at the last position: each sees every key.
@@ -186,7 +187,7 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
       const cpu::KVView kv{k.data() + size_t(t) * cache, v.data() + size_t(t) * cache, DType::BF16,
                            head_dim, 1.0f / std::sqrt(float(head_dim))};
       cpu::attention_rows(query, kv, out.data() + t * heads * head_dim, head_dim,
-                          scratch.data() + t * cpu::attention_rows_scratch(heads, head_dim));
+                          scratch.data() + t * scratch_floats);
     }
   };
   const double seconds =

@@ -208,14 +208,16 @@ double matmul_rate(const HardwareSpec& hw, double rows, bool alone) {
   return hw.peak(hw.activation_dtype) * hw.efficiency.matmul_fraction(rows);
 }
 
+// FLOP/s of decode attention where the spec measured it, else 0.
+double measured_attention_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
+  return m.decode_attention ? hw.measured.attention_decode_rate(alone, m.group) : 0.0;
+}
+
 // FLOP/s of one priced matmul: decode attention at its measured rate where
 // there is one (it is not a weight matmul of batch rows).
 double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
-  if (m.decode_attention) {
-    const double decode_attention = hw.measured.attention_decode_rate(alone, m.group);
-    if (decode_attention > 0) return decode_attention;
-  }
-  return matmul_rate(hw, m.rows, alone);
+  const double decode_attention = measured_attention_rate(hw, m, alone);
+  return decode_attention > 0 ? decode_attention : matmul_rate(hw, m.rows, alone);
 }
 
 // Bytes/s at which a chip reads the weights and KV cache of a forward pass
@@ -252,8 +254,7 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
   for (const MatmulCost& m : f.matmuls) {
     const double t = compute_s(m);
     f.compute_eff_s += t;
-    if (m.decode_attention && hw.measured.attention_decode_rate(alone, m.group) > 0)
-      attention_s += t;
+    if (measured_attention_rate(hw, m, alone) > 0) attention_s += t;
   }
   f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_bw;
   // Where decode attention's rate is measured (a calibrated CPU), its
