@@ -12,18 +12,24 @@
 // key 16 b + i. One pass takes nb blocks (twice that, in two score tiles,
 // when nb is odd, so that P · V steps of 32 keys are never half empty):
 //   scores: K tiles straight from the cache (a partial block from a
-//     zero-padded copy), Q split into hi and lo BF16 halves, per block
-//     rearranged once per call; four accumulators, so that no product waits
-//     on the one before it;
+//     zero-padded copy), Q rounded to BF16 and, per block, rearranged once
+//     per call; four accumulators, so that no product waits on the one
+//     before it;
 //   the online softmax on 16 lanes: the pass's maximum of each row is the
 //     maximum over its nb columns (permutes), and so is its sum;
-//   P [16 rows][32 keys] from the transposed weights, split hi / lo, and V
+//   P [16 rows][32 keys] from the transposed weights, rounded to BF16, and V
 //     in key pairs (the layout TDPBF16PS wants of its second operand),
 //     interleaved without reordering: the output columns come out in a fixed
 //     permuted order (value_column_dim) that is undone once per call.
-// Accuracy: the hi / lo splits make every product exact in F32 (as in
-// amx_matmul.cpp), so the result differs from the vector kernel only in the
-// order of F32 additions.
+// Accuracy: Q and P are rounded to BF16 (nearest even), as GPU flash
+// attention kernels round P; K and V are BF16 already, so every product is
+// exact in F32 and the sums are F32. Rounding Q moves each score by at most
+// 2^-8 scale sum_d |q_d k_d| (the bound K's own rounding in the cache
+// puts on it), rounding P moves each output by at most 2^-8 sum_j p_j |v_j|
+// (V's); tests/unit/test_cpu_kernels.cpp holds the kernel to that. Exact
+// hi / lo halves of Q and P (as amx_matmul.cpp splits activations) cost
+// twice the tile products: with K and V already rounded, they bought
+// accuracy the cache has not kept.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -114,13 +120,13 @@ Packing packing_for(int64_t rows) {
 // Everything one call keeps between passes (about 140 KiB: per thread, not
 // on the stack).
 struct alignas(64) Scratch {
-  // Q hi / lo per block of a score tile and 32 dims, in that block's columns.
-  uint16_t query[kMaxPerTile][kMaxSteps][2][kTileBytes / 2];
+  // Q per block of a score tile and 32 dims, in that block's columns.
+  uint16_t query[kMaxPerTile][kMaxSteps][kTileBytes / 2];
   // V per 32 keys in key pairs, per 16 output columns (value_column_dim).
   uint16_t values[kMaxChunks][kValueTiles][kTileBytes / 2];
-  uint16_t weights[kMaxChunks][2][kTileBytes / 2];  // P hi / lo [16 rows][32 keys]
-  uint16_t keys[kTileRows * kMaxHeadDim];           // a partial block of K, zero past its last key
-  float scores[4][kTileRows][kTileRows];            // the four score accumulators
+  uint16_t weights[kMaxChunks][kTileBytes / 2];  // P [16 rows][32 keys]
+  uint16_t keys[kTileRows * kMaxHeadDim];        // a partial block of K, zero past its last key
+  float scores[4][kTileRows][kTileRows];         // the four score accumulators
   float probs[kTileRows][kMaxPassBlocks * kTileRows];  // P by row: 16 b + i is key i of block b
   float acc[kTileRows][kMaxHeadDim];  // the rows' output sums, in the V tiles' column order
 };
@@ -166,20 +172,19 @@ void store_sums(const Scratch& s, int64_t rows, int64_t head_dim, const Attentio
 }
 
 // Q's rows as the second operand of the score products: for each block of a
-// score tile and each 32 dims, hi and lo tiles with row r in column G b + r.
+// score tile and each 32 dims, a tile with row r in column G b + r.
 void prepare_queries(const float* q, int64_t ldq, const Packing& pack, int64_t steps, Scratch& s) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t step = 0; step < steps; ++step) {
-    rearrange_tile(q, pack.rows, ldq, 0, step, s.query[0][step][0]);
+    rearrange_tile(q, pack.rows, ldq, 0, step, s.query[0][step], /*split=*/false);
     for (int64_t b = 1; b < pack.per_tile; ++b) {
       const int shift = int(pack.rows * b);
       const __m512i from = _mm512_sub_epi32(lane, _mm512_set1_epi32(shift));
       const __mmask16 kept = __mmask16(0xffffu << shift);
-      for (int half = 0; half < 2; ++half)
-        for (int64_t p = 0; p < kTileRows; ++p)
-          _mm512_store_si512(s.query[b][step][half] + p * 32,
-                             _mm512_maskz_permutexvar_epi32(
-                                 kept, from, _mm512_load_si512(s.query[0][step][half] + p * 32)));
+      for (int64_t p = 0; p < kTileRows; ++p)
+        _mm512_store_si512(s.query[b][step] + p * 32,
+                           _mm512_maskz_permutexvar_epi32(
+                               kept, from, _mm512_load_si512(s.query[0][step] + p * 32)));
     }
   }
 }
@@ -218,24 +223,21 @@ void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim,
 // GCC's tile intrinsics take their tile numbers as literals (they are pasted
 // into the assembly), hence macros rather than templates.
 // One block's scores: K tiles (at k, row stride `stride`) into tile a, Q's
-// hi and lo halves into accumulators hi and lo.
-#define SHARDLM_SCORE_BLOCK(a, hi, lo, k, stride, query, steps) \
+// into tile b, products into accumulator acc.
+#define SHARDLM_SCORE_BLOCK(acc, a, b, k, stride, query, steps) \
   do {                                                          \
     for (int64_t step = 0; step < (steps); ++step) {            \
       _tile_loadd(a, (k) + step * kStepCols, (stride));         \
-      _tile_loadd(2, (query)[step][0], 64);                     \
-      _tile_loadd(3, (query)[step][1], 64);                     \
-      _tile_dpbf16ps(hi, a, 2);                                 \
-      _tile_dpbf16ps(lo, a, 3);                                 \
+      _tile_loadd(b, (query)[step], 64);                        \
+      _tile_dpbf16ps(acc, a, b);                                \
     }                                                           \
   } while (0)
-// Accumulator acc += P (hi and lo in tiles 0 and 1) · the V tile at
-// `values`, loaded into tile v.
-#define SHARDLM_ADD_VALUES(acc, v, values) \
-  do {                                     \
-    _tile_loadd(v, (values), 64);          \
-    _tile_dpbf16ps(acc, 0, v);             \
-    _tile_dpbf16ps(acc, 1, v);             \
+// Accumulator acc += P (in tile p) · the V tile at `values`, loaded into
+// tile v.
+#define SHARDLM_ADD_VALUES(acc, p, v, values) \
+  do {                                        \
+    _tile_loadd(v, (values), 64);             \
+    _tile_dpbf16ps(acc, p, v);                \
   } while (0)
 
 // Up to 16 rows at one position over the keys [lo, hi) (see the file's
@@ -249,7 +251,7 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
   prepare_queries(q, ldq, pack, steps, s);
   load_sums(st, rows, head_dim, s);
   // P's rows from `rows` on stay zero.
-  for (auto& chunk : s.weights) std::fill(&chunk[0][0], &chunk[0][0] + kTileBytes, uint16_t(0));
+  for (auto& chunk : s.weights) std::fill(chunk, chunk + kTileBytes / 2, uint16_t(0));
 
   // Lane c of a score vector: query row c % G of block c / G. over_blocks
   // gathers each lane's row from every block, so a row's maximum (or sum)
@@ -281,8 +283,9 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
   for (int64_t j0 = lo; j0 < hi; j0 += pass_keys) {
     const int64_t n = std::min(pass_keys, hi - j0);
     const bool ahead = j0 + kPrefetchKeys + pass_keys <= hi;
-    // Scores: block i of score tile t into accumulators 4 / 5 or 6 / 7 (by
-    // tile where there are two, else by i's parity: four chains of products).
+    // Scores: block i of score tile t into accumulator 4 + t + 2 (i % 2)
+    // where there are two tiles, else 4 + i % 4: four chains of products,
+    // K and Q in tiles 0 / 2 and 1 / 3 by turns.
     _tile_zero(4);
     _tile_zero(5);
     _tile_zero(6);
@@ -300,10 +303,12 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
           copy_keys(k, n - 16 * b, head_dim, s.keys);
           k = s.keys;
         }
-        if ((pack.score_tiles == 2 ? t : i % 2) == 0)
-          SHARDLM_SCORE_BLOCK(0, 4, 5, k, stride, s.query[i], steps);
-        else
-          SHARDLM_SCORE_BLOCK(1, 6, 7, k, stride, s.query[i], steps);
+        switch (pack.score_tiles == 2 ? t + 2 * (i % 2) : i % 4) {
+          case 0: SHARDLM_SCORE_BLOCK(4, 0, 2, k, stride, s.query[i], steps); break;
+          case 1: SHARDLM_SCORE_BLOCK(5, 1, 3, k, stride, s.query[i], steps); break;
+          case 2: SHARDLM_SCORE_BLOCK(6, 0, 2, k, stride, s.query[i], steps); break;
+          default: SHARDLM_SCORE_BLOCK(7, 1, 3, k, stride, s.query[i], steps); break;
+        }
       }
     _tile_stored(4, s.scores[0], 64);
     _tile_stored(5, s.scores[1], 64);
@@ -311,7 +316,7 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
     _tile_stored(7, s.scores[3], 64);
 
     // The online softmax: score vector (t, i) is row i of score tile t, the
-    // sum of its accumulators (two tiles: 4 + 5 and 6 + 7; one: all four).
+    // sum of its accumulators (two tiles: 4 + t and 6 + t; one: all four).
     __m512 e[2][kTileRows];
     __mmask16 valid[2][kTileRows];
     __m512 pass_max = neg_inf;
@@ -319,8 +324,7 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
       for (int64_t i = 0; i < kTileRows; ++i) {
         __m512 x;
         if (pack.score_tiles == 2)
-          x = _mm512_add_ps(_mm512_load_ps(s.scores[2 * t][i]),
-                            _mm512_load_ps(s.scores[2 * t + 1][i]));
+          x = _mm512_add_ps(_mm512_load_ps(s.scores[t][i]), _mm512_load_ps(s.scores[t + 2][i]));
         else
           x = _mm512_add_ps(
               _mm512_add_ps(_mm512_load_ps(s.scores[0][i]), _mm512_load_ps(s.scores[1][i])),
@@ -361,12 +365,8 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
     }
     const int64_t chunks = (n + 31) / 32;
     for (int64_t c = 0; c < chunks; ++c) {
-      for (int64_t r = 0; r < rows; ++r) {
-        __m512i high, low;
-        split_row(s.probs[r] + 32 * c, high, low);
-        _mm512_store_si512(s.weights[c][0] + r * 32, high);
-        _mm512_store_si512(s.weights[c][1] + r * 32, low);
-      }
+      for (int64_t r = 0; r < rows; ++r)
+        _mm512_store_si512(s.weights[c] + r * 32, round_row(s.probs[r] + 32 * c));
       rearrange_values(v_cache + (j0 + 32 * c) * head_dim, std::min<int64_t>(32, n - 32 * c),
                        head_dim, s.values[c], ahead);
     }
@@ -377,14 +377,22 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
       if (tiles > 1) _tile_loadd(5, sums + 16, acc_stride);
       if (tiles > 2) _tile_loadd(6, sums + 32, acc_stride);
       if (tiles > 3) _tile_loadd(7, sums + 48, acc_stride);
-      for (int64_t c = 0; c < chunks; ++c) {
-        _tile_loadd(0, s.weights[c][0], 64);
-        _tile_loadd(1, s.weights[c][1], 64);
-        SHARDLM_ADD_VALUES(4, 2, s.values[c][t0]);
-        if (tiles > 1) SHARDLM_ADD_VALUES(5, 3, s.values[c][t0 + 1]);
-        if (tiles > 2) SHARDLM_ADD_VALUES(6, 2, s.values[c][t0 + 2]);
-        if (tiles > 3) SHARDLM_ADD_VALUES(7, 3, s.values[c][t0 + 3]);
-      }
+      // Chunks alternate P between tiles 0 and 1 (V: 2 and 3) so that a
+      // chunk's loads need not wait for the products of the one before.
+      for (int64_t c = 0; c < chunks; ++c)
+        if (c % 2 == 0) {
+          _tile_loadd(0, s.weights[c], 64);
+          SHARDLM_ADD_VALUES(4, 0, 2, s.values[c][t0]);
+          if (tiles > 1) SHARDLM_ADD_VALUES(5, 0, 3, s.values[c][t0 + 1]);
+          if (tiles > 2) SHARDLM_ADD_VALUES(6, 0, 2, s.values[c][t0 + 2]);
+          if (tiles > 3) SHARDLM_ADD_VALUES(7, 0, 3, s.values[c][t0 + 3]);
+        } else {
+          _tile_loadd(1, s.weights[c], 64);
+          SHARDLM_ADD_VALUES(4, 1, 3, s.values[c][t0]);
+          if (tiles > 1) SHARDLM_ADD_VALUES(5, 1, 2, s.values[c][t0 + 1]);
+          if (tiles > 2) SHARDLM_ADD_VALUES(6, 1, 3, s.values[c][t0 + 2]);
+          if (tiles > 3) SHARDLM_ADD_VALUES(7, 1, 2, s.values[c][t0 + 3]);
+        }
       _tile_stored(4, sums, acc_stride);
       if (tiles > 1) _tile_stored(5, sums + 16, acc_stride);
       if (tiles > 2) _tile_stored(6, sums + 32, acc_stride);

@@ -7,7 +7,7 @@
 //
 // Accuracy: each x value is split into two BF16 values, hi = bf16(x) and
 // lo = bf16(x - hi), so x is carried to within 2^-18 of itself (instead of
-// the 2^-9 of one BF16) and every product with a BF16 weight is exact in
+// the 2^-8 of one BF16) and every product with a BF16 weight is exact in
 // F32; only the F32 accumulation order differs from the streaming kernel.
 // That costs two tile products per weight tile, which decode (bound by
 // memory) does not notice and prefill can afford.

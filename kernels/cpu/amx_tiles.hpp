@@ -1,7 +1,7 @@
 // What the AMX kernels (amx_matmul.cpp, amx_attention.cpp) share: the target
 // their functions are compiled for, the tile shape and configuration, and
-// F32 rows split into two BF16 halves and rearranged as the second operand
-// of TDPBF16PS.
+// F32 rows rounded to BF16 (or split into two BF16 halves) and rearranged as
+// the second operand of TDPBF16PS.
 //
 // The kernels are compiled for AMX whatever the build machine (-march=native
 // may lack it) and run only where amx_available() says the CPU has it: each
@@ -55,6 +55,11 @@ inline __m512 bf16_to_f32(__m256bh h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(__m256i(h)), 16));
 }
 
+// 32 floats at p rounded to BF16 (nearest even), in order.
+inline __m512i round_row(const float* p) {
+  return __m512i(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p)));
+}
+
 // 32 floats at p as hi and lo BF16 halves (32 values each, in order):
 // hi = bf16(x), lo = bf16(x - hi), so hi + lo is within 2^-18 of x and every
 // product of either with a BF16 value is exact in F32.
@@ -68,11 +73,11 @@ inline void split_row(const float* p, __m512i& hi, __m512i& lo) {
 }
 
 // Rows [16 g, 16 g + 16) of x (stride ldx; rows from `rows` on are zero),
-// columns [32 s, 32 s + 32), as a hi tile and then a lo tile at `tiles`,
-// each [16 column pairs][16 rows][2]: the layout TDPBF16PS wants of its
-// second operand.
+// columns [32 s, 32 s + 32), as a hi tile and then a lo tile at `tiles`
+// (with split false: one tile, rounded), each [16 column pairs][16 rows][2]:
+// the layout TDPBF16PS wants of its second operand.
 inline void rearrange_tile(const float* x, int64_t rows, int64_t ldx, int64_t g, int64_t s,
-                           uint16_t* tiles) {
+                           uint16_t* tiles, bool split = true) {
   // Column pair c of row i goes to dword c * 16 + i of its tile.
   const __m512i to_pair_rows =
       _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -82,9 +87,10 @@ inline void rearrange_tile(const float* x, int64_t rows, int64_t ldx, int64_t g,
   for (int64_t i = 0; i < kTileRows; ++i) {
     const int64_t row = g * kTileRows + i;
     __m512i hi = _mm512_setzero_si512(), lo = _mm512_setzero_si512();
-    if (row < rows) split_row(x + row * ldx + s * kStepCols, hi, lo);
+    if (row < rows && split) split_row(x + row * ldx + s * kStepCols, hi, lo);
+    if (row < rows && !split) hi = round_row(x + row * ldx + s * kStepCols);
     _mm512_i32scatter_epi32(hi_tile + i, to_pair_rows, hi, 4);
-    _mm512_i32scatter_epi32(lo_tile + i, to_pair_rows, lo, 4);
+    if (split) _mm512_i32scatter_epi32(lo_tile + i, to_pair_rows, lo, 4);
   }
 }
 

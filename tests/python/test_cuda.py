@@ -15,14 +15,16 @@ line (model, max |Δ|, bound) to that file for the check's summary.
 The bound of the logits comparison. Both backends store the weights in bf16
 (the models are written in bf16) and the KV cache in bf16 (--kv-dtype bf16
 for both). The CUDA backend rounds every matmul's F32 input to bf16 on its way
-into the tensor cores: relative error u = 2^-9 per element, uniform, so a dot
-product of K terms with random signs errs by about u/sqrt(3) ≈ 1.1e-3 of its
-typical size. A tiny preset has 4 layers of 4 such matmul stages in a row,
-plus the LM head: 17 roundings, which add like independent errors through
-RMSNorm (which rescales, it does not amplify): sqrt(17) · 1.1e-3 ≈ 4.7e-3 of
-a typical logit, σ. The maximum over 12 prompt positions × 32000 logits
-(3.8e5 draws) stays within about 5σ ≈ 2.4e-2 of the typical logit, and the
-typical logit is below the largest: max |Δ| ≤ 3e-2 · max |logit| leaves
+into the tensor cores: half an ulp, a relative error of at most 2^-8 per
+element and 2^-7.5/sqrt(12) ≈ 1.6e-3 standard deviation (uniform over an ulp
+that is 2^-7 to 2^-8 of the value), so a dot product of K terms with random
+signs errs by about 1.6e-3 of its typical size. A tiny preset has 4 layers of
+4 such matmul stages in a row, plus the LM head: 17 roundings, which add like
+independent errors through RMSNorm (which rescales, it does not amplify):
+sqrt(17) · 1.6e-3 ≈ 6.6e-3 of a typical logit, σ. The maximum over 12 prompt
+positions × 32000 logits (3.8e5 draws) stays within about 5σ ≈ 3.3e-2 of the
+typical logit, and the largest logit is several typical ones (random-weight
+logits are near normal, so max |logit| ≈ 4 typical): max |Δ| ≤ 3e-2 · max |logit| leaves
 that margin and still catches a wrong head, position or scale, whose errors
 are of the order of the logits themselves. Tensor parallelism over NCCL on
 top changes only the order of F32 sums (1e-7 relative), which can move

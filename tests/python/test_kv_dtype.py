@@ -2,9 +2,11 @@
 
 An F32 cache gives the reference logits (1e-4 of the largest, as test_logits
 states). A 16-bit cache rounds each K and V value once, to nearest even, when it
-is written: relative error 2^-9 (bf16) or 2^-12 (f16) per value. Attention
-weights and outputs are sums of these, so the logits move by a small multiple
-of that; the bounds, of the largest f32-cache logit over prefill and every
+is written: relative error at most 2^-8 (bf16) or 2^-11 (f16) per value. Attention
+weights and outputs are sums of these (on a CPU with AMX, decode attention over
+a bf16 cache also rounds Q and P to bf16, errors of the same size as K's and V's:
+kernels/cpu/amx_attention.cpp), so the logits move by a small multiple of that;
+the bounds, of the largest f32-cache logit over prefill and every
 decode step on `tiny` (24-token prompt, 6 new tokens), are
   bf16: 1e-2 (about 2e-3 measured), f16: 2e-3 (about 3e-4 measured),
 and greedy tokens are equal where the f32 run's top-2 margin exceeds twice the
