@@ -283,6 +283,12 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
   for (int64_t j0 = lo; j0 < hi; j0 += pass_keys) {
     const int64_t n = std::min(pass_keys, hi - j0);
     const bool ahead = j0 + kPrefetchKeys + pass_keys <= hi;
+    const int64_t chunks = (n + 31) / 32;
+    // V first: its tiles are stored long before the P · V products load
+    // them (a tile load waits for the stores it reads to drain).
+    for (int64_t c = 0; c < chunks; ++c)
+      rearrange_values(v_cache + (j0 + 32 * c) * head_dim, std::min<int64_t>(32, n - 32 * c),
+                       head_dim, s.values[c], ahead);
     // Scores: block i of score tile t into accumulator 4 + t + 2 (i % 2)
     // where there are two tiles, else 4 + i % 4: four chains of products,
     // K and Q in tiles 0 / 2 and 1 / 3 by turns.
@@ -363,12 +369,9 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
       for (int64_t d = 0; d < head_dim; d += 16)
         _mm512_store_ps(s.acc[r] + d, _mm512_mul_ps(_mm512_load_ps(s.acc[r] + d), by));
     }
-    const int64_t chunks = (n + 31) / 32;
     for (int64_t c = 0; c < chunks; ++c) {
       for (int64_t r = 0; r < rows; ++r)
         _mm512_store_si512(s.weights[c] + r * 32, round_row(s.probs[r] + 32 * c));
-      rearrange_values(v_cache + (j0 + 32 * c) * head_dim, std::min<int64_t>(32, n - 32 * c),
-                       head_dim, s.values[c], ahead);
     }
     for (int64_t t0 = 0; t0 < value_tiles; t0 += 4) {
       const int64_t tiles = std::min<int64_t>(4, value_tiles - t0);
