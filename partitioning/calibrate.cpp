@@ -475,6 +475,23 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
                                                  : measure_memory_read(mib << 20, 3));
     }
   };
+  // The kernel crossovers before the rates by rows, and in force while they
+  // are measured: the rates are then those of the paths generate takes with
+  // this spec (measured with the defaults, the row count between the
+  // default and the measured crossover was priced on the other kernel).
+  // Rank 0's crossovers, the ones the spec records, for every rank.
+  comm.barrier();
+  c.spec.cpu_streaming_max_rows = measure_streaming_max_rows(quick ? 2 : 5, &c.streaming);
+  if (cpu::amx_available())
+    c.spec.cpu_amx_streaming_max_rows =
+        measure_streaming_max_rows(quick ? 2 : 5, &c.streaming_amx, true);
+  int64_t crossovers[2] = {c.spec.cpu_streaming_max_rows, c.spec.cpu_amx_streaming_max_rows};
+  comm.broadcast(crossovers, sizeof(crossovers), 0);
+  c.spec.cpu_streaming_max_rows = crossovers[0];
+  c.spec.cpu_amx_streaming_max_rows = crossovers[1];
+  cpu::set_streaming_max_rows(c.spec.cpu_streaming_max_rows);
+  if (c.spec.cpu_amx_streaming_max_rows > 0)
+    cpu::set_amx_streaming_max_rows(c.spec.cpu_amx_streaming_max_rows);
   comm.barrier();
   rates(c.matmul_bf16, c.memory_by_bytes, c.attention_by_group, &comm);
   comm.barrier();
@@ -489,11 +506,6 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
       node->recv(&done, 1, 0);
     }
   }
-  comm.barrier();
-  c.spec.cpu_streaming_max_rows = measure_streaming_max_rows(quick ? 2 : 5, &c.streaming);
-  if (cpu::amx_available())
-    c.spec.cpu_amx_streaming_max_rows =
-        measure_streaming_max_rows(quick ? 2 : 5, &c.streaming_amx, true);
   comm.barrier();
   c.memory_read_Bps = measure_memory_read(size_t(quick ? 128 : 512) << 20, 3);
   c.memory_bytes =
