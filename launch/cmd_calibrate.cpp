@@ -185,7 +185,11 @@ void run_calibrate(const CalibrateOptions& o) {
   Calibration c = calibrate(groups, o.name, o.quick);
   world.all().barrier();
   measure_overheads(world, c, o.quick);
+  world.all().barrier();
+  c.probe_end = measure_speed_probe(world.all(), o.quick);
   if (world.is_root()) {
+    const std::string drift = speed_drift_warning(c.probe_start, c.probe_end);
+    if (!drift.empty()) fmt::print(stderr, "calibrate: warning: {}\n", drift);
     const std::string yaml = to_yaml(c);
     write_file_atomically(o.out, yaml);
     HardwareSpec::load(o.out);  // what we wrote must load

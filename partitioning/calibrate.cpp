@@ -278,6 +278,27 @@ double measure_memory_read_in_step(size_t bytes, Communicator& group) {
 
 }  // namespace
 
+SpeedProbe measure_speed_probe(Communicator& all, bool quick) {
+  SpeedProbe p;
+  p.matmul_flops = measure_matmul_bf16(16, 1024, 2048, quick ? 20 : 100, &all);
+  p.memory_Bps = measure_memory_read_in_step(size_t(64) << 20, all);
+  return p;
+}
+
+std::string speed_drift_warning(const SpeedProbe& start, const SpeedProbe& end, double tolerance) {
+  auto change = [](double from, double to) { return from > 0 ? to / from - 1 : 0.0; };
+  const double matmul = change(start.matmul_flops, end.matmul_flops);
+  const double memory = change(start.memory_Bps, end.memory_Bps);
+  if (std::abs(matmul) <= tolerance && std::abs(memory) <= tolerance) return "";
+  return fmt::format(
+      "the machine's speed moved while calibrate measured: a 16-row BF16 matmul ran at {:.3g} "
+      "FLOP/s at the start and {:.3g} at the end ({:+.0f}%), a 64 MiB read at {:.3g} and {:.3g} "
+      "B/s ({:+.0f}%); the spec prices jobs at a speed the machine did not keep: run calibrate "
+      "again, on a quieter machine, until two runs agree",
+      start.matmul_flops, end.matmul_flops, 100 * matmul, start.memory_Bps, end.memory_Bps,
+      100 * memory);
+}
+
 std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max_bytes) {
   std::vector<CollectiveSample> out;
   const int members = comm.size();
@@ -438,6 +459,7 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   // time is compute: the cost model adds the weights' memory time itself.
   const int64_t big = quick ? 1024 : 2048, thin = 512;
   comm.barrier();  // every rank measures at once: they share the machine
+  c.probe_start = measure_speed_probe(comm, quick);
   for (int64_t rows : {int64_t(1), int64_t(4), int64_t(16), int64_t(64), int64_t(256)})
     c.matmul.push_back({rows, thin, thin, measure_matmul(rows, thin, thin, quick ? 20 : 100)});
   c.matmul.push_back({big, big, big, measure_matmul(big, big, big, quick ? 2 : 4)});
@@ -588,6 +610,15 @@ std::string to_yaml(const Calibration& c) {
     out += fmt::format("#   {} x {} x {}: {:.4g}\n", m.rows, m.inner, m.cols, m.flops_per_s);
   out += fmt::format("# Memory: parallel read of an array larger than the caches: {:.4g} B/s.\n",
                      c.memory_read_Bps);
+  if (c.probe_end.matmul_flops > 0) {
+    out += fmt::format(
+        "# Speed at the start and at the end (16-row BF16 matmul in cache; 64 MiB read): "
+        "{:.4g} -> {:.4g} FLOP/s, {:.4g} -> {:.4g} B/s.\n",
+        c.probe_start.matmul_flops, c.probe_end.matmul_flops, c.probe_start.memory_Bps,
+        c.probe_end.memory_Bps);
+    const std::string warning = speed_drift_warning(c.probe_start, c.probe_end);
+    if (!warning.empty()) out += "# WARNING: " + warning + ".\n";
+  }
   out += "# Decode matmul paths on BF16 weights from memory (rows: streaming s, panel s):\n";
   for (const auto& s : c.streaming)
     out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.batched_s);

@@ -32,6 +32,20 @@ struct CollectiveSample {
   double seconds;
 };
 
+// The machine's speed at one moment: a 16-row BF16 matmul in cache and a
+// 64 MiB read, every rank at once (the slowest rank's rates). Calibrate
+// takes one at its start and one at its end: a spec is a sample of the
+// machine, and on a machine whose speed moves (a busy host, a VM's
+// neighbours) the two differ.
+struct SpeedProbe {
+  double matmul_flops = 0, memory_Bps = 0;
+};
+SpeedProbe measure_speed_probe(Communicator& all, bool quick);
+// A warning when either rate moved by more than `tolerance` (a fraction)
+// between the two probes, naming both; empty when neither did.
+std::string speed_drift_warning(const SpeedProbe& start, const SpeedProbe& end,
+                                double tolerance = 0.15);
+
 struct Calibration {
   int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
@@ -53,6 +67,7 @@ struct Calibration {
   std::vector<CollectiveSample> inter_collectives, inter_sends;
   double inter_bandwidth_Bps = 0, inter_latency_s = 0;  // fitted, per chip, when nodes > 1
   HardwareSpec spec;                                    // what gets written
+  SpeedProbe probe_start, probe_end;                    // see SpeedProbe
 };
 
 // The groups calibrate measures over: every rank; the ranks of this rank's

@@ -61,6 +61,9 @@ def test_two_ranks_measure_alone_and_collectives(shardlm, tmp_path):
     assert len(table(text, "matmul_flops_by_rows_alone")) == 11
     assert len(table(text, "memory_Bps_by_bytes_alone")) >= 3
     assert re.search(r"^  collective_overhead_s: ", text, re.M)
+    # The machine's speed at the start and at the end, both measured.
+    speeds = re.search(r"^# Speed at the start and at the end .*: (\S+) -> (\S+) FLOP/s, (\S+) -> (\S+) B/s", text, re.M)
+    assert speeds and all(float(v) > 0 for v in speeds.groups())
     # The engine runs behind the overheads are listed, 1d, 2d and wg-x on both ranks.
     for layout in ("1d", "2d", "wg-x"):
         assert f"mesh x=2 y=1 z=1 {layout} decode batch 1 prompt 16" in text

@@ -62,3 +62,30 @@ TEST_CASE("calibrate's spec carries the crossovers to HardwareSpec::load", "[cal
   CHECK(loaded.cpu_streaming_max_rows == 48);
   CHECK(loaded.cpu_amx_streaming_max_rows == 3);
 }
+
+TEST_CASE("a speed that moved during calibrate is reported in the spec", "[calibrate]") {
+  const SpeedProbe start{1e11, 2e10};
+  // Within 15% either way: no warning.
+  CHECK(speed_drift_warning(start, {0.9e11, 2.2e10}).empty());
+  // The matmul 30% slower at the end: the warning names both rates and the change.
+  const std::string slower = speed_drift_warning(start, {0.7e11, 2e10});
+  CHECK(slower.find("1e+11") != std::string::npos);
+  CHECK(slower.find("7e+10") != std::string::npos);
+  CHECK(slower.find("-30%") != std::string::npos);
+  // The read 40% faster.
+  CHECK(speed_drift_warning(start, {1e11, 2.8e10}).find("+40%") != std::string::npos);
+
+  Calibration c;
+  c.spec.name = "drift";
+  c.spec.peak_flops["f32"] = 1e11;
+  c.spec.memory_bytes = 1e10;
+  c.spec.memory_bandwidth = 2e10;
+  c.spec.intra_node_bandwidth = c.spec.inter_node_bandwidth = 2e10;
+  c.probe_start = start;
+  c.probe_end = {0.7e11, 2e10};
+  const std::string yaml = to_yaml(c);
+  CHECK(yaml.find("# WARNING: the machine's speed moved") != std::string::npos);
+  c.probe_end = start;
+  CHECK(to_yaml(c).find("WARNING") == std::string::npos);
+  CHECK(to_yaml(c).find("# Speed at the start and at the end") != std::string::npos);
+}
