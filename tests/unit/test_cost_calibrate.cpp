@@ -46,13 +46,21 @@ TEST_CASE("the streaming crossover is the last row count before the panel path w
   CHECK(choose_streaming_max_rows({{8, 1.0, 2.0}, {256, 1.0, 2.0}}) == 256);
 }
 
-TEST_CASE("calibrate's spec carries the crossovers to HardwareSpec::load", "[calibrate]") {
+namespace {
+// The least a Calibration needs for to_yaml to write a spec that loads.
+Calibration minimal_calibration(const std::string& name) {
   Calibration c;
-  c.spec.name = "roundtrip";
+  c.spec.name = name;
   c.spec.peak_flops["f32"] = 1e11;
   c.spec.memory_bytes = 1e10;
   c.spec.memory_bandwidth = 2e10;
   c.spec.intra_node_bandwidth = c.spec.inter_node_bandwidth = 2e10;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("calibrate's spec carries the crossovers to HardwareSpec::load", "[calibrate]") {
+  Calibration c = minimal_calibration("roundtrip");
   c.spec.cpu_streaming_max_rows = 48;
   c.spec.cpu_amx_streaming_max_rows = 3;
   const std::string file = "calibrate_roundtrip_test.yaml";
@@ -75,12 +83,7 @@ TEST_CASE("a speed that moved during calibrate is reported in the spec", "[calib
   // The read 40% faster.
   CHECK(speed_drift_warning(start, {1e11, 2.8e10}).find("+40%") != std::string::npos);
 
-  Calibration c;
-  c.spec.name = "drift";
-  c.spec.peak_flops["f32"] = 1e11;
-  c.spec.memory_bytes = 1e10;
-  c.spec.memory_bandwidth = 2e10;
-  c.spec.intra_node_bandwidth = c.spec.inter_node_bandwidth = 2e10;
+  Calibration c = minimal_calibration("drift");
   c.probe_start = start;
   c.probe_end = {0.7e11, 2e10};
   const std::string yaml = to_yaml(c);
