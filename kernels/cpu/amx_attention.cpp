@@ -239,6 +239,17 @@ void rearrange_values(const uint16_t* v, int64_t n, int64_t head_dim,
     _tile_loadd(v, (values), 64);             \
     _tile_dpbf16ps(acc, p, v);                \
   } while (0)
+// Chunk c's P (loaded into tile p) times its V tiles t0 .. t0 + tiles - 1
+// (the caller's s, t0 and tiles), loaded into tiles va and vb by turns,
+// onto accumulators 4 .. 7.
+#define SHARDLM_ADD_CHUNK(p, va, vb, c)                               \
+  do {                                                                \
+    _tile_loadd(p, s.weights[c], 64);                                 \
+    SHARDLM_ADD_VALUES(4, p, va, s.values[c][t0]);                    \
+    if (tiles > 1) SHARDLM_ADD_VALUES(5, p, vb, s.values[c][t0 + 1]); \
+    if (tiles > 2) SHARDLM_ADD_VALUES(6, p, va, s.values[c][t0 + 2]); \
+    if (tiles > 3) SHARDLM_ADD_VALUES(7, p, vb, s.values[c][t0 + 3]); \
+  } while (0)
 
 // Up to 16 rows at one position over the keys [lo, hi) (see the file's
 // comment); the state's rows [0, rows).
@@ -383,19 +394,10 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
       // Chunks alternate P between tiles 0 and 1 (V: 2 and 3) so that a
       // chunk's loads need not wait for the products of the one before.
       for (int64_t c = 0; c < chunks; ++c)
-        if (c % 2 == 0) {
-          _tile_loadd(0, s.weights[c], 64);
-          SHARDLM_ADD_VALUES(4, 0, 2, s.values[c][t0]);
-          if (tiles > 1) SHARDLM_ADD_VALUES(5, 0, 3, s.values[c][t0 + 1]);
-          if (tiles > 2) SHARDLM_ADD_VALUES(6, 0, 2, s.values[c][t0 + 2]);
-          if (tiles > 3) SHARDLM_ADD_VALUES(7, 0, 3, s.values[c][t0 + 3]);
-        } else {
-          _tile_loadd(1, s.weights[c], 64);
-          SHARDLM_ADD_VALUES(4, 1, 3, s.values[c][t0]);
-          if (tiles > 1) SHARDLM_ADD_VALUES(5, 1, 2, s.values[c][t0 + 1]);
-          if (tiles > 2) SHARDLM_ADD_VALUES(6, 1, 3, s.values[c][t0 + 2]);
-          if (tiles > 3) SHARDLM_ADD_VALUES(7, 1, 2, s.values[c][t0 + 3]);
-        }
+        if (c % 2 == 0)
+          SHARDLM_ADD_CHUNK(0, 2, 3, c);
+        else
+          SHARDLM_ADD_CHUNK(1, 3, 2, c);
       _tile_stored(4, sums, acc_stride);
       if (tiles > 1) _tile_stored(5, sums + 16, acc_stride);
       if (tiles > 2) _tile_stored(6, sums + 32, acc_stride);
@@ -409,6 +411,7 @@ void attention_rows_amx(const float* q, int64_t ldq, int64_t rows, const KVView&
 
 #undef SHARDLM_SCORE_BLOCK
 #undef SHARDLM_ADD_VALUES
+#undef SHARDLM_ADD_CHUNK
 
 }  // namespace
 

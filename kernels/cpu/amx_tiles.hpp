@@ -87,8 +87,12 @@ inline void rearrange_tile(const float* x, int64_t rows, int64_t ldx, int64_t g,
   for (int64_t i = 0; i < kTileRows; ++i) {
     const int64_t row = g * kTileRows + i;
     __m512i hi = _mm512_setzero_si512(), lo = _mm512_setzero_si512();
-    if (row < rows && split) split_row(x + row * ldx + s * kStepCols, hi, lo);
-    if (row < rows && !split) hi = round_row(x + row * ldx + s * kStepCols);
+    if (row < rows) {
+      if (split)
+        split_row(x + row * ldx + s * kStepCols, hi, lo);
+      else
+        hi = round_row(x + row * ldx + s * kStepCols);
+    }
     _mm512_i32scatter_epi32(hi_tile + i, to_pair_rows, hi, 4);
     if (split) _mm512_i32scatter_epi32(lo_tile + i, to_pair_rows, lo, 4);
   }

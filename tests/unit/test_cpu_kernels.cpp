@@ -90,10 +90,8 @@ cpu::WeightView view_of(const Tensor& t) {
   return {t.raw(), t.dtype(), t.scales() ? t.scales()->data<float>() : nullptr, t.dim(0), t.dim(1)};
 }
 
-// One query's attention output over keys [0, length), in double.
-// Attention of one query over keys [first, length).
-// Softmax(q K^T scale) V over keys [first, length); with `abs_sums`, also
-// sum_j p_j |v_jd| per d.
+// One query's attention output over keys [first, length), in double:
+// softmax(q K^T scale) V; with `abs_sums`, also sum_j p_j |v_jd| per d.
 std::vector<double> reference_attention(const float* query, int64_t length,
                                         const std::vector<float>& k, const std::vector<float>& v,
                                         int64_t head_dim, float scale, int64_t first = 0,
@@ -115,34 +113,6 @@ std::vector<double> reference_attention(const float* query, int64_t length,
         (*abs_sums)[size_t(d)] += w[size_t(j)] / total * std::abs(v[size_t(j * head_dim + d)]);
     }
   return out;
-}
-
-// One decode query row of a group of `rows` that share a KV head, as the
-// kernel that attention_partial picks must give it: the output and, per d,
-// how far from it the kernel may be. The AMX kernel (a BF16 cache, 2 rows
-// or more) rounds Q and P to BF16: the reference rounds Q the same way (the
-// products are then exact in F32 on both sides) and allows P's rounding,
-// 2^-8 sum_j p_j |v_jd|, above the F32 summation order's 2e-5.
-struct ExpectedRow {
-  std::vector<double> out, margin;
-};
-
-ExpectedRow expected_decode_row(const float* query, int64_t rows, const cpu::KVView& kv,
-                                int64_t length, const std::vector<float>& k,
-                                const std::vector<float>& v, int64_t first = 0) {
-  const int64_t head_dim = kv.head_dim;
-  const bool rounded = rows >= 2 && cpu::amx_attention_fits(kv);
-  std::vector<float> q(query, query + head_dim);
-  if (rounded) {
-    std::vector<uint16_t> stored(q.size());
-    convert_from_f32(q.data(), stored.data(), DType::BF16, q.size());
-    convert_to_f32(stored.data(), DType::BF16, q.data(), q.size());
-  }
-  ExpectedRow e;
-  std::vector<double> abs_sums;
-  e.out = reference_attention(q.data(), length, k, v, head_dim, kv.scale, first, &abs_sums);
-  for (const double a : abs_sums) e.margin.push_back(2e-5 + (rounded ? std::ldexp(a, -8) : 0.0));
-  return e;
 }
 
 const DType kWeightDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::I8};
@@ -372,6 +342,30 @@ CachedValues cache_values(const std::vector<float>& v, DType dtype) {
 }
 
 const DType kKvDtypes[] = {DType::F32, DType::BF16, DType::F16};
+
+// One decode query row of a group of `rows` that share a KV head, as the
+// kernel that attention_partial picks must give it: the output and, per d,
+// how far from it the kernel may be. The AMX kernel (a BF16 cache, 2 rows
+// or more) rounds Q and P to BF16: the reference rounds Q the same way (the
+// products are then exact in F32 on both sides) and allows P's rounding,
+// 2^-8 sum_j p_j |v_jd|, above the F32 summation order's 2e-5.
+struct ExpectedRow {
+  std::vector<double> out, margin;
+};
+
+ExpectedRow expected_decode_row(const float* query, int64_t rows, const cpu::KVView& kv,
+                                int64_t length, const std::vector<float>& k,
+                                const std::vector<float>& v, int64_t first = 0) {
+  const int64_t head_dim = kv.head_dim;
+  const bool rounded = rows >= 2 && cpu::amx_attention_fits(kv);
+  std::vector<float> q(query, query + head_dim);
+  if (rounded) q = cache_values(q, DType::BF16).values;  // as the kernel rounds it
+  ExpectedRow e;
+  std::vector<double> abs_sums;
+  e.out = reference_attention(q.data(), length, k, v, head_dim, kv.scale, first, &abs_sums);
+  for (const double a : abs_sums) e.margin.push_back(2e-5 + (rounded ? std::ldexp(a, -8) : 0.0));
+  return e;
+}
 
 }  // namespace
 
