@@ -218,12 +218,16 @@ template <DType D, int NR, int MR>
   }
   if (kk < end) stream_step<D, NR, MR, true>(x, ldx, rows, kk, k, acc);
   if (c1 < k) {
+#pragma GCC unroll 8
     for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) _mm512_storeu_ps(partial + (r * MR + i) * 16, acc[r][i]);
     return;
   }
+#pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
     const float scale = scales ? scales[r] : 1.0f;
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       float* o = out + i * ldo + r;
       const float v = _mm512_reduce_add_ps(acc[r][i]) * scale;
@@ -234,10 +238,11 @@ template <DType D, int NR, int MR>
 
 // NR weight rows from r0 times all m rows of x, a chunk of columns at a time:
 // each chunk of the tile is read from memory by the first group of x rows
-// and from L1 by the others.
+// and from L1 by the others. With `prefetch_ahead` > 0 the first group asks,
+// for each line it reads, for the line that many bytes further on.
 template <DType D, int NR>
 void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int64_t r0, float* out,
-                 int64_t ldo, const float* scales, bool accumulate, bool next_tile,
+                 int64_t ldo, const float* scales, bool accumulate, ptrdiff_t prefetch_ahead,
                  float* partial) {
   constexpr int64_t C = chunk_cols<D>();
   constexpr size_t elem = stored_size<D>();
@@ -245,12 +250,9 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
   const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
   for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
     const int64_t c1 = std::min(k_steps, c0 + C);
-    // The next tile's rows at the offset being read now: rows of a few KB are
-    // too short for the hardware prefetcher to ramp up on each of the NR
-    // streams, and the next tile is where this thread goes next.
     const bool last = c1 >= k_steps;
-    const bool prefetch = next_tile;
-    const ptrdiff_t ahead = ptrdiff_t(size_t(NR) * size_t(k) * elem);
+    const bool prefetch = prefetch_ahead > 0;
+    const ptrdiff_t ahead = prefetch_ahead;
     const int64_t c1k = last ? k : c1;  // the last chunk ends at k
     int64_t m0 = 0;
     for (; m0 + kBatchTile <= m; m0 += kBatchTile)
@@ -275,6 +277,11 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
   }
 }
 
+// Reading a row at a time (decode_reads_rows_in_order), the row this far
+// ahead is asked for: 4 KiB (one row of k = 2048 BF16) read 1.7x slower than
+// 8 at k = 768, and 16 no faster than 8.
+constexpr ptrdiff_t kRowOrderPrefetchBytes = 8192;
+
 template <DType D>
 void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
                bool accumulate) {
@@ -285,17 +292,37 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
   {
     const AlignedFloats partial = aligned_floats(size_t(kRowTile * (m + kBatchTile) * 16));
     // Static split: each thread streams one contiguous range of weight rows.
+    const ptrdiff_t row_bytes = ptrdiff_t(size_t(w.k) * stored_size<D>());
+    // x's rows are read again for every weight row: only while they fit in
+    // half of L1 (a 48 KiB L1 on the EPYC; 3 rows of k = 5632 from L2 read
+    // the weights at 20 GB/s against 32 a tile at a time).
+    const bool x_in_l1 = m * ((w.k + 31) / 32 * 32) * int64_t(sizeof(float)) <= (24 << 10);
+    if (m <= kBatchTile && x_in_l1 && decode_reads_rows_in_order()) {
+      // One weight row at a time, in address order, asking for the row
+      // kRowOrderPrefetchBytes or more ahead.
+      const int64_t ahead =
+          std::max<int64_t>(1, (kRowOrderPrefetchBytes + row_bytes - 1) / row_bytes);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * kRowTile;
-      if (r0 + kRowTile <= w.n) {
-        // The last tile of the matrix has no next tile to prefetch.
-        stream_rows<D, kRowTile>(prepared, m, data, w.k, r0, out, ldo, w.scales, accumulate,
-                                 r0 + 2 * kRowTile <= w.n, partial.get());
-      } else {
-        for (int64_t r = r0; r < w.n; ++r)
-          stream_rows<D, 1>(prepared, m, data, w.k, r, out, ldo, w.scales, accumulate, false,
-                            partial.get());
+      for (int64_t r = 0; r < w.n; ++r)
+        stream_rows<D, 1>(prepared, m, data, w.k, r, out, ldo, w.scales, accumulate,
+                          r + ahead < w.n ? ahead * row_bytes : 0, partial.get());
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t r0 = t * kRowTile;
+        if (r0 + kRowTile <= w.n) {
+          // The next tile's rows at the offset being read now: rows of a few
+          // KB are too short for the hardware prefetcher to ramp up on each
+          // of the NR streams, and the next tile is where this thread goes
+          // next. The last tile of the matrix has no next tile to prefetch.
+          stream_rows<D, kRowTile>(prepared, m, data, w.k, r0, out, ldo, w.scales, accumulate,
+                                   r0 + 2 * kRowTile <= w.n ? kRowTile * row_bytes : 0,
+                                   partial.get());
+        } else {
+          for (int64_t r = r0; r < w.n; ++r)
+            stream_rows<D, 1>(prepared, m, data, w.k, r, out, ldo, w.scales, accumulate, 0,
+                              partial.get());
+        }
       }
     }
   }
@@ -796,6 +823,21 @@ void matmul_panel(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
 }
 
 namespace {
+// Decode of up to 3 rows of x reads the weights a row at a time on AMD (Zen)
+// cores and a tile of 6 rows at a time elsewhere. A 2-core EPYC (family 26)
+// read a 5632 x 2048 BF16 weight 1.2x faster a row at a time at 1 row of x
+// (37-40 against 32 GB/s, 2 threads, medians of 4-5 alternations; 36-37
+// against 33 at k = 768 and 5632): reading six rows side by side 64 bytes at
+// a time defeats its prefetchers (a plain read in that order: 23-25 GB/s; in
+// address order: 40-67). The tiles were tuned on Xeons, where one stream per
+// thread read a third slower. SHARDLM_DECODE_ORDER=rows|tiles overrides.
+bool default_decode_order_is_rows() {
+  const char* setting = std::getenv("SHARDLM_DECODE_ORDER");
+  if (setting && std::string_view(setting) == "rows") return true;
+  if (setting && std::string_view(setting) == "tiles") return false;
+  return __builtin_cpu_is("amd");
+}
+std::atomic<bool> decode_rows_in_order{default_decode_order_is_rows()};
 std::atomic<int64_t> streaming_rows_limit{kDefaultStreamingMaxRows};
 std::atomic<int64_t> amx_streaming_rows_limit{kDefaultAmxStreamingMaxRows};
 }  // namespace
@@ -807,6 +849,14 @@ int64_t streaming_max_rows() {
 void set_streaming_max_rows(int64_t rows) {
   if (rows < 1) throw std::invalid_argument("cpu backend: streaming_max_rows must be >= 1");
   streaming_rows_limit.store(rows, std::memory_order_relaxed);
+}
+
+bool decode_reads_rows_in_order() {
+  return decode_rows_in_order.load(std::memory_order_relaxed);
+}
+
+void set_decode_reads_rows_in_order(bool rows) {
+  decode_rows_in_order.store(rows, std::memory_order_relaxed);
 }
 
 int64_t amx_streaming_max_rows() {

@@ -173,12 +173,18 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
         const auto stored = stored_values(w, n, k, dtype);
         const auto expect = reference_matmul(x, stored, m, n, k);
         const std::vector<float> prior = random_values(size_t(m * n), 7);
-        for (int path = 0; path < 4; ++path) {
+        // Paths: 0 streaming reading rows in order for decode, 4 streaming reading
+        // tiles, 1 panel, 2 the backend's choice, 3 AMX.
+        for (int path = 0; path < 5; ++path) {
           if (path == 3 && !cpu::amx_fits(view_of(wt))) continue;
           for (bool accumulate : {false, true}) {
             std::vector<float> out = prior;
-            if (path == 0)
+            if (path == 0 || path == 4) {
+              const bool default_order = cpu::decode_reads_rows_in_order();
+              cpu::set_decode_reads_rows_in_order(path == 0);
               cpu::matmul_streaming(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
+              cpu::set_decode_reads_rows_in_order(default_order);
+            }
             if (path == 1)
               cpu::matmul_panel(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
             if (path == 3) cpu::matmul_amx(x.data(), m, k, view_of(wt), out.data(), n, accumulate);
@@ -196,8 +202,9 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
                     expect[size_t(i * n + j)] + (accumulate ? prior[size_t(i * n + j)] : 0.0);
                 INFO("dtype " << dtype_name(dtype) << " m " << m << " n " << n << " k " << k
                               << " path " << path << " accumulate " << accumulate);
-                const bool int16_path = dtype == DType::I8 &&
-                                        (path == 0 || (path == 2 && m <= cpu::kI8StreamingMaxRows));
+                const bool int16_path =
+                    dtype == DType::I8 &&
+                    (path == 0 || path == 4 || (path == 2 && m <= cpu::kI8StreamingMaxRows));
                 REQUIRE(std::fabs(out[size_t(i * n + j)] - want) <=
                         tolerance(x, w, i, j, k) + 1e-6 * std::fabs(want) +
                             (int16_path ? int16_activation_bound(x, stored, i, j, k) : 0.0));
