@@ -557,7 +557,7 @@ void decode_scores(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_
   for (int64_t j = 0; j < 16; ++j)
     for (int64_t c = 0; c < ld; c += 16)
       _mm512_storeu_ps(keys + j * ld + c,
-                       j < n ? load16<D>(k + size_t((j0 + j) * head_dim + c) * dtype_size(D),
+                       j < n ? load16<D>(k + size_t((j0 + j) * head_dim + c) * stored_size<D>(),
                                          tail_mask(head_dim - c))
                              : _mm512_setzero_ps());
   for (int64_t r = 0; r < q.rows; ++r) {
@@ -589,11 +589,18 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
       acc[0][r] = _mm512_maskz_loadu_ps(m, st.acc + (r0 + r) * st.ld + c);
       acc[1][r] = acc[2][r] = acc[3][r] = _mm512_setzero_ps();
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const __m512 v16 = load16<D>(v + size_t((j0 + j) * head_dim + c) * dtype_size(D), m);
-      __m512(&chain)[R] = acc[j % 4];
-      for (int r = 0; r < R; ++r)
-        chain[r] = _mm512_fmadd_ps(_mm512_set1_ps(weights[(r0 + r) * 16 + j]), v16, chain[r]);
+    // Four keys a turn, each into its own chain (a chain index known at
+    // compile time keeps the sums in registers); past n the weights are 0.
+    for (int64_t j = 0; j < n; j += 4) {
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) {
+        if (j + t >= n) break;
+        const __m512 v16 = load16<D>(v + size_t((j0 + j + t) * head_dim + c) * stored_size<D>(), m);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+          acc[t][r] =
+              _mm512_fmadd_ps(_mm512_set1_ps(weights[(r0 + r) * 16 + j + t]), v16, acc[t][r]);
+      }
     }
     for (int r = 0; r < R; ++r)
       _mm512_mask_storeu_ps(
