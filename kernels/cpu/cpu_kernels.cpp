@@ -609,6 +609,13 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
   }
 }
 
+// Each block of 16 keys asks for the K and V lines of the block this many
+// keys on (into L1): the two streams read a block at a time in turn are not
+// ones the hardware prefetcher follows well. On a 2-core EPYC, 384 caches of
+// 4096 BF16 keys (G = 3, 2 threads, medians of 6 alternations): 30.2 ms
+// without, 20.6 at 128 keys, 19.1 at 256, 24.7 at 512; 26.2 at 256 into L2.
+constexpr int64_t kDecodePrefetchKeys = 256;
+
 // The keys [lo, hi) for rows that all sit at one position and all see them;
 // scratch holds 16 floats per row, then 16 widened keys.
 template <DType D>
@@ -621,6 +628,14 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
   for (int64_t j0 = lo; j0 < hi; j0 += 16) {
     const int64_t n = std::min<int64_t>(16, hi - j0);
     const __mmask16 live = tail_mask(n);
+    if (j0 + kDecodePrefetchKeys + 16 <= hi) {
+      const size_t block_bytes = size_t(16 * kv.head_dim) * stored_size<D>(),
+                   ahead = size_t((j0 + kDecodePrefetchKeys) * kv.head_dim) * stored_size<D>();
+      for (size_t line = 0; line < block_bytes; line += 64) {
+        _mm_prefetch(static_cast<const char*>(kv.k) + ahead + line, _MM_HINT_T0);
+        _mm_prefetch(static_cast<const char*>(kv.v) + ahead + line, _MM_HINT_T0);
+      }
+    }
     decode_scores<D>(q, kv, j0, n, keys, scratch);
     for (int64_t row = 0; row < q.rows; ++row) {
       // Online softmax over this block of keys, as attention_partial does
