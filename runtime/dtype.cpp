@@ -11,17 +11,6 @@
 
 namespace shardlm {
 
-size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::F32:
-    case DType::I32: return 4;
-    case DType::BF16:
-    case DType::F16: return 2;
-    case DType::I8: return 1;
-  }
-  return 0;
-}
-
 std::string_view dtype_name(DType dtype) {
   switch (dtype) {
     case DType::F32: return "F32";

@@ -9,7 +9,17 @@ namespace shardlm {
 
 enum class DType { F32, BF16, F16, I8, I32 };
 
-size_t dtype_size(DType dtype);
+// Bytes per element. Inline and constexpr: kernels call it in their loops.
+constexpr size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+    case DType::I32: return 4;
+    case DType::BF16:
+    case DType::F16: return 2;
+    case DType::I8: return 1;
+  }
+  return 0;
+}
 // Names as safetensors writes them: "F32", "BF16", "F16", "I8", "I32".
 std::string_view dtype_name(DType dtype);
 std::optional<DType> dtype_from_safetensors(std::string_view name);

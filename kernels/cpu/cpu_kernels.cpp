@@ -96,12 +96,8 @@ constexpr int kBatchTile = 3;  // rows of x per tile
 // in L1 while every group of x rows passes over them, so the weights come
 // from memory once per step for all rows, however many.
 template <DType D>
-constexpr size_t stored_size() {
-  return D == DType::F32 ? 4 : D == DType::I8 ? 1 : 2;
-}
-template <DType D>
 constexpr int64_t chunk_cols() {
-  constexpr int64_t bytes_per_col = kRowTile * int64_t(stored_size<D>()) + kBatchTile * 4;
+  constexpr int64_t bytes_per_col = kRowTile * int64_t(dtype_size(D)) + kBatchTile * 4;
   return (int64_t(24) << 10) / bytes_per_col / step_cols<D>() * step_cols<D>();
 }
 
@@ -150,7 +146,7 @@ struct WeightRows {
 template <DType D, int NR, int MR, bool Tail>
 [[gnu::always_inline]] inline void stream_step(const float* x, int64_t ldx, WeightRows rows,
                                                int64_t kk, int64_t k, __m512 (&acc)[NR][MR]) {
-  constexpr size_t elem = stored_size<D>();
+  constexpr size_t elem = dtype_size(D);
   const char* at = rows.first + size_t(kk) * elem;
   if constexpr (D == DType::BF16) {
     const __mmask32 mask = Tail ? __mmask32((uint64_t(1) << (k - kk)) - 1) : ~__mmask32(0);
@@ -201,7 +197,7 @@ template <DType D, int NR, int MR>
                                                 bool accumulate, bool prefetch,
                                                 ptrdiff_t prefetch_ahead) {
   constexpr int64_t S = step_cols<D>();
-  constexpr size_t elem = stored_size<D>();
+  constexpr size_t elem = dtype_size(D);
   __m512 acc[NR][MR];
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
@@ -245,7 +241,7 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
                  int64_t ldo, const float* scales, bool accumulate, ptrdiff_t prefetch_ahead,
                  float* partial) {
   constexpr int64_t C = chunk_cols<D>();
-  constexpr size_t elem = stored_size<D>();
+  constexpr size_t elem = dtype_size(D);
   const WeightRows rows{w + size_t(r0) * size_t(k) * elem, ptrdiff_t(size_t(k) * elem)};
   const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
   for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
@@ -292,7 +288,7 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
   {
     const AlignedFloats partial = aligned_floats(size_t(kRowTile * (m + kBatchTile) * 16));
     // Static split: each thread streams one contiguous range of weight rows.
-    const ptrdiff_t row_bytes = ptrdiff_t(size_t(w.k) * stored_size<D>());
+    const ptrdiff_t row_bytes = ptrdiff_t(size_t(w.k) * dtype_size(D));
     // x's rows are read again for every weight row: only while they fit in
     // half of L1 (a 48 KiB L1 on the EPYC; 3 rows of k = 5632 from L2 read
     // the weights at 20 GB/s against 32 a tile at a time).
@@ -557,7 +553,7 @@ void decode_scores(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_
   for (int64_t j = 0; j < 16; ++j)
     for (int64_t c = 0; c < ld; c += 16)
       _mm512_storeu_ps(keys + j * ld + c,
-                       j < n ? load16<D>(k + size_t((j0 + j) * head_dim + c) * stored_size<D>(),
+                       j < n ? load16<D>(k + size_t((j0 + j) * head_dim + c) * dtype_size(D),
                                          tail_mask(head_dim - c))
                              : _mm512_setzero_ps());
   for (int64_t r = 0; r < q.rows; ++r) {
@@ -595,7 +591,7 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
 #pragma GCC unroll 4
       for (int t = 0; t < 4; ++t) {
         if (j + t >= n) break;
-        const __m512 v16 = load16<D>(v + size_t((j0 + j + t) * head_dim + c) * stored_size<D>(), m);
+        const __m512 v16 = load16<D>(v + size_t((j0 + j + t) * head_dim + c) * dtype_size(D), m);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r)
           acc[t][r] =
@@ -629,8 +625,8 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
     const int64_t n = std::min<int64_t>(16, hi - j0);
     const __mmask16 live = tail_mask(n);
     if (j0 + kDecodePrefetchKeys + 16 <= hi) {
-      const size_t block_bytes = size_t(16 * kv.head_dim) * stored_size<D>(),
-                   ahead = size_t((j0 + kDecodePrefetchKeys) * kv.head_dim) * stored_size<D>();
+      const size_t block_bytes = size_t(16 * kv.head_dim) * dtype_size(D),
+                   ahead = size_t((j0 + kDecodePrefetchKeys) * kv.head_dim) * dtype_size(D);
       for (size_t line = 0; line < block_bytes; line += 64) {
         _mm_prefetch(static_cast<const char*>(kv.k) + ahead + line, _MM_HINT_T0);
         _mm_prefetch(static_cast<const char*>(kv.v) + ahead + line, _MM_HINT_T0);
