@@ -279,22 +279,25 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
 constexpr ptrdiff_t kRowOrderPrefetchBytes = 8192;
 // Reading pairs of rows (stream_row_pair_bf16), the pair this many pairs on.
 constexpr int64_t kRowPairs = 2;
+// Pairs of rows a block (of 256 KiB at k = 2048) whose columns go by chunks
+// when x's rows do not fit in L1: 16, 32 and 64 measured the same.
+constexpr int64_t kPairBlock = 32;
 
-// Two BF16 weight rows, r0 and r0 + 1, times MR rows of x (4 to 8) in one
-// pass over k: 2 x MR accumulators, the x vectors loaded from L1 by each
-// step's FMAs, and the line `ahead` bytes on asked for. Unlike the tiles of
-// stream_rows, every weight byte is widened once and read in one pass (the
-// tiles go over each chunk once per 3 rows of x).
+// Two BF16 weight rows, r0 and r0 + 1, times MR rows of x (4 to 8) over the
+// columns [c0, c1) in one pass: 2 x MR accumulators, the x vectors loaded
+// from L1 by each step's FMAs, and the line `ahead` bytes on asked for.
+// Unlike the tiles of stream_rows, every weight byte is widened once and read
+// in one pass (the tiles go over each chunk once per 3 rows of x).
 template <int MR>
-void stream_row_pair_bf16(const PreparedRows& x, const char* w, int64_t k, int64_t r0, float* out,
-                          int64_t ldo, bool accumulate, ptrdiff_t ahead) {
+void stream_row_pair_bf16(const PreparedRows& x, const char* w, int64_t k, int64_t r0, int64_t c0,
+                          int64_t c1, float* out, int64_t ldo, bool accumulate, ptrdiff_t ahead) {
   const char* row0 = w + size_t(r0) * size_t(k) * 2;
   const char* row1 = row0 + size_t(k) * 2;
   __m512 acc[2][MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) acc[0][i] = acc[1][i] = _mm512_setzero_ps();
   const __m512i high = _mm512_set1_epi32(int32_t(0xffff0000u));
-  for (int64_t kk = 0; kk < x.ld; kk += 32) {
+  for (int64_t kk = c0; kk < c1; kk += 32) {
     const __mmask32 mask =
         kk + 32 <= k ? ~__mmask32(0) : __mmask32((uint64_t(1) << std::max<int64_t>(0, k - kk)) - 1);
     if (ahead) {
@@ -343,25 +346,48 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
     // the weights at 20 GB/s against 32 a tile at a time).
     const int64_t x_bytes = m * ((w.k + 31) / 32 * 32) * int64_t(sizeof(float));
     const bool x_in_l1 = x_bytes <= (24 << 10);
-    if (D == DType::BF16 && m > kBatchTile && m <= 8 && x_bytes <= (32 << 10) &&
-        decode_reads_rows_in_order()) {
-      // 4 to 8 rows of x in 32 KiB: pairs of weight rows in address order, in
-      // one pass each (measured with the row order, on the same EPYC: 2048 x
-      // 768 at 8 rows 36 against 26 GB/s, 4 rows 36 against 31; 5632 x 2048
-      // at 4 rows 36 against 31; at 8 rows there, x in 64 KiB, no faster).
+    // 4 to 8 rows of x: pairs of weight rows in one pass each, in address
+    // order, a block of kPairBlock pairs at a time. Where x's rows take more
+    // than 32 KiB (1b's 8 rows of 2048 columns: 64 KiB) the block goes over its
+    // columns in chunks whose x stays in L1. Measured against the tiles on
+    // the same EPYC (GB/s of weights, 2 threads, medians of 4 alternations):
+    // 2048 x 768 at 8 rows 34 against 26 and at 4 rows 34 against 29; 5632 x
+    // 2048 at 4 rows 33 against 30, at 6 and 8 rows (chunked) 32 and 29
+    // against 25 and 23; 2048 x 5632 at 6-8 rows (chunked) 32-33 against
+    // 25-29, but at 4 and 5 rows chunked no faster (26 against 30, 32
+    // against 30): those keep the tiles.
+    const bool pairs_path = D == DType::BF16 && m > kBatchTile && m <= 8 &&
+                            (x_bytes <= (32 << 10) || m >= 6) && decode_reads_rows_in_order();
+    if (pairs_path) {
+      const int64_t chunk = std::max<int64_t>(32, (int64_t(32) << 10) / (m * 4) / 32 * 32);
+      const int64_t pairs = w.n / 2, blocks = (pairs + kPairBlock - 1) / kPairBlock;
       const ptrdiff_t ahead = 2 * kRowPairs * row_bytes;
 #pragma omp for schedule(static)
-      for (int64_t pair = 0; pair < w.n / 2; ++pair) {
-        const int64_t r0 = 2 * pair;
-        const ptrdiff_t a = r0 + 2 * kRowPairs + 2 <= w.n ? ahead : 0;
-        switch (m) {
-          case 4: stream_row_pair_bf16<4>(prepared, data, w.k, r0, out, ldo, accumulate, a); break;
-          case 5: stream_row_pair_bf16<5>(prepared, data, w.k, r0, out, ldo, accumulate, a); break;
-          case 6: stream_row_pair_bf16<6>(prepared, data, w.k, r0, out, ldo, accumulate, a); break;
-          case 7: stream_row_pair_bf16<7>(prepared, data, w.k, r0, out, ldo, accumulate, a); break;
-          default: stream_row_pair_bf16<8>(prepared, data, w.k, r0, out, ldo, accumulate, a); break;
-        }
-      }
+      for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t c0 = 0; c0 < prepared.ld; c0 += chunk)
+          for (int64_t pair = b * kPairBlock; pair < std::min(pairs, (b + 1) * kPairBlock);
+               ++pair) {
+            const int64_t r0 = 2 * pair, c1 = std::min(prepared.ld, c0 + chunk);
+            const ptrdiff_t a = r0 + 2 * kRowPairs + 2 <= w.n ? ahead : 0;
+            const bool add = accumulate || c0 > 0;  // later chunks add to the first's sums
+            switch (m) {
+              case 4:
+                stream_row_pair_bf16<4>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
+                break;
+              case 5:
+                stream_row_pair_bf16<5>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
+                break;
+              case 6:
+                stream_row_pair_bf16<6>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
+                break;
+              case 7:
+                stream_row_pair_bf16<7>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
+                break;
+              default:
+                stream_row_pair_bf16<8>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
+                break;
+            }
+          }
       if (w.n % 2)
 #pragma omp single nowait
         stream_rows<D, 1>(prepared, m, data, w.k, w.n - 1, out, ldo, w.scales, accumulate, 0,
