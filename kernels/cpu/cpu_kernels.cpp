@@ -362,6 +362,10 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
       const int64_t chunk = std::max<int64_t>(32, (int64_t(32) << 10) / (m * 4) / 32 * 32);
       const int64_t pairs = w.n / 2, blocks = (pairs + kPairBlock - 1) / kPairBlock;
       const ptrdiff_t ahead = 2 * kRowPairs * row_bytes;
+      constexpr decltype(&stream_row_pair_bf16<4>) kPairKernels[] = {
+          stream_row_pair_bf16<4>, stream_row_pair_bf16<5>, stream_row_pair_bf16<6>,
+          stream_row_pair_bf16<7>, stream_row_pair_bf16<8>};
+      const auto pair_kernel = kPairKernels[m - 4];
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < blocks; ++b)
         for (int64_t c0 = 0; c0 < prepared.ld; c0 += chunk)
@@ -370,23 +374,7 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
             const int64_t r0 = 2 * pair, c1 = std::min(prepared.ld, c0 + chunk);
             const ptrdiff_t a = r0 + 2 * kRowPairs + 2 <= w.n ? ahead : 0;
             const bool add = accumulate || c0 > 0;  // later chunks add to the first's sums
-            switch (m) {
-              case 4:
-                stream_row_pair_bf16<4>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
-                break;
-              case 5:
-                stream_row_pair_bf16<5>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
-                break;
-              case 6:
-                stream_row_pair_bf16<6>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
-                break;
-              case 7:
-                stream_row_pair_bf16<7>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
-                break;
-              default:
-                stream_row_pair_bf16<8>(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
-                break;
-            }
+            pair_kernel(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
           }
       if (w.n % 2)
 #pragma omp single nowait
