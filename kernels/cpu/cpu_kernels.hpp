@@ -150,6 +150,10 @@ void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, 
 // to the state. attention_partial takes it where amx_attention_fits: a BF16
 // cache, head_dim a multiple of 32 up to 128, a CPU with AMX.
 bool amx_attention_fits(const KVView& kv);
+// Whether attention_partial on one token's `rows` query heads (pos_step 0)
+// rounds Q to BF16 for this cache: the AMX kernel does (it rounds P too), and
+// the vector kernel does over a BF16 cache where the CPU has AVX512-BF16.
+bool decode_attention_rounds_q(const KVView& kv, int64_t rows);
 void attention_decode_amx(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
                           const AttentionState& st);
 // The whole attention of the rows over every key they see, into out (stride
