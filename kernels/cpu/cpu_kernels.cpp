@@ -660,6 +660,16 @@ void decode_scores(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_
   }
 }
 
+// Whether the vector decode kernel rounds Q and P to BF16 for this cache
+// (decode_scores_bf16, decode_values_bf16).
+bool vector_decode_rounds(const KVView& kv) {
+#ifdef __AVX512BF16__
+  return kv.dtype == DType::BF16 && kv.head_dim % 32 == 0;
+#else
+  return false;
+#endif
+}
+
 #ifdef __AVX512BF16__
 // Q's rows rounded to BF16 (nearest even), each zero-padded to a whole number
 // of 32-column steps: `ld` values a row.
@@ -737,6 +747,60 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
   }
 }
 
+#ifdef __AVX512BF16__
+// decode_values for a BF16 cache, head_dim a multiple of 32, with P rounded to
+// BF16 (as the AMX kernel rounds it): a pair of keys' V rows, interleaved
+// 16 bits at a time (unpacklo / unpackhi within each 128-bit lane), meets each
+// row's pair of weights in one vdpbf16ps per 16 columns. Lane 4L + t of the
+// unpacklo sums is column 8L + t of the 32, of the unpackhi sums 8L + 4 + t:
+// the sums are taken out of and put back into st.acc's order once per call.
+template <int R>
+void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, int64_t j0,
+                        int64_t n, const float* weights) {
+  const int64_t head_dim = kv.head_dim;
+  const auto* v = static_cast<const uint16_t*>(kv.v) + j0 * head_dim;
+  alignas(64) uint32_t pairs[R][8];  // row r's weights as BF16 pairs: keys 2i and 2i + 1
+  for (int r = 0; r < R; ++r)
+    _mm256_store_si256(reinterpret_cast<__m256i*>(pairs[r]),
+                       __m256i(_mm512_cvtneps_pbh(_mm512_loadu_ps(weights + (r0 + r) * 16))));
+  const __m512i to_lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i to_hi = _mm512_add_epi32(to_lo, _mm512_set1_epi32(4));
+  const __m512i back_first =
+      _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i back_second = _mm512_add_epi32(back_first, _mm512_set1_epi32(8));
+  for (int64_t c = 0; c < head_dim; c += 32) {
+    __m512 lo[R], hi[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      float* acc = st.acc + (r0 + r) * st.ld + c;
+      const __m512 first = _mm512_loadu_ps(acc), second = _mm512_loadu_ps(acc + 16);
+      lo[r] = _mm512_permutex2var_ps(first, to_lo, second);
+      hi[r] = _mm512_permutex2var_ps(first, to_hi, second);
+    }
+    for (int64_t j = 0; j < n; j += 2) {
+      const __m512i a = _mm512_loadu_si512(v + j * head_dim + c);
+      // Past the last key: zeros (never read), with weight 0.
+      const __m512i b = _mm512_maskz_loadu_epi16(j + 1 < n ? ~__mmask32(0) : __mmask32(0),
+                                                 v + (j + 1) * head_dim + c);
+      const __m512bh pair_lo = __m512bh(_mm512_unpacklo_epi16(a, b));
+      const __m512bh pair_hi = __m512bh(_mm512_unpackhi_epi16(a, b));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m512bh w = __m512bh(_mm512_set1_epi32(int32_t(pairs[r][j / 2])));
+        lo[r] = _mm512_dpbf16_ps(lo[r], pair_lo, w);
+        hi[r] = _mm512_dpbf16_ps(hi[r], pair_hi, w);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      float* acc = st.acc + (r0 + r) * st.ld + c;
+      _mm512_storeu_ps(acc, _mm512_permutex2var_ps(lo[r], back_first, hi[r]));
+      _mm512_storeu_ps(acc + 16, _mm512_permutex2var_ps(lo[r], back_second, hi[r]));
+    }
+  }
+}
+#endif
+
 // Each block of 16 keys asks for the K and V lines of the block this many
 // keys on (into L1): the two streams read a block at a time in turn are not
 // ones the hardware prefetcher follows well. On a 2-core EPYC, 384 caches of
@@ -757,7 +821,8 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
   // A BF16 cache: Q's rows rounded once per call, for decode_scores_bf16.
   static thread_local std::vector<uint16_t> queries;
   const int64_t queries_ld = (kv.head_dim + 31) / 32 * 32;
-  if (D == DType::BF16) {
+  const bool rounds = D == DType::BF16 && vector_decode_rounds(kv);
+  if (rounds) {
     queries.resize(size_t(q.rows * queries_ld));
     round_queries_bf16(q, kv.head_dim, queries_ld, queries.data());
   }
@@ -774,7 +839,7 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
       }
     }
 #ifdef __AVX512BF16__
-    if (D == DType::BF16)
+    if (rounds)
       decode_scores_bf16(queries.data(), queries_ld, q.rows, kv, j0, n, scratch);
     else
 #endif
@@ -798,6 +863,17 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
       }
     }
     for (int64_t r0 = 0; r0 < q.rows; r0 += kDecodeRowBlock) {
+#ifdef __AVX512BF16__
+      if (rounds) {
+        switch (std::min<int64_t>(kDecodeRowBlock, q.rows - r0)) {
+          case 1: decode_values_bf16<1>(kv, st, r0, j0, n, scratch); break;
+          case 2: decode_values_bf16<2>(kv, st, r0, j0, n, scratch); break;
+          case 3: decode_values_bf16<3>(kv, st, r0, j0, n, scratch); break;
+          default: decode_values_bf16<4>(kv, st, r0, j0, n, scratch); break;
+        }
+        continue;
+      }
+#endif
       switch (std::min<int64_t>(kDecodeRowBlock, q.rows - r0)) {
         case 1: decode_values<D, 1>(kv, st, r0, j0, n, scratch); break;
         case 2: decode_values<D, 2>(kv, st, r0, j0, n, scratch); break;
@@ -910,11 +986,8 @@ void attention_merge(const AttentionState& into, const AttentionState& from, int
                         from.acc + i * from.ld, head_dim);
 }
 
-bool decode_attention_rounds_q(const KVView& kv, int64_t rows) {
-#ifdef __AVX512BF16__
-  if (kv.dtype == DType::BF16) return true;  // decode_scores_bf16
-#endif
-  return rows >= 2 && amx_attention_fits(kv);
+bool decode_attention_rounds(const KVView& kv, int64_t rows) {
+  return (rows >= 2 && amx_attention_fits(kv)) || vector_decode_rounds(kv);
 }
 
 void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, float* out,

@@ -151,9 +151,11 @@ void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, 
 // cache, head_dim a multiple of 32 up to 128, a CPU with AMX.
 bool amx_attention_fits(const KVView& kv);
 // Whether attention_partial on one token's `rows` query heads (pos_step 0)
-// rounds Q to BF16 for this cache: the AMX kernel does (it rounds P too), and
-// the vector kernel does over a BF16 cache where the CPU has AVX512-BF16.
-bool decode_attention_rounds_q(const KVView& kv, int64_t rows);
+// rounds Q and P to BF16 for this cache: the AMX kernel does, and the vector
+// kernel does over a BF16 cache with head_dim a multiple of 32 where the CPU
+// has AVX512-BF16. Either moves a score by at most 2^-8 scale sum_d |q_d k_d|
+// and an output by at most 2^-8 sum_j p_j |v_jd|, the cache's own rounding.
+bool decode_attention_rounds(const KVView& kv, int64_t rows);
 void attention_decode_amx(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
                           const AttentionState& st);
 // The whole attention of the rows over every key they see, into out (stride

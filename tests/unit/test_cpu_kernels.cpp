@@ -352,11 +352,11 @@ const DType kKvDtypes[] = {DType::F32, DType::BF16, DType::F16};
 
 // One decode query row of a group of `rows` that share a KV head, as the
 // kernel that attention_partial picks must give it: the output and, per d,
-// how far from it the kernel may be. The AMX kernel (a BF16 cache, 2 rows
-// or more) rounds Q and P to BF16, the vector kernel with AVX512-BF16 rounds
-// Q over a BF16 cache: the reference rounds Q the same way (the products are
-// then exact in F32 on both sides) and allows P's rounding on AMX, 2^-8
-// sum_j p_j |v_jd|, above the F32 summation order's 2e-5.
+// how far from it the kernel may be. The kernels that round Q and P to BF16
+// (cpu::decode_attention_rounds: AMX, and the vector kernel with AVX512-BF16
+// on a BF16 cache): the reference rounds Q the same way (the products are
+// then exact in F32 on both sides) and allows P's rounding, 2^-8 sum_j p_j
+// |v_jd|, above the F32 summation order's 2e-5.
 struct ExpectedRow {
   std::vector<double> out, margin;
 };
@@ -365,10 +365,9 @@ ExpectedRow expected_decode_row(const float* query, int64_t rows, const cpu::KVV
                                 int64_t length, const std::vector<float>& k,
                                 const std::vector<float>& v, int64_t first = 0) {
   const int64_t head_dim = kv.head_dim;
-  const bool rounded = rows >= 2 && cpu::amx_attention_fits(kv);
+  const bool rounded = cpu::decode_attention_rounds(kv, rows);
   std::vector<float> q(query, query + head_dim);
-  if (cpu::decode_attention_rounds_q(kv, rows))
-    q = cache_values(q, DType::BF16).values;  // as the kernel rounds it
+  if (rounded) q = cache_values(q, DType::BF16).values;  // as the kernel rounds it
   ExpectedRow e;
   std::vector<double> abs_sums;
   e.out = reference_attention(q.data(), length, k, v, head_dim, kv.scale, first, &abs_sums);
