@@ -540,9 +540,6 @@ void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, in
 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
 }
-inline __mmask16 tail_mask_of(int64_t left) {
-  return left <= 0 ? __mmask16(0) : tail_mask(left);
-}
 
 }  // namespace
 
@@ -662,7 +659,7 @@ void decode_scores(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_
 
 // Whether the vector decode kernel rounds Q and P to BF16 for this cache
 // (decode_scores_bf16, decode_values_bf16).
-bool vector_decode_rounds(const KVView& kv) {
+bool vector_decode_rounds([[maybe_unused]] const KVView& kv) {
 #ifdef __AVX512BF16__
   return kv.dtype == DType::BF16 && kv.head_dim % 32 == 0;
 #else
@@ -671,15 +668,16 @@ bool vector_decode_rounds(const KVView& kv) {
 }
 
 #ifdef __AVX512BF16__
-// Q's rows rounded to BF16 (nearest even), each zero-padded to a whole number
-// of 32-column steps: `ld` values a row.
-void round_queries_bf16(const AttentionQuery& q, int64_t head_dim, int64_t ld, uint16_t* dst) {
+// Q's rows rounded to BF16 (nearest even), head_dim values a row (a multiple
+// of 32: vector_decode_rounds). As amx::round_row rounds, which this file
+// cannot call: it carries the AMX target.
+void round_queries_bf16(const AttentionQuery& q, int64_t head_dim, uint16_t* dst) {
   for (int64_t r = 0; r < q.rows; ++r)
-    for (int64_t c = 0; c < ld; c += 32) {
-      const float* row = q.q + r * q.ldq + c;
-      const __m512 lo = _mm512_maskz_loadu_ps(tail_mask_of(head_dim - c), row);
-      const __m512 hi = _mm512_maskz_loadu_ps(tail_mask_of(head_dim - c - 16), row + 16);
-      _mm512_storeu_si512(dst + r * ld + c, __m512i(_mm512_cvtne2ps_pbh(hi, lo)));
+    for (int64_t c = 0; c < head_dim; c += 32) {
+      const float* p = q.q + r * q.ldq + c;
+      _mm512_storeu_si512(
+          dst + r * head_dim + c,
+          __m512i(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p))));
     }
 }
 
@@ -690,22 +688,23 @@ void round_queries_bf16(const AttentionQuery& q, int64_t head_dim, int64_t ld, u
 // by at most 2^-8 scale sum_d |q_d k_d|, the bound the cache's own rounding
 // of K puts on it. On a 2-core EPYC, G = 3 over 4096 keys in L2: 50-64 ->
 // 40-42 us against widening the keys (3 alternations).
-void decode_scores_bf16(const uint16_t* qb, int64_t ld, int64_t rows, const KVView& kv, int64_t j0,
-                        int64_t n, float* scores) {
-  const int64_t head_dim = kv.head_dim;
+void decode_scores_bf16(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0, int64_t n,
+                        float* scores) {
+  const int64_t head_dim = kv.head_dim;  // a multiple of 32 (vector_decode_rounds)
   const auto* k = static_cast<const uint16_t*>(kv.k) + j0 * head_dim;
   for (int64_t r = 0; r < rows; ++r) {
     __m512 dot[16];
 #pragma GCC unroll 16
     for (int j = 0; j < 16; ++j) dot[j] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < ld; c += 32) {
-      const __m512bh qv = __m512bh(_mm512_loadu_si512(qb + r * ld + c));
-      const __mmask32 cols =
-          head_dim - c >= 32 ? ~__mmask32(0) : __mmask32((1u << (head_dim - c)) - 1);
+    for (int64_t c = 0; c < head_dim; c += 32) {
+      const __m512bh qv = __m512bh(_mm512_loadu_si512(qb + r * head_dim + c));
+      // Keys past n (the last block) are zeros, not read.
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j)
         dot[j] = _mm512_dpbf16_ps(
-            dot[j], __m512bh(_mm512_maskz_loadu_epi16(j < n ? cols : 0, k + j * head_dim + c)), qv);
+            dot[j],
+            __m512bh(_mm512_maskz_loadu_epi16(j < n ? ~__mmask32(0) : 0, k + j * head_dim + c)),
+            qv);
     }
     _mm512_storeu_ps(scores + r * 16, sum_lanes_16(dot));
   }
@@ -818,13 +817,13 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
                                          ~uintptr_t(63));
   const __m512 scale = _mm512_set1_ps(kv.scale);
 #ifdef __AVX512BF16__
-  // A BF16 cache: Q's rows rounded once per call, for decode_scores_bf16.
+  // A BF16 cache: Q's rows rounded once per call, for decode_scores_bf16,
+  // and P rounded by decode_values_bf16.
   static thread_local std::vector<uint16_t> queries;
-  const int64_t queries_ld = (kv.head_dim + 31) / 32 * 32;
   const bool rounds = D == DType::BF16 && vector_decode_rounds(kv);
   if (rounds) {
-    queries.resize(size_t(q.rows * queries_ld));
-    round_queries_bf16(q, kv.head_dim, queries_ld, queries.data());
+    queries.resize(size_t(q.rows * kv.head_dim));
+    round_queries_bf16(q, kv.head_dim, queries.data());
   }
 #endif
   for (int64_t j0 = lo; j0 < hi; j0 += 16) {
@@ -840,7 +839,7 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
     }
 #ifdef __AVX512BF16__
     if (rounds)
-      decode_scores_bf16(queries.data(), queries_ld, q.rows, kv, j0, n, scratch);
+      decode_scores_bf16(queries.data(), q.rows, kv, j0, n, scratch);
     else
 #endif
       decode_scores<D>(q, kv, j0, n, keys, scratch);
@@ -862,6 +861,8 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
         for (int64_t d = 0; d < kv.head_dim; ++d) acc[d] *= shrink;
       }
     }
+    // Direct calls, one switch per kernel: through a table of function
+    // pointers one head per KV head read its caches from memory 1.2x slower.
     for (int64_t r0 = 0; r0 < q.rows; r0 += kDecodeRowBlock) {
 #ifdef __AVX512BF16__
       if (rounds) {

@@ -50,10 +50,11 @@ int64_t streaming_max_rows();
 // prompt should not see; beyond 16 rows the panel path multiplies in F32.
 constexpr int64_t kI8StreamingMaxRows = 16;
 void set_streaming_max_rows(int64_t rows);  // rows >= 1
-// How the streaming kernel reads the weights for up to 3 rows of x (decode):
-// a row at a time in address order (true), or 6 rows side by side. The
-// default depends on the CPU (cpu_kernels.cpp says why);
-// SHARDLM_DECODE_ORDER=rows|tiles overrides it for the process.
+// How the streaming kernel reads the weights for up to 8 rows of x (decode):
+// in address order (true: a row at a time for up to 3 rows, pairs of BF16
+// rows for 4 to 8), or 6 rows side by side. The default depends on the CPU
+// (cpu_kernels.cpp says why); SHARDLM_DECODE_ORDER=rows|tiles overrides it
+// for the process.
 bool decode_reads_rows_in_order();
 void set_decode_reads_rows_in_order(bool rows);
 // The same crossover for BF16 weights where AMX takes the rows above it
