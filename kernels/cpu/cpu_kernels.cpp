@@ -604,6 +604,11 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
 // token's few rows: 240-300 us for 4 heads over 4096 BF16 keys on one core,
 // about 4 GB/s of cache read from L2.
 constexpr int kDecodeRowBlock = 4;  // query rows whose output sums stay in registers
+// Keys per online-softmax step: scores 16 keys at a time (sum_lanes_16), then
+// the softmax and the P.V products over all of them, so that a step's chain
+// of dependent work (the row maxima, the shrink's exp, the sums' loads and
+// permutations) is paid once per 64 keys, not once per 16.
+constexpr int64_t kDecodeStepKeys = 64;
 
 // Lane j of the result: the sum of the 16 lanes of v[j]. Summing each vector
 // on its own (a reduction per query row and key) cost more than the dot
@@ -629,9 +634,10 @@ inline __m512 sum_lanes_16(const __m512 (&v)[16]) {
                        _mm512_shuffle_f32x4(low, high, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// scores[r][j] = q_r · k_{j0 + j} for every row and j < 16: the n <= 16 keys
-// widened once into `keys` (16 rows, zero past n, so all 16 lanes are defined),
-// then each row's 16 dot products summed together by sum_lanes_16.
+// scores[r * kDecodeStepKeys + j] = q_r · k_{j0 + j} for every row and j < 16:
+// the n <= 16 keys widened once into `keys` (16 rows, zero past n, so all 16
+// lanes are defined), then each row's 16 dot products summed together by
+// sum_lanes_16.
 template <DType D>
 void decode_scores(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_t n, float* keys,
                    float* scores) {
@@ -653,7 +659,7 @@ void decode_scores(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_
       for (int j = 0; j < 16; ++j)
         dot[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(keys + j * ld + c), dot[j]);
     }
-    _mm512_storeu_ps(scores + r * 16, sum_lanes_16(dot));
+    _mm512_storeu_ps(scores + r * kDecodeStepKeys, sum_lanes_16(dot));
   }
 }
 
@@ -706,7 +712,7 @@ void decode_scores_bf16(const uint16_t* qb, int64_t rows, const KVView& kv, int6
             __m512bh(_mm512_maskz_loadu_epi16(j < n ? ~__mmask32(0) : 0, k + j * head_dim + c)),
             qv);
     }
-    _mm512_storeu_ps(scores + r * 16, sum_lanes_16(dot));
+    _mm512_storeu_ps(scores + r * kDecodeStepKeys, sum_lanes_16(dot));
   }
 }
 #endif
@@ -736,7 +742,8 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r)
           acc[t][r] =
-              _mm512_fmadd_ps(_mm512_set1_ps(weights[(r0 + r) * 16 + j + t]), v16, acc[t][r]);
+              _mm512_fmadd_ps(_mm512_set1_ps(weights[(r0 + r) * kDecodeStepKeys + j + t]), v16,
+                              acc[t][r]);
       }
     }
     for (int r = 0; r < R; ++r)
@@ -758,10 +765,13 @@ void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, 
                         int64_t n, const float* weights) {
   const int64_t head_dim = kv.head_dim;
   const auto* v = static_cast<const uint16_t*>(kv.v) + j0 * head_dim;
-  alignas(64) uint32_t pairs[R][8];  // row r's weights as BF16 pairs: keys 2i and 2i + 1
+  // Row r's weights as BF16 pairs: keys 2i and 2i + 1.
+  alignas(64) uint32_t pairs[R][kDecodeStepKeys / 2];
   for (int r = 0; r < R; ++r)
-    _mm256_store_si256(reinterpret_cast<__m256i*>(pairs[r]),
-                       __m256i(_mm512_cvtneps_pbh(_mm512_loadu_ps(weights + (r0 + r) * 16))));
+    for (int64_t j = 0; j < n; j += 16)
+      _mm256_store_si256(
+          reinterpret_cast<__m256i*>(pairs[r] + j / 2),
+          __m256i(_mm512_cvtneps_pbh(_mm512_loadu_ps(weights + (r0 + r) * kDecodeStepKeys + j))));
   const __m512i to_lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
   const __m512i to_hi = _mm512_add_epi32(to_lo, _mm512_set1_epi32(4));
   const __m512i back_first =
@@ -801,20 +811,21 @@ void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, 
 #endif
 
 // Each block of 16 keys asks for the K and V lines of the block this many
-// keys on (into L1): the two streams read a block at a time in turn are not
-// ones the hardware prefetcher follows well. On a 2-core EPYC, 384 caches of
-// 4096 BF16 keys (G = 3, 2 threads, medians of 6 alternations): 30.2 ms
-// without, 20.6 at 128 keys, 19.1 at 256, 24.7 at 512; 26.2 at 256 into L2.
-constexpr int64_t kDecodePrefetchKeys = 256;
+// keys on (into L1): the hardware prefetcher does not follow the two streams
+// read a block at a time in turn. On a 2-core EPYC, 384 caches of 4096 BF16
+// keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at
+// 16 or 32, 25-32 without; at G = 1 8.0-8.3 at 32 against 10.0-10.4 at 256.
+// (With one 16-key step at a time, 256 keys on was the best distance.)
+constexpr int64_t kDecodePrefetchKeys = 32;
 
 // The keys [lo, hi) for rows that all sit at one position and all see them;
-// scratch holds 16 floats per row, then 16 widened keys.
+// scratch holds kDecodeStepKeys floats per row, then 16 widened keys.
 template <DType D>
 void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
                       const AttentionState& st, float* scratch) {
   // On a cache line: each of its vectors is stored, then loaded once per row.
-  float* keys = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch + q.rows * 16) + 63) &
-                                         ~uintptr_t(63));
+  float* keys = reinterpret_cast<float*>(
+      (reinterpret_cast<uintptr_t>(scratch + q.rows * kDecodeStepKeys) + 63) & ~uintptr_t(63));
   const __m512 scale = _mm512_set1_ps(kv.scale);
 #ifdef __AVX512BF16__
   // A BF16 cache: Q's rows rounded once per call, for decode_scores_bf16,
@@ -826,39 +837,62 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
     round_queries_bf16(q, kv.head_dim, queries.data());
   }
 #endif
-  for (int64_t j0 = lo; j0 < hi; j0 += 16) {
-    const int64_t n = std::min<int64_t>(16, hi - j0);
-    const __mmask16 live = tail_mask(n);
-    if (j0 + kDecodePrefetchKeys + 16 <= hi) {
-      const size_t block_bytes = size_t(16 * kv.head_dim) * dtype_size(D),
-                   ahead = size_t((j0 + kDecodePrefetchKeys) * kv.head_dim) * dtype_size(D);
-      for (size_t line = 0; line < block_bytes; line += 64) {
-        _mm_prefetch(static_cast<const char*>(kv.k) + ahead + line, _MM_HINT_T0);
-        _mm_prefetch(static_cast<const char*>(kv.v) + ahead + line, _MM_HINT_T0);
-      }
-    }
+  constexpr int kBlocks = kDecodeStepKeys / 16;
+  const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
+  for (int64_t j0 = lo; j0 < hi; j0 += kDecodeStepKeys) {
+    const int64_t n = std::min<int64_t>(kDecodeStepKeys, hi - j0);
+    for (int64_t b = 0; b * 16 < n; ++b) {
+      const int64_t keys_in_block = std::min<int64_t>(16, n - b * 16);
+      // The block kDecodePrefetchKeys on, one block at a time: a whole step's
+      // prefetches at once read from memory 1.1x slower.
+      if (const int64_t ahead = j0 + b * 16 + kDecodePrefetchKeys; ahead + 16 <= hi)
+        for (size_t line = 0; line < 16 * row_bytes; line += 64) {
+          _mm_prefetch(static_cast<const char*>(kv.k) + size_t(ahead) * row_bytes + line,
+                       _MM_HINT_T0);
+          _mm_prefetch(static_cast<const char*>(kv.v) + size_t(ahead) * row_bytes + line,
+                       _MM_HINT_T0);
+        }
 #ifdef __AVX512BF16__
-    if (rounds)
-      decode_scores_bf16(queries.data(), q.rows, kv, j0, n, scratch);
-    else
+      if (rounds)
+        decode_scores_bf16(queries.data(), q.rows, kv, j0 + b * 16, keys_in_block,
+                           scratch + b * 16);
+      else
 #endif
-      decode_scores<D>(q, kv, j0, n, keys, scratch);
+        decode_scores<D>(q, kv, j0 + b * 16, keys_in_block, keys, scratch + b * 16);
+    }
     for (int64_t row = 0; row < q.rows; ++row) {
-      // Online softmax over this block of keys, as attention_partial does
-      // over its blocks (see there).
-      float* s = scratch + row * 16;
-      const __m512 scaled = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, s), scale);
-      const float block_max = _mm512_mask_reduce_max_ps(live, scaled);
-      const float new_max = std::max(st.max[row], block_max);
+      // Online softmax over this step's keys, as attention_partial does over
+      // its blocks (see there); past n the weights are 0.
+      float* s = scratch + row * kDecodeStepKeys;
+      __m512 scaled[kBlocks];
+      __m512 row_max = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 4
+      for (int b = 0; b < kBlocks; ++b) {
+        const __mmask16 live = tail_mask(std::clamp<int64_t>(n - b * 16, 0, 16));
+        scaled[b] = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, s + b * 16), scale);
+        row_max = _mm512_mask_max_ps(row_max, live, row_max, scaled[b]);
+      }
+      const float new_max = std::max(st.max[row], _mm512_reduce_max_ps(row_max));
       const float shrink = st.max[row] == -INFINITY ? 0.0f : std::exp(st.max[row] - new_max);
       st.max[row] = new_max;
-      const __m512 p =
-          _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(scaled, _mm512_set1_ps(new_max))));
-      _mm512_storeu_ps(s, p);
-      st.sum[row] = st.sum[row] * shrink + _mm512_reduce_add_ps(p);
+      __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 4
+      for (int b = 0; b < kBlocks; ++b) {
+        const __mmask16 live = tail_mask(std::clamp<int64_t>(n - b * 16, 0, 16));
+        const __m512 p =
+            _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(scaled[b], _mm512_set1_ps(new_max))));
+        _mm512_storeu_ps(s + b * 16, p);
+        sum = _mm512_add_ps(sum, p);
+      }
+      st.sum[row] = st.sum[row] * shrink + _mm512_reduce_add_ps(sum);
       if (shrink != 1.0f) {
         float* acc = st.acc + row * st.ld;
-        for (int64_t d = 0; d < kv.head_dim; ++d) acc[d] *= shrink;
+        for (int64_t d = 0; d < kv.head_dim; d += 16) {
+          const __mmask16 m = tail_mask(kv.head_dim - d);
+          _mm512_mask_storeu_ps(acc + d, m,
+                                _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + d),
+                                              _mm512_set1_ps(shrink)));
+        }
       }
     }
     // Direct calls, one switch per kernel: through a table of function
