@@ -741,9 +741,8 @@ void decode_values(const KVView& kv, const AttentionState& st, int64_t r0, int64
         const __m512 v16 = load16<D>(v + size_t((j0 + j + t) * head_dim + c) * dtype_size(D), m);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r)
-          acc[t][r] =
-              _mm512_fmadd_ps(_mm512_set1_ps(weights[(r0 + r) * kDecodeStepKeys + j + t]), v16,
-                              acc[t][r]);
+          acc[t][r] = _mm512_fmadd_ps(_mm512_set1_ps(weights[(r0 + r) * kDecodeStepKeys + j + t]),
+                                      v16, acc[t][r]);
       }
     }
     for (int r = 0; r < R; ++r)
@@ -814,9 +813,29 @@ void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, 
 // keys on (into L1): the hardware prefetcher does not follow the two streams
 // read a block at a time in turn. On a 2-core EPYC, 384 caches of 4096 BF16
 // keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at
-// 16 or 32, 25-32 without; at G = 1 8.0-8.3 at 32 against 10.0-10.4 at 256.
-// (With one 16-key step at a time, 256 keys on was the best distance.)
-constexpr int64_t kDecodePrefetchKeys = 32;
+// 16 or 32, 25-32 without. (With one 16-key step at a time, 256 keys on was
+// the best distance.)
+// The L1 prefetches alone keep too few lines in flight to stream (the fill
+// buffers bound them), so each block also asks for the block
+// kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6 ms
+// (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra
+// prefetches cost 0.5 us per 1024 keys. One query row per KV head (G = 1)
+// reads from memory 7-20% slower than with 16-key steps and the L1 prefetch
+// alone 256 keys on (quiet runs: 12.0-12.6 against 10.2-10.4 ms); 16-key
+// steps with that prefetch in this kernel were no faster, so the cause is
+// not the step or the distances (docs/cpu_backend.md).
+constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
+
+// The K and V lines of `bytes` from `offset` into each cache, with `hint`.
+template <_mm_hint kHint>
+inline void prefetch_kv_block(const KVView& kv, size_t offset, size_t bytes) {
+  const char* k = static_cast<const char*>(kv.k) + offset;
+  const char* v = static_cast<const char*>(kv.v) + offset;
+  for (size_t line = 0; line < bytes; line += 64) {
+    _mm_prefetch(k + line, kHint);
+    _mm_prefetch(v + line, kHint);
+  }
+}
 
 // The keys [lo, hi) for rows that all sit at one position and all see them;
 // scratch holds kDecodeStepKeys floats per row, then 16 widened keys.
@@ -843,15 +862,13 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
     const int64_t n = std::min<int64_t>(kDecodeStepKeys, hi - j0);
     for (int64_t b = 0; b * 16 < n; ++b) {
       const int64_t keys_in_block = std::min<int64_t>(16, n - b * 16);
-      // The block kDecodePrefetchKeys on, one block at a time: a whole step's
-      // prefetches at once read from memory 1.1x slower.
+      // The blocks kDecodePrefetchKeys (into L1) and kDecodePrefetchL2Keys
+      // (into L2) on, one block at a time: a whole step's prefetches at once
+      // read from memory 1.1x slower.
       if (const int64_t ahead = j0 + b * 16 + kDecodePrefetchKeys; ahead + 16 <= hi)
-        for (size_t line = 0; line < 16 * row_bytes; line += 64) {
-          _mm_prefetch(static_cast<const char*>(kv.k) + size_t(ahead) * row_bytes + line,
-                       _MM_HINT_T0);
-          _mm_prefetch(static_cast<const char*>(kv.v) + size_t(ahead) * row_bytes + line,
-                       _MM_HINT_T0);
-        }
+        prefetch_kv_block<_MM_HINT_T0>(kv, size_t(ahead) * row_bytes, 16 * row_bytes);
+      if (const int64_t ahead = j0 + b * 16 + kDecodePrefetchL2Keys; ahead + 16 <= hi)
+        prefetch_kv_block<_MM_HINT_T1>(kv, size_t(ahead) * row_bytes, 16 * row_bytes);
 #ifdef __AVX512BF16__
       if (rounds)
         decode_scores_bf16(queries.data(), q.rows, kv, j0 + b * 16, keys_in_block,
@@ -889,9 +906,8 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
         float* acc = st.acc + row * st.ld;
         for (int64_t d = 0; d < kv.head_dim; d += 16) {
           const __mmask16 m = tail_mask(kv.head_dim - d);
-          _mm512_mask_storeu_ps(acc + d, m,
-                                _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + d),
-                                              _mm512_set1_ps(shrink)));
+          _mm512_mask_storeu_ps(
+              acc + d, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + d), _mm512_set1_ps(shrink)));
         }
       }
     }
