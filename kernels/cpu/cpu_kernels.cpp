@@ -694,8 +694,23 @@ void round_queries_bf16(const AttentionQuery& q, int64_t head_dim, uint16_t* dst
 // by at most 2^-8 scale sum_d |q_d k_d|, the bound the cache's own rounding
 // of K puts on it. On a 2-core EPYC, G = 3 over 4096 keys in L2: 50-64 ->
 // 40-42 us against widening the keys (3 alternations).
+// A whole block of 16 keys reads them unmasked: the masks of a partial block,
+// one per key, came from the stack on every load.
+template <bool kWhole>
+void decode_scores_bf16_block(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0,
+                              int64_t n, float* scores);
+
 void decode_scores_bf16(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0, int64_t n,
                         float* scores) {
+  if (n == 16)
+    decode_scores_bf16_block<true>(qb, rows, kv, j0, n, scores);
+  else
+    decode_scores_bf16_block<false>(qb, rows, kv, j0, n, scores);
+}
+
+template <bool kWhole>
+void decode_scores_bf16_block(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0,
+                              int64_t n, float* scores) {
   const int64_t head_dim = kv.head_dim;  // a multiple of 32 (vector_decode_rounds)
   const auto* k = static_cast<const uint16_t*>(kv.k) + j0 * head_dim;
   for (int64_t r = 0; r < rows; ++r) {
@@ -707,10 +722,12 @@ void decode_scores_bf16(const uint16_t* qb, int64_t rows, const KVView& kv, int6
       // Keys past n (the last block) are zeros, not read.
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j)
-        dot[j] = _mm512_dpbf16_ps(
-            dot[j],
-            __m512bh(_mm512_maskz_loadu_epi16(j < n ? ~__mmask32(0) : 0, k + j * head_dim + c)),
-            qv);
+        dot[j] =
+            _mm512_dpbf16_ps(dot[j],
+                             __m512bh(kWhole ? _mm512_loadu_si512(k + j * head_dim + c)
+                                             : _mm512_maskz_loadu_epi16(j < n ? ~__mmask32(0) : 0,
+                                                                        k + j * head_dim + c)),
+                             qv);
     }
     _mm512_storeu_ps(scores + r * kDecodeStepKeys, sum_lanes_16(dot));
   }
