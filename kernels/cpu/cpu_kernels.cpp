@@ -842,14 +842,16 @@ void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, 
 // (docs/cpu_backend.md).
 constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
 
-// The K and V lines of `bytes` from `offset` into each cache, with `hint`.
-template <_mm_hint kHint>
+// The K and V lines of `bytes` from `offset` into each cache, with
+// __builtin_prefetch's `kLocality` (3: into L1 as prefetcht0, 2: into L2 as
+// prefetcht1; GCC and Clang type _mm_prefetch's hint differently).
+template <int kLocality>
 inline void prefetch_kv_block(const KVView& kv, size_t offset, size_t bytes) {
   const char* k = static_cast<const char*>(kv.k) + offset;
   const char* v = static_cast<const char*>(kv.v) + offset;
   for (size_t line = 0; line < bytes; line += 64) {
-    _mm_prefetch(k + line, kHint);
-    _mm_prefetch(v + line, kHint);
+    __builtin_prefetch(k + line, 0, kLocality);
+    __builtin_prefetch(v + line, 0, kLocality);
   }
 }
 
@@ -882,9 +884,9 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
       // (into L2) on, one block at a time: a whole step's prefetches at once
       // read from memory 1.1x slower.
       if (const int64_t ahead = j0 + b * 16 + kDecodePrefetchKeys; ahead + 16 <= hi)
-        prefetch_kv_block<_MM_HINT_T0>(kv, size_t(ahead) * row_bytes, 16 * row_bytes);
+        prefetch_kv_block<3>(kv, size_t(ahead) * row_bytes, 16 * row_bytes);
       if (const int64_t ahead = j0 + b * 16 + kDecodePrefetchL2Keys; ahead + 16 <= hi)
-        prefetch_kv_block<_MM_HINT_T1>(kv, size_t(ahead) * row_bytes, 16 * row_bytes);
+        prefetch_kv_block<2>(kv, size_t(ahead) * row_bytes, 16 * row_bytes);
 #ifdef __AVX512BF16__
       if (rounds)
         decode_scores_bf16(queries.data(), q.rows, kv, j0 + b * 16, keys_in_block,
