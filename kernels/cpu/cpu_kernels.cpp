@@ -836,10 +836,7 @@ void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, 
 // buffers bound them), so each block also asks for the block
 // kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6 ms
 // (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra
-// prefetches cost 0.5 us per 1024 keys. One query row per KV head (G = 1)
-// is not clearly faster than with 16-key steps and the L1 prefetch alone 256
-// keys on: slower in quiet runs, level or faster in others
-// (docs/cpu_backend.md).
+// prefetches cost 0.5 us per 1024 keys.
 constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
 
 // The K and V lines of `bytes` from `offset` into each cache, with
