@@ -368,14 +368,16 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
       const auto pair_kernel = kPairKernels[m - 4];
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t c0 = 0; c0 < prepared.ld; c0 += chunk)
+        for (int64_t c0 = 0; c0 < prepared.ld; c0 += chunk) {
+          const int64_t c1 = std::min(prepared.ld, c0 + chunk);
+          const bool add = accumulate || c0 > 0;  // later chunks add to the first's sums
           for (int64_t pair = b * kPairBlock; pair < std::min(pairs, (b + 1) * kPairBlock);
                ++pair) {
-            const int64_t r0 = 2 * pair, c1 = std::min(prepared.ld, c0 + chunk);
+            const int64_t r0 = 2 * pair;
             const ptrdiff_t a = r0 + 2 * kRowPairs + 2 <= w.n ? ahead : 0;
-            const bool add = accumulate || c0 > 0;  // later chunks add to the first's sums
             pair_kernel(prepared, data, w.k, r0, c0, c1, out, ldo, add, a);
           }
+        }
       if (w.n % 2)
 #pragma omp single nowait
         stream_rows<D, 1>(prepared, m, data, w.k, w.n - 1, out, ldo, w.scales, accumulate, 0,
@@ -693,21 +695,8 @@ void round_queries_bf16(const AttentionQuery& q, int64_t head_dim, uint16_t* dst
 // values are exact in F32), with no widened copy of the keys. A score moves
 // by at most 2^-8 scale sum_d |q_d k_d|, the bound the cache's own rounding
 // of K puts on it. On a 2-core EPYC, G = 3 over 4096 keys in L2: 50-64 ->
-// 40-42 us against widening the keys (3 alternations).
-// A whole block of 16 keys reads them unmasked: the masks of a partial block,
-// one per key, came from the stack on every load.
-template <bool kWhole>
-void decode_scores_bf16_block(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0,
-                              int64_t n, float* scores);
-
-void decode_scores_bf16(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0, int64_t n,
-                        float* scores) {
-  if (n == 16)
-    decode_scores_bf16_block<true>(qb, rows, kv, j0, n, scores);
-  else
-    decode_scores_bf16_block<false>(qb, rows, kv, j0, n, scores);
-}
-
+// 40-42 us against widening the keys (3 alternations). kWhole: all 16 keys
+// there (decode_scores_bf16 picks it).
 template <bool kWhole>
 void decode_scores_bf16_block(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0,
                               int64_t n, float* scores) {
@@ -731,6 +720,16 @@ void decode_scores_bf16_block(const uint16_t* qb, int64_t rows, const KVView& kv
     }
     _mm512_storeu_ps(scores + r * kDecodeStepKeys, sum_lanes_16(dot));
   }
+}
+
+// A whole block of 16 keys reads them unmasked: the masks of a partial block,
+// one per key, came from the stack on every load.
+void decode_scores_bf16(const uint16_t* qb, int64_t rows, const KVView& kv, int64_t j0, int64_t n,
+                        float* scores) {
+  if (n == 16)
+    decode_scores_bf16_block<true>(qb, rows, kv, j0, n, scores);
+  else
+    decode_scores_bf16_block<false>(qb, rows, kv, j0, n, scores);
 }
 #endif
 
