@@ -40,6 +40,10 @@ std::string gigabytes(double b) {
   return fmt::format("{:.2f} GB", b / 1e9);
 }
 
+std::string megabytes(double b) {
+  return fmt::format("{:.3g} MB", b / 1e6);
+}
+
 void print_phase(const PhasePlan& p) {
   const PhaseCost& c = p.chosen;
   fmt::print("\n{}: ffn {}, attention {}, {} weights, mesh {}, pp={}\n", name(c.phase),
@@ -71,10 +75,10 @@ void print_phase(const PhasePlan& p) {
   row("communication", c.layer.comm_s, c.edges.comm_s, c.layer.comm_eff_s, c.edges.comm_eff_s);
   row("  hidden by overlap", 0, 0, -c.layer.overlap_s, -c.edges.overlap_s);
   row("  per-layer overhead", 0, 0, c.layer.overhead_s, 0);
-  fmt::print("  collectives per layer and forward pass:\n");
+  fmt::print("  collectives per layer and forward pass (per chip: bytes, roofline, priced):\n");
   for (const auto& col : c.layer.collectives)
-    fmt::print("    {:<16} {:<4} {:<20} {:>10}/chip {:>10}{}\n", name(col.kind), col.axes,
-               col.tensor, gigabytes(col.bytes), seconds(col.seconds),
+    fmt::print("    {:<16} {:<4} {:<20} {:>10} {:>10} {:>10}{}\n", name(col.kind), col.axes,
+               col.tensor, megabytes(col.bytes), seconds(col.seconds), seconds(col.priced_s),
                col.fusion_group >= 0 ? fmt::format("  [fused #{}]", col.fusion_group) : "");
   fmt::print("  memory per chip: weights {}, KV cache {}, activations {} of {} usable\n",
              gigabytes(c.memory.weights), gigabytes(c.memory.kv_cache),

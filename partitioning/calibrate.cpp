@@ -304,24 +304,36 @@ std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max
   const int members = comm.size();
   for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
     const size_t count = bytes / sizeof(float);
-    std::vector<float> send(count, 1.0f), recv(count * size_t(members));
+    // recv holds a member's count per member: an all-gather's output, and
+    // the input of a reduce-scatter and an all-to-all.
+    std::vector<float> send(count, 1.0f), recv(count * size_t(members), 1.0f),
+        all_to_all(count * size_t(members));
     const int repeats = bytes <= (1u << 20) ? 20 : 4;
-    for (const char* kind : {"all-gather", "all-reduce"}) {
-      const bool gather = kind[4] == 'g';
+    // Each kind moves `bytes` per member and pair of members; counted as the
+    // cost model counts them: an all-gather's output, twice an all-reduce's
+    // input, the input of a reduce-scatter or an all-to-all.
+    const double per_member = double(bytes) * members;
+    const std::pair<const char*, double> kinds[] = {{"all-gather", per_member},
+                                                    {"all-reduce", 2.0 * double(bytes)},
+                                                    {"reduce-scatter", per_member},
+                                                    {"all-to-all", per_member}};
+    for (const auto& [kind, model_bytes] : kinds) {
+      const std::string_view k = kind;
       double best = INFINITY;
       for (int r = 0; r <= repeats; ++r) {
         comm.barrier();
         auto t0 = Clock::now();
-        if (gather)
+        if (k == "all-gather")
           comm.all_gather(send.data(), recv.data(), count);
-        else
+        else if (k == "all-reduce")
           comm.all_reduce(send.data(), count);
+        else if (k == "reduce-scatter")
+          comm.reduce_scatter(recv.data(), send.data(), count);
+        else
+          comm.all_to_all(recv.data(), all_to_all.data(), count);
         const double t = since(t0);
         if (r > 0) best = std::min(best, t);
       }
-      // Bytes as the cost model counts them: all-gather output per rank,
-      // all-reduce twice its input.
-      const double model_bytes = gather ? double(bytes) * members : 2.0 * double(bytes);
       out.push_back({kind, model_bytes, best});
     }
   }
@@ -540,6 +552,9 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     c.collectives = measure_collectives(*inside, max_bytes);
     c.sends = measure_sends(*inside, max_bytes);
     fit_latency_bandwidth(c.collectives, c.collective_latency_s, c.collective_bandwidth_Bps);
+    c.spec.measured.collective_members = inside->size();
+    for (const CollectiveSample& s : c.collectives)
+      c.spec.measured.collective_s_by_bytes[s.kind].emplace_back(s.bytes, s.seconds);
   }
   // Across nodes: one rank per node, every local rank's group at once, as
   // the groups of a mesh axis that spans the nodes run.
@@ -548,6 +563,9 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     c.inter_collectives = measure_collectives(*g.across, max_bytes);
     c.inter_sends = measure_sends(*g.across, max_bytes);
     fit_latency_bandwidth(c.inter_collectives, c.inter_latency_s, c.inter_bandwidth_Bps);
+    c.spec.measured.inter_node_collective_members = g.across->size();
+    for (const CollectiveSample& s : c.inter_collectives)
+      c.spec.measured.inter_node_collective_s_by_bytes[s.kind].emplace_back(s.bytes, s.seconds);
   }
 
   HardwareSpec& h = c.spec;
@@ -637,16 +655,19 @@ std::string to_yaml(const Calibration& c) {
       out += fmt::format("#   {} {:.0f}: {:.4g}\n", s.kind, s.bytes, s.seconds);
   };
   if (!c.collectives.empty()) {
-    samples(c.nodes > 1 ? "Collectives inside a node (each node's ranks, all nodes at once)"
-                        : "Collectives over all ranks",
-            c.collectives);
+    out += fmt::format(
+        "# measured.collective_s_by_bytes: every collective kind timed {}, best of several runs\n"
+        "# (bytes as the cost model counts them: an all-gather's output, twice an all-reduce's\n"
+        "# input, the input of a reduce-scatter or all-to-all).\n",
+        c.nodes > 1 ? "inside a node (each node's ranks, all nodes at once)" : "over all ranks");
     samples("Point-to-point, one send (half a round trip) inside a node", c.sends);
     out += fmt::format("# Fit t = latency + bytes / bandwidth: {:.3g} s + bytes / {:.4g} B/s.\n",
                        c.collective_latency_s, c.collective_bandwidth_Bps);
   }
   if (c.nodes > 1) {
-    samples("Collectives across nodes (one rank per node, every local rank's group at once)",
-            c.inter_collectives);
+    out +=
+        "# measured.inter_node_collective_s_by_bytes: the same across nodes (one rank per node,\n"
+        "# every local rank's group at once).\n";
     samples("Point-to-point, one send between two nodes", c.inter_sends);
     out += fmt::format(
         "# Fit t = latency + bytes / bandwidth: {:.3g} s + bytes / {:.4g} B/s per rank; {} "

@@ -156,6 +156,7 @@ struct Pricer {
           CollectiveCost c{stage, s.inputs[0], s.collective, s.axes, s.fusion_group};
           c.weight = s.weight.has_value();
           c.spans_nodes = hw.group_spans_nodes(mesh, s.axes);
+          c.members = mesh.axes_size(s.axes);
           double elems, elem_bytes = act_bytes;
           if (s.weight) {
             const WeightLayout& w = layout.weight(*s.weight);
@@ -240,8 +241,15 @@ double collective_seconds(const CollectiveCost& c, const HardwareSpec& hw) {
   // share a node's link (both measured per byte).
   const double filling = (c.weight ? c.bytes * measured.weight_gather_s_per_byte : 0.0) +
                          (c.spans_nodes ? c.bytes * measured.inter_node_s_per_byte : 0.0);
-  return c.latency_s + waiting + filling +
-         c.bytes / (c.bandwidth * hw.efficiency.collective_bandwidth_fraction);
+  // Moving the bytes: as calibrate timed this kind of collective where the
+  // spec has its table, else latency and bandwidth.
+  const double timed = measured.collective_s(std::string(name(c.kind)), c.bytes, c.members,
+                                             c.spans_nodes, c.first_of_group);
+  const double moving =
+      timed > 0
+          ? timed
+          : c.latency_s + c.bytes / (c.bandwidth * hw.efficiency.collective_bandwidth_fraction);
+  return moving + waiting + filling;
 }
 
 void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, double working_set,
@@ -267,8 +275,8 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
       std::max(f.compute_eff_s - attention_s, f.memory_eff_s - kv_s) + attention_s + kv_s;
   f.comm_eff_s = 0;
   double hidden_gathers = 0, activations = 0;
-  for (const CollectiveCost& c : f.collectives) {
-    const double t = collective_seconds(c, hw);
+  for (CollectiveCost& c : f.collectives) {
+    const double t = c.priced_s = collective_seconds(c, hw);
     f.comm_eff_s += t;
     if (c.consumer < 0) {
       activations += t;

@@ -72,6 +72,8 @@ struct CollectiveCost {
   // What `seconds` is made of: latency + bytes / bandwidth, the bandwidth
   // per counted byte (HardwareSpec::collective_traffic_fraction).
   double latency_s = 0, bandwidth = 0;
+  double priced_s = 0;  // through the efficiency model (the spec's measured tables)
+  int members = 1;      // of its group
   // A weight all-gather: the index in ForwardCost::matmuls of the matmul
   // that consumes the gathered weight; -1 for activations.
   int consumer = -1;

@@ -2,7 +2,9 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "partitioning/yaml_fields.hpp"
 #include "runtime/errors.hpp"
@@ -48,6 +50,48 @@ std::vector<std::pair<double, double>> read_table(const YamlFields& f, const std
   return out;
 }
 
+// Linear in x between the measured points (a collective's time is nearly
+// affine in its bytes between neighbouring sizes), the first value below
+// them, and the last segment's slope beyond them.
+double interpolate_linear(const std::vector<std::pair<double, double>>& table, double x) {
+  if (x <= table.front().first || table.size() == 1) return table.front().second;
+  size_t i = 1;
+  while (i + 1 < table.size() && x > table[i].first) ++i;
+  const auto& [x0, y0] = table[i - 1];
+  const auto& [x1, y1] = table[i];
+  return y0 + (x - x0) * (y1 - y0) / (x1 - x0);
+}
+
+constexpr const char* kCollectiveKinds[] = {"all-gather", "all-reduce", "reduce-scatter",
+                                            "all-to-all"};
+
+MeasuredEfficiency::CollectiveTables read_collective_tables(const YamlFields& f,
+                                                            const std::string& key) {
+  MeasuredEfficiency::CollectiveTables out;
+  if (!f.has(key)) return out;
+  const YamlFields kinds = f.child(key);
+  for (const char* kind : kCollectiveKinds)
+    if (auto table = read_table(kinds, kind); !table.empty()) out[kind] = std::move(table);
+  kinds.reject_unknown();
+  return out;
+}
+
+int read_members(const YamlFields& f, const std::string& key, bool needed) {
+  if (!f.has(key)) {
+    if (needed)
+      throw DataError(
+          fmt::format("{}: expected the group size the collective tables were timed "
+                      "over, beside them",
+                      f.where(key)));
+    return 0;
+  }
+  const int64_t members = f.positive_int(key);
+  if (members < 2)
+    throw DataError(
+        fmt::format("{}: expected a group of at least 2, got {}", f.where(key), members));
+  return static_cast<int>(members);
+}
+
 double read_seconds(const YamlFields& f, const std::string& key) {
   const double v = f.number(key, 0.0);
   if (v < 0) throw DataError(fmt::format("{}: expected >= 0 seconds, got {}", f.where(key), v));
@@ -77,6 +121,21 @@ double MeasuredEfficiency::attention_decode_rate(bool alone, double group) const
                                                    : attention_decode_flops;
 }
 
+double MeasuredEfficiency::collective_s(const std::string& kind, double bytes, int members,
+                                        bool spans_nodes, bool first) const {
+  const CollectiveTables& tables =
+      spans_nodes ? inter_node_collective_s_by_bytes : collective_s_by_bytes;
+  const auto it = tables.find(kind);
+  if (it == tables.end()) return 0.0;
+  // A ring moves (K - 1) / K of the counted bytes through each member: a
+  // group of another size is read off the table at the bytes that move.
+  const int measured = spans_nodes ? inter_node_collective_members : collective_members;
+  auto moving = [](double k) { return (k - 1) / k; };
+  const double at = bytes * moving(members) / moving(measured);
+  const double seconds = interpolate_linear(it->second, at);
+  return first ? seconds : std::max(0.0, seconds - it->second.front().second);
+}
+
 MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
   MeasuredEfficiency m;
   m.matmul_flops_by_rows = read_table(f, "matmul_flops_by_rows");
@@ -91,6 +150,12 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
        m.attention_decode_flops_by_group.empty()))
     throw DataError(fmt::format("{}: an _alone table needs the table of all ranks beside it",
                                 f.where("matmul_flops_by_rows")));
+  m.collective_s_by_bytes = read_collective_tables(f, "collective_s_by_bytes");
+  m.inter_node_collective_s_by_bytes =
+      read_collective_tables(f, "inter_node_collective_s_by_bytes");
+  m.collective_members = read_members(f, "collective_members", !m.collective_s_by_bytes.empty());
+  m.inter_node_collective_members =
+      read_members(f, "inter_node_collective_members", !m.inter_node_collective_s_by_bytes.empty());
   m.layer_overhead_s = read_seconds(f, "layer_overhead_s");
   m.token_overhead_s = read_seconds(f, "token_overhead_s");
   m.collective_overhead_s = read_seconds(f, "collective_overhead_s");
@@ -109,7 +174,8 @@ std::string MeasuredEfficiency::to_yaml() const {
   if (!has_matmul() && !has_memory() && layer_overhead_s == 0 && token_overhead_s == 0 &&
       collective_overhead_s == 0 && inter_node_collective_overhead_s == 0 &&
       weight_gather_s_per_byte == 0 && attention_decode_flops == 0 &&
-      attention_decode_flops_by_group.empty() && inter_node_s_per_byte == 0)
+      attention_decode_flops_by_group.empty() && inter_node_s_per_byte == 0 &&
+      collective_s_by_bytes.empty() && inter_node_collective_s_by_bytes.empty())
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
     std::string s = "[";
@@ -137,6 +203,14 @@ std::string MeasuredEfficiency::to_yaml() const {
   if (!attention_decode_flops_by_group_alone.empty())
     out += fmt::format("  attention_decode_flops_by_group_alone: {}\n",
                        table(attention_decode_flops_by_group_alone));
+  for (auto [key, members, tables] :
+       {std::tuple{"collective", collective_members, &collective_s_by_bytes},
+        std::tuple{"inter_node_collective", inter_node_collective_members,
+                   &inter_node_collective_s_by_bytes}}) {
+    if (tables->empty()) continue;
+    out += fmt::format("  {}_members: {}\n  {}_s_by_bytes:\n", key, members, key);
+    for (const auto& [kind, t] : *tables) out += fmt::format("    {}: {}\n", kind, table(t));
+  }
   if (weight_gather_s_per_byte > 0)
     out += fmt::format("  weight_gather_s_per_byte: {:.4g}\n", weight_gather_s_per_byte);
   if (inter_node_s_per_byte > 0)

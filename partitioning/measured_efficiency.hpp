@@ -12,6 +12,7 @@
 //   roofline does not count, and per collective (ranks arriving apart),
 //   fitted to the engine's own forward passes on a synthetic model.
 // Re-running calibrate after a kernel changes re-measures all of them.
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,24 @@ struct MeasuredEfficiency {
   // Per byte of weights all-gathered (weight-gathered layouts), beyond the
   // collective's bandwidth: the buffers a gather fills and copies.
   double weight_gather_s_per_byte = 0;
+
+  // Seconds of each collective kind ("all-gather", "all-reduce",
+  // "reduce-scatter", "all-to-all") by the bytes the cost model counts for it,
+  // timed back to back over a group of `collective_members` ranks inside a
+  // node, and over `inter_node_collective_members` ranks, one per node, with
+  // every local rank's group at once. One latency and bandwidth cannot hold
+  // them: on shared memory an all-reduce costs twice an all-gather of the
+  // same counted bytes, across nodes a small one ten times, and messages that
+  // stay in cache move twice as fast as those that do not.
+  using CollectiveTables = std::map<std::string, std::vector<std::pair<double, double>>>;
+  CollectiveTables collective_s_by_bytes, inter_node_collective_s_by_bytes;
+  int collective_members = 0, inter_node_collective_members = 0;
+  // Seconds of one collective of `kind` moving `bytes` (as counted) over a
+  // group of `members`, from the table of its kind (inside a node, or across
+  // nodes with `spans_nodes`); without the start-up when `first` is false
+  // (a collective fused with the one before). 0 when no table holds the kind.
+  double collective_s(const std::string& kind, double bytes, int members, bool spans_nodes,
+                      bool first) const;
 
   bool has_matmul() const { return !matmul_flops_by_rows.empty(); }
   bool has_memory() const { return !memory_Bps_by_bytes.empty(); }

@@ -18,7 +18,8 @@ nlohmann::json collectives_json(const ForwardCost& f) {
                     {"axes", c.axes},
                     {"fusion_group", c.fusion_group},
                     {"bytes_per_chip", c.bytes},
-                    {"seconds", c.seconds}});
+                    {"seconds", c.seconds},
+                    {"priced_seconds", c.priced_s}});
   return list;
 }
 

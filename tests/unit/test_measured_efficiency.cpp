@@ -137,6 +137,61 @@ TEST_CASE("the cost model prices matmuls, memory and overheads by the measured t
   }
 }
 
+TEST_CASE("collectives are priced by the table of their kind, at the bytes that move",
+          "[measured]") {
+  const HardwareSpec h = load_spec("kinds",
+                                   "measured:\n"
+                                   "  collective_members: 2\n"
+                                   "  collective_s_by_bytes:\n"
+                                   "    all-gather: [[1.0e3, 1.0e-5], [1.001e6, 1.1e-4]]\n"
+                                   "    all-reduce: [[1.0e3, 2.0e-5], [1.001e6, 3.2e-4]]\n"
+                                   "  collective_overhead_s: 5.0e-6\n");
+  const MeasuredEfficiency& m = h.measured;
+  // Between two sizes linear in bytes; below the first its time; beyond the
+  // last the last segment's slope.
+  CHECK(m.collective_s("all-gather", 501e3, 2, false, true) == Approx(6e-5));
+  CHECK(m.collective_s("all-gather", 10, 2, false, true) == Approx(1e-5));
+  CHECK(m.collective_s("all-reduce", 2.001e6, 2, false, true) == Approx(6.2e-4));
+  // Fused behind another: no start-up (the smallest size's time).
+  CHECK(m.collective_s("all-reduce", 1.001e6, 2, false, false) == Approx(3e-4));
+  // A group of 4 moves 3/4 of the counted bytes, a group of 2 half of them.
+  CHECK(m.collective_s("all-gather", 400e3, 4, false, true) ==
+        Approx(m.collective_s("all-gather", 600e3, 2, false, true)));
+  // No table: the kind, or across nodes.
+  CHECK(m.collective_s("all-to-all", 1e6, 2, false, true) == 0);
+  CHECK(m.collective_s("all-gather", 1e6, 2, true, true) == 0);
+  // What calibrate writes reads back the same.
+  const HardwareSpec again = load_spec("kinds-again", m.to_yaml());
+  CHECK(again.measured.collective_s_by_bytes == m.collective_s_by_bytes);
+  CHECK(again.measured.collective_members == 2);
+
+  // The cost model takes them: a 2-chip layout's collectives cost the table
+  // of their kind plus the measured wait.
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  const PhaseCost c =
+      estimate_phase(model, h, Workload{4, 32, 8}, Phase::kPrefill,
+                     {FfnLayout::k1D, AttnLayout::kHeads, "bf16", Mesh{1, 2, 1, 1}, 0});
+  REQUIRE_FALSE(c.layer.collectives.empty());
+  double expected = 0;
+  for (const auto& coll : c.layer.collectives) {
+    const double table =
+        m.collective_s(std::string(name(coll.kind)), coll.bytes, 2, false, coll.first_of_group);
+    const double moving = table > 0 ? table : coll.seconds;
+    CHECK(coll.priced_s == Approx(moving + (coll.first_of_group ? 5e-6 : 0)));
+    expected += coll.priced_s;
+  }
+  CHECK(c.layer.comm_eff_s == Approx(expected));
+
+  CHECK_THAT(load_error("kinds-unknown",
+                        "measured:\n  collective_members: 2\n"
+                        "  collective_s_by_bytes:\n    all-scatter: [[1, 1]]\n"),
+             Catch::Contains("measured.collective_s_by_bytes.all-scatter"));
+  CHECK_THAT(load_error("kinds-members",
+                        "measured:\n  collective_s_by_bytes:\n"
+                        "    all-gather: [[1, 1]]\n"),
+             Catch::Contains("measured.collective_members"));
+}
+
 TEST_CASE("decode attention is priced at its measured rate for the model's group", "[measured]") {
   // tiny: 2 query heads per KV head. The table's rate at 2 (interpolated in
   // log group between 1 and 4, linear in the rate) must price the decode attention, the rest of
