@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <memory>
@@ -459,6 +461,22 @@ std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool w
   }
 }
 
+// Whether the job's nodes run on one kernel (their boot ids agree): nodes
+// made of namespaces or containers on one machine, sharing its cores.
+bool nodes_share_one_kernel(Communicator& all) {
+  char id[64] = {};
+  if (FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+    if (!std::fgets(id, sizeof id, f)) id[0] = 0;
+    std::fclose(f);
+  }
+  std::vector<char> ids(sizeof id * size_t(all.size()));
+  all.all_gather_bytes(id, ids.data(), sizeof id);
+  for (int r = 1; r < all.size(); ++r)
+    if (id[0] == 0 || std::memcmp(ids.data(), ids.data() + sizeof id * size_t(r), sizeof id) != 0)
+      return false;
+  return true;
+}
+
 Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool quick) {
   Communicator& comm = *g.all;
   Calibration c;
@@ -581,6 +599,7 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   h.memory_bytes = c.memory_bytes;
   h.memory_bandwidth = c.memory_read_Bps;
   h.chips_per_node = g.ranks_per_node;
+  h.nodes_share_cores = g.nodes > 1 && nodes_share_one_kernel(comm);
   h.topology = "switched";
   // One rank has nobody to talk to: the memory bandwidth stands in (a copy
   // through shared memory can not beat it) so plans stay finite.
@@ -690,6 +709,10 @@ std::string to_yaml(const Calibration& c) {
       h.name, h.peak("f32"), h.memory_bytes, h.memory_bandwidth, h.chips_per_node,
       h.intra_node_bandwidth, h.inter_node_bandwidth, h.intra_node_latency, h.inter_node_latency);
   if (h.nics_per_node > 0) out += fmt::format("  nics_per_node: {}\n", h.nics_per_node);
+  if (h.nodes_share_cores)
+    out +=
+        "# Every node runs on one kernel (one boot id): the nodes share this host's cores.\n"
+        "nodes_share_cores: true\n";
   if (h.cpu_streaming_max_rows > 0)
     out += fmt::format(
         "# Rows up to which the CPU backend's streaming matmul beats oneDNN (from the timings "

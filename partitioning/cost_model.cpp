@@ -433,20 +433,34 @@ void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
       static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
       pc.edges.weight_bytes + pc.edges.kv_bytes;
   const bool alone = ranks_per_node(hw, pc.config.mesh) == 1;
+  const double m = static_cast<double>(pc.micro_batches), pp = pc.config.mesh.pp;
+  // Where the nodes share one host's cores, a pipeline slot in which some
+  // stages wait (fill, drain, fewer micro-batches than stages) leaves the
+  // working ranks the host's cores: priced at the rates of ranks alone.
+  const bool partial_slots_alone = hw.nodes_share_cores && pp > 1 && !alone;
+  double stage_alone_s = 0;
+  if (partial_slots_alone) {
+    ForwardCost layer = pc.layer;
+    apply_efficiency(layer, hw, true, working_set, true);
+    stage_alone_s = static_cast<double>(pc.layers_per_stage) * layer.latency_s + pc.pipeline_hop_s;
+  }
   apply_efficiency(pc.layer, hw, true, working_set, alone);
   apply_efficiency(pc.edges, hw, false, working_set, alone);
   const double stage_s =
       static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s + pc.pipeline_hop_s;
+  // Slots of one stage's time, `full` of them with every stage busy.
+  auto slots_s = [&](double slots, double full) {
+    return partial_slots_alone ? full * stage_s + (slots - full) * stage_alone_s : slots * stage_s;
+  };
   // m micro-batches (pipeline, or batch chunks that bound activation memory):
   // prefill fills the pipeline once; each decode step runs every micro-batch
   // through every stage. Each micro-batch runs the embedding and head.
-  const double m = static_cast<double>(pc.micro_batches), pp = pc.config.mesh.pp;
   const double passes = static_cast<double>(pc.forward_passes);
   if (pc.phase == Phase::kPrefill)
-    pc.latency_s = (m + pp - 1) * stage_s + m * pc.edges.latency_s;
+    pc.latency_s = slots_s(m + pp - 1, std::max(0.0, m - pp + 1)) + m * pc.edges.latency_s;
   else
-    pc.latency_s =
-        passes * (std::max(m, pp) * stage_s + m * pc.edges.latency_s) + (pp - 1) * stage_s;
+    pc.latency_s = passes * (slots_s(std::max(m, pp), m >= pp ? m : 0) + m * pc.edges.latency_s) +
+                   slots_s(pp - 1, 0);
   const double chips = pc.config.mesh.size(), tokens = static_cast<double>(pc.tokens);
   pc.mfu = 2.0 * static_cast<double>(model.mfu_params()) * tokens /
            (chips * hw.peak(hw.activation_dtype) * pc.latency_s);

@@ -192,6 +192,7 @@ HardwareSpec HardwareSpec::from_yaml(const YamlFields& f) {
   h.chips_per_node = static_cast<int>(f.positive_int("chips_per_node"));
   h.max_chips = static_cast<int>(f.positive_int("max_chips", h.max_chips));
   h.activation_dtype = f.text("activation_dtype", "bf16");
+  h.nodes_share_cores = f.flag("nodes_share_cores", false);
   if (f.has("cpu_streaming_max_rows"))
     h.cpu_streaming_max_rows = f.positive_int("cpu_streaming_max_rows");
   if (f.has("cpu_amx_streaming_max_rows"))

@@ -77,6 +77,11 @@ struct HardwareSpec {
   // or with map_by_node go round the nodes one rank at a time (--map-by node).
   std::vector<int> rank_nodes;
   bool map_by_node = false;
+  // The nodes share one host's cores (namespaces, containers or VMs on one
+  // machine; calibrate finds every node on one kernel): while one pipeline
+  // stage computes and the others wait, its ranks run at the rates of ranks
+  // alone on the host, not at those of every rank at once.
+  bool nodes_share_cores = false;
   std::string activation_dtype = "bf16";
   // CPU backend: rows of x up to which its streaming matmul kernel is used
   // (measured by `shardlm calibrate`); 0 when the spec does not say.

@@ -2,6 +2,8 @@
 // interpolation of the matmul and memory tables, its YAML errors, the cost
 // model pricing with it, and the fit of the per-layer, per-token and
 // per-collective overheads.
+#include <fmt/core.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -319,5 +321,50 @@ TEST_CASE("reprice prices a measured spec as estimate_phase does", "[measured]")
       CHECK(repriced.layer.overhead_s == Approx(fresh.layer.overhead_s).epsilon(1e-12));
       // The measured terms are in both: not the price without them.
       CHECK(fresh.layer.overhead_s > after.efficiency.layer_overhead_s);
+    }
+}
+
+TEST_CASE(
+    "on nodes that share a host's cores, pipeline slots with idle stages run at the alone "
+    "rates",
+    "[measured]") {
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  // In step every rank gets a quarter of the alone rate.
+  auto tables = [](const char* in_step) {
+    return fmt::format(
+        "measured:\n"
+        "  matmul_flops_by_rows: [[1, {0}], [4096, {0}]]\n"
+        "  matmul_flops_by_rows_alone: [[1, 4.0e9], [4096, 4.0e9]]\n"
+        "  memory_Bps_by_bytes: [[1.0e6, 1.0e10], [1.0e10, 1.0e10]]\n",
+        in_step);
+  };
+  const HardwareSpec separate = load_spec("pp-separate", tables("1.0e9"));
+  const HardwareSpec shared = load_spec("pp-shared", "nodes_share_cores: true\n" + tables("1.0e9"));
+  // The same stage priced at the alone rates: in step as fast as alone.
+  const HardwareSpec fast = load_spec("pp-fast", tables("4.0e9"));
+  REQUIRE(shared.nodes_share_cores);
+  REQUIRE_FALSE(separate.nodes_share_cores);
+  // Two stages, one per node of two ranks.
+  const Mesh mesh{2, 2, 1, 1};
+  for (int64_t batch : {int64_t(1), int64_t(2)})
+    for (Phase phase : {Phase::kPrefill, Phase::kDecode}) {
+      const PhaseConfig config{FfnLayout::k1D, AttnLayout::kHeads, "bf16", mesh, 0};
+      const Workload w{batch, 32, 8};
+      const PhaseCost a = estimate_phase(model, separate, w, phase, config);
+      const PhaseCost b = estimate_phase(model, shared, w, phase, config);
+      const PhaseCost c = estimate_phase(model, fast, w, phase, config);
+      REQUIRE(a.micro_batches == batch);
+      auto stage = [](const PhaseCost& p) {
+        return double(p.layers_per_stage) * p.layer.latency_s + p.pipeline_hop_s;
+      };
+      REQUIRE(stage(c) < stage(a));
+      // Prefill of m micro-batches: m + 1 slots, m - 1 of them with both
+      // stages busy. Decode: 2 slots a step, both busy only with 2
+      // micro-batches, and one drain slot.
+      const double m = double(batch), passes = phase == Phase::kPrefill ? 1 : 8;
+      const double full = phase == Phase::kPrefill ? m - 1 : (m >= 2 ? passes * m : 0);
+      const double slots = phase == Phase::kPrefill ? m + 1 : passes * 2 + 1;
+      INFO("batch " << batch << ", " << name(phase));
+      CHECK(b.latency_s - a.latency_s == Approx((slots - full) * (stage(c) - stage(a))));
     }
 }
