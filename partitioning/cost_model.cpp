@@ -157,6 +157,7 @@ struct Pricer {
           c.weight = s.weight.has_value();
           c.spans_nodes = hw.group_spans_nodes(mesh, s.axes);
           c.members = mesh.axes_size(s.axes);
+          c.one_per_node = c.spans_nodes && hw.group_members_per_node(mesh, s.axes) == 1;
           double elems, elem_bytes = act_bytes;
           if (s.weight) {
             const WeightLayout& w = layout.weight(*s.weight);
@@ -242,9 +243,14 @@ double collective_seconds(const CollectiveCost& c, const HardwareSpec& hw) {
   const double filling = (c.weight ? c.bytes * measured.weight_gather_s_per_byte : 0.0) +
                          (c.spans_nodes ? c.bytes * measured.inter_node_s_per_byte : 0.0);
   // Moving the bytes: as calibrate timed this kind of collective where the
-  // spec has its table, else latency and bandwidth.
-  const double timed = measured.collective_s(std::string(name(c.kind)), c.bytes, c.members,
-                                             c.spans_nodes, c.first_of_group);
+  // spec has its table and the group is shaped as timed (inside a node, or
+  // one member per node), else latency and bandwidth (which price a group
+  // with several members on each of several nodes by the links it shares).
+  const bool shaped_as_timed = !c.spans_nodes || c.one_per_node;
+  const double timed = shaped_as_timed
+                           ? measured.collective_s(std::string(name(c.kind)), c.bytes, c.members,
+                                                   c.spans_nodes, c.first_of_group)
+                           : 0.0;
   const double moving =
       timed > 0
           ? timed

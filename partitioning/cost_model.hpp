@@ -80,6 +80,7 @@ struct CollectiveCost {
   bool weight = false;         // gathers a weight (weight-gathered layouts)
   bool first_of_group = true;  // pays the group's start-up (fused collectives pay one)
   bool spans_nodes = false;    // its group has members on more than one node
+  bool one_per_node = false;   // and at most one on each
 };
 
 // One matmul (or attention's two) on one chip: what the efficiency model needs.

@@ -40,6 +40,16 @@ bool HardwareSpec::group_spans_nodes(const Mesh& mesh, const std::string& axes) 
   return false;
 }
 
+int HardwareSpec::group_members_per_node(const Mesh& mesh, const std::string& axes) const {
+  int most = 0;
+  for (int r = 0; r < mesh.size(); ++r) {
+    if (mesh.group_index(r, axes) != 0) continue;
+    std::map<int, int> on;
+    for (int m : mesh.group(r, axes)) most = std::max(most, ++on[node_of(m, mesh.size())]);
+  }
+  return most;
+}
+
 std::optional<TorusSlice> HardwareSpec::slice_of(int chips) const {
   for (const TorusSlice& s : torus_slices)
     if (s.chips() == chips) return s;

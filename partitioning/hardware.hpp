@@ -109,6 +109,8 @@ struct HardwareSpec {
   double collective_bandwidth(const Mesh& mesh, const std::string& axes) const;
   double collective_latency(const Mesh& mesh, const std::string& axes) const;
   bool group_spans_nodes(const Mesh& mesh, const std::string& axes) const;
+  // The most members one group over `axes` has on one node.
+  int group_members_per_node(const Mesh& mesh, const std::string& axes) const;
   // The share of the counted bytes (App. A.1: an all-gather's output) that
   // crosses a chip's links: (K - 1)/K for a group of K on a torus priced per
   // physical axis (each chip already holds its own part: half for K = 2);

@@ -368,3 +368,50 @@ TEST_CASE(
       CHECK(b.latency_s - a.latency_s == Approx((slots - full) * (stage(c) - stage(a))));
     }
 }
+
+TEST_CASE("across nodes the table prices groups of one member per node, as it was timed",
+          "[measured]") {
+  const HardwareSpec h =
+      load_spec("kinds-nodes",
+                "measured:\n"
+                "  inter_node_collective_members: 2\n"
+                "  inter_node_collective_s_by_bytes:\n"
+                "    all-gather: [[1.0e3, 1.0e-3], [1.0e7, 1.0e-1]]\n"
+                "    all-reduce: [[1.0e3, 2.0e-3], [1.0e7, 2.0e-1]]\n"
+                "    reduce-scatter: [[1.0e3, 3.0e-3], [1.0e7, 3.0e-1]]\n"
+                "    all-to-all: [[1.0e3, 4.0e-3], [1.0e7, 4.0e-1]]\n");
+  // 2 chips per node, 4 chips: the groups of one axis stay inside a node,
+  // those of the other have one member on each node, those of both two.
+  const Mesh mesh{1, 2, 2, 1};
+  int inside = 0, one_per_node = 0, mixed = 0;
+  for (const std::string axes : {"x", "y", "xy"}) {
+    const bool spans = h.group_spans_nodes(mesh, axes);
+    const int most = h.group_members_per_node(mesh, axes);
+    inside += !spans;
+    one_per_node += spans && most == 1;
+    mixed += spans && most == 2;
+  }
+  CHECK((inside == 1 && one_per_node == 1 && mixed == 1));
+
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  int checked_table = 0, checked_fit = 0;
+  for (FfnLayout ffn : {FfnLayout::k1D, FfnLayout::k2D}) {
+    const PhaseCost c = estimate_phase(model, h, Workload{4, 32, 8}, Phase::kPrefill,
+                                       {ffn, AttnLayout::kHeads, "bf16", mesh, 0});
+    for (const auto& coll : c.layer.collectives) {
+      INFO(name(coll.kind) << " over " << coll.axes);
+      if (!coll.spans_nodes) continue;
+      const double table = h.measured.collective_s(std::string(name(coll.kind)), coll.bytes,
+                                                   coll.members, true, coll.first_of_group);
+      if (coll.one_per_node) {
+        CHECK(coll.priced_s == Approx(table));
+        ++checked_table;
+      } else {
+        CHECK(coll.priced_s == Approx(coll.latency_s + coll.bytes / coll.bandwidth));
+        ++checked_fit;
+      }
+    }
+  }
+  CHECK(checked_table > 0);
+  CHECK(checked_fit > 0);
+}
