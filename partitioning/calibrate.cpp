@@ -413,52 +413,71 @@ std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool w
                                       p.gathered_weight_bytes,
                                       p.inter_node_bytes};
   };
-  std::array<bool, kTerms> use = {
-      true, true, with_collectives, with_collectives, with_collectives, with_collectives};
-  // A term no sample exercises has no data: leave it out.
-  for (int i = 0; i < kTerms; ++i) {
-    bool any = false;
-    for (const auto& p : s) any |= features(p)[size_t(i)] != 0;
-    use[size_t(i)] = use[size_t(i)] && any;
-  }
-  for (;;) {
-    double m[kTerms][kTerms + 1] = {};
-    for (const auto& p : s) {
-      const auto x = features(p);
-      for (int i = 0; i < kTerms; ++i) {
-        if (!use[size_t(i)]) continue;
-        for (int j = 0; j < kTerms; ++j)
-          if (use[size_t(j)]) m[i][j] += p.weight * x[size_t(i)] * x[size_t(j)];
-        m[i][kTerms] += p.weight * x[size_t(i)] * p.per_layer_pass_s;
-      }
-    }
-    for (int i = 0; i < kTerms; ++i)
-      if (!use[size_t(i)]) m[i][i] = 1;  // the unused term: 1 * coef = 0
-    for (int i = 0; i < kTerms; ++i) {   // Gauss-Jordan with partial pivoting
-      int pivot = i;
-      for (int r = i + 1; r < kTerms; ++r)
-        if (std::abs(m[r][i]) > std::abs(m[pivot][i])) pivot = r;
-      std::swap(m[i], m[pivot]);
-      if (std::abs(m[i][i]) < 1e-300) continue;
-      for (int r = 0; r < kTerms; ++r) {
-        if (r == i) continue;
-        const double f = m[r][i] / m[i][i];
-        for (int c = i; c <= kTerms; ++c) m[r][c] -= f * m[i][c];
-      }
-    }
-    std::array<double, kTerms> coef{};
-    int negative = -1;
+  // The weighted normal equations, once: a = sum w x x^T, b = sum w x y.
+  double a[kTerms][kTerms] = {}, b[kTerms] = {}, yy = 0;
+  for (const auto& p : s) {
+    const auto x = features(p);
     for (int i = 0; i < kTerms; ++i) {
-      coef[size_t(i)] = std::abs(m[i][i]) > 1e-300 ? m[i][kTerms] / m[i][i] : 0.0;
-      if (!use[size_t(i)]) coef[size_t(i)] = 0;
-      if (coef[size_t(i)] < 0 && negative < 0) negative = i;
+      for (int j = 0; j < kTerms; ++j) a[i][j] += p.weight * x[size_t(i)] * x[size_t(j)];
+      b[i] += p.weight * x[size_t(i)] * p.per_layer_pass_s;
     }
-    if (negative < 0) return coef;
-    use[size_t(negative)] = false;
-    bool left = false;
-    for (bool u : use) left |= u;
-    if (!left) return {};  // nothing the model does not price
+    yy += p.weight * p.per_layer_pass_s * p.per_layer_pass_s;
   }
+  // A term no sample exercises has no data; without collectives only the
+  // first two may enter.
+  int allowed = 0;
+  for (int i = 0; i < kTerms; ++i)
+    if (a[i][i] > 0 && (i < 2 || with_collectives)) allowed |= 1 << i;
+  // Non-negative least squares, exactly: of the unconstrained fits on every
+  // subset of the allowed terms, the one with all coefficients >= 0 and the
+  // least residual (64 subsets of 6 terms; dropping the first negative term
+  // and fitting again, as before, could keep a worse subset). Terms are
+  // scaled to a unit diagonal so that one pivot threshold fits rows, counts
+  // and bytes alike.
+  std::array<double, kTerms> best{};
+  double best_residual = yy;  // every term out
+  for (int subset = 1; subset < (1 << kTerms); ++subset) {
+    if ((subset & ~allowed) != 0) continue;
+    int index[kTerms], k = 0;
+    for (int i = 0; i < kTerms; ++i)
+      if (subset & (1 << i)) index[k++] = i;
+    double m[kTerms][kTerms + 1] = {};
+    for (int r = 0; r < k; ++r) {
+      const int i = index[r];
+      for (int c = 0; c < k; ++c)
+        m[r][c] = a[i][index[c]] / std::sqrt(a[i][i] * a[index[c]][index[c]]);
+      m[r][k] = b[i] / std::sqrt(a[i][i]);
+    }
+    bool singular = false;
+    for (int r = 0; r < k && !singular; ++r) {  // Gauss-Jordan with partial pivoting
+      int pivot = r;
+      for (int q = r + 1; q < k; ++q)
+        if (std::abs(m[q][r]) > std::abs(m[pivot][r])) pivot = q;
+      std::swap(m[r], m[pivot]);
+      singular = std::abs(m[r][r]) < 1e-10;
+      for (int q = 0; q < k && !singular; ++q) {
+        if (q == r) continue;
+        const double f = m[q][r] / m[r][r];
+        for (int c = r; c <= k; ++c) m[q][c] -= f * m[r][c];
+      }
+    }
+    if (singular) continue;
+    std::array<double, kTerms> coef{};
+    bool feasible = true;
+    for (int r = 0; r < k; ++r) {
+      coef[size_t(index[r])] = m[r][k] / m[r][r] / std::sqrt(a[index[r]][index[r]]);
+      feasible &= coef[size_t(index[r])] >= 0;
+    }
+    if (!feasible) continue;
+    // Residual from the normal equations: y'Wy - 2 c'b + c'Ac.
+    double residual = yy;
+    for (int i = 0; i < kTerms; ++i) {
+      residual -= 2 * coef[size_t(i)] * b[i];
+      for (int j = 0; j < kTerms; ++j) residual += coef[size_t(i)] * a[i][j] * coef[size_t(j)];
+    }
+    if (residual < best_residual) best_residual = residual, best = coef;
+  }
+  return best;
 }
 
 // Whether the job's nodes run on one kernel (their boot ids agree): nodes

@@ -145,10 +145,10 @@ struct OverheadSample {
 // layer + token * rows + collective * (collectives inside a node) + inter *
 // (collectives across nodes) + gather * (gathered weight bytes) + across *
 // (bytes moved across nodes), the terms past the first two only when
-// `with_collectives`, each kept non-negative by dropping one that comes out
-// negative and fitting again: {layer, token, collective, inter-node
-// collective, gather per byte, across-node per byte}. A term no sample
-// exercises (nothing crosses nodes on one node) comes out 0.
+// `with_collectives`, every term >= 0 (non-negative least squares, solved
+// exactly): {layer, token, collective, inter-node collective, gather per
+// byte, across-node per byte}. A term no sample exercises (nothing crosses
+// nodes on one node) comes out 0.
 std::array<double, 6> fit_overheads(const std::vector<OverheadSample>& s, bool with_collectives);
 
 // Runs every measurement (collectives only when there are several ranks;

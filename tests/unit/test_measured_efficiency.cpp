@@ -289,6 +289,70 @@ TEST_CASE("the overheads are recovered from the engine's unexplained time", "[me
   CHECK(coef[0] > 0);
 }
 
+TEST_CASE("the overhead fit is the non-negative least-squares optimum", "[measured]") {
+  // Noisy per-layer times (three significant digits) of four row counts
+  // and four collective mixes, weighted by relative error as calibrate
+  // weighs them. Unconstrained, the fit makes the inter-node term negative;
+  // dropping it and then the first term that comes out negative (the layer
+  // term) leaves a residual 6 % above the optimum, which keeps the layer
+  // term out and the collective term in. The answer must meet the
+  // optimality (KKT) conditions of min sum w (y - x.c)^2 over c >= 0: zero
+  // gradient on every positive term, a gradient that does not point into
+  // c < 0 on every zero one.
+  const double measured[16] = {5.85e-05, 5.48e-05, 3.92e-05, 8.5e-05,  7.71e-05, 7.06e-05,
+                               1.85e-05, 9.4e-05,  6.49e-05, 6.78e-05, 4.06e-05, 9.34e-05,
+                               0.000124, 0.000133, 0.000104, 0.000172};
+  struct Mix {
+    double collectives, inter_node, gathered_bytes;
+  };
+  const Mix mixes[4] = {{6, 0, 0}, {9, 0, 0}, {13, 6, 0}, {7, 0, 3e6}};
+  std::vector<OverheadSample> samples;
+  for (double rows : {1.0, 8.0, 16.0, 512.0})
+    for (const Mix& mix : mixes) {
+      OverheadSample s;
+      s.rows = rows;
+      s.collectives = mix.collectives;
+      s.inter_node_collectives = mix.inter_node;
+      s.gathered_weight_bytes = mix.gathered_bytes;
+      s.per_layer_pass_s = measured[samples.size()];
+      s.weight = 1 / (s.per_layer_pass_s * s.per_layer_pass_s);
+      samples.push_back(s);
+    }
+  const auto coef = fit_overheads(samples, true);
+  auto features = [](const OverheadSample& p) {
+    return std::array<double, 6>{1.0,
+                                 p.rows,
+                                 p.collectives - p.inter_node_collectives,
+                                 p.inter_node_collectives,
+                                 p.gathered_weight_bytes,
+                                 p.inter_node_bytes};
+  };
+  std::array<double, 6> gradient{}, scale{};
+  for (const auto& p : samples) {
+    const auto x = features(p);
+    double fitted = 0;
+    for (size_t i = 0; i < 6; ++i) fitted += coef[i] * x[i];
+    for (size_t i = 0; i < 6; ++i) {
+      gradient[i] += p.weight * x[i] * (fitted - p.per_layer_pass_s);
+      scale[i] += p.weight * std::abs(x[i] * p.per_layer_pass_s);
+    }
+  }
+  int positive = 0;
+  for (size_t i = 0; i < 6; ++i) {
+    INFO("term " << i << ": " << coef[i] << ", gradient " << gradient[i]);
+    CHECK(coef[i] >= 0);
+    if (coef[i] > 0) {
+      ++positive;
+      CHECK(std::abs(gradient[i]) <= 1e-9 * scale[i]);
+    } else {
+      CHECK(gradient[i] >= -1e-9 * scale[i]);
+    }
+  }
+  CHECK(coef[0] == 0);  // the layer term
+  CHECK(coef[2] > 0);   // the collective term
+  CHECK(positive == 3);
+}
+
 TEST_CASE("reprice prices a measured spec as estimate_phase does", "[measured]") {
   // Fitting reprices stored estimates for changed constants: with a measured
   // section that must land where pricing afresh on the changed spec lands.
@@ -371,15 +435,14 @@ TEST_CASE(
 
 TEST_CASE("across nodes the table prices groups of one member per node, as it was timed",
           "[measured]") {
-  const HardwareSpec h =
-      load_spec("kinds-nodes",
-                "measured:\n"
-                "  inter_node_collective_members: 2\n"
-                "  inter_node_collective_s_by_bytes:\n"
-                "    all-gather: [[1.0e3, 1.0e-3], [1.0e7, 1.0e-1]]\n"
-                "    all-reduce: [[1.0e3, 2.0e-3], [1.0e7, 2.0e-1]]\n"
-                "    reduce-scatter: [[1.0e3, 3.0e-3], [1.0e7, 3.0e-1]]\n"
-                "    all-to-all: [[1.0e3, 4.0e-3], [1.0e7, 4.0e-1]]\n");
+  const HardwareSpec h = load_spec("kinds-nodes",
+                                   "measured:\n"
+                                   "  inter_node_collective_members: 2\n"
+                                   "  inter_node_collective_s_by_bytes:\n"
+                                   "    all-gather: [[1.0e3, 1.0e-3], [1.0e7, 1.0e-1]]\n"
+                                   "    all-reduce: [[1.0e3, 2.0e-3], [1.0e7, 2.0e-1]]\n"
+                                   "    reduce-scatter: [[1.0e3, 3.0e-3], [1.0e7, 3.0e-1]]\n"
+                                   "    all-to-all: [[1.0e3, 4.0e-3], [1.0e7, 4.0e-1]]\n");
   // 2 chips per node, 4 chips: the groups of one axis stay inside a node,
   // those of the other have one member on each node, those of both two.
   const Mesh mesh{1, 2, 2, 1};
