@@ -64,6 +64,15 @@ def test_two_ranks_measure_alone_and_collectives(shardlm, tmp_path):
     # The machine's speed at the start and at the end, both measured.
     speeds = re.search(r"^# Speed at the start and at the end .*: (\S+) -> (\S+) FLOP/s, (\S+) -> (\S+) B/s", text, re.M)
     assert speeds and all(float(v) > 0 for v in speeds.groups())
+    # Every collective kind timed by size over the two ranks, each time growing with its bytes;
+    # one node: nothing across nodes, and no nodes sharing cores.
+    assert re.search(r"^  collective_members: 2$", text, re.M)
+    for kind in ("all-gather", "all-reduce", "reduce-scatter", "all-to-all"):
+        times = [(float(a), float(b)) for a, b in re.findall(
+            r"\[([-0-9.e+]+), ([-0-9.e+]+)\]", re.search(rf"^    {kind}: (.*)$", text, re.M).group(1))]
+        assert len(times) >= 3, kind
+        assert times[-1][1] > times[0][1], (kind, times)
+    assert "inter_node_collective_s_by_bytes" not in text and "nodes_share_cores" not in text
     # The engine runs behind the overheads are listed, 1d, 2d and wg-x on both ranks.
     for layout in ("1d", "2d", "wg-x"):
         assert f"mesh x=2 y=1 z=1 {layout} decode batch 1 prompt 16" in text
