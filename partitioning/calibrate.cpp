@@ -311,9 +311,11 @@ std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max
     std::vector<float> send(count, 1.0f), recv(count * size_t(members), 1.0f),
         all_to_all(count * size_t(members));
     const int repeats = bytes <= (1u << 20) ? 20 : 4;
-    // Each kind moves `bytes` per member and pair of members; counted as the
-    // cost model counts them: an all-gather's output, twice an all-reduce's
-    // input, the input of a reduce-scatter or an all-to-all.
+    // `bytes` is a member's share: an all-gather's input, a reduce-scatter's
+    // output, an all-to-all's block for each member, an all-reduce's whole
+    // vector. Counted as the cost model counts them: an all-gather's output,
+    // twice an all-reduce's input, the input of a reduce-scatter or an
+    // all-to-all.
     const double per_member = double(bytes) * members;
     const std::pair<const char*, double> kinds[] = {{"all-gather", per_member},
                                                     {"all-reduce", 2.0 * double(bytes)},
