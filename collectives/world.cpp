@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "kernels/math.hpp"
+
 namespace shardlm {
 namespace {
 
@@ -33,6 +35,41 @@ void check(int status, const char* call) {
     MPI_Error_string(status, text, &length);
     throw std::runtime_error(fmt::format("{} failed: {}", call, std::string(text, size_t(length))));
   }
+}
+
+// Sums of 16-bit elements: each pair is added in F32 and rounded back, as
+// NCCL sums them. MPI has no BF16 or F16 type; the elements travel as
+// MPI_UINT16_T with these operations.
+template <float (*to_float)(uint16_t), uint16_t (*from_float)(float)>
+void sum_16bit(void* in, void* inout, int* length, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *length; ++i) b[i] = from_float(to_float(a[i]) + to_float(b[i]));
+}
+
+// The MPI datatype of an element type, and its sum.
+struct MpiElement {
+  MPI_Datatype type;
+  MPI_Op sum;
+};
+
+MpiElement mpi_element(DType dtype) {
+  // Made on first use, after MPI_Init; freed by MPI_Finalize.
+  static MPI_Op bf16_sum = MPI_OP_NULL, f16_sum = MPI_OP_NULL;
+  switch (dtype) {
+    case DType::F32: return {MPI_FLOAT, MPI_SUM};
+    case DType::BF16:
+      if (bf16_sum == MPI_OP_NULL)
+        MPI_Op_create(&sum_16bit<math::bf16_to_float, math::float_to_bf16>, 1, &bf16_sum);
+      return {MPI_UINT16_T, bf16_sum};
+    case DType::F16:
+      if (f16_sum == MPI_OP_NULL)
+        MPI_Op_create(&sum_16bit<math::f16_to_float, math::float_to_f16>, 1, &f16_sum);
+      return {MPI_UINT16_T, f16_sum};
+    default: break;
+  }
+  throw std::logic_error(
+      fmt::format("collective of {} elements: F32, BF16 or F16 expected", dtype_name(dtype)));
 }
 
 // Counts and displacements as MPI's v-collectives want them.
@@ -93,10 +130,10 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   int rank() const override { return rank_; }
 
-  void all_gather(const float* send, float* recv, size_t count) override {
+  void all_gather(const void* send, void* recv, size_t count, DType type) override {
+    const MPI_Datatype t = mpi_element(type).type;
     const Watched watched(world_, "all-gather", &ranks_);
-    check(MPI_Allgather(send, checked_count(count), MPI_FLOAT, recv, checked_count(count),
-                        MPI_FLOAT, comm_),
+    check(MPI_Allgather(send, checked_count(count), t, recv, checked_count(count), t, comm_),
           "MPI_Allgather");
   }
   void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
@@ -105,41 +142,48 @@ class MpiCommunicator final : public Communicator {
                         comm_),
           "MPI_Allgather");
   }
-  void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
+  void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
+                   DType type) override {
     const Layout l(counts);
+    const MPI_Datatype t = mpi_element(type).type;
     const Watched watched(world_, "all-gather", &ranks_);
-    check(MPI_Allgatherv(send, l.counts[size_t(rank_)], MPI_FLOAT, recv, l.counts.data(),
-                         l.displs.data(), MPI_FLOAT, comm_),
+    check(MPI_Allgatherv(send, l.counts[size_t(rank_)], t, recv, l.counts.data(), l.displs.data(),
+                         t, comm_),
           "MPI_Allgatherv");
   }
-  void reduce_scatter(const float* send, float* recv, size_t count) override {
+  void reduce_scatter(const void* send, void* recv, size_t count, DType type) override {
+    const MpiElement e = mpi_element(type);
     const Watched watched(world_, "reduce-scatter", &ranks_);
-    check(MPI_Reduce_scatter_block(send, recv, checked_count(count), MPI_FLOAT, MPI_SUM, comm_),
+    check(MPI_Reduce_scatter_block(send, recv, checked_count(count), e.type, e.sum, comm_),
           "MPI_Reduce_scatter_block");
   }
-  void reduce_scatterv(const float* send, float* recv, const std::vector<size_t>& counts) override {
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts,
+                       DType type) override {
     const Layout l(counts);
+    const MpiElement e = mpi_element(type);
     const Watched watched(world_, "reduce-scatter", &ranks_);
-    check(MPI_Reduce_scatter(send, recv, l.counts.data(), MPI_FLOAT, MPI_SUM, comm_),
+    check(MPI_Reduce_scatter(send, recv, l.counts.data(), e.type, e.sum, comm_),
           "MPI_Reduce_scatter");
   }
-  void all_reduce(float* data, size_t count) override {
+  void all_reduce(void* data, size_t count, DType type) override {
+    const MpiElement e = mpi_element(type);
     const Watched watched(world_, "all-reduce", &ranks_);
-    check(MPI_Allreduce(MPI_IN_PLACE, data, checked_count(count), MPI_FLOAT, MPI_SUM, comm_),
+    check(MPI_Allreduce(MPI_IN_PLACE, data, checked_count(count), e.type, e.sum, comm_),
           "MPI_Allreduce");
   }
-  void all_to_all(const float* send, float* recv, size_t count) override {
+  void all_to_all(const void* send, void* recv, size_t count, DType type) override {
+    const MPI_Datatype t = mpi_element(type).type;
     const Watched watched(world_, "all-to-all", &ranks_);
-    check(MPI_Alltoall(send, checked_count(count), MPI_FLOAT, recv, checked_count(count), MPI_FLOAT,
-                       comm_),
+    check(MPI_Alltoall(send, checked_count(count), t, recv, checked_count(count), t, comm_),
           "MPI_Alltoall");
   }
-  void all_to_allv(const float* send, const std::vector<size_t>& send_counts, float* recv,
-                   const std::vector<size_t>& recv_counts) override {
+  void all_to_allv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                   const std::vector<size_t>& recv_counts, DType type) override {
     const Layout s(send_counts), r(recv_counts);
+    const MPI_Datatype t = mpi_element(type).type;
     const Watched watched(world_, "all-to-all", &ranks_);
-    check(MPI_Alltoallv(send, s.counts.data(), s.displs.data(), MPI_FLOAT, recv, r.counts.data(),
-                        r.displs.data(), MPI_FLOAT, comm_),
+    check(MPI_Alltoallv(send, s.counts.data(), s.displs.data(), t, recv, r.counts.data(),
+                        r.displs.data(), t, comm_),
           "MPI_Alltoallv");
   }
   void broadcast(void* data, size_t bytes, int root) override {
@@ -185,28 +229,30 @@ class SelfCommunicator final : public Communicator {
  public:
   int size() const override { return 1; }
   int rank() const override { return 0; }
-  void all_gather(const float* send, float* recv, size_t count) override {
-    copy(send, recv, count);
+  void all_gather(const void* send, void* recv, size_t count, DType type) override {
+    copy(send, recv, count, type);
   }
   void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
-    if (send != recv && bytes) std::memmove(recv, send, bytes);
+    copy(send, recv, bytes, DType::I8);
   }
-  void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
-    copy(send, recv, counts.at(0));
+  void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
+                   DType type) override {
+    copy(send, recv, counts.at(0), type);
   }
-  void reduce_scatter(const float* send, float* recv, size_t count) override {
-    copy(send, recv, count);
+  void reduce_scatter(const void* send, void* recv, size_t count, DType type) override {
+    copy(send, recv, count, type);
   }
-  void reduce_scatterv(const float* send, float* recv, const std::vector<size_t>& counts) override {
-    copy(send, recv, counts.at(0));
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts,
+                       DType type) override {
+    copy(send, recv, counts.at(0), type);
   }
-  void all_reduce(float*, size_t) override {}
-  void all_to_all(const float* send, float* recv, size_t count) override {
-    copy(send, recv, count);
+  void all_reduce(void*, size_t, DType) override {}
+  void all_to_all(const void* send, void* recv, size_t count, DType type) override {
+    copy(send, recv, count, type);
   }
-  void all_to_allv(const float* send, const std::vector<size_t>& send_counts, float* recv,
-                   const std::vector<size_t>&) override {
-    copy(send, recv, send_counts.at(0));
+  void all_to_allv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                   const std::vector<size_t>&, DType type) override {
+    copy(send, recv, send_counts.at(0), type);
   }
   void broadcast(void*, size_t, int) override {}
   void send(const void*, size_t, int) override {
@@ -219,8 +265,8 @@ class SelfCommunicator final : public Communicator {
   void barrier() override {}
 
  private:
-  static void copy(const float* from, float* to, size_t count) {
-    if (from != to && count) std::memmove(to, from, count * sizeof(float));
+  static void copy(const void* from, void* to, size_t count, DType type) {
+    if (from != to && count) std::memmove(to, from, count * dtype_size(type));
   }
 };
 

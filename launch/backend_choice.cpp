@@ -139,9 +139,14 @@ BackendKind resolve_backend(const std::string& flag) {
 
 BackendPtr make_backend(BackendKind kind, const BackendSettings& settings, World& world) {
   if (kind == BackendKind::kCpu) {
-    std::unique_ptr<Backend> cpu =
-        make_cpu_backend({settings.threads, settings.weight_dtype, settings.kv_dtype,
-                          settings.streaming_max_rows, settings.amx_streaming_max_rows});
+    CpuBackendOptions options;
+    options.threads = settings.threads;
+    options.weight_dtype = settings.weight_dtype;
+    options.kv_dtype = settings.kv_dtype;
+    options.activation_dtype = settings.activation_dtype.value_or(DType::F32);
+    options.streaming_max_rows = settings.streaming_max_rows;
+    options.amx_streaming_max_rows = settings.amx_streaming_max_rows;
+    std::unique_ptr<Backend> cpu = make_cpu_backend(options);
     return BackendPtr(cpu.release(), [](Backend* b) { delete b; });
   }
   const CudaPlugin& plugin = cuda_plugin();
@@ -151,6 +156,7 @@ BackendPtr make_backend(BackendKind kind, const BackendSettings& settings, World
   options.local_rank = world.local_rank(world.rank());
   options.weight_dtype = settings.weight_dtype;
   options.kv_dtype = settings.kv_dtype;
+  options.activation_dtype = settings.activation_dtype.value_or(DType::BF16);
   BackendPtr backend(plugin.make_backend(&options), [](Backend* b) {
     // The NCCL communicators queue on this backend's stream: they go first.
     World::get().set_device_communicators(nullptr);

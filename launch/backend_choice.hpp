@@ -30,7 +30,8 @@ struct BackendSettings {
   int threads = 0;  // CPU backend only (<= 0: all the cores this process may use)
   std::optional<DType> weight_dtype;
   DType kv_dtype = DType::BF16;
-  int64_t streaming_max_rows = 0;  // CPU backend only (CpuBackendOptions)
+  std::optional<DType> activation_dtype;  // nullopt: the backend's (cpu F32, cuda BF16)
+  int64_t streaming_max_rows = 0;         // CPU backend only (CpuBackendOptions)
   int64_t amx_streaming_max_rows = 0;
 };
 

@@ -60,7 +60,7 @@ struct BenchOptions {
   std::string model, output = "md", mesh, ffn = "2d", attn = "heads";
   std::vector<int> prompt = {128, 512}, gen = {128}, threads = {0}, batch = {1}, context = {0};
   std::vector<std::string> weights = {"auto"};
-  std::string kv_dtype = default_kv_dtype_flag(), hardware, backend = "auto";
+  std::string kv_dtype = default_kv_dtype_flag(), activations = "auto", hardware, backend = "auto";
   std::string cuda_graphs = "on";
   int reps = 3;
   double bandwidth_gib = 1.5;
@@ -232,6 +232,7 @@ void run_bench(const BenchOptions& o) {
   for (int v : o.context)
     if (v < 0) throw UsageError("-d values must be >= 0");
   const DType kv_dtype = parse_kv_dtype(o.kv_dtype);
+  const std::optional<DType> activation_dtype = parse_activation_dtype(o.activations);
   for (int v : o.threads)
     if (v < 0) throw UsageError("-t values must be >= 0 (0: all cores)");
   std::vector<std::optional<DType>> weight_dtypes;
@@ -315,9 +316,10 @@ void run_bench(const BenchOptions& o) {
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
   std::vector<Row> rows;
   for (size_t wi = 0; wi < o.weights.size(); ++wi) {
-    BackendPtr backend = make_backend(
-        backend_kind, {all_cores, weight_dtypes[wi], kv_dtype, streaming_rows, amx_streaming_rows},
-        world);
+    BackendPtr backend = make_backend(backend_kind,
+                                      {all_cores, weight_dtypes[wi], kv_dtype, activation_dtype,
+                                       streaming_rows, amx_streaming_rows},
+                                      world);
     ctx.set_device_collectives(backend->device() == Device::CUDA);
     ModelWeights weights = load_model_weights(checkpoint, config, *backend, layout, ctx,
                                               {0, config.num_layers, true, true});
@@ -416,6 +418,7 @@ void add_bench_command(CLI::App& app) {
        "tokens of context already in each sequence's cache: the prompt is d + p tokens");
   list("--weights", o->weights, "weight storage: f32, bf16, f16, int8 or auto (the checkpoint's)");
   cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help())->capture_default_str();
+  cmd->add_option("--activations", o->activations, activations_flag_help())->capture_default_str();
   add_backend_flag(cmd, o->backend);
   cmd->add_option("--cuda-graphs", o->cuda_graphs,
                   "on: with --backend cuda, decode steps as CUDA graphs (each run captures its "

@@ -44,7 +44,8 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;
   bool json = false, verbose = false;
-  std::string mesh, weights, kv_dtype = default_kv_dtype_flag(), backend = "auto";
+  std::string mesh, weights, kv_dtype = default_kv_dtype_flag(), activations = "auto",
+                             backend = "auto";
   std::string memory_limit;  // --memory-limit text; empty: the node's free memory
   LayoutFlags layouts{false, "", "", "", "", "cpu-local", false, {}};
   std::string plan = "pinned";
@@ -218,6 +219,7 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const ModelConfig config = ModelConfig::load(o.model);
   const std::optional<DType> weight_dtype = parse_weight_dtype(o.weights);
   const DType kv_dtype = parse_kv_dtype(o.kv_dtype);
+  const std::optional<DType> activation_dtype = parse_activation_dtype(o.activations);
   // Every rank of a node sees the same devices and plugin: an unusable
   // --backend is said once.
   const BackendKind backend_kind = resolve_backend(o.backend);
@@ -304,7 +306,9 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const int64_t amx_streaming_rows =
       choice.hardware ? choice.hardware->cpu_amx_streaming_max_rows : 0;
   BackendPtr backend = make_backend(
-      backend_kind, {threads, weight_dtype, kv_dtype, streaming_rows, amx_streaming_rows}, world);
+      backend_kind,
+      {threads, weight_dtype, kv_dtype, activation_dtype, streaming_rows, amx_streaming_rows},
+      world);
   ctx.set_device_collectives(backend->device() == Device::CUDA);
   const WeightsPart part{split.first_layer(stage.stage), split.end_layer(stage.stage),
                          stage.is_first(), stage.is_last()};
@@ -554,6 +558,7 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--weights", o->weights, weights_flag_help());
   cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help());
+  cmd->add_option("--activations", o->activations, activations_flag_help())->capture_default_str();
   cmd->add_option("--memory-limit", o->memory_limit,
                   "memory the job may use on each node, shared by its ranks there, e.g. 2GiB or "
                   "512MB (default: the node's available memory, or its cgroup limit); a run that "

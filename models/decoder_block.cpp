@@ -10,7 +10,7 @@ namespace shardlm {
 namespace {
 
 Tensor matmul(Backend& backend, const Tensor& x, const Tensor& w) {
-  Tensor out = backend.alloc({x.dim(0), w.dim(0)}, DType::F32);
+  Tensor out = backend.alloc({x.dim(0), w.dim(0)}, backend.activation_dtype());
   backend.matmul(x, w, out, false);
   return out;
 }
@@ -49,7 +49,7 @@ Tensor sharded_rmsnorm(const BlockContext& b, const Tensor& x, const Tensor& ful
   b.ops.all_reduce(sums, b.axes.residual_e);
   const Tensor weight =
       b.ops.slice_cols(full_weight.reshaped({1, full_weight.numel()}), b.axes.residual_e);
-  Tensor out = b.backend.alloc(x.shape(), DType::F32);
+  Tensor out = b.backend.alloc(x.shape(), x.dtype());
   b.backend.rmsnorm_scale(x, sums, b.config.hidden_size, weight.reshaped({weight.numel()}),
                           float(b.config.rms_norm_eps), out);
   return out;
@@ -116,7 +116,7 @@ Tensor run_decoder_block(const BlockContext& b, int64_t layer, const LayerWeight
     heads.kv_offset = int(b.ctx.index(a.kv_heads) * (c.num_kv_heads / b.ctx.size(a.kv_heads)));
   }
   be.kv_write(k, v, cache, b.rows.attention);
-  attention = be.alloc(q.shape(), DType::F32);
+  attention = be.alloc(q.shape(), q.dtype());
   be.attention(q, cache, b.rows.attention, heads, attention);
   if (a.batch_attention()) attention = ops.rows_to_cols(attention, a.heads, b.rows.heads_split);
   attention = ops.gather_cols(attention, a.ue);  // heads back to W_O's split

@@ -3,7 +3,10 @@
 // written against this interface only, so CPU and CUDA plug in alike. No
 // communication happens here (that is collectives/).
 //
-// Activations are F32 [tokens, features] row-major. Weights are whatever the
+// Activations are [tokens, features] row-major, of the backend's
+// activation_dtype(): F32, or BF16 (half the bytes in memory and in every
+// collective; each operation computes in F32 and rounds what it writes).
+// Sums of squares and logits are F32 whatever the activations. Weights are whatever the
 // backend chose in upload_weight (F32, BF16, F16, or I8 with per-row scales,
 // see Tensor::scales); a linear weight is [out, in] as Hugging Face stores
 // it, so matmul computes out = x · wᵀ.
@@ -70,6 +73,8 @@ class Backend {
   virtual std::string describe() const = 0;  // e.g. "cpu (oneDNN sgemm, 2 threads)"
   // The dtype the engine allocates KV caches in.
   virtual DType kv_dtype() const { return DType::F32; }
+  // The dtype the engine allocates activations in (F32 or BF16).
+  virtual DType activation_dtype() const { return DType::F32; }
 
   virtual Tensor alloc(const Shape& shape, DType dtype) = 0;  // contents undefined
   // One layer's K or V cache, of kv_dtype(): alloc, counted as KV cache.
@@ -82,15 +87,18 @@ class Backend {
   // with shape [block.rows, block.cols] (or [block.cols] for a 1-D weight).
   virtual Tensor upload_weight(const void* host, DType src_dtype, const Shape& full_shape,
                                const Block2D& block) = 0;
-  virtual void copy_from_host(const float* src, const Tensor& dst) = 0;  // dst F32
-  virtual void copy_to_host(const Tensor& src, float* dst) = 0;          // src F32
+  // Host floats to and from a tensor of F32 or a 16-bit float dtype
+  // (rounded on the way in, widened exactly on the way out).
+  virtual void copy_from_host(const float* src, const Tensor& dst) = 0;
+  virtual void copy_to_host(const Tensor& src, float* dst) = 0;
   // dst[dst_row + i, dst_col + j] = src[src_row + i, src_col + j] for a
   // rows x cols rectangle of two matrices (2-D tensors) of one dtype. The
   // values are copied as they are stored: I8 scales are not copied.
   virtual void copy_2d(const Tensor& src, int64_t src_row, int64_t src_col, const Tensor& dst,
                        int64_t dst_row, int64_t dst_col, int64_t rows, int64_t cols) = 0;
 
-  // out[t] = table[ids[t]] (out F32, table of any weight dtype)
+  // out[t] = table[ids[t]] (out of the activation dtype, table of any
+  // weight dtype or of the activation dtype)
   virtual void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) = 0;
   // sums[r] = sum of x[r, :]^2
   virtual void row_sum_squares(const Tensor& x, const Tensor& sums) = 0;
@@ -102,7 +110,8 @@ class Backend {
   // row length when x holds only a slice of each row.
   virtual void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t width,
                              const Tensor& weight, float eps, const Tensor& out) = 0;
-  // out = x · wᵀ (+ out when accumulate)
+  // out = x · wᵀ (+ out when accumulate); x of the activation dtype, out of
+  // it or F32 (logits).
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) = 0;
   // Rotates each head_dim-wide head of x [tokens, heads*head_dim] in place by
   // the angles of its token's position; cos/sin tables are [positions, head_dim/2].
@@ -170,6 +179,9 @@ struct CpuBackendOptions {
   // The KV cache: F32, or BF16 / F16 (half the bytes; docs/cpu_backend.md
   // states the logits bound against F32).
   DType kv_dtype = DType::BF16;
+  // Activations: F32, or BF16 (stored rounded; each operation computes in
+  // F32, as a BF16-activation GPU does, and halves what collectives move).
+  DType activation_dtype = DType::F32;
   // Rows of x up to which matmul streams the weights (> 0: sets
   // cpu::set_streaming_max_rows for the process; 0 keeps what it is).
   int64_t streaming_max_rows = 0;

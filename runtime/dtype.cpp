@@ -79,6 +79,19 @@ const char* kv_dtype_flag_help() {
          "$SHARDLM_KV_DTYPE)";
 }
 
+std::optional<DType> parse_activation_dtype(std::string_view flag) {
+  if (flag.empty() || flag == "auto") return std::nullopt;
+  if (flag == "f32") return DType::F32;
+  if (flag == "bf16") return DType::BF16;
+  throw UsageError(fmt::format("--activations {}: expected auto, f32 or bf16", flag));
+}
+
+const char* activations_flag_help() {
+  return "activations (the residual stream and what collectives move): f32 or bf16 (half the "
+         "bytes; each operation computes in F32 and rounds what it writes); auto: bf16 on CUDA, "
+         "f32 on the CPU";
+}
+
 std::string_view torch_dtype_name(DType dtype) {
   switch (dtype) {
     case DType::F32: return "float32";

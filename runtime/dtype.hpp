@@ -42,6 +42,10 @@ DType parse_kv_dtype(std::string_view flag);
 // dtype its reference comparisons are stated for), else "bf16".
 std::string default_kv_dtype_flag();
 const char* kv_dtype_flag_help();
+// The `--activations` flag: auto (nullopt: the backend's default), f32 or
+// bf16; anything else throws UsageError.
+std::optional<DType> parse_activation_dtype(std::string_view flag);
+const char* activations_flag_help();
 
 // Converts n values of `src_dtype` (F32, BF16 or F16) at src to float.
 void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n);

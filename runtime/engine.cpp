@@ -74,14 +74,9 @@ std::vector<KVCacheLayer> Engine::allocate_cache(const PhaseAxes& axes, int64_t 
 void Engine::reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to) {
   const PhaseAxes& p = prefill_axes_;
   const int64_t kv = config_.num_kv_heads, from_capacity = from.k.dim(2), to_capacity = to.k.dim(2);
-  // One (slot, kv head) in F32 words: the collectives move F32, so a 16-bit
-  // cache travels as pairs of values (head_dim is even: RoPE rotates halves).
-  const size_t elem = dtype_size(from.k.dtype());
-  if ((size_t(from_capacity * config_.head_dim) * elem) % 4 != 0 ||
-      (size_t(to_capacity * config_.head_dim) * elem) % 4 != 0)
-    throw std::logic_error("reshard_cache: a 16-bit cache needs an even head_dim");
-  const int64_t row = int64_t(size_t(from_capacity * config_.head_dim) * elem / 4);
-  const int64_t to_row = int64_t(size_t(to_capacity * config_.head_dim) * elem / 4);
+  // One (slot, kv head) is a row of the cache's own dtype: the collectives
+  // move F32, BF16 and F16 alike.
+  const int64_t row = from_capacity * config_.head_dim, to_row = to_capacity * config_.head_dim;
   std::vector<int64_t> slot_counts;
   for (int m = 0; m < ctx_.size(p.attention_rows()); ++m) {
     const auto [first, end] = ctx_.block(num_slots_, p.attention_rows(), m);
@@ -92,11 +87,11 @@ void Engine::reshard_cache(const KVCacheLayer& from, const KVCacheLayer& to) {
   const int64_t head_begin = ctx_.index(decode_axes_.attention_kv_heads()) * to_heads;
   for (auto [src, dst] : {std::pair{from.k, to.k}, std::pair{from.v, to.v}}) {
     // Every rank assembles the whole prefill cache, then keeps its part.
-    const Tensor local = src.viewed_as(DType::F32, {src.dim(0), src.dim(1) * row});
+    const Tensor local = src.reshaped({src.dim(0), src.dim(1) * row});
     const Tensor all = ops_.gather_rows(ops_.gather_cols(local, p.attention_kv_heads()),
                                         p.attention_rows(), slot_counts)
                            .reshaped({num_slots_ * kv, row});
-    const Tensor target = dst.viewed_as(DType::F32, {dst.dim(0) * to_heads, to_row});
+    const Tensor target = dst.reshaped({dst.dim(0) * to_heads, to_row});
     for (int64_t slot = first; slot < end; ++slot)
       backend_.copy_2d(all, slot * kv + head_begin, 0, target, (slot - first) * to_heads, 0,
                        to_heads, row);
@@ -138,13 +133,13 @@ Engine::Pass Engine::plan_pass(Phase phase, const BatchLayout& batch) {
 // split the batch assemble whole rows and keep their own.
 Tensor Engine::embed(const Pass& p, const std::vector<int32_t>& tokens) {
   const PhaseAxes& a = *p.axes;
-  Tensor embedded =
-      backend_.alloc({int64_t(tokens.size()), weights_.embed_tokens.local.dim(1)}, DType::F32);
+  Tensor embedded = backend_.alloc({int64_t(tokens.size()), weights_.embed_tokens.local.dim(1)},
+                                   backend_.activation_dtype());
   backend_.embedding(weights_.embed_tokens.local, tokens.data(), embedded);
   if (a.batch.empty() && a.residual_e == a.embedding_e) return embedded;
   const Tensor full = ops_.gather_cols(embedded, a.embedding_e).rows(p.row_begin, p.row_count);
   Tensor residual =
-      backend_.alloc({p.row_count, config_.hidden_size / ctx_.size(a.residual_e)}, DType::F32);
+      backend_.alloc({p.row_count, config_.hidden_size / ctx_.size(a.residual_e)}, full.dtype());
   backend_.copy_2d(ops_.slice_cols(full, a.residual_e), 0, 0, residual, 0, 0, p.row_count,
                    residual.dim(1));
   return residual;
@@ -169,8 +164,9 @@ Tensor Engine::head(const Pass& p, const Tensor& residual, const Tensor& residua
   const Tensor all_rows =
       ops_.gather_rows(ops_.gather_cols(normed, a.residual_e), a.batch, p.rest.token_count);
   const int64_t selected_rows = int64_t(logit_rows.size());
-  Tensor selected = backend_.alloc({selected_rows, config_.hidden_size}, DType::F32);
+  Tensor selected = backend_.alloc({selected_rows, config_.hidden_size}, all_rows.dtype());
   backend_.embedding(all_rows, logit_rows.data(), selected);  // a row gather
+  // Logits are F32 whatever the activations: sampling compares them.
   Tensor local_logits = backend_.alloc({selected_rows, weights_.lm_head.local.dim(0)}, DType::F32);
   backend_.matmul(selected, weights_.lm_head.local, local_logits, false);
   return ops_.gather_cols(local_logits, a.vocab);
@@ -266,8 +262,9 @@ void Engine::run_micro_batch(Phase phase, int64_t step, const std::vector<Segmen
       pending_.push_back(
           {link.comm.isend(residual.raw(), residual.nbytes(), link.peer), {}, residual});
     } else {
-      // Segments (int32) then the residual (float), which stays 4-byte aligned.
-      std::vector<char> payload(segment_bytes + residual.nbytes());
+      // Segments (int32) then the residual as F32 (16-bit activations widen
+      // exactly; the host path is the CPU's), which stays 4-byte aligned.
+      std::vector<char> payload(segment_bytes + size_t(residual.numel()) * sizeof(float));
       std::memcpy(payload.data(), segs.data(), segment_bytes);
       backend_.copy_to_host(residual, reinterpret_cast<float*>(payload.data() + segment_bytes));
       send_header(stage_.next_rank, header, payload.data(), payload.size());
@@ -432,7 +429,7 @@ void Engine::follow() {
     const Phase phase = Phase(header.phase);
     const PhaseAxes& a = phase == Phase::kPrefill ? prefill_axes_ : decode_axes_;
     const int64_t width = config_.hidden_size / ctx_.size(a.residual_e);
-    Tensor residual = backend_.alloc({header.floats / width, width}, DType::F32);
+    Tensor residual = backend_.alloc({header.floats / width, width}, backend_.activation_dtype());
     if (residual_on_device()) {
       const ParallelContext::Link link = ctx_.device_link(stage_.prev_rank);
       link.comm.recv(residual.raw(), residual.nbytes(), link.peer);

@@ -131,7 +131,7 @@ BatchLayout local_batch(const BatchLayout& batch, const RowSplit& split, int mem
 
 Tensor ShardOps::blocks_to_cols(const Tensor& blocks, int64_t rows, int64_t width) {
   const int64_t n = blocks.dim(0);
-  Tensor out = backend_.alloc({rows, n * width}, DType::F32);
+  Tensor out = backend_.alloc({rows, n * width}, blocks.dtype());
   for (int64_t j = 0; j < n; ++j)
     backend_.copy_2d(blocks.rows(j, 1).reshaped({rows, width}), 0, 0, out, 0, j * width, rows,
                      width);
@@ -140,7 +140,7 @@ Tensor ShardOps::blocks_to_cols(const Tensor& blocks, int64_t rows, int64_t widt
 
 Tensor ShardOps::cols_to_blocks(const Tensor& x, int n) {
   const int64_t rows = x.dim(0), width = x.dim(1) / n;
-  Tensor blocks = backend_.alloc({n, rows * width}, DType::F32);
+  Tensor blocks = backend_.alloc({n, rows * width}, x.dtype());
   for (int j = 0; j < n; ++j)
     backend_.copy_2d(x, 0, j * width, blocks.rows(j, 1).reshaped({rows, width}), 0, 0, rows, width);
   return blocks;
@@ -154,15 +154,15 @@ class ReplayedCollectives final : public Communicator {
   explicit ReplayedCollectives(Communicator& group) : size_(group.size()), rank_(group.rank()) {}
   int size() const override { return size_; }
   int rank() const override { return rank_; }
-  void all_gather(const float*, float*, size_t) override {}
+  void all_gather(const void*, void*, size_t, DType) override {}
   void all_gather_bytes(const void*, void*, size_t) override {}
-  void all_gatherv(const float*, float*, const std::vector<size_t>&) override {}
-  void reduce_scatter(const float*, float*, size_t) override {}
-  void reduce_scatterv(const float*, float*, const std::vector<size_t>&) override {}
-  void all_reduce(float*, size_t) override {}
-  void all_to_all(const float*, float*, size_t) override {}
-  void all_to_allv(const float*, const std::vector<size_t>&, float*,
-                   const std::vector<size_t>&) override {}
+  void all_gatherv(const void*, void*, const std::vector<size_t>&, DType) override {}
+  void reduce_scatter(const void*, void*, size_t, DType) override {}
+  void reduce_scatterv(const void*, void*, const std::vector<size_t>&, DType) override {}
+  void all_reduce(void*, size_t, DType) override {}
+  void all_to_all(const void*, void*, size_t, DType) override {}
+  void all_to_allv(const void*, const std::vector<size_t>&, void*, const std::vector<size_t>&,
+                   DType) override {}
   void broadcast(void*, size_t, int) override {}
   void send(const void*, size_t, int) override {}
   void recv(void*, size_t, int) override {}
@@ -188,8 +188,8 @@ Tensor ShardOps::gather_cols(const Tensor& x, std::string_view axes) {
   const int n = ctx_.size(axes);
   if (n == 1) return x;
   const int64_t rows = x.dim(0), width = x.dim(1);
-  Tensor gathered = backend_.alloc({n, rows * width}, DType::F32);
-  comm(axes).all_gather(x.data<float>(), gathered.data<float>(), size_t(rows * width));
+  Tensor gathered = backend_.alloc({n, rows * width}, x.dtype());
+  comm(axes).all_gather(x.raw(), gathered.raw(), size_t(rows * width), x.dtype());
   return blocks_to_cols(gathered, rows, width);
 }
 
@@ -198,14 +198,14 @@ Tensor ShardOps::reduce_scatter_cols(const Tensor& x, std::string_view axes) {
   if (n == 1) return x;
   const int64_t rows = x.dim(0), width = x.dim(1) / n;
   const Tensor packed = cols_to_blocks(x, n);
-  Tensor out = backend_.alloc({rows, width}, DType::F32);
-  comm(axes).reduce_scatter(packed.data<float>(), out.data<float>(), size_t(rows * width));
+  Tensor out = backend_.alloc({rows, width}, x.dtype());
+  comm(axes).reduce_scatter(packed.raw(), out.raw(), size_t(rows * width), x.dtype());
   return out;
 }
 
 void ShardOps::all_reduce(const Tensor& x, std::string_view axes) {
   if (ctx_.size(axes) == 1) return;
-  comm(axes).all_reduce(x.data<float>(), size_t(x.numel()));
+  comm(axes).all_reduce(x.raw(), size_t(x.numel()), x.dtype());
 }
 
 Tensor ShardOps::gather_rows(const Tensor& x, std::string_view axes,
@@ -215,8 +215,8 @@ Tensor ShardOps::gather_rows(const Tensor& x, std::string_view axes,
   std::vector<size_t> elements;
   for (int64_t c : counts) elements.push_back(size_t(c * width));
   const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
-  Tensor out = backend_.alloc({total, width}, DType::F32);
-  comm(axes).all_gatherv(x.data<float>(), out.data<float>(), elements);
+  Tensor out = backend_.alloc({total, width}, x.dtype());
+  comm(axes).all_gatherv(x.raw(), out.raw(), elements, x.dtype());
   return out;
 }
 
@@ -227,8 +227,8 @@ Tensor ShardOps::cols_to_rows(const Tensor& x, std::string_view axes,
   const int64_t width = x.dim(1), mine = sub_counts[size_t(ctx_.index(axes))];
   std::vector<size_t> send_counts, recv_counts(size_t(n), size_t(mine * width));
   for (int64_t c : sub_counts) send_counts.push_back(size_t(c * width));
-  Tensor received = backend_.alloc({n, mine * width}, DType::F32);
-  comm(axes).all_to_allv(x.data<float>(), send_counts, received.data<float>(), recv_counts);
+  Tensor received = backend_.alloc({n, mine * width}, x.dtype());
+  comm(axes).all_to_allv(x.raw(), send_counts, received.raw(), recv_counts, x.dtype());
   return blocks_to_cols(received, mine, width);
 }
 
@@ -241,8 +241,8 @@ Tensor ShardOps::rows_to_cols(const Tensor& x, std::string_view axes,
   std::vector<size_t> send_counts(size_t(n), size_t(mine * width)), recv_counts;
   for (int64_t c : sub_counts) recv_counts.push_back(size_t(c * width));
   const int64_t total = std::accumulate(sub_counts.begin(), sub_counts.end(), int64_t{0});
-  Tensor out = backend_.alloc({total, width}, DType::F32);
-  comm(axes).all_to_allv(packed.data<float>(), send_counts, out.data<float>(), recv_counts);
+  Tensor out = backend_.alloc({total, width}, x.dtype());
+  comm(axes).all_to_allv(packed.raw(), send_counts, out.raw(), recv_counts, x.dtype());
   return out;
 }
 
@@ -250,7 +250,7 @@ Tensor ShardOps::slice_cols(const Tensor& x, std::string_view axes) {
   const int n = ctx_.size(axes);
   if (n == 1) return x;
   const int64_t rows = x.dim(0), width = x.dim(1) / n;
-  Tensor out = backend_.alloc({rows, width}, DType::F32);
+  Tensor out = backend_.alloc({rows, width}, x.dtype());
   backend_.copy_2d(x, 0, ctx_.index(axes) * width, out, 0, 0, rows, width);
   return out;
 }

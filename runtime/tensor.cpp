@@ -22,12 +22,6 @@ Tensor Tensor::rows(int64_t begin, int64_t count) const {
   return view;
 }
 
-Tensor Tensor::viewed_as(DType dtype, Shape shape) const {
-  if (size_t(numel_of(shape)) * dtype_size(dtype) != nbytes())
-    throw std::logic_error("Tensor::viewed_as: byte counts differ");
-  return Tensor(memory_, byte_offset_, std::move(shape), dtype, device_);
-}
-
 Tensor Tensor::reshaped(Shape shape) const {
   if (numel_of(shape) != numel())
     throw std::invalid_argument(fmt::format("Tensor::reshaped: {} has {} elements, {} has {}",

@@ -51,9 +51,6 @@ class Tensor {
   Tensor rows(int64_t begin, int64_t count) const;
   // The same memory seen with another shape of equal element count.
   Tensor reshaped(Shape shape) const;
-  // The same bytes seen as another dtype and shape of equal byte count (the
-  // collectives move F32 words: 16-bit data travels as pairs).
-  Tensor viewed_as(DType dtype, Shape shape) const;
 
   // Int8 weight-only quantization keeps one F32 scale per row (output
   // channel) beside the I8 values: row r holds values q * scales[r]. Empty

@@ -25,6 +25,17 @@ void check_cuda(cudaError_t status, const char* call) {
 
 using Clock = std::chrono::steady_clock;
 
+ncclDataType_t nccl_type(DType type) {
+  switch (type) {
+    case DType::F32: return ncclFloat;
+    case DType::BF16: return ncclBfloat16;
+    case DType::F16: return ncclHalf;
+    default: break;
+  }
+  throw std::logic_error(
+      fmt::format("collective of {} elements: F32, BF16 or F16 expected", dtype_name(type)));
+}
+
 // Marks one set-up or collective for World's watchdog, as the MPI
 // communicator does, when the communicator was given a watch.
 class Watched {
@@ -76,9 +87,10 @@ class NcclCommunicator final : public Communicator {
   int size() const override { return size_; }
   int rank() const override { return rank_; }
 
-  void all_gather(const float* send, float* recv, size_t count) override {
+  void all_gather(const void* send, void* recv, size_t count, DType type) override {
     run("all-gather", [&] {
-      check_nccl(ncclAllGather(send, recv, count, ncclFloat, comm_, stream_), "ncclAllGather");
+      check_nccl(ncclAllGather(send, recv, count, nccl_type(type), comm_, stream_),
+                 "ncclAllGather");
     });
   }
   void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
@@ -86,61 +98,67 @@ class NcclCommunicator final : public Communicator {
       check_nccl(ncclAllGather(send, recv, bytes, ncclInt8, comm_, stream_), "ncclAllGather");
     });
   }
-  void all_gatherv(const float* send, float* recv, const std::vector<size_t>& counts) override {
+  void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
+                   DType type) override {
     // NCCL has no v-collectives: every member broadcasts its block in turn.
+    const size_t size = dtype_size(type);
     run("all-gather", [&] {
       size_t offset = 0;
       check_nccl(ncclGroupStart(), "ncclGroupStart");
       for (int root = 0; root < size_; ++root) {
-        check_nccl(ncclBroadcast(root == rank_ ? send : recv + offset, recv + offset,
-                                 counts[size_t(root)], ncclFloat, root, comm_, stream_),
+        void* block = static_cast<char*>(recv) + offset * size;
+        check_nccl(ncclBroadcast(root == rank_ ? send : block, block, counts[size_t(root)],
+                                 nccl_type(type), root, comm_, stream_),
                    "ncclBroadcast");
         offset += counts[size_t(root)];
       }
       check_nccl(ncclGroupEnd(), "ncclGroupEnd");
     });
   }
-  void reduce_scatter(const float* send, float* recv, size_t count) override {
+  void reduce_scatter(const void* send, void* recv, size_t count, DType type) override {
     run("reduce-scatter", [&] {
-      check_nccl(ncclReduceScatter(send, recv, count, ncclFloat, ncclSum, comm_, stream_),
+      check_nccl(ncclReduceScatter(send, recv, count, nccl_type(type), ncclSum, comm_, stream_),
                  "ncclReduceScatter");
     });
   }
-  void reduce_scatterv(const float* send, float* recv, const std::vector<size_t>& counts) override {
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts,
+                       DType type) override {
     // Uneven blocks: one reduce per member to that member.
+    const size_t size = dtype_size(type);
     run("reduce-scatter", [&] {
       size_t offset = 0;
       check_nccl(ncclGroupStart(), "ncclGroupStart");
       for (int root = 0; root < size_; ++root) {
-        check_nccl(ncclReduce(send + offset, recv, counts[size_t(root)], ncclFloat, ncclSum, root,
-                              comm_, stream_),
+        check_nccl(ncclReduce(static_cast<const char*>(send) + offset * size, recv,
+                              counts[size_t(root)], nccl_type(type), ncclSum, root, comm_, stream_),
                    "ncclReduce");
         offset += counts[size_t(root)];
       }
       check_nccl(ncclGroupEnd(), "ncclGroupEnd");
     });
   }
-  void all_reduce(float* data, size_t count) override {
+  void all_reduce(void* data, size_t count, DType type) override {
     run("all-reduce", [&] {
-      check_nccl(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_),
+      check_nccl(ncclAllReduce(data, data, count, nccl_type(type), ncclSum, comm_, stream_),
                  "ncclAllReduce");
     });
   }
-  void all_to_all(const float* send, float* recv, size_t count) override {
+  void all_to_all(const void* send, void* recv, size_t count, DType type) override {
     all_to_allv(send, std::vector<size_t>(size_t(size_), count), recv,
-                std::vector<size_t>(size_t(size_), count));
+                std::vector<size_t>(size_t(size_), count), type);
   }
-  void all_to_allv(const float* send, const std::vector<size_t>& send_counts, float* recv,
-                   const std::vector<size_t>& recv_counts) override {
+  void all_to_allv(const void* send, const std::vector<size_t>& send_counts, void* recv,
+                   const std::vector<size_t>& recv_counts, DType type) override {
+    const size_t size = dtype_size(type);
     run("all-to-all", [&] {
       size_t send_offset = 0, recv_offset = 0;
       check_nccl(ncclGroupStart(), "ncclGroupStart");
       for (int peer = 0; peer < size_; ++peer) {
-        check_nccl(ncclSend(send + send_offset, send_counts[size_t(peer)], ncclFloat, peer, comm_,
-                            stream_),
+        check_nccl(ncclSend(static_cast<const char*>(send) + send_offset * size,
+                            send_counts[size_t(peer)], nccl_type(type), peer, comm_, stream_),
                    "ncclSend");
-        check_nccl(ncclRecv(recv + recv_offset, recv_counts[size_t(peer)], ncclFloat, peer, comm_,
-                            stream_),
+        check_nccl(ncclRecv(static_cast<char*>(recv) + recv_offset * size,
+                            recv_counts[size_t(peer)], nccl_type(type), peer, comm_, stream_),
                    "ncclRecv");
         send_offset += send_counts[size_t(peer)];
         recv_offset += recv_counts[size_t(peer)];
@@ -176,7 +194,7 @@ class NcclCommunicator final : public Communicator {
   }
   void barrier() override {
     if (!scratch_) check_cuda(cudaMalloc(&scratch_, sizeof(float)), "cudaMalloc of 4 bytes");
-    all_reduce(scratch_, 1);
+    all_reduce(scratch_, 1, DType::F32);
   }
 
  private:

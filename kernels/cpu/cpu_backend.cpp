@@ -1,7 +1,10 @@
-// The CPU backend: F32 activations; weights stored as F32, BF16, F16 or I8
-// (weight-only, per-output-channel scales) as CpuBackendOptions says; matmul
-// through the streaming and panel kernels of cpu_kernels.hpp; element-wise
-// kernels and attention as OpenMP loops the compiler vectorizes.
+// The CPU backend: F32 activations (or BF16, stored rounded: each operation
+// widens its inputs, computes in F32 as with F32 activations and rounds what
+// it writes, so it states exactly what a BF16-activation device computes);
+// weights stored as F32, BF16, F16 or I8 (weight-only, per-output-channel
+// scales) as CpuBackendOptions says; matmul through the streaming and panel
+// kernels of cpu_kernels.hpp; element-wise kernels and attention as OpenMP
+// loops the compiler vectorizes.
 #include <fmt/format.h>
 #include <malloc.h>
 #include <omp.h>
@@ -28,13 +31,21 @@ void require_f32(const Tensor& t, const char* what) {
   require(t.dtype() == DType::F32 && t.device() == Device::CPU, what);
 }
 
+void require_activation(const Tensor& t, const char* what) {
+  require((t.dtype() == DType::F32 || t.dtype() == DType::BF16) && t.device() == Device::CPU, what);
+}
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& options)
-      : weight_dtype_(options.weight_dtype), kv_dtype_(options.kv_dtype) {
+      : weight_dtype_(options.weight_dtype),
+        kv_dtype_(options.kv_dtype),
+        activation_dtype_(options.activation_dtype) {
     if (options.threads > 0) omp_set_num_threads(options.threads);
     if (kv_dtype_ != DType::F32 && kv_dtype_ != DType::BF16 && kv_dtype_ != DType::F16)
       throw std::invalid_argument("cpu backend: the KV cache must be f32, bf16 or f16");
+    if (activation_dtype_ != DType::F32 && activation_dtype_ != DType::BF16)
+      throw std::invalid_argument("cpu backend: activations must be f32 or bf16");
     if (options.streaming_max_rows > 0) cpu::set_streaming_max_rows(options.streaming_max_rows);
     if (options.amx_streaming_max_rows > 0)
       cpu::set_amx_streaming_max_rows(options.amx_streaming_max_rows);
@@ -52,6 +63,7 @@ class CpuBackend final : public Backend {
 
   Device device() const override { return Device::CPU; }
   DType kv_dtype() const override { return kv_dtype_; }
+  DType activation_dtype() const override { return activation_dtype_; }
   std::string describe() const override {
     const std::string amx =
         cpu::amx_available()
@@ -59,10 +71,11 @@ class CpuBackend final : public Backend {
                           cpu::amx_streaming_max_rows())
             : "";
     return fmt::format(
-        "cpu ({} weights, {} KV cache, AVX-512 streaming matmul up to {} rows + oneDNN sgemm{}, "
-        "{} threads)",
+        "cpu ({} weights, {} KV cache, {} activations, AVX-512 streaming matmul up to {} rows + "
+        "oneDNN sgemm{}, {} threads)",
         weight_dtype_ ? weight_dtype_name(*weight_dtype_) : "checkpoint-dtype",
-        weight_dtype_name(kv_dtype_), cpu::streaming_max_rows(), amx, threads_);
+        weight_dtype_name(kv_dtype_), weight_dtype_name(activation_dtype_),
+        cpu::streaming_max_rows(), amx, threads_);
   }
 
   Tensor alloc(const Shape& shape, DType dtype) override {
@@ -152,24 +165,26 @@ class CpuBackend final : public Backend {
   }
 
   void copy_from_host(const float* src, const Tensor& dst) override {
-    require_f32(dst, "copy_from_host wants an F32 destination");
-    std::memcpy(dst.raw(), src, dst.nbytes());
+    require_activation(dst, "copy_from_host wants an F32 or BF16 destination");
+    convert_from_f32(src, dst.raw(), dst.dtype(), size_t(dst.numel()));
   }
 
   void copy_to_host(const Tensor& src, float* dst) override {
-    require_f32(src, "copy_to_host wants an F32 source");
-    std::memcpy(dst, src.raw(), src.nbytes());
+    require_activation(src, "copy_to_host wants an F32 or BF16 source");
+    convert_to_f32(src.raw(), src.dtype(), dst, size_t(src.numel()));
   }
 
-  void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) override {
-    require_f32(out, "embedding output must be F32");
-    const int64_t tokens = out.dim(0), width = out.dim(1);
+  void embedding(const Tensor& table, const int32_t* ids, const Tensor& out_tensor) override {
+    require_activation(out_tensor, "embedding output must be F32 or BF16");
+    const Rounded out(*this, out_tensor, false);
+    const int64_t tokens = out->dim(0), width = out->dim(1);
     const cpu::WeightView view = weight_view(table);
     for (int64_t t = 0; t < tokens; ++t)
-      cpu::widen_rows(view, ids[t], 1, out.data<float>() + t * width);
+      cpu::widen_rows(view, ids[t], 1, out->data<float>() + t * width);
   }
 
-  void row_sum_squares(const Tensor& x, const Tensor& sums) override {
+  void row_sum_squares(const Tensor& x_tensor, const Tensor& sums) override {
+    const Tensor x = widened(x_tensor);
     const int64_t rows = x.dim(0), width = x.dim(1);
     const float* src = x.data<float>();
     float* out = sums.data<float>();
@@ -183,13 +198,15 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t full_width, const Tensor& weight,
-                     float eps, const Tensor& out) override {
+  void rmsnorm_scale(const Tensor& x_tensor, const Tensor& sums, int64_t full_width,
+                     const Tensor& weight, float eps, const Tensor& out_tensor) override {
+    const Tensor x = widened(x_tensor);
+    const Rounded out(*this, out_tensor, false);
     const int64_t rows = x.dim(0), width = x.dim(1);
     const float* src = x.data<float>();
     const float* sum_sq = sums.data<float>();
     const float* w = weight.data<float>();
-    float* dst = out.data<float>();
+    float* dst = out->data<float>();
 #pragma omp parallel for schedule(static) if (rows > 1)
     for (int64_t r = 0; r < rows; ++r) {
       const float scale = 1.0f / std::sqrt(sum_sq[r] / float(full_width) + eps);
@@ -200,24 +217,28 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void matmul(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) override {
-    require_f32(x, "matmul input must be F32");
-    require_f32(out, "matmul output must be F32");
-    const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
-    require(w.rank() == 2 && w.dim(1) == k && out.dim(0) == m && out.dim(1) == n,
+  void matmul(const Tensor& x_tensor, const Tensor& w, const Tensor& out_tensor,
+              bool accumulate) override {
+    require_activation(x_tensor, "matmul input must be F32 or BF16");
+    require_activation(out_tensor, "matmul output must be F32 or BF16");
+    const int64_t m = x_tensor.dim(0), k = x_tensor.dim(1), n = w.dim(0);
+    require(w.rank() == 2 && w.dim(1) == k && out_tensor.dim(0) == m && out_tensor.dim(1) == n,
             "matmul shapes do not agree");
     if (m == 0 || n == 0) return;
+    const Rounded out(*this, out_tensor, accumulate);
     if (k == 0) {
-      if (!accumulate) std::memset(out.raw(), 0, out.nbytes());
+      if (!accumulate) std::memset(out->raw(), 0, out->nbytes());
       return;
     }
-    cpu::matmul(x.data<float>(), m, k, weight_view(w), out.data<float>(), n, accumulate);
+    const Tensor x = widened(x_tensor);
+    cpu::matmul(x.data<float>(), m, k, weight_view(w), out->data<float>(), n, accumulate);
   }
 
-  void rope(const Tensor& x, int head_dim, const int32_t* positions, const Tensor& cos,
+  void rope(const Tensor& x_tensor, int head_dim, const int32_t* positions, const Tensor& cos,
             const Tensor& sin) override {
-    const int64_t tokens = x.dim(0), heads = x.dim(1) / head_dim, half = head_dim / 2;
-    float* data = x.data<float>();
+    const Rounded x(*this, x_tensor, true);
+    const int64_t tokens = x->dim(0), heads = x->dim(1) / head_dim, half = head_dim / 2;
+    float* data = x->data<float>();
     const float* cos_table = cos.data<float>();
     const float* sin_table = sin.data<float>();
 #pragma omp parallel for collapse(2) schedule(static) if (tokens > 1)
@@ -228,35 +249,41 @@ class CpuBackend final : public Backend {
                                sin_table + int64_t(positions[t]) * half, head_dim);
   }
 
-  void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) override {
-    cpu::silu_mul(gate.data<float>(), up.data<float>(), out.data<float>(), gate.numel());
+  void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out_tensor) override {
+    const Rounded out(*this, out_tensor, false);
+    cpu::silu_mul(widened(gate).data<float>(), widened(up).data<float>(), out->data<float>(),
+                  gate.numel());
   }
 
-  void add(const Tensor& x, const Tensor& inout) override {
+  void add(const Tensor& x_tensor, const Tensor& inout_tensor) override {
+    const Tensor x = widened(x_tensor);
+    const Rounded inout(*this, inout_tensor, true);
     const int64_t n = x.numel();
     const float* src = x.data<float>();
-    float* dst = inout.data<float>();
+    float* dst = inout->data<float>();
 #pragma omp parallel for simd schedule(static) if (n > 4096)
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
 
-  void add_bias(const Tensor& bias, const Tensor& inout) override {
+  void add_bias(const Tensor& bias, const Tensor& inout_tensor) override {
     require_f32(bias, "bias must be F32");
-    const int64_t cols = bias.numel(), rows = inout.numel() / std::max<int64_t>(cols, 1);
-    require(inout.rank() == 2 && inout.dim(1) == cols,
+    const int64_t cols = bias.numel(), rows = inout_tensor.numel() / std::max<int64_t>(cols, 1);
+    require(inout_tensor.rank() == 2 && inout_tensor.dim(1) == cols,
             "add_bias: bias width differs from the rows");
+    const Rounded inout(*this, inout_tensor, true);
     const float* b = bias.data<float>();
-    float* dst = inout.data<float>();
+    float* dst = inout->data<float>();
 #pragma omp parallel for schedule(static) if (rows * cols > 4096)
     for (int64_t r = 0; r < rows; ++r)
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] += b[c];
   }
 
-  void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
+  void kv_write(const Tensor& k_tensor, const Tensor& v_tensor, const KVCacheLayer& cache,
                 const BatchLayout& batch) override {
-    require_f32(k, "kv_write: k must be F32");
-    require_f32(v, "kv_write: v must be F32");
+    require_activation(k_tensor, "kv_write: k must be F32 or BF16");
+    require_activation(v_tensor, "kv_write: v must be F32 or BF16");
+    const Tensor k = widened(k_tensor), v = widened(v_tensor);
     const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = cache.k.dim(3);
     const int64_t stride = kv_heads * head_dim;
     const DType dtype = cache.k.dtype();
@@ -278,9 +305,12 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
-                 const AttentionHeads& ah, const Tensor& out) override {
-    require_f32(q, "attention query must be F32");
+  void attention(const Tensor& q_tensor, const KVCacheLayer& cache, const BatchLayout& batch,
+                 const AttentionHeads& ah, const Tensor& out_tensor) override {
+    require_activation(q_tensor, "attention query must be F32 or BF16");
+    const Tensor q = widened(q_tensor);
+    const Rounded rounded_out(*this, out_tensor, false);
+    const Tensor& out = *rounded_out;
     const DType kv_dtype = cache.k.dtype();
     require(kv_dtype == DType::F32 || kv_dtype == DType::BF16 || kv_dtype == DType::F16,
             "KV cache must be F32, BF16 or F16");
@@ -328,6 +358,38 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // An activation as F32: itself, or a widened copy of a BF16 one.
+  Tensor widened(const Tensor& t) {
+    if (t.dtype() == DType::F32) return t;
+    require_activation(t, "activations must be F32 or BF16");
+    Tensor wide = alloc(t.shape(), DType::F32);
+    convert_to_f32(t.raw(), t.dtype(), wide.data<float>(), size_t(t.numel()));
+    return wide;
+  }
+
+  // An output of an operation: the tensor itself when F32, else an F32
+  // scratch (holding the tensor's values when `read` - an in-place update)
+  // whose values are rounded into the tensor when the operation ends.
+  class Rounded {
+   public:
+    Rounded(CpuBackend& backend, const Tensor& target, bool read)
+        : target_(target), work_(read ? backend.widened(target) : target) {
+      if (target.dtype() != DType::F32 && !read) work_ = backend.alloc(target.shape(), DType::F32);
+    }
+    ~Rounded() {
+      if (work_.raw() != target_.raw())
+        convert_from_f32(work_.data<float>(), target_.raw(), target_.dtype(),
+                         size_t(target_.numel()));
+    }
+    Rounded(const Rounded&) = delete;
+    Rounded& operator=(const Rounded&) = delete;
+    const Tensor& operator*() const { return work_; }
+    const Tensor* operator->() const { return &work_; }
+
+   private:
+    Tensor target_, work_;
+  };
+
   // A decode step (one new token per sequence): one task per (sequence, KV
   // head), whose query heads share each block of keys and values, so the
   // cache is read once per KV head, not once per query head. When those
@@ -422,6 +484,7 @@ class CpuBackend final : public Backend {
 
   std::optional<DType> weight_dtype_;
   DType kv_dtype_ = DType::BF16;
+  DType activation_dtype_ = DType::F32;
   int threads_ = 1;
 };
 

@@ -76,10 +76,24 @@ void check_launch(const char* kernel) {
                              " launch failed: " + cudaGetErrorString(err));
 }
 
+// Activations (k, v, q, out) are F32 or BF16 (`bf16`): read widened, written
+// rounded to nearest even, as the CPU backend does.
+__device__ inline float load_activation(const void* p, int64_t i, bool bf16) {
+  return bf16 ? math::bf16_to_float(static_cast<const uint16_t*>(p)[i])
+              : static_cast<const float*>(p)[i];
+}
+
+__device__ inline void store_activation(void* p, int64_t i, float value, bool bf16) {
+  if (bf16)
+    static_cast<uint16_t*>(p)[i] = math::float_to_bf16(value);
+  else
+    static_cast<float*>(p)[i] = value;
+}
+
 // --- kv_write -----------------------------------------------------------------
 
 template <class Cache>
-__global__ void kv_write_kernel(const float* __restrict__ k, const float* __restrict__ v,
+__global__ void kv_write_kernel(const void* __restrict__ k, const void* __restrict__ v, bool bf16,
                                 typename Cache::Storage* __restrict__ k_cache,
                                 typename Cache::Storage* __restrict__ v_cache,
                                 const int32_t* __restrict__ token_slot,
@@ -93,16 +107,17 @@ __global__ void kv_write_kernel(const float* __restrict__ k, const float* __rest
     const int64_t g = col / head_dim, d = col - g * head_dim;
     const int64_t dst =
         ((int64_t(token_slot[token]) * kv_heads + g) * capacity + token_pos[token]) * head_dim + d;
-    k_cache[dst] = Cache::from_float(k[i]);
-    v_cache[dst] = Cache::from_float(v[i]);
+    k_cache[dst] = Cache::from_float(load_activation(k, i, bf16));
+    v_cache[dst] = Cache::from_float(load_activation(v, i, bf16));
   }
 }
 
 // --- attention: what every kernel is told ------------------------------------
 
 struct AttentionArgs {
-  const float* q = nullptr;  // [tokens, heads * head_dim]
-  float* out = nullptr;      // like q
+  const void* q = nullptr;  // [tokens, heads * head_dim]
+  void* out = nullptr;      // like q
+  bool bf16 = false;        // q and out BF16 (else F32)
   const void* k_cache = nullptr;
   const void* v_cache = nullptr;
   const int32_t* token_slot = nullptr;
@@ -227,9 +242,11 @@ __global__ __launch_bounds__(kDecodeThreads) void decode_attention_kernel(Attent
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
         const int d = dim_of(j) + e;
-        q[h][j * kVec + e] = h < nh && d < head_dim
-                                 ? a.q[token * q_stride + int64_t(h0 + h) * head_dim + d] * a.scale
-                                 : 0.0f;
+        q[h][j * kVec + e] =
+            h < nh && d < head_dim
+                ? load_activation(a.q, token * q_stride + int64_t(h0 + h) * head_dim + d, a.bf16) *
+                      a.scale
+                : 0.0f;
       }
 
   float row_max[kMaxHeads], row_sum[kMaxHeads], acc[kMaxHeads][kDims];
@@ -331,7 +348,8 @@ __global__ __launch_bounds__(kDecodeThreads) void decode_attention_kernel(Attent
       math::softmax_merge(max, sum, &value, warp_max[w][h], warp_sum[w][h], &warp_acc[w][h][d], 1);
     const int64_t row = token * a.heads + h0 + h;
     if (plan.splits == 1) {
-      a.out[row * head_dim + d] = value / sum;  // sum >= 1: the max key's weight is 1
+      // sum >= 1: the max key's weight is 1
+      store_activation(a.out, row * head_dim + d, value / sum, a.bf16);
     } else {
       const int64_t unit = row * plan.splits + split;
       part.acc[unit * head_dim + d] = value;
@@ -358,7 +376,7 @@ __global__ void decode_merge_kernel(AttentionArgs a, DecodePlan plan, DecodePart
       math::softmax_merge(max, sum, &value, part.max[unit], part.sum[unit],
                           &part.acc[unit * a.head_dim + d], 1);
     }
-    a.out[row * a.head_dim + d] = value / sum;
+    store_activation(a.out, row * a.head_dim + d, value / sum, a.bf16);
   }
 }
 
@@ -514,7 +532,10 @@ __global__ __launch_bounds__(kPrefillThreads) void prefill_attention_kernel(Atte
     const int r = i / head_dim, d = i - r * head_dim;
     const int64_t token = first_token + r;
     q_tile[r * ld + d] =
-        token < a.tokens ? a.q[token * q_stride + int64_t(head) * head_dim + d] * a.scale : 0.0f;
+        token < a.tokens
+            ? load_activation(a.q, token * q_stride + int64_t(head) * head_dim + d, a.bf16) *
+                  a.scale
+            : 0.0f;
   }
   for (int r = tid; r < kRows; r += kPrefillThreads) {
     const int64_t token = first_token + r;
@@ -667,7 +688,9 @@ __global__ __launch_bounds__(kPrefillThreads) void prefill_attention_kernel(Atte
 #pragma unroll
     for (int j = 0; j < kDimsPerThread; ++j) {
       const int d = tx + kPrefillColThreads * j;
-      if (d < head_dim) a.out[token * q_stride + int64_t(head) * head_dim + d] = acc[i][j] * inv;
+      if (d < head_dim)
+        store_activation(a.out, token * q_stride + int64_t(head) * head_dim + d, acc[i][j] * inv,
+                         a.bf16);
     }
   }
 }
@@ -729,7 +752,10 @@ AttentionArgs attention_args(const Tensor& q, const KVCacheLayer& cache, const D
   require(q.dim(0) == batch.tokens, "query rows differ from the batch's tokens");
   require(batch.max_context <= cache.k.dim(2), "attention beyond the KV cache");
   AttentionArgs a;
-  a.q = q.data<float>();
+  require(q.device() == Device::CUDA && (q.dtype() == DType::F32 || q.dtype() == DType::BF16),
+          "the query must be F32 or BF16 on the GPU");
+  a.q = q.raw();
+  a.bf16 = q.dtype() == DType::BF16;
   a.k_cache = cache.k.raw();
   a.v_cache = cache.v.raw();
   a.token_slot = batch.token_slot;
@@ -782,9 +808,11 @@ void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache, const
     throw UsageError("cuda kv_write: K and V caches must be alike on the GPU");
   const int64_t kv_heads = cache.k.dim(1), capacity = cache.k.dim(2), head_dim = cache.k.dim(3);
   const Shape want{batch.tokens, kv_heads * head_dim};
-  if (k.dtype() != DType::F32 || v.dtype() != DType::F32 || k.shape() != want ||
-      v.shape() != want || k.device() != Device::CUDA || v.device() != Device::CUDA)
-    throw UsageError("cuda kv_write: k and v must be F32 " + shape_str(want) + " on the GPU");
+  if ((k.dtype() != DType::F32 && k.dtype() != DType::BF16) || v.dtype() != k.dtype() ||
+      k.shape() != want || v.shape() != want || k.device() != Device::CUDA ||
+      v.device() != Device::CUDA)
+    throw UsageError("cuda kv_write: k and v must be F32 or BF16 " + shape_str(want) +
+                     " on the GPU");
   if (batch.max_context > capacity) throw UsageError("cuda kv_write: KV cache capacity exceeded");
   const int64_t n = batch.tokens * kv_heads * head_dim;
   if (n == 0) return;
@@ -794,7 +822,7 @@ void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache, const
     using Cache = decltype(cache_type);
     using Storage = typename Cache::Storage;
     kv_write_kernel<Cache><<<blocks, threads, 0, stream>>>(
-        k.data<float>(), v.data<float>(), static_cast<Storage*>(cache.k.raw()),
+        k.raw(), v.raw(), k.dtype() == DType::BF16, static_cast<Storage*>(cache.k.raw()),
         static_cast<Storage*>(cache.v.raw()), batch.token_slot, batch.token_pos, batch.tokens,
         int(kv_heads), capacity, int(head_dim));
   });
@@ -814,9 +842,9 @@ size_t attention_scratch_bytes(const Tensor& q, const KVCacheLayer& cache, const
 void attention(const Tensor& q, const KVCacheLayer& cache, const DeviceBatch& batch,
                const AttentionHeads& heads, const Tensor& out, void* scratch, cudaStream_t stream) {
   AttentionArgs a = attention_args(q, cache, batch, heads);
-  require(out.device() == Device::CUDA && out.dtype() == DType::F32 && out.shape() == q.shape(),
-          "the output must be F32 on the GPU, shaped like the query");
-  a.out = out.data<float>();
+  require(out.device() == Device::CUDA && out.dtype() == q.dtype() && out.shape() == q.shape(),
+          "the output must be on the GPU, of the query's dtype and shape");
+  a.out = out.raw();
   if (a.tokens == 0 || a.heads == 0) return;
   with_cache_type(cache.k.dtype(), [&](auto cache_type) {
     using Cache = decltype(cache_type);

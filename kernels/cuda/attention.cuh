@@ -21,11 +21,12 @@ struct DeviceBatch {
 };
 
 // cache.k/v [slots, kv_heads, capacity, head_dim] of cache.k.dtype() (F32,
-// BF16 or F16) <- k, v F32 [tokens, kv_heads * head_dim].
+// BF16 or F16) <- k, v F32 or BF16 [tokens, kv_heads * head_dim].
 void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache, const DeviceBatch& batch,
               cudaStream_t stream);
 
-// out [tokens, heads * head_dim] F32 = causal softmax(q kᵀ / sqrt(d)) v per
+// out [tokens, heads * head_dim] (q's dtype: F32 or BF16; F32 arithmetic,
+// the output rounded once) = causal softmax(q kᵀ / sqrt(d)) v per
 // token over its slot's cache up to its position (window as in
 // AttentionHeads). `scratch` is device memory of scratch_bytes(...) bytes
 // for the flash-decoding partials.

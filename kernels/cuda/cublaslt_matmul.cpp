@@ -88,9 +88,9 @@ const CublasLtMatmul::Plan& CublasLtMatmul::plan(const Key& key) {
           "cublasLtMatrixLayoutCreate(w)");
     check(cublasLtMatrixLayoutCreate(&plan.b, operand, uint64_t(key.k), uint64_t(key.m), key.ldx),
           "cublasLtMatrixLayoutCreate(x)");
-    check(
-        cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, uint64_t(key.n), uint64_t(key.m), key.ldo),
-        "cublasLtMatrixLayoutCreate(out)");
+    check(cublasLtMatrixLayoutCreate(&plan.c, cuda_type(key.out_dtype), uint64_t(key.n),
+                                     uint64_t(key.m), key.ldo),
+          "cublasLtMatrixLayoutCreate(out)");
 
     check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
     const uint64_t workspace = kWorkspaceBytes;
@@ -117,9 +117,11 @@ const CublasLtMatmul::Plan& CublasLtMatmul::plan(const Key& key) {
     if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
       throw std::runtime_error(fmt::format(
           "cuBLASLt has no algorithm for out[{}, {}] = x[{}, {}] · w[{}, {}]ᵀ with {} operands "
-          "(leading dimensions x {}, w {}, out {}; alignment x {}, w {}, out {} bytes)",
-          key.m, key.n, key.m, key.k, key.n, key.k, dtype_name(key.dtype), key.ldx, key.ldw,
-          key.ldo, key.align_x, key.align_w, key.align_out));
+          "and {} output (leading dimensions x {}, w {}, out {}; alignment x {}, w {}, out {} "
+          "bytes)",
+          key.m, key.n, key.m, key.k, key.n, key.k, dtype_name(key.dtype),
+          dtype_name(key.out_dtype), key.ldx, key.ldw, key.ldo, key.align_x, key.align_w,
+          key.align_out));
     plan.algo = result.algo;
     cublasLtMatmulPreferenceDestroy(preference);
   } catch (...) {
@@ -131,8 +133,11 @@ const CublasLtMatmul::Plan& CublasLtMatmul::plan(const Key& key) {
 }
 
 void CublasLtMatmul::run(const void* x, int64_t ldx, const void* w, int64_t ldw, DType dtype,
-                         int64_t m, int64_t n, int64_t k, float* out, int64_t ldo,
+                         int64_t m, int64_t n, int64_t k, void* out, DType out_dtype, int64_t ldo,
                          bool accumulate) {
+  if (out_dtype != DType::F32 && !(out_dtype == DType::BF16 && dtype == DType::BF16))
+    throw std::logic_error(fmt::format("cuBLASLt matmul: {} output of {} operands",
+                                       dtype_name(out_dtype), dtype_name(dtype)));
   const Key key{.m = m,
                 .n = n,
                 .k = k,
@@ -140,6 +145,7 @@ void CublasLtMatmul::run(const void* x, int64_t ldx, const void* w, int64_t ldw,
                 .ldw = ldw,
                 .ldo = ldo,
                 .dtype = dtype,
+                .out_dtype = out_dtype,
                 .accumulate = accumulate,
                 .align_x = alignment_of(x),
                 .align_w = alignment_of(w),

@@ -1,7 +1,8 @@
 #pragma once
 // out = x · wᵀ (+ out) through cuBLASLt, on the tensor cores for 16-bit
 // operands, always with F32 accumulation (CUBLAS_COMPUTE_32F, which never
-// rounds F32 operands to TF32) and F32 output.
+// rounds F32 operands to TF32); F32 output, or BF16 for BF16 operands (the
+// F32 sum, plus the old out when accumulating, rounded once).
 //
 // Layouts. The backend's matrices are row-major: x [m, k], w [n, k] (a linear
 // layer as Hugging Face stores it), out [m, n]. cuBLASLt is column-major,
@@ -41,11 +42,12 @@ class CublasLtMatmul {
   CublasLtMatmul(const CublasLtMatmul&) = delete;
   CublasLtMatmul& operator=(const CublasLtMatmul&) = delete;
 
-  // out[m, n] (F32, row stride ldo) = x[m, k] (row stride ldx) · w[n, k]ᵀ
-  // (row stride ldw), x and w both of `dtype` (F32, BF16 or F16), plus the
-  // old out when accumulate. m, n, k >= 1.
+  // out[m, n] (of out_dtype, row stride ldo) = x[m, k] (row stride ldx) ·
+  // w[n, k]ᵀ (row stride ldw), x and w both of `dtype` (F32, BF16 or F16),
+  // plus the old out when accumulate. out_dtype is F32, or BF16 when dtype
+  // is. m, n, k >= 1.
   void run(const void* x, int64_t ldx, const void* w, int64_t ldw, DType dtype, int64_t m,
-           int64_t n, int64_t k, float* out, int64_t ldo, bool accumulate);
+           int64_t n, int64_t k, void* out, DType out_dtype, int64_t ldo, bool accumulate);
 
   // "13.1": the cuBLASLt library loaded.
   static std::string version();
@@ -53,7 +55,7 @@ class CublasLtMatmul {
  private:
   struct Key {
     int64_t m, n, k, ldx, ldw, ldo;
-    DType dtype;
+    DType dtype, out_dtype;
     bool accumulate;
     uint32_t align_x, align_w, align_out;  // bytes, powers of two up to 256
     auto operator<=>(const Key&) const = default;

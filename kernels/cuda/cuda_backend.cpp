@@ -47,6 +47,19 @@ void require_f32(const Tensor& t, const char* what) {
   require(t.dtype() == DType::F32 && t.device() == Device::CUDA, what);
 }
 
+// An activation: F32 or BF16 on the device. The kernels take the tensor's
+// own dtype, so F32 tensors work on a BF16-activation backend too (tests).
+void require_activation(const Tensor& t, const char* what) {
+  require((t.dtype() == DType::F32 || t.dtype() == DType::BF16) && t.device() == Device::CUDA,
+          what);
+}
+
+// Operands of one element-wise operation share one activation dtype.
+void require_alike(const Tensor& a, const Tensor& b, const char* what) {
+  require_activation(a, what);
+  require(b.dtype() == a.dtype() && b.device() == Device::CUDA, what);
+}
+
 bool is_weight_dtype(DType dtype) {
   return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::I8;
 }
@@ -79,6 +92,8 @@ class CudaBackend final : public Backend {
       throw UsageError("cuda backend: the KV cache must be f32, bf16 or f16");
     if (options.weight_dtype && !is_weight_dtype(*options.weight_dtype))
       throw UsageError("cuda backend: weights must be f32, bf16, f16 or int8");
+    if (options.activation_dtype != DType::F32 && options.activation_dtype != DType::BF16)
+      throw UsageError("cuda backend: activations must be f32 or bf16");
     const int device = choose_device(options);
     memory_ = cuda::DeviceMemory::create(device, options.memory_limit);
     cudaDeviceProp properties{};
@@ -107,13 +122,15 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::CUDA; }
   DType kv_dtype() const override { return options_.kv_dtype; }
+  DType activation_dtype() const override { return options_.activation_dtype; }
 
   std::string describe() const override {
-    return fmt::format("cuda ({}, sm_{}, cuBLASLt {}, {} weights, {} KV cache)", device_name_, sm_,
-                       cuda::CublasLtMatmul::version(),
+    return fmt::format("cuda ({}, sm_{}, cuBLASLt {}, {} weights, {} KV cache, {} activations)",
+                       device_name_, sm_, cuda::CublasLtMatmul::version(),
                        options_.weight_dtype ? weight_dtype_name(*options_.weight_dtype)
                                              : std::string_view("checkpoint-dtype (f32 as bf16)"),
-                       weight_dtype_name(options_.kv_dtype));
+                       weight_dtype_name(options_.kv_dtype),
+                       weight_dtype_name(options_.activation_dtype));
   }
 
   MemoryUsage memory_usage() const override { return memory_->usage(); }
@@ -157,15 +174,20 @@ class CudaBackend final : public Backend {
   }
 
   void copy_from_host(const float* src, const Tensor& dst) override {
-    require_f32(dst, "copy_from_host wants an F32 device destination");
-    staging_->copy_to_device(src, dst.raw(), dst.nbytes());
-    const StepOp op(*graphs_, "copy_from_host", {sig(dst.raw()), dst.nbytes()});
+    require_activation(dst, "copy_from_host wants an F32 or BF16 device destination");
+    // Host floats go up as they are; a BF16 destination is rounded on the device.
+    const Tensor wide = dst.dtype() == DType::F32 ? dst : alloc(dst.shape(), DType::F32);
+    staging_->copy_to_device(src, wide.raw(), wide.nbytes());
+    const StepOp op(*graphs_, "copy_from_host", {sig(wide.raw()), sig(dst.raw()), dst.nbytes()});
+    if (op.skip() || wide.raw() == dst.raw()) return;
+    cuda::convert(wide.raw(), DType::F32, dst.raw(), dst.dtype(), dst.numel(), stream());
   }
 
   void copy_to_host(const Tensor& src, float* dst) override {
-    require_f32(src, "copy_to_host wants an F32 device source");
+    require_activation(src, "copy_to_host wants an F32 or BF16 device source");
     graphs_->launch();  // a step's graph runs before its results are read
-    check(cudaMemcpyAsync(dst, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost, stream()),
+    const Tensor wide = converted(src, DType::F32);
+    check(cudaMemcpyAsync(dst, wide.raw(), wide.nbytes(), cudaMemcpyDeviceToHost, stream()),
           "cudaMemcpyAsync (device to host)");
     check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize (copy_to_host)");
   }
@@ -196,7 +218,7 @@ class CudaBackend final : public Backend {
   }
 
   void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) override {
-    require_f32(out, "embedding output must be F32 on the device");
+    require_activation(out, "embedding output must be F32 or BF16 on the device");
     require(table.device() == Device::CUDA && table.rank() == 2 && out.rank() == 2 &&
                 table.dim(1) == out.dim(1),
             "embedding: the table's rows and the output's differ in width");
@@ -209,81 +231,93 @@ class CudaBackend final : public Backend {
             "cuda backend: embedding of token id {} outside the table's {} rows", ids[t], vocab));
     const auto* device_ids =
         static_cast<const int32_t*>(staging_->upload(ids, size_t(tokens) * sizeof(int32_t)));
-    const StepOp op(*graphs_, "embedding",
-                    {sig(table.raw()), uint64_t(table.dtype()), sig(out.raw()), uint64_t(tokens),
-                     uint64_t(out.dim(1)), sig(device_ids)});
+    const StepOp op(
+        *graphs_, "embedding",
+        {sig(table.raw()), uint64_t(table.dtype()), sig(out.raw()), uint64_t(out.dtype()),
+         uint64_t(tokens), uint64_t(out.dim(1)), sig(device_ids)});
     if (op.skip()) return;
     cuda::embedding(table.raw(), table.dtype(),
                     table.scales() ? table.scales()->data<float>() : nullptr, out.dim(1),
-                    device_ids, tokens, out.data<float>(), stream());
+                    device_ids, tokens, out.raw(), out.dtype(), stream());
   }
 
   void row_sum_squares(const Tensor& x, const Tensor& sums) override {
-    require_f32(x, "row_sum_squares input must be F32");
+    require_activation(x, "row_sum_squares input must be F32 or BF16");
     require_f32(sums, "row_sum_squares sums must be F32");
     require(sums.numel() == x.dim(0), "row_sum_squares: one sum per row");
     const StepOp op(*graphs_, "row_sum_squares",
-                    {sig(x.raw()), uint64_t(x.dim(0)), uint64_t(x.dim(1)), sig(sums.raw())});
+                    {sig(x.raw()), uint64_t(x.dtype()), uint64_t(x.dim(0)), uint64_t(x.dim(1)),
+                     sig(sums.raw())});
     if (op.skip()) return;
-    cuda::row_sum_squares(x.data<float>(), x.dim(0), x.dim(1), sums.data<float>(), stream());
+    cuda::row_sum_squares(x.raw(), x.dtype(), x.dim(0), x.dim(1), sums.data<float>(), stream());
   }
 
   void add_and_sum_squares(const Tensor& x, const Tensor& inout, const Tensor& sums) override {
-    require_f32(x, "add_and_sum_squares input must be F32");
-    require_f32(inout, "add_and_sum_squares residual must be F32");
+    require_alike(x, inout, "add_and_sum_squares: input and residual of one dtype, F32 or BF16");
     require_f32(sums, "add_and_sum_squares sums must be F32");
     require(inout.rank() == 2 && x.numel() == inout.numel() && sums.numel() == inout.dim(0),
             "add_and_sum_squares: the shapes do not agree (one sum per row of the residual)");
     const StepOp op(*graphs_, "add_and_sum_squares",
-                    {sig(x.raw()), sig(inout.raw()), uint64_t(inout.dim(0)), uint64_t(inout.dim(1)),
-                     sig(sums.raw())});
+                    {sig(x.raw()), sig(inout.raw()), uint64_t(x.dtype()), uint64_t(inout.dim(0)),
+                     uint64_t(inout.dim(1)), sig(sums.raw())});
     if (op.skip()) return;
-    cuda::add_and_sum_squares(x.data<float>(), inout.data<float>(), inout.dim(0), inout.dim(1),
+    cuda::add_and_sum_squares(x.raw(), inout.raw(), x.dtype(), inout.dim(0), inout.dim(1),
                               sums.data<float>(), stream());
   }
 
   void rmsnorm_scale(const Tensor& x, const Tensor& sums, int64_t full_width, const Tensor& weight,
                      float eps, const Tensor& out) override {
-    require_f32(x, "rmsnorm input must be F32");
+    require_alike(x, out, "rmsnorm input and output of one dtype, F32 or BF16");
     require_f32(sums, "rmsnorm sums must be F32");
     require_f32(weight, "rmsnorm weight must be F32");
-    require_f32(out, "rmsnorm output must be F32");
     require(weight.numel() == x.dim(1) && out.numel() == x.numel() && sums.numel() == x.dim(0),
             "rmsnorm shapes do not agree");
     const StepOp op(
         *graphs_, "rmsnorm_scale",
-        {sig(x.raw()), sig(sums.raw()), uint64_t(x.dim(0)), uint64_t(x.dim(1)),
+        {sig(x.raw()), uint64_t(x.dtype()), sig(sums.raw()), uint64_t(x.dim(0)), uint64_t(x.dim(1)),
          uint64_t(full_width), sig(weight.raw()), std::bit_cast<uint32_t>(eps), sig(out.raw())});
     if (op.skip()) return;
-    cuda::rmsnorm_scale(x.data<float>(), sums.data<float>(), x.dim(0), x.dim(1), full_width,
-                        weight.data<float>(), eps, out.data<float>(), stream());
+    cuda::rmsnorm_scale(x.raw(), x.dtype(), sums.data<float>(), x.dim(0), x.dim(1), full_width,
+                        weight.data<float>(), eps, out.raw(), stream());
   }
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) override {
-    require_f32(x, "matmul input must be F32 on the device");
-    require_f32(out, "matmul output must be F32 on the device");
+    require_activation(x, "matmul input must be F32 or BF16 on the device");
+    require(out.device() == Device::CUDA && (out.dtype() == DType::F32 || out.dtype() == x.dtype()),
+            "matmul output must be F32 or of the input's dtype on the device");
     require(w.device() == Device::CUDA && w.rank() == 2, "matmul weight must be 2-D on the device");
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
     require(w.dim(1) == k && out.dim(0) == m && out.dim(1) == n, "matmul shapes do not agree");
     if (m == 0 || n == 0) return;
-    const StepOp op(*graphs_, "matmul",
-                    {sig(x.raw()), sig(w.raw()), uint64_t(w.dtype()), sig(out.raw()), uint64_t(m),
-                     uint64_t(k), uint64_t(n), uint64_t(accumulate)});
+    const StepOp op(
+        *graphs_, "matmul",
+        {sig(x.raw()), uint64_t(x.dtype()), sig(w.raw()), uint64_t(w.dtype()), sig(out.raw()),
+         uint64_t(out.dtype()), uint64_t(m), uint64_t(k), uint64_t(n), uint64_t(accumulate)});
     if (op.skip()) return;
     if (k == 0) {
       if (!accumulate)
         check(cudaMemsetAsync(out.raw(), 0, out.nbytes(), stream()), "cudaMemsetAsync (matmul)");
       return;
     }
-    float* result = out.data<float>();
     switch (w.dtype()) {
-      case DType::F32:
-        return blas_->run(x.raw(), k, w.raw(), k, DType::F32, m, n, k, result, n, accumulate);
       case DType::BF16:
       case DType::F16: {
-        // The tensor cores take x rounded to the weight's type.
-        const Tensor rounded = rounded_input(x, w.dtype());
-        return blas_->run(rounded.raw(), k, w.raw(), k, w.dtype(), m, n, k, result, n, accumulate);
+        // The tensor cores take x in the weight's type (BF16 activations with
+        // BF16 weights as they are) and write F32, or BF16 for BF16 operands.
+        const Tensor input = converted(x, w.dtype());
+        if (out.dtype() == DType::F32 || w.dtype() == DType::BF16)
+          return blas_->run(input.raw(), k, w.raw(), k, w.dtype(), m, n, k, out.raw(), out.dtype(),
+                            n, accumulate);
+        const Tensor result = f32_result(out, accumulate);
+        blas_->run(input.raw(), k, w.raw(), k, w.dtype(), m, n, k, result.raw(), DType::F32, n,
+                   accumulate);
+        return store_result(result, out);
+      }
+      case DType::F32: {
+        const Tensor input = converted(x, DType::F32), result = f32_result(out, accumulate);
+        blas_->run(input.raw(), k, w.raw(), k, DType::F32, m, n, k, result.raw(), DType::F32, n,
+                   accumulate);
+        return store_result(result, out);
       }
       case DType::I8: return matmul_int8(x, w, out, accumulate);
       default: throw std::logic_error("cuda backend: matmul weights must be F32, BF16, F16 or I8");
@@ -292,7 +326,7 @@ class CudaBackend final : public Backend {
 
   void rope(const Tensor& x, int head_dim, const int32_t* positions, const Tensor& cos,
             const Tensor& sin) override {
-    require_f32(x, "rope input must be F32");
+    require_activation(x, "rope input must be F32 or BF16");
     require_f32(cos, "rope cos table must be F32");
     require_f32(sin, "rope sin table must be F32");
     require(head_dim > 0 && head_dim % 2 == 0 && x.dim(1) % head_dim == 0 &&
@@ -308,74 +342,73 @@ class CudaBackend final : public Backend {
     const auto* device_positions =
         static_cast<const int32_t*>(staging_->upload(positions, size_t(tokens) * sizeof(int32_t)));
     const StepOp op(*graphs_, "rope",
-                    {sig(x.raw()), uint64_t(tokens), uint64_t(x.dim(1)), uint64_t(head_dim),
-                     sig(device_positions), sig(cos.raw()), sig(sin.raw())});
+                    {sig(x.raw()), uint64_t(x.dtype()), uint64_t(tokens), uint64_t(x.dim(1)),
+                     uint64_t(head_dim), sig(device_positions), sig(cos.raw()), sig(sin.raw())});
     if (op.skip()) return;
-    cuda::rope(x.data<float>(), tokens, x.dim(1) / head_dim, head_dim, device_positions,
+    cuda::rope(x.raw(), x.dtype(), tokens, x.dim(1) / head_dim, head_dim, device_positions,
                cos.data<float>(), sin.data<float>(), stream());
   }
 
   void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) override {
-    require_f32(gate, "silu_mul gate must be F32");
-    require_f32(up, "silu_mul up must be F32");
-    require_f32(out, "silu_mul output must be F32");
+    require_alike(gate, up, "silu_mul: gate, up and output of one dtype, F32 or BF16");
+    require_alike(gate, out, "silu_mul: gate, up and output of one dtype, F32 or BF16");
     require(up.numel() == gate.numel() && out.numel() == gate.numel(),
             "silu_mul sizes do not agree");
     const StepOp op(*graphs_, "silu_mul",
-                    {sig(gate.raw()), sig(up.raw()), sig(out.raw()), uint64_t(gate.numel())});
+                    {sig(gate.raw()), sig(up.raw()), sig(out.raw()), uint64_t(gate.dtype()),
+                     uint64_t(gate.numel())});
     if (op.skip()) return;
-    cuda::silu_mul(gate.data<float>(), up.data<float>(), out.data<float>(), gate.numel(), stream());
+    cuda::silu_mul(gate.raw(), up.raw(), out.raw(), gate.dtype(), gate.numel(), stream());
   }
 
   void add(const Tensor& x, const Tensor& inout) override {
-    require_f32(x, "add input must be F32");
-    require_f32(inout, "add output must be F32");
+    require_alike(x, inout, "add: input and output of one dtype, F32 or BF16");
     require(x.numel() == inout.numel(), "add sizes do not agree");
-    const StepOp op(*graphs_, "add", {sig(x.raw()), sig(inout.raw()), uint64_t(x.numel())});
+    const StepOp op(*graphs_, "add",
+                    {sig(x.raw()), sig(inout.raw()), uint64_t(x.dtype()), uint64_t(x.numel())});
     if (op.skip()) return;
-    cuda::add(x.data<float>(), inout.data<float>(), x.numel(), stream());
+    cuda::add(x.raw(), inout.raw(), x.dtype(), x.numel(), stream());
   }
 
   void add_bias(const Tensor& bias, const Tensor& inout) override {
     require_f32(bias, "bias must be F32");
-    require_f32(inout, "add_bias output must be F32");
+    require_activation(inout, "add_bias output must be F32 or BF16");
     require(inout.rank() == 2 && inout.dim(1) == bias.numel(),
             "add_bias: bias width differs from the rows");
-    const StepOp op(
-        *graphs_, "add_bias",
-        {sig(bias.raw()), sig(inout.raw()), uint64_t(inout.dim(0)), uint64_t(inout.dim(1))});
+    const StepOp op(*graphs_, "add_bias",
+                    {sig(bias.raw()), sig(inout.raw()), uint64_t(inout.dtype()),
+                     uint64_t(inout.dim(0)), uint64_t(inout.dim(1))});
     if (op.skip()) return;
-    cuda::add_bias(bias.data<float>(), inout.data<float>(), inout.dim(0), inout.dim(1), stream());
+    cuda::add_bias(bias.data<float>(), inout.raw(), inout.dtype(), inout.dim(0), inout.dim(1),
+                   stream());
   }
 
   void kv_write(const Tensor& k, const Tensor& v, const KVCacheLayer& cache,
                 const BatchLayout& batch) override {
-    require_f32(k, "kv_write: k must be F32");
-    require_f32(v, "kv_write: v must be F32");
+    require_alike(k, v, "kv_write: k and v of one dtype, F32 or BF16");
     const cuda::DeviceBatch device = device_batch(batch, cache);
     if (device.tokens == 0) return;
-    const StepOp op(
-        *graphs_, "kv_write",
-        {sig(k.raw()), sig(v.raw()), uint64_t(k.dim(1)), sig(cache.k.raw()), sig(cache.v.raw()),
-         sig(device.token_slot), sig(device.token_pos), uint64_t(device.tokens)});
+    const StepOp op(*graphs_, "kv_write",
+                    {sig(k.raw()), sig(v.raw()), uint64_t(k.dtype()), uint64_t(k.dim(1)),
+                     sig(cache.k.raw()), sig(cache.v.raw()), sig(device.token_slot),
+                     sig(device.token_pos), uint64_t(device.tokens)});
     if (op.skip()) return;
     cuda::kv_write(k, v, cache, device, stream());
   }
 
   void attention(const Tensor& q, const KVCacheLayer& cache, const BatchLayout& batch,
                  const AttentionHeads& heads, const Tensor& out) override {
-    require_f32(q, "attention query must be F32");
-    require_f32(out, "attention output must be F32");
+    require_alike(q, out, "attention: query and output of one dtype, F32 or BF16");
     const cuda::DeviceBatch device = device_batch(batch, cache);
     if (device.tokens == 0) return;
     // The decode plan depends on the cache's capacity, not on the step's
     // positions (attention.cu), so a captured step holds for every position.
     const StepOp op(*graphs_, "attention",
-                    {sig(q.raw()), uint64_t(q.dim(1)), sig(cache.k.raw()), sig(cache.v.raw()),
-                     uint64_t(cache.k.dim(2)), sig(device.token_slot), sig(device.token_pos),
-                     uint64_t(device.tokens), uint64_t(device.decode), uint64_t(heads.head_dim),
-                     uint64_t(heads.q_offset), uint64_t(heads.kv_offset), uint64_t(heads.group),
-                     uint64_t(heads.window), sig(out.raw())});
+                    {sig(q.raw()), uint64_t(q.dtype()), uint64_t(q.dim(1)), sig(cache.k.raw()),
+                     sig(cache.v.raw()), uint64_t(cache.k.dim(2)), sig(device.token_slot),
+                     sig(device.token_pos), uint64_t(device.tokens), uint64_t(device.decode),
+                     uint64_t(heads.head_dim), uint64_t(heads.q_offset), uint64_t(heads.kv_offset),
+                     uint64_t(heads.group), uint64_t(heads.window), sig(out.raw())});
     if (op.skip()) return;
     const size_t scratch_bytes = cuda::attention_scratch_bytes(q, cache, device, heads);
     const std::shared_ptr<void> scratch =
@@ -444,11 +477,24 @@ class CudaBackend final : public Backend {
     return *converter;
   }
 
-  // x rounded to the 16-bit type `dtype`, in a transient buffer.
-  Tensor rounded_input(const Tensor& x, DType dtype) {
-    Tensor rounded = alloc(x.shape(), dtype);
-    cuda::convert_from_f32(x.data<float>(), rounded.raw(), dtype, x.numel(), stream());
-    return rounded;
+  // x in `dtype` (F32, BF16 or F16): itself, or a converted transient copy.
+  Tensor converted(const Tensor& x, DType dtype) {
+    if (x.dtype() == dtype) return x;
+    Tensor copy = alloc(x.shape(), dtype);
+    cuda::convert(x.raw(), x.dtype(), copy.raw(), dtype, x.numel(), stream());
+    return copy;
+  }
+
+  // Where a kernel with F32 output writes `out`: out itself when F32, else
+  // an F32 buffer (holding out's values when accumulating) that
+  // store_result rounds into out.
+  Tensor f32_result(const Tensor& out, bool accumulate) {
+    if (out.dtype() == DType::F32) return out;
+    return accumulate ? converted(out, DType::F32) : alloc(out.shape(), DType::F32);
+  }
+  void store_result(const Tensor& result, const Tensor& out) {
+    if (result.raw() != out.raw())
+      cuda::convert(result.raw(), DType::F32, out.raw(), out.dtype(), out.numel(), stream());
   }
 
   // Few rows: the GEMV reads the int8 weight once. Many: BF16 panels of the
@@ -459,10 +505,15 @@ class CudaBackend final : public Backend {
     const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
     const auto* q = w.data<int8_t>();
     const float* scales = w.scales()->data<float>();
-    if (m <= cuda::kInt8GemvMaxRows)
-      return cuda::int8_gemv(x.data<float>(), m, k, q, scales, n, k, out.data<float>(), n,
-                             accumulate, stream());
-    const Tensor rounded = rounded_input(x, DType::BF16);
+    if (m <= cuda::kInt8GemvMaxRows) {
+      // F32 in and out: a few rows, bytes small beside the weight's.
+      const Tensor input = converted(x, DType::F32), result = f32_result(out, accumulate);
+      cuda::int8_gemv(input.data<float>(), m, k, q, scales, n, k, result.data<float>(), n,
+                      accumulate, stream());
+      return store_result(result, out);
+    }
+    const Tensor rounded = converted(x, DType::BF16);
+    const size_t out_elem = dtype_size(out.dtype());
     // Multiples of 128 channels keep each panel's slice of out 512-byte aligned.
     const int64_t panel_rows =
         std::min(n, std::max<int64_t>(128, kDequantizedPanelBytes / (2 * k) / 128 * 128));
@@ -471,8 +522,8 @@ class CudaBackend final : public Backend {
       const int64_t rows = std::min(panel_rows, n - r0);
       cuda::dequantize_int8_to_bf16(q + r0 * k, scales + r0, rows, k, panel.data<uint16_t>(),
                                     stream());
-      blas_->run(rounded.raw(), k, panel.raw(), k, DType::BF16, m, rows, k, out.data<float>() + r0,
-                 n, accumulate);
+      blas_->run(rounded.raw(), k, panel.raw(), k, DType::BF16, m, rows, k,
+                 static_cast<char*>(out.raw()) + size_t(r0) * out_elem, out.dtype(), n, accumulate);
     }
   }
 

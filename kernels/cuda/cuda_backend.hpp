@@ -28,6 +28,10 @@ struct CudaBackendOptions {
   // cores have no F32 path worth the bytes).
   std::optional<DType> weight_dtype;
   DType kv_dtype = DType::BF16;
+  // Activations: BF16 (tensor-core inputs as they are, half the bytes in
+  // memory and over NCCL), or F32 (each matmul rounds its input to the
+  // weight's 16-bit type).
+  DType activation_dtype = DType::BF16;
   // Bytes of device memory the backend may take; 0: what the device has free.
   int64_t memory_limit = 0;
 };

@@ -2,13 +2,16 @@
 // world size allows, against results each rank computes on its own.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstdint>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "collectives/world.hpp"
 #include "partitioning/mesh.hpp"
+#include "runtime/dtype.hpp"
 
 using namespace shardlm;
 
@@ -162,4 +165,81 @@ TEST_CASE("broadcast, send/recv and barrier") {
     }
     comm.barrier();
   });
+}
+
+TEST_CASE("16-bit collectives move and sum BF16 and F16 elements") {
+  for (const DType type : {DType::BF16, DType::F16}) {
+    INFO("dtype " << dtype_name(type));
+    // Small integers: exact in both types, and so are their sums here.
+    auto encode = [type](const std::vector<float>& v) {
+      std::vector<uint16_t> bits(v.size());
+      convert_from_f32(v.data(), bits.data(), type, v.size());
+      return bits;
+    };
+    auto small = [](int rank, size_t count, size_t offset = 0) {
+      std::vector<float> v(count);
+      for (size_t i = 0; i < count; ++i) v[i] = float(rank * 8 + int((offset + i) % 8));
+      return v;
+    };
+    for_each_mesh_and_group([&](Communicator& comm, const std::vector<int>& members) {
+      const int me = World::get().rank();
+      const size_t n = members.size(), count = 5;
+
+      std::vector<uint16_t> gathered(count * n);
+      comm.all_gather(encode(small(me, count)).data(), gathered.data(), count, type);
+      std::vector<float> expected;
+      for (int m : members) {
+        const auto v = small(m, count);
+        expected.insert(expected.end(), v.begin(), v.end());
+      }
+      CHECK(gathered == encode(expected));
+
+      // Uneven blocks: 16-bit displacements.
+      std::vector<size_t> counts;
+      for (size_t j = 0; j < n; ++j) counts.push_back(j + 1);
+      std::vector<uint16_t> gathered_v(std::accumulate(counts.begin(), counts.end(), size_t{0}));
+      comm.all_gatherv(encode(small(me, counts[size_t(comm.rank())])).data(), gathered_v.data(),
+                       counts, type);
+      std::vector<float> expected_v;
+      for (size_t j = 0; j < n; ++j) {
+        const auto v = small(members[j], counts[j]);
+        expected_v.insert(expected_v.end(), v.begin(), v.end());
+      }
+      CHECK(gathered_v == encode(expected_v));
+
+      std::vector<uint16_t> summed(count);
+      comm.reduce_scatter(encode(small(me, count * n)).data(), summed.data(), count, type);
+      std::vector<float> expected_sum(count, 0.f);
+      for (int m : members)
+        for (size_t i = 0; i < count; ++i)
+          expected_sum[i] += small(m, 1, size_t(comm.rank()) * count + i)[0];
+      CHECK(summed == encode(expected_sum));
+
+      std::vector<uint16_t> reduced = encode(small(me, count));
+      comm.all_reduce(reduced.data(), count, type);
+      std::fill(expected_sum.begin(), expected_sum.end(), 0.f);
+      for (int m : members)
+        for (size_t i = 0; i < count; ++i) expected_sum[i] += small(m, count)[i];
+      CHECK(reduced == encode(expected_sum));
+
+      std::vector<uint16_t> exchanged(count * n);
+      comm.all_to_all(encode(small(me, count * n)).data(), exchanged.data(), count, type);
+      expected.clear();
+      for (int m : members) {
+        const auto v = small(m, count, size_t(comm.rank()) * count);
+        expected.insert(expected.end(), v.begin(), v.end());
+      }
+      CHECK(exchanged == encode(expected));
+
+      // Two members: the sum is formed in F32 and rounded once (1 + 3/256
+      // lies halfway between two BF16 values and rounds to the even one).
+      if (n == 2) {
+        const std::vector<float> mine = {comm.rank() == 0 ? 1.0f : 3.0f / 256};
+        std::vector<uint16_t> pair = encode(mine);
+        comm.all_reduce(pair.data(), 1, type);
+        CHECK(pair == encode({1.0f + 3.0f / 256}));
+        if (type == DType::BF16) CHECK(pair == encode({1.015625f}));
+      }
+    });
+  }
 }
