@@ -137,13 +137,17 @@ BackendKind resolve_backend(const std::string& flag) {
   return BackendKind::kCuda;
 }
 
+DType resolved_activation_dtype(BackendKind kind, std::optional<DType> flag) {
+  return flag.value_or(kind == BackendKind::kCuda ? DType::BF16 : DType::F32);
+}
+
 BackendPtr make_backend(BackendKind kind, const BackendSettings& settings, World& world) {
   if (kind == BackendKind::kCpu) {
     CpuBackendOptions options;
     options.threads = settings.threads;
     options.weight_dtype = settings.weight_dtype;
     options.kv_dtype = settings.kv_dtype;
-    options.activation_dtype = settings.activation_dtype.value_or(DType::F32);
+    options.activation_dtype = resolved_activation_dtype(kind, settings.activation_dtype);
     options.streaming_max_rows = settings.streaming_max_rows;
     options.amx_streaming_max_rows = settings.amx_streaming_max_rows;
     std::unique_ptr<Backend> cpu = make_cpu_backend(options);
@@ -156,7 +160,7 @@ BackendPtr make_backend(BackendKind kind, const BackendSettings& settings, World
   options.local_rank = world.local_rank(world.rank());
   options.weight_dtype = settings.weight_dtype;
   options.kv_dtype = settings.kv_dtype;
-  options.activation_dtype = settings.activation_dtype.value_or(DType::BF16);
+  options.activation_dtype = resolved_activation_dtype(kind, settings.activation_dtype);
   BackendPtr backend(plugin.make_backend(&options), [](Backend* b) {
     // The NCCL communicators queue on this backend's stream: they go first.
     World::get().set_device_communicators(nullptr);

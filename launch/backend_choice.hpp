@@ -26,6 +26,10 @@ void add_backend_flag(CLI::App* cmd, std::string& value);
 // World::set_errors_agree(false).
 BackendKind resolve_backend(const std::string& flag);
 
+// The activation dtype a backend of `kind` runs with: `flag` (from
+// parse_activation_dtype) when given, else BF16 on CUDA and F32 on the CPU.
+DType resolved_activation_dtype(BackendKind kind, std::optional<DType> flag);
+
 struct BackendSettings {
   int threads = 0;  // CPU backend only (<= 0: all the cores this process may use)
   std::optional<DType> weight_dtype;

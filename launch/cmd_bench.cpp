@@ -271,6 +271,8 @@ void run_bench(const BenchOptions& o) {
       LayoutChoice choice;
       choice.prefill = choice.decode = {ffn, attn, weights, mesh};
       choice.prefill.kv_dtype = choice.decode.kv_dtype = weight_dtype_name(kv_dtype);
+      choice.prefill.activation_dtype = choice.decode.activation_dtype =
+          weight_dtype_name(resolved_activation_dtype(backend_kind, activation_dtype));
       // A context of d tokens is prefilled with the prompt: d + p positions.
       const Workload largest{*std::max_element(o.batch.begin(), o.batch.end()),
                              *std::max_element(o.context.begin(), o.context.end()) +

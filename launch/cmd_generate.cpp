@@ -233,8 +233,12 @@ void run_generate(const GenerateOptions& o, bool batch_given) {
   const bool mesh_pinned = !o.mesh.empty() || o.pp_given;
   LayoutFlags layout_flags = o.layouts;
   layout_flags.rank_nodes = world.node_of_ranks();
-  LayoutChoice choice = choose_layouts(layout_flags, config, mesh, mesh_pinned, workload,
-                                       weights_name, std::string(weight_dtype_name(kv_dtype)));
+  // The planner prices the collectives in the dtype they will move.
+  const std::string activations_name(
+      weight_dtype_name(resolved_activation_dtype(backend_kind, activation_dtype)));
+  LayoutChoice choice =
+      choose_layouts(layout_flags, config, mesh, mesh_pinned, workload, weights_name,
+                     std::string(weight_dtype_name(kv_dtype)), activations_name);
   mesh = choice.decode.mesh;
   if (mesh.pp > config.num_layers)
     throw UsageError(fmt::format("--pp {}: more pipeline stages than the model's {} layers",

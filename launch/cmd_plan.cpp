@@ -23,7 +23,7 @@ namespace {
 
 struct PlanOptions {
   std::string model, hardware = "tpu-v4", objective = "latency", weights = "auto";
-  std::string kv_dtype = default_kv_dtype_flag();
+  std::string kv_dtype = default_kv_dtype_flag(), activations = "auto";
   int chips = 0, pp = 0;
   int64_t batch = 1, prompt_len = 0, gen_len = 0;
   double latency_target_ms = 0;
@@ -134,6 +134,8 @@ void run_plan(const PlanOptions& o) {
   if (o.latency_target_ms > 0) req.latency_target_s = o.latency_target_ms / 1e3;
   req.weights = o.weights;
   req.kv_dtype = std::string(weight_dtype_name(parse_kv_dtype(o.kv_dtype)));
+  if (const std::optional<DType> activations = parse_activation_dtype(o.activations))
+    req.activation_dtype = std::string(weight_dtype_name(*activations));
   req.ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", o.ffn_prefill, parse_ffn_layout);
   req.ffn_decode =
@@ -198,6 +200,10 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--latency-target-ms", o->latency_target_ms, "prefill + decode latency to meet");
   cmd->add_option("--weights", o->weights, "bf16, int8, f32 or auto")->capture_default_str();
   cmd->add_option("--kv-dtype", o->kv_dtype, kv_dtype_flag_help())->capture_default_str();
+  cmd->add_option("--activations", o->activations,
+                  "activations as the runtime stores and moves them: f32 or bf16 (auto: the "
+                  "hardware spec's activation_dtype)")
+      ->capture_default_str();
   cmd->add_option("--ffn-layout-prefill", o->ffn_prefill, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
   cmd->add_option("--ffn-layout-decode", o->ffn_decode, "pin: 1d, 2d, wg-x, wg-xy, wg-xyz");
   cmd->add_option("--attn-layout-prefill", o->attn_prefill, "pin: heads or batch");

@@ -10,7 +10,7 @@
 namespace shardlm {
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
                             bool mesh_pinned, const Workload& workload, const std::string& weights,
-                            const std::string& kv_dtype) {
+                            const std::string& kv_dtype, const std::string& activation_dtype) {
   LayoutChoice choice;
   const auto ffn_prefill =
       parse_optional_flag<FfnLayout>("--ffn-layout-prefill", flags.ffn_prefill, parse_ffn_layout);
@@ -37,13 +37,15 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
                     weights,
                     mesh,
                     0,
-                    kv_dtype};
+                    kv_dtype,
+                    activation_dtype};
   choice.decode = {ffn_decode.value_or(FfnLayout::k2D),
                    attn_decode.value_or(AttnLayout::kHeads),
                    weights,
                    mesh,
                    0,
-                   kv_dtype};
+                   kv_dtype,
+                   activation_dtype};
   if (!flags.plan_auto) return choice;
 
   PlanRequest request;
@@ -51,6 +53,7 @@ LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config,
   request.chips = mesh.size();
   request.weights = weights;
   request.kv_dtype = kv_dtype;
+  request.activation_dtype = activation_dtype;
   if (mesh_pinned) request.mesh = mesh;
   request.ffn_prefill = ffn_prefill;
   request.ffn_decode = ffn_decode;

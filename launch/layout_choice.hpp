@@ -34,7 +34,7 @@ struct LayoutChoice {
 // (pipeline depth included) for mesh.size() ranks.
 LayoutChoice choose_layouts(const LayoutFlags& flags, const ModelConfig& config, const Mesh& mesh,
                             bool mesh_pinned, const Workload& workload, const std::string& weights,
-                            const std::string& kv_dtype);
+                            const std::string& kv_dtype, const std::string& activation_dtype);
 
 // How many layers each pipeline stage of `mesh` owns: `--pp-layers` text when
 // given, else balanced_stage_split (runtime/pipeline.hpp) over the predicted

@@ -325,6 +325,17 @@ double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& 
 }
 
 // The most ranks of the job on one node.
+// Bytes of an activation element as the runtime stores and moves it.
+double activation_bytes_of(const HardwareSpec& hw, const PhaseConfig& config) {
+  return dtype_bytes(config.activation_dtype.empty() ? hw.activation_dtype
+                                                     : config.activation_dtype);
+}
+
+// The KV cache is stored in its own dtype (--kv-dtype), else in the activations'.
+double kv_bytes_of(const HardwareSpec& hw, const PhaseConfig& config) {
+  return config.kv_dtype.empty() ? activation_bytes_of(hw, config) : dtype_bytes(config.kv_dtype);
+}
+
 int ranks_per_node(const HardwareSpec& hw, const Mesh& mesh) {
   std::map<int, int> on;
   int most = 0;
@@ -358,9 +369,8 @@ PhaseCost estimate_with(const ModelSpec& model, const HardwareSpec& hw, const Wo
   const int64_t micro_batch = (w.batch + pc.micro_batches - 1) / pc.micro_batches;
 
   const Layout layout = make_layout(config.ffn, config.attn, layout_shape(model), mesh);
-  const double act_bytes = dtype_bytes(hw.activation_dtype);
-  // The KV cache is stored in its own dtype (--kv-dtype), else in the activations'.
-  const double kv_elem_bytes = config.kv_dtype.empty() ? act_bytes : dtype_bytes(config.kv_dtype);
+  const double act_bytes = activation_bytes_of(hw, config);
+  const double kv_elem_bytes = kv_bytes_of(hw, config);
   Pricer pricer{model,        hw,
                 layout,       mesh,
                 phase,        dtype_bytes(config.weights),
@@ -511,7 +521,7 @@ int64_t max_context(const ModelSpec& model, const HardwareSpec& hw, int64_t batc
   DimSizes dims = phase_dims(model, one, Phase::kDecode, batch);
   dims['C'] = 1;
   const double per_token = static_cast<double>(base.layers_per_stage) * 2.0 *
-                           dtype_bytes(hw.activation_dtype) *
+                           kv_bytes_of(hw, config) *
                            static_cast<double>(layout.kv_cache.local_elements(dims, config.mesh));
   const double room = base.memory.available - base.memory.weights - base.memory.activations;
   return room <= 0 ? 0 : static_cast<int64_t>(room / per_token);

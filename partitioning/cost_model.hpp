@@ -54,8 +54,14 @@ struct PhaseConfig {
   // more when activations do not fit). Prefill with more micro-batches than
   // sequences runs each prompt in chunks, as the runtime does.
   int64_t micro_batches = 0;
-  // KV cache dtype (f32, bf16, f16); empty: the hardware's activation dtype.
+  // KV cache dtype (f32, bf16, f16); empty: the activations'.
   std::string kv_dtype = "";
+  // Activations as the runtime stores and moves them (f32 or bf16: the
+  // bytes of every activation collective and of the live activations);
+  // empty: the hardware's activation dtype. Compute is priced at the
+  // hardware's peak for its own activation dtype either way (a CPU computes
+  // bf16 activations in f32; a GPU's tensor cores take bf16 from f32 ones).
+  std::string activation_dtype = "";
 };
 
 // Bytes per element of a dtype name ("bf16" 2, "int8" 1, "f32" 4).

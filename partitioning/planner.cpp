@@ -140,8 +140,9 @@ PhasePlan plan_phase(const ModelSpec& model, const HardwareSpec& hw, const PlanR
   std::vector<PhaseCost> all;
   for (FfnLayout f : ffn_choices(prefill ? req.ffn_prefill : req.ffn_decode))
     for (AttnLayout a : attn_choices(prefill ? req.attn_prefill : req.attn_decode))
-      all.push_back(estimate_phase(model, hw, req.workload, phase,
-                                   PhaseConfig{f, a, weights, mesh, 0, req.kv_dtype}));
+      all.push_back(
+          estimate_phase(model, hw, req.workload, phase,
+                         PhaseConfig{f, a, weights, mesh, 0, req.kv_dtype, req.activation_dtype}));
   std::stable_sort(all.begin(), all.end(), better);
   return describe_choice(all, 0);
 }

@@ -24,6 +24,7 @@ struct PlanRequest {
   std::optional<double> latency_target_s;  // prefill + decode
   std::string weights = "auto";            // bf16, int8 or auto
   std::string kv_dtype;                    // f32, bf16 or f16; empty: the activations'
+  std::string activation_dtype;            // f32 or bf16; empty: the hardware's
   std::optional<FfnLayout> ffn_prefill, ffn_decode;
   std::optional<AttnLayout> attn_prefill, attn_decode;
   std::optional<Mesh> mesh;  // pins x, y, z and pp

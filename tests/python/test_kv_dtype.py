@@ -11,7 +11,7 @@ decode step on `tiny` (24-token prompt, 6 new tokens), are
   bf16: 1e-2 (about 2e-3 measured), f16: 2e-3 (about 3e-4 measured),
 and greedy tokens are equal where the f32 run's top-2 margin exceeds twice the
 bound. Under mpirun the 16-bit cache is split, gathered and resharded between
-the prefill and decode layouts as F32 words (pairs of values), and pipeline
+the prefill and decode layouts in their own dtype, and pipeline
 stages keep their layers' caches; both must give the one-rank 16-bit logits."""
 
 from __future__ import annotations

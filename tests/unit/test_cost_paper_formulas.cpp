@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <set>
+#include <string>
 
 #include "partitioning/cost_model.hpp"
 
@@ -73,6 +74,36 @@ TEST_CASE("1D weight-stationary moves 2BLE per chip, whatever the chip count (§
   const int64_t e = 1024, f = 4096, bl = 256;
   for (Mesh m : {Mesh{1, 4, 1, 1}, Mesh{1, 4, 4, 4}, Mesh{1, 8, 8, 4}})
     CHECK(ffn_volume(FfnLayout::k1D, m, e, f, bl).total() == Approx(2.0 * bl * e));
+}
+
+TEST_CASE("activation collectives move the runtime's activation dtype", "[cost]") {
+  // The hardware's dtype (bf16 here) unless the config names another: f32
+  // activations move twice the bytes.
+  const int64_t e = 1024, f = 4096, bl = 256;
+  const Mesh mesh{1, 4, 1, 1};
+  for (FfnLayout layout : {FfnLayout::k1D, FfnLayout::kWgXYZ}) {
+    PhaseConfig config{layout, AttnLayout::kHeads, "bf16", mesh};
+    const PhaseCost hw_dtype = estimate_phase(ffn_model(e, f), unit_hardware(), Workload{bl, 1, 1},
+                                              Phase::kDecode, config);
+    config.activation_dtype = "f32";
+    const PhaseCost f32 = estimate_phase(ffn_model(e, f), unit_hardware(), Workload{bl, 1, 1},
+                                         Phase::kDecode, config);
+    REQUIRE(hw_dtype.layer.collectives.size() == f32.layer.collectives.size());
+    for (size_t i = 0; i < f32.layer.collectives.size(); ++i) {
+      const auto& a = hw_dtype.layer.collectives[i];
+      const auto& b = f32.layer.collectives[i];
+      INFO(a.tensor);
+      // Weights move as stored, the norms' sums of squares in f32 always.
+      const bool fixed = a.tensor[0] == 'w' || a.tensor.find("sumsq") != std::string::npos;
+      CHECK(b.bytes == Approx(fixed ? a.bytes : 2 * a.bytes));
+    }
+    // The KV cache follows the activations unless it has a dtype of its own.
+    CHECK(f32.memory.kv_cache == Approx(2 * hw_dtype.memory.kv_cache));
+    config.kv_dtype = "bf16";
+    CHECK(
+        estimate_phase(ffn_model(e, f), unit_hardware(), Workload{bl, 1, 1}, Phase::kDecode, config)
+            .memory.kv_cache == Approx(hw_dtype.memory.kv_cache));
+  }
 }
 
 TEST_CASE("2D weight-stationary moves 2BL(E/X + F/YZ) (App. A.2.1)", "[cost]") {
