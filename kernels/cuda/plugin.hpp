@@ -7,8 +7,10 @@
 #include "kernels/cuda/cuda_backend.hpp"
 
 extern "C" {
-// Version of this table; the loader refuses a plugin of another.
-inline constexpr int kShardlmCudaPluginAbi = 2;
+// Version of this table and of the types that cross it (3: activation
+// dtypes in CudaBackendOptions and Backend, typed element collectives); the
+// loader refuses a plugin of another.
+inline constexpr int kShardlmCudaPluginAbi = 3;
 int shardlm_cuda_plugin_abi();
 int shardlm_cuda_device_count();
 // Owned by the caller (delete). Throws as make_cuda_backend does.
