@@ -24,8 +24,6 @@ namespace shardlm {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-// Independent partial sums: the read loop runs at memory speed, not add latency.
-constexpr size_t kLanes = 32;
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -234,6 +232,8 @@ double read_once(const StreamedBuffer<float>& array) {
       a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + 48));
     };
 #else
+    // Independent partial sums: the read loop runs at memory speed, not add latency.
+    constexpr size_t kLanes = 32;
     float lanes[kLanes] = {};
     auto add_block = [&](size_t block) {
       for (size_t j = 0; j < kBlock; ++j) lanes[j % kLanes] += data[block * kBlock + j];
