@@ -193,6 +193,11 @@ EOF
   # step of tiny on 2 nodes x 2 ranks on 2 cores).
   local yield=""
   ((nodes * ranks <= $(nproc))) || yield="--mca mpi_yield_when_idle 1"
+  # Nor may ranks be bound to cores: each node's daemon binds its own ranks
+  # from core 0 up, so with one rank per node (OpenMPI binds to cores up to 2
+  # ranks) every node's rank sat on core 0 of the one machine (measured: a
+  # 16-step decode of `small` on 2 nodes x 1 rank took 4472 ms bound, 117 ms
+  # not). The kernel spreads unbound ranks over the cores.
   # mpirun on node0 with the cluster's hostfile, TCP only on the bridge.
   # The short TCP keepalive lets a daemon whose node was cut off notice it
   # within seconds, kill its ranks and exit, instead of after OpenMPI's
@@ -202,7 +207,7 @@ EOF
 exec "$DIR/exec" 0 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \\
   mpirun --hostfile "$DIR/hostfile" --mca plm_rsh_agent "$DIR/agent" \\
   --mca oob_tcp_if_include $subnet.0/24 --mca btl_tcp_if_include $subnet.0/24 \\
-  --mca btl self,vader,tcp $yield \\
+  --mca btl self,vader,tcp $yield --mca hwloc_base_binding_policy none \\
   --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \\
   "\$@"
 EOF
