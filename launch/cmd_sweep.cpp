@@ -219,6 +219,8 @@ Setup plan_point(const json& cfg, const ModelInfo& model, const HardwareSpec& hw
   }
   // The runs' KV cache: generate's default.
   req.kv_dtype = std::string(weight_dtype_name(parse_kv_dtype(default_kv_dtype_flag())));
+  // auto: the backend's default, which is the spec's (f32 CPU specs, bf16 GPU ones).
+  if (cfg["activations"] != "auto") req.activation_dtype = cfg["activations"].get<std::string>();
   Setup s;
   if (cfg["mesh"] != "auto") {
     s.mesh = Mesh::parse(cfg["mesh"].get<std::string>());
@@ -333,6 +335,8 @@ std::vector<std::string> generate_command(const Experiment& e, const json& cfg,
     argv.insert(argv.end(), {"--micro-batches", std::to_string(get("micro_batches"))});
   if (cfg["weights"] != "auto")
     argv.insert(argv.end(), {"--weights", cfg["weights"].get<std::string>()});
+  if (cfg["activations"] != "auto")
+    argv.insert(argv.end(), {"--activations", cfg["activations"].get<std::string>()});
   bool any_auto = false;
   for (const auto& [key, flag] : {std::pair{"ffn_prefill", "--ffn-layout-prefill"},
                                   {"attn_prefill", "--attn-layout-prefill"},

@@ -19,7 +19,7 @@ namespace {
 
 using nlohmann::json;
 
-enum class Kind { kText, kInt, kIntOrAuto, kMesh, kFfn, kAttn, kWeights };
+enum class Kind { kText, kInt, kIntOrAuto, kMesh, kFfn, kAttn, kWeights, kActivations };
 
 struct GridKey {
   const char* name;
@@ -40,6 +40,7 @@ constexpr GridKey kGridKeys[] = {
     {"ffn_decode", Kind::kFfn, "auto"},
     {"attn_decode", Kind::kAttn, "auto"},
     {"weights", Kind::kWeights, "auto"},
+    {"activations", Kind::kActivations, "auto"},
     {"batch", Kind::kInt, "1"},
     {"prompt_len", Kind::kInt, nullptr},
     {"gen_len", Kind::kInt, nullptr},
@@ -132,6 +133,10 @@ json scalar_value(Kind kind, const std::string& text, const std::string& where) 
       if (is_auto) return "auto";
       if (const auto d = weight_dtype_from_user(text)) return std::string(weight_dtype_name(*d));
       throw bad("f32, bf16, f16, int8 or auto");
+    case Kind::kActivations:
+      if (is_auto) return "auto";
+      if (text == "f32" || text == "bf16") return text;
+      throw bad("f32, bf16 or auto");
   }
   return nullptr;
 }

@@ -42,11 +42,11 @@ from matplotlib import ticker  # noqa: E402
 
 # Keys whose values name a configuration (curves are split by those that vary).
 SETUP_KEYS = ("model", "hardware", "chips", "mesh", "pp", "micro_batches", "ffn_prefill",
-              "attn_prefill", "ffn_decode", "attn_decode", "weights", "threads")
+              "attn_prefill", "ffn_decode", "attn_decode", "weights", "activations", "threads")
 WORKLOAD_KEYS = ("batch", "prompt_len", "gen_len")
 SHORT = {"model": "", "chips": "C=", "mesh": "mesh ", "pp": "pp=", "micro_batches": "mb=",
          "ffn_prefill": "ffn-p ", "attn_prefill": "attn-p ", "ffn_decode": "ffn-d ",
-         "attn_decode": "attn-d ", "ffn": "ffn ", "attn": "attn ", "weights": "", "threads": "t=", "batch": "B=",
+         "attn_decode": "attn-d ", "ffn": "ffn ", "attn": "attn ", "weights": "", "activations": "act ", "threads": "t=", "batch": "B=",
          "prompt_len": "L=", "gen_len": "n=", "hardware": ""}
 MARKERS = "osD^v<>pPXh*"
 
@@ -75,7 +75,8 @@ def varying(records, keys):
     """The keys among `keys` whose value differs between records; a phase pair
     (ffn_prefill, ffn_decode) that is always equal counts once, as its prefill key
     shown under the shorthand name."""
-    out = [k for k in keys if len({json.dumps(r["config"][k]) for r in records}) > 1]
+    # Keys older records lack (activations) read as "auto", their meaning then.
+    out = [k for k in keys if len({json.dumps(r["config"].get(k, "auto")) for r in records}) > 1]
     for kind in ("ffn", "attn"):
         pre, dec = f"{kind}_prefill", f"{kind}_decode"
         if pre in out and dec in out and all(r["config"][pre] == r["config"][dec] for r in records):
@@ -85,7 +86,7 @@ def varying(records, keys):
 
 
 def config_value(rec, key):
-    return rec["config"][f"{key}_prefill" if key in ("ffn", "attn") else key]
+    return rec["config"].get(f"{key}_prefill" if key in ("ffn", "attn") else key, "auto")
 
 
 def series_name(rec, keys, extra=()):

@@ -40,6 +40,10 @@ CONFIG = {
     "warmup": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "dry_run": lambda v: isinstance(v, bool),
 }
+# Keys that records written before them lack.
+OPTIONAL_CONFIG = {
+    "activations": lambda v: v in ("auto", "f32", "bf16"),
+}
 SUMMARY_KEYS = ("mean", "p50", "p90", "p99")
 METRIC_NUMBERS = (
     "prefill_ms", "decode_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prefill_mfu",
@@ -102,8 +106,11 @@ def validate(rec) -> list[str]:
             errs.append(f"config.{key}: missing")
         elif not check(cfg[key]):
             errs.append(f"config.{key}: unexpected value {json.dumps(cfg[key])}")
+    for key, check in OPTIONAL_CONFIG.items():
+        if key in cfg and not check(cfg[key]):
+            errs.append(f"config.{key}: unexpected value {json.dumps(cfg[key])}")
     for key in cfg:
-        if key not in CONFIG:
+        if key not in CONFIG and key not in OPTIONAL_CONFIG:
             errs.append(f"config.{key}: not a config key")
     if not errs and config_hash(cfg) != rec["hash"]:
         errs.append(f"hash: {rec['hash']} is not the hash of config ({config_hash(cfg)})")

@@ -140,12 +140,18 @@ def test_schema_catches_damaged_records(three):
         "error": lambda r: r.update(status="failed"),
         "config.batch": lambda r: r["config"].update(batch=0),
         "metrics.peak_memory_mb_per_rank": lambda r: r["metrics"].update(peak_memory_mb_per_rank=[]),
+        "config.activations": lambda r: r["config"].update(activations="f16"),
     }
     for field, damage in cases.items():
         r = json.loads(json.dumps(good))
         damage(r)
         errs = sweep_schema.validate(r)
         assert any(e.startswith(field) for e in errs), (field, errs)
+    # A record written before `activations` was a key (hashed without it) is whole.
+    old = json.loads(json.dumps(good))
+    del old["config"]["activations"]
+    old["hash"] = sweep_schema.config_hash(old["config"])
+    assert sweep_schema.validate(old) == []
 
 
 def test_resume_runs_nothing_new(shardlm, three):
@@ -354,3 +360,47 @@ def test_report_refuses_damaged_results(shardlm, three, tmp_path):
     assert p.returncode == 1
     assert f"{bad / 'results.jsonl'}:2: metrics.e2e_ms" in error_line(p.stderr)
     assert not (bad / "report.md").exists()
+
+
+ACTIVATIONS = """\
+name: activations
+hardware: cpu-local
+launcher:
+  args: [--oversubscribe]
+repetitions: 1
+grid:
+  model: {model}
+  mesh: "2,1,1"
+  ffn: 1d
+  attn: heads
+  activations: [f32, bf16]
+  batch: 2
+  prompt_len: 6
+  gen_len: 3
+"""
+
+
+def test_activations_are_a_grid_key(shardlm, models, tmp_path):
+    """Each point runs generate --activations and is priced with its dtype:
+    bf16 moves half the bytes of f32 in every activation collective."""
+    exp = tmp_path / "act.yaml"
+    exp.write_text(ACTIVATIONS.format(model=models.get("tiny")))
+    out = tmp_path / "out"
+    sweep(shardlm, "sweep", exp, "--out", out)
+    f32, bf16 = records(out)
+    assert (f32["status"], bf16["status"]) == ("ok", "ok")
+    assert (f32["config"]["activations"], bf16["config"]["activations"]) == ("f32", "bf16")
+    assert f32["provenance"]["command"][-2:] != ["--activations", "bf16"]
+    assert "--activations" in bf16["provenance"]["command"]
+    assert "bf16 activations" in bf16["provenance"]["blas"]
+
+    def activation_bytes(r):
+        layer = r["predicted"]["prefill"]["breakdown"]["per_layer"]
+        return sum(c["bytes_per_chip"] for c in layer["collectives"] if "sumsq" not in c["tensor"])
+
+    assert activation_bytes(bf16) == pytest.approx(activation_bytes(f32) / 2)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ACTIVATIONS.format(model=models.get("tiny")).replace("[f32, bf16]", "f16"))
+    p = sweep(shardlm, "sweep", bad, "--out", tmp_path / "bad-out", check=False)
+    assert p.returncode != 0
+    assert "key 'grid.activations': expected f32, bf16 or auto, got 'f16'" in error_line(p.stderr)
