@@ -230,6 +230,9 @@ class CpuBackend final : public Backend {
       if (!accumulate) std::memset(out->raw(), 0, out->nbytes());
       return;
     }
+    if (x_tensor.dtype() == DType::BF16 && w.dtype() == DType::BF16 && cpu::bf16_dot_suits(m))
+      return cpu::matmul_bf16_dot(x_tensor.data<uint16_t>(), m, k, weight_view(w),
+                                  out->data<float>(), n, accumulate);
     const Tensor x = widened(x_tensor);
     cpu::matmul(x.data<float>(), m, k, weight_view(w), out->data<float>(), n, accumulate);
   }

@@ -80,6 +80,19 @@ bool amx_available();
 bool amx_fits(const WeightView& w);
 void matmul_amx(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
                 int64_t ldo, bool accumulate);
+// BF16 x with BF16 weights (BF16 activations) where the CPU has AVX512-BF16:
+// vdpbf16ps multiplies pairs of BF16 values exactly and sums them in F32, two
+// products per lane and instruction against one for the widened F32 path, and
+// neither x nor the weights are widened. Weight rows are streamed in address
+// order, each against every row of x. Denormal BF16 inputs count as zero (the
+// instruction's rule): a change below 2^-126 per product.
+bool bf16_dot_available();
+void matmul_bf16_dot(const uint16_t* x, int64_t m, int64_t ldx, const WeightView& w, float* out,
+                     int64_t ldo, bool accumulate);
+// Whether BF16 activations of m rows take matmul_bf16_dot (else x is widened
+// and the F32 paths run): where it measured faster, 1-3 rows and 16-64.
+constexpr int64_t kBf16DotMaxRows = 64;
+bool bf16_dot_suits(int64_t m);
 // Chooses the path by m: streaming up to the crossover, above it AMX where it
 // fits, else the panel path.
 void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,

@@ -216,6 +216,72 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
   }
 }
 
+TEST_CASE("BF16 activations with BF16 weights: the vdpbf16ps kernel matches the reference",
+          "[cpu_kernels]") {
+  if (!cpu::bf16_dot_available()) {
+    WARN("no AVX512-BF16 in this build: matmul_bf16_dot is not tested here");
+    return;
+  }
+  auto backend = make_cpu_backend(CpuBackendOptions{2, DType::BF16});
+  // Rows of x within one group of 16, across groups, and up to the backend's
+  // limit; column tails (k not a multiple of 32) and several 32-column steps.
+  for (int64_t m : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{16}, int64_t{17}, int64_t{40},
+                    cpu::kBf16DotMaxRows}) {
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1},
+                        {5, 15},
+                        {37, 32},
+                        {67, 100},
+                        {13, 2500},
+                        {32, 2048}}) {
+      INFO("m " << m << " n " << n << " k " << k);
+      // x as BF16 activations hold it: the reference multiplies those values.
+      const auto x =
+          stored_values(random_values(size_t(m * k), uint32_t(m * 7 + k)), m, k, DType::BF16);
+      const auto w = random_values(size_t(n * k), uint32_t(n * 29 + k), 0.2f);
+      const Tensor wt = upload(*backend, w, n, k);
+      const auto stored = stored_values(w, n, k, DType::BF16);
+      const auto expect = reference_matmul(x, stored, m, n, k);
+      std::vector<uint16_t> xb(x.size());
+      convert_from_f32(x.data(), xb.data(), DType::BF16, x.size());  // exact: x is BF16 already
+      const std::vector<float> prior = random_values(size_t(m * n), 11);
+      for (bool accumulate : {false, true}) {
+        std::vector<float> out = prior;
+        cpu::matmul_bf16_dot(xb.data(), m, k, view_of(wt), out.data(), n, accumulate);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            const double want =
+                expect[size_t(i * n + j)] + (accumulate ? prior[size_t(i * n + j)] : 0.0);
+            REQUIRE(std::fabs(out[size_t(i * n + j)] - want) <=
+                    tolerance(x, stored, i, j, k) + 1e-6 * std::fabs(want));
+          }
+      }
+    }
+  }
+  // Through the backend: BF16 activations take the kernel where it suits
+  // (1-3 and 16-64 rows), else the widened path; both round the F32 result
+  // to BF16 once.
+  CpuBackendOptions options{2, DType::BF16};
+  options.activation_dtype = DType::BF16;
+  auto bf16_backend = make_cpu_backend(options);
+  const int64_t n = 67, k = 100;
+  const Tensor wt = upload(*bf16_backend, random_values(size_t(n * k), 5, 0.2f), n, k);
+  for (int64_t m : {int64_t{2}, int64_t{8}, cpu::kBf16DotMaxRows, cpu::kBf16DotMaxRows + 1}) {
+    const auto x = random_values(size_t(m * k), 6);
+    Tensor xt = bf16_backend->alloc({m, k}, DType::BF16),
+           ot = bf16_backend->alloc({m, n}, DType::BF16);
+    bf16_backend->copy_from_host(x.data(), xt);
+    bf16_backend->matmul(xt, wt, ot, false);
+    std::vector<float> got(size_t(m * n)), x_stored(x.size());
+    bf16_backend->copy_to_host(ot, got.data());
+    bf16_backend->copy_to_host(xt, x_stored.data());
+    std::vector<float> w_stored(size_t(n * k));
+    convert_to_f32(wt.raw(), DType::BF16, w_stored.data(), w_stored.size());
+    const auto expect = reference_matmul(x_stored, w_stored, m, n, k);
+    for (size_t i = 0; i < got.size(); ++i)  // one BF16 rounding of an F32-exact sum
+      REQUIRE(std::fabs(got[i] - expect[i]) <= std::ldexp(std::fabs(expect[i]), -8) + 1e-5);
+  }
+}
+
 TEST_CASE("16-bit weights are stored as 16-bit and int8 as int8", "[cpu_kernels]") {
   const int64_t n = 3, k = 40;
   const auto w = random_values(size_t(n * k), 3);
