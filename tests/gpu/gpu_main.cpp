@@ -9,8 +9,9 @@
 
 int main(int argc, char** argv) {
   if (shardlm::cuda_device_count() == 0) {
-    std::printf("SKIPPED: no CUDA device visible; the GPU tests compare the CUDA backend with "
-                "the CPU backend and need one\n");
+    std::printf(
+        "SKIPPED: no CUDA device visible; the GPU tests compare the CUDA backend with "
+        "the CPU backend and need one\n");
     return 0;
   }
   return Catch::Session().run(argc, argv);

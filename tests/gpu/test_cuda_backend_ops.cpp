@@ -15,7 +15,6 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -23,20 +22,14 @@
 #include "kernels/math.hpp"
 #include "runtime/backend.hpp"
 #include "runtime/dtype.hpp"
+#include "tests/gpu/backend_test_util.hpp"
 
 using namespace shardlm;
+using namespace shardlm::test;
 
 namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // F32 unit roundoff
-
-std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 std::unique_ptr<Backend> cpu_backend(std::optional<DType> weights, DType kv = DType::F32) {
   return make_cpu_backend(CpuBackendOptions{1, weights, kv});
@@ -50,31 +43,6 @@ std::unique_ptr<Backend> gpu_backend(std::optional<DType> weights, DType kv = DT
   options.kv_dtype = kv;
   options.memory_limit = memory_limit;
   return make_cuda_backend(options);
-}
-
-Tensor upload(Backend& backend, const std::vector<float>& values, const Shape& shape) {
-  Tensor t = backend.alloc(shape, DType::F32);
-  backend.copy_from_host(values.data(), t);
-  return t;
-}
-
-std::vector<float> download(Backend& backend, const Tensor& t) {
-  std::vector<float> values(size_t(t.numel()));
-  backend.copy_to_host(t, values.data());
-  return values;
-}
-
-// The bytes a tensor holds, device or host (the backend's stream is
-// non-blocking: the device is synchronised before the plain copy).
-std::vector<char> bytes_of(const Tensor& t) {
-  std::vector<char> bytes(t.nbytes());
-  if (t.device() == Device::CPU) {
-    std::memcpy(bytes.data(), t.raw(), bytes.size());
-  } else {
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    REQUIRE(cudaMemcpy(bytes.data(), t.raw(), bytes.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
-  }
-  return bytes;
 }
 
 // The weight values both backends hold, from the CPU backend's stored
@@ -120,15 +88,6 @@ struct Worst {
            std::to_string(ratio) + ")";
   }
 };
-
-void check_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  size_t mismatches = 0, first = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!(a[i] == b[i]) && mismatches++ == 0) first = i;
-  INFO("first mismatch at " << first << ": " << a[first] << " vs " << b[first]);
-  CHECK(mismatches == 0);
-}
 
 // ---------------------------------------------------------------------------
 // Matmul.

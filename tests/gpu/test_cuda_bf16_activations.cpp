@@ -16,27 +16,20 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.hpp"
 #include "runtime/backend.hpp"
 #include "runtime/dtype.hpp"
+#include "tests/gpu/backend_test_util.hpp"
 
 using namespace shardlm;
+using namespace shardlm::test;
 
 namespace {
 
 constexpr double kBf16Ulp = 1.0 / 128;  // one BF16 ulp, relative, at most
-
-std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 std::unique_ptr<Backend> cpu_bf16() {
   CpuBackendOptions options;
@@ -56,37 +49,9 @@ std::unique_ptr<Backend> gpu_bf16() {
   return make_cuda_backend(options);
 }
 
-// Host floats as a BF16 tensor (rounded on the way in).
-Tensor upload(Backend& backend, const std::vector<float>& values, const Shape& shape) {
-  Tensor t = backend.alloc(shape, DType::BF16);
-  backend.copy_from_host(values.data(), t);
-  return t;
-}
-
-std::vector<float> download(Backend& backend, const Tensor& t) {
-  std::vector<float> values(size_t(t.numel()));
-  backend.copy_to_host(t, values.data());
-  return values;
-}
-
-std::vector<char> bytes_of(const Tensor& t) {
-  std::vector<char> bytes(t.nbytes());
-  if (t.device() == Device::CPU) {
-    std::memcpy(bytes.data(), t.raw(), bytes.size());
-  } else {
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    REQUIRE(cudaMemcpy(bytes.data(), t.raw(), bytes.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
-  }
-  return bytes;
-}
-
-void check_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  size_t mismatches = 0, first = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!(a[i] == b[i]) && mismatches++ == 0) first = i;
-  INFO("first mismatch at " << first << ": " << a[first] << " vs " << b[first]);
-  CHECK(mismatches == 0);
+// Host floats as a BF16 activation (rounded on the way in).
+Tensor upload_bf16(Backend& backend, const std::vector<float>& values, const Shape& shape) {
+  return upload(backend, values, shape, DType::BF16);
 }
 
 // |a - b| <= relative · max(|a|, |b|) + absolute everywhere.
@@ -113,7 +78,7 @@ TEST_CASE("BF16 activations: host copies round on the way in and widen exactly o
   convert_from_f32(x.data(), bits.data(), DType::BF16, x.size());
   std::vector<float> expected(x.size());
   convert_to_f32(bits.data(), DType::BF16, expected.data(), x.size());
-  check_equal(download(*gpu, upload(*gpu, x, {7, 143})), expected);
+  check_equal(download(*gpu, upload_bf16(*gpu, x, {7, 143})), expected);
 }
 
 TEST_CASE("BF16 activations: element-wise operations equal the CPU backend's", "[cuda][bf16]") {
@@ -125,8 +90,8 @@ TEST_CASE("BF16 activations: element-wise operations equal the CPU backend's", "
     const auto g = random_values(size_t(n), 1, -8.f, 8.f), u = random_values(size_t(n), 2);
     const auto x = random_values(size_t(n), 3), bias = random_values(size_t(cols), 4);
 
-    const Tensor cx = upload(*cpu, x, {rows, cols}), gx = upload(*gpu, x, {rows, cols});
-    const Tensor cu = upload(*cpu, u, {rows, cols}), gu = upload(*gpu, u, {rows, cols});
+    const Tensor cx = upload_bf16(*cpu, x, {rows, cols}), gx = upload_bf16(*gpu, x, {rows, cols});
+    const Tensor cu = upload_bf16(*cpu, u, {rows, cols}), gu = upload_bf16(*gpu, u, {rows, cols});
     cpu->add(cx, cu);
     gpu->add(gx, gu);
     check_equal(download(*gpu, gu), download(*cpu, cu));
@@ -138,7 +103,7 @@ TEST_CASE("BF16 activations: element-wise operations equal the CPU backend's", "
     gpu->add_bias(gb, gx);
     check_equal(download(*gpu, gx), download(*cpu, cx));
 
-    const Tensor cg = upload(*cpu, g, {rows, cols}), gg = upload(*gpu, g, {rows, cols});
+    const Tensor cg = upload_bf16(*cpu, g, {rows, cols}), gg = upload_bf16(*gpu, g, {rows, cols});
     const Tensor co = cpu->alloc({rows, cols}, DType::BF16),
                  go = gpu->alloc({rows, cols}, DType::BF16);
     cpu->silu_mul(cg, cu, co);
@@ -191,11 +156,14 @@ TEST_CASE("BF16 activations: rope, matmul, kv_write and attention", "[cuda][bf16
   const Block2D whole{0, q_width, 0, hidden};
   const Tensor cw = cpu->upload_weight(w.data(), DType::F32, {q_width, hidden}, whole);
   const Tensor gw = gpu->upload_weight(w.data(), DType::F32, {q_width, hidden}, whole);
-  const Tensor cx = upload(*cpu, x, {tokens, hidden}), gx = upload(*gpu, x, {tokens, hidden});
+  const Tensor cx = upload_bf16(*cpu, x, {tokens, hidden}),
+               gx = upload_bf16(*gpu, x, {tokens, hidden});
   for (const bool accumulate : {false, true}) {
     INFO("accumulate " << accumulate);
-    const Tensor cq = upload(*cpu, random_values(size_t(tokens * q_width), 13), {tokens, q_width});
-    const Tensor gq = upload(*gpu, random_values(size_t(tokens * q_width), 13), {tokens, q_width});
+    const Tensor cq =
+        upload_bf16(*cpu, random_values(size_t(tokens * q_width), 13), {tokens, q_width});
+    const Tensor gq =
+        upload_bf16(*gpu, random_values(size_t(tokens * q_width), 13), {tokens, q_width});
     cpu->matmul(cx, cw, cq, accumulate);
     gpu->matmul(gx, gw, gq, accumulate);
     const double k = double(hidden);
@@ -229,7 +197,8 @@ TEST_CASE("BF16 activations: rope, matmul, kv_write and attention", "[cuda][bf16
   gpu->copy_from_host(sin.data(), gsin);
   const std::vector<int32_t> pos = {0, 1, 2, 3, 4, 5};
   const auto q = random_values(size_t(tokens * q_width), 14, -0.25f, 0.25f);
-  const Tensor cq = upload(*cpu, q, {tokens, q_width}), gq = upload(*gpu, q, {tokens, q_width});
+  const Tensor cq = upload_bf16(*cpu, q, {tokens, q_width}),
+               gq = upload_bf16(*gpu, q, {tokens, q_width});
   cpu->rope(cq, int(head_dim), pos.data(), ccos, csin);
   gpu->rope(gq, int(head_dim), pos.data(), gcos, gsin);
   check_close(download(*gpu, gq), download(*cpu, cq), kBf16Ulp, 1e-6);
@@ -242,10 +211,10 @@ TEST_CASE("BF16 activations: rope, matmul, kv_write and attention", "[cuda][bf16
   std::memset(cc.v.raw(), 0, cc.v.nbytes());
   const auto kv = random_values(size_t(tokens * kv_width), 15);
   const BatchLayout batch({{0, 0, int(tokens)}});
-  cpu->kv_write(upload(*cpu, kv, {tokens, kv_width}), upload(*cpu, kv, {tokens, kv_width}), cc,
-                batch);
-  gpu->kv_write(upload(*gpu, kv, {tokens, kv_width}), upload(*gpu, kv, {tokens, kv_width}), gc,
-                batch);
+  cpu->kv_write(upload_bf16(*cpu, kv, {tokens, kv_width}),
+                upload_bf16(*cpu, kv, {tokens, kv_width}), cc, batch);
+  gpu->kv_write(upload_bf16(*gpu, kv, {tokens, kv_width}),
+                upload_bf16(*gpu, kv, {tokens, kv_width}), gc, batch);
   CHECK(bytes_of(gc.k) == bytes_of(cc.k));
   CHECK(bytes_of(gc.v) == bytes_of(cc.v));
 

@@ -30,14 +30,9 @@ import shutil
 import numpy as np
 import pytest
 
-import llama_ref
-from test_kv_dtype import run
+from test_kv_dtype import logits_err, run
 
 BOUND = 3e-2
-
-
-def logits_err(a, b):
-    return max(llama_ref.max_rel_err(a[1], b[1]), llama_ref.max_rel_err(a[2], b[2]))
 
 
 @pytest.fixture(scope="module")
