@@ -140,10 +140,13 @@ void set_rooflines(Row& r) {
 std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                         const std::vector<Row>& rows, const std::map<int, Limits>& limits,
                         bool gpu) {
+  const std::string activations(weight_dtype_name(resolved_activation_dtype(
+      gpu ? BackendKind::kCuda : BackendKind::kCpu, parse_activation_dtype(o.activations))));
   if (o.output == "json") {
     nlohmann::json out = {{"model", o.model},
                           {"ranks", ranks},
                           {"backend", gpu ? "cuda" : "cpu"},
+                          {"activations", activations},
                           {"params", c.num_params()},
                           {"rows", nlohmann::json::array()}};
     for (const auto& [t, l] : limits)
@@ -177,19 +180,21 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
   if (o.output == "csv") {
     s << "model,ranks,weights,threads,batch,p,n,prefill_tok_s,decode_tok_s,prefill_mfu,"
          "decode_bw_util,decode_bytes_per_token,peak_flops,bandwidth_Bps,d,kv_dtype,"
-         "decode_roofline,prefill_roofline\n";
+         "decode_roofline,prefill_roofline,activations\n";
     for (const Row& r : rows)
       s << fmt::format(
           "{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g},{},{},{:.4f},{:."
-          "4f}\n",
+          "4f},{}\n",
           o.model, ranks, r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps,
           r.decode_tps, r.mfu, r.bandwidth_util, r.decode_bytes_per_token, r.limits.peak_flops,
-          r.limits.bandwidth, r.context, o.kv_dtype, r.decode_roofline, r.prefill_roofline);
+          r.limits.bandwidth, r.context, o.kv_dtype, r.decode_roofline, r.prefill_roofline,
+          activations);
     return s.str();
   }
   s << fmt::format(
-      "model {}: {:.1f}M params, {} layers; {} rank(s); {} KV cache; medians of {} repetitions\n\n",
-      o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.kv_dtype, o.reps);
+      "model {}: {:.1f}M params, {} layers; {} rank(s); {} KV cache, {} activations; medians of {} "
+      "repetitions\n\n",
+      o.model, double(c.num_params()) / 1e6, c.num_layers, ranks, o.kv_dtype, activations, o.reps);
   for (const auto& [t, l] : limits)
     if (gpu)
       s << fmt::format(

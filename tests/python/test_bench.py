@@ -49,3 +49,13 @@ def test_negative_context_is_a_usage_error(shardlm, model):
     p = shardlm.run("bench", "--model", model, "-d", "-1", check=False)
     assert p.returncode != 0
     assert "-d values must be >= 0" in p.stderr
+
+
+@pytest.mark.parametrize("flag, said", [("auto", "f32"), ("bf16", "bf16")])
+def test_the_activations_are_said(flag, said, shardlm, model):
+    # auto on the CPU is f32; the JSON and the markdown header both say which ran.
+    out = bench(shardlm, model, "-p", "4", "-n", "2", "--activations", flag)
+    assert out["activations"] == said
+    p = shardlm.run("bench", "--model", model, "-t", "1", "-r", "1", "--bandwidth-gib", "0.05",
+                    "-p", "4", "-n", "2", "--activations", flag)
+    assert f"{said} activations" in p.stdout
