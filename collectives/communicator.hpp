@@ -18,16 +18,14 @@ class Communicator {
   virtual int size() const = 0;
   virtual int rank() const = 0;  // this process's index in the group
 
-  // The element collectives move `count` elements of `type`: F32, BF16 or
-  // F16 (the activations' dtype, docs/cuda_backend.md). Sums of 16-bit
-  // elements are formed in F32 and rounded to the type at each step of the
-  // reduction, as NCCL does.
+  // The element collectives move `count` elements of `type`. Gathers and
+  // all-to-alls take any dtype (activations, and the stored weights of the
+  // weight-gathered layouts); sums take F32, BF16 or F16 (the activations'
+  // dtype, docs/cuda_backend.md): sums of 16-bit elements are formed in F32
+  // and rounded to the type at each step of the reduction, as NCCL does.
   //
   // recv[size][count] <- every member's send[count]
   virtual void all_gather(const void* send, void* recv, size_t count, DType type) = 0;
-  // recv[size][bytes] <- every member's send[bytes]: any dtype, copied as bytes
-  // (16-bit and int8 weights of the weight-gathered layouts).
-  virtual void all_gather_bytes(const void* send, void* recv, size_t bytes) = 0;
   // Like all_gather with member i contributing counts[i] elements.
   virtual void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
                            DType type) = 0;

@@ -47,7 +47,8 @@ void sum_16bit(void* in, void* inout, int* length, MPI_Datatype*) {
   for (int i = 0; i < *length; ++i) b[i] = from_float(to_float(a[i]) + to_float(b[i]));
 }
 
-// The MPI datatype of an element type, and its sum.
+// The MPI datatype of an element type, and its sum (MPI_OP_NULL where the
+// collectives sum none: I8 and I32 are only moved).
 struct MpiElement {
   MPI_Datatype type;
   MPI_Op sum;
@@ -58,6 +59,8 @@ MpiElement mpi_element(DType dtype) {
   static MPI_Op bf16_sum = MPI_OP_NULL, f16_sum = MPI_OP_NULL;
   switch (dtype) {
     case DType::F32: return {MPI_FLOAT, MPI_SUM};
+    case DType::I8: return {MPI_INT8_T, MPI_OP_NULL};
+    case DType::I32: return {MPI_INT32_T, MPI_OP_NULL};
     case DType::BF16:
       if (bf16_sum == MPI_OP_NULL)
         MPI_Op_create(&sum_16bit<math::bf16_to_float, math::float_to_bf16>, 1, &bf16_sum);
@@ -66,10 +69,17 @@ MpiElement mpi_element(DType dtype) {
       if (f16_sum == MPI_OP_NULL)
         MPI_Op_create(&sum_16bit<math::f16_to_float, math::float_to_f16>, 1, &f16_sum);
       return {MPI_UINT16_T, f16_sum};
-    default: break;
   }
-  throw std::logic_error(
-      fmt::format("collective of {} elements: F32, BF16 or F16 expected", dtype_name(dtype)));
+  throw std::logic_error("collective of an unknown element type");
+}
+
+// The element type's sum: F32, BF16 and F16 only.
+MpiElement mpi_summed(DType dtype) {
+  const MpiElement e = mpi_element(dtype);
+  if (e.sum == MPI_OP_NULL)
+    throw std::logic_error(
+        fmt::format("sum of {} elements: F32, BF16 or F16 expected", dtype_name(dtype)));
+  return e;
 }
 
 // Counts and displacements as MPI's v-collectives want them.
@@ -136,12 +146,6 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Allgather(send, checked_count(count), t, recv, checked_count(count), t, comm_),
           "MPI_Allgather");
   }
-  void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
-    const Watched watched(world_, "all-gather", &ranks_);
-    check(MPI_Allgather(send, checked_count(bytes), MPI_BYTE, recv, checked_count(bytes), MPI_BYTE,
-                        comm_),
-          "MPI_Allgather");
-  }
   void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
                    DType type) override {
     const Layout l(counts);
@@ -152,7 +156,7 @@ class MpiCommunicator final : public Communicator {
           "MPI_Allgatherv");
   }
   void reduce_scatter(const void* send, void* recv, size_t count, DType type) override {
-    const MpiElement e = mpi_element(type);
+    const MpiElement e = mpi_summed(type);
     const Watched watched(world_, "reduce-scatter", &ranks_);
     check(MPI_Reduce_scatter_block(send, recv, checked_count(count), e.type, e.sum, comm_),
           "MPI_Reduce_scatter_block");
@@ -160,13 +164,13 @@ class MpiCommunicator final : public Communicator {
   void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts,
                        DType type) override {
     const Layout l(counts);
-    const MpiElement e = mpi_element(type);
+    const MpiElement e = mpi_summed(type);
     const Watched watched(world_, "reduce-scatter", &ranks_);
     check(MPI_Reduce_scatter(send, recv, l.counts.data(), e.type, e.sum, comm_),
           "MPI_Reduce_scatter");
   }
   void all_reduce(void* data, size_t count, DType type) override {
-    const MpiElement e = mpi_element(type);
+    const MpiElement e = mpi_summed(type);
     const Watched watched(world_, "all-reduce", &ranks_);
     check(MPI_Allreduce(MPI_IN_PLACE, data, checked_count(count), e.type, e.sum, comm_),
           "MPI_Allreduce");
@@ -231,9 +235,6 @@ class SelfCommunicator final : public Communicator {
   int rank() const override { return 0; }
   void all_gather(const void* send, void* recv, size_t count, DType type) override {
     copy(send, recv, count, type);
-  }
-  void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
-    copy(send, recv, bytes, DType::I8);
   }
   void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
                    DType type) override {

@@ -137,11 +137,10 @@ void set_rooflines(Row& r) {
   r.prefill_roofline = r.prefill_tps > 0 ? prefill_s / (prefill_tokens / r.prefill_tps) : 0;
 }
 
+// `activations`: the dtype name the runs' activations had.
 std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
-                        const std::vector<Row>& rows, const std::map<int, Limits>& limits,
-                        bool gpu) {
-  const std::string activations(weight_dtype_name(resolved_activation_dtype(
-      gpu ? BackendKind::kCuda : BackendKind::kCpu, parse_activation_dtype(o.activations))));
+                        const std::vector<Row>& rows, const std::map<int, Limits>& limits, bool gpu,
+                        const std::string& activations) {
   if (o.output == "json") {
     nlohmann::json out = {{"model", o.model},
                           {"ranks", ranks},
@@ -244,6 +243,8 @@ void run_bench(const BenchOptions& o) {
   for (const std::string& w : o.weights) weight_dtypes.push_back(parse_weight_dtype(w));
   const BackendKind backend_kind = resolve_backend(o.backend);
   const bool gpu = backend_kind == BackendKind::kCuda;
+  const std::string activations_name(
+      weight_dtype_name(resolved_activation_dtype(backend_kind, activation_dtype)));
   if (gpu && o.hardware.empty())
     throw UsageError(
         "bench --backend cuda: give --hardware (e.g. h200-sxm): its peak bf16 FLOP/s and memory "
@@ -276,8 +277,7 @@ void run_bench(const BenchOptions& o) {
       LayoutChoice choice;
       choice.prefill = choice.decode = {ffn, attn, weights, mesh};
       choice.prefill.kv_dtype = choice.decode.kv_dtype = weight_dtype_name(kv_dtype);
-      choice.prefill.activation_dtype = choice.decode.activation_dtype =
-          weight_dtype_name(resolved_activation_dtype(backend_kind, activation_dtype));
+      choice.prefill.activation_dtype = choice.decode.activation_dtype = activations_name;
       // A context of d tokens is prefilled with the prompt: d + p positions.
       const Workload largest{*std::max_element(o.batch.begin(), o.batch.end()),
                              *std::max_element(o.context.begin(), o.context.end()) +
@@ -400,7 +400,8 @@ void run_bench(const BenchOptions& o) {
     row.limits = l;
     set_rooflines(row);
   }
-  if (world.is_root()) fmt::print("{}", format_rows(o, config, world.size(), rows, limits, gpu));
+  if (world.is_root())
+    fmt::print("{}", format_rows(o, config, world.size(), rows, limits, gpu, activations_name));
 }
 
 }  // namespace

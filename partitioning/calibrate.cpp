@@ -491,7 +491,7 @@ bool nodes_share_one_kernel(Communicator& all) {
     std::fclose(f);
   }
   std::vector<char> ids(sizeof id * size_t(all.size()));
-  all.all_gather_bytes(id, ids.data(), sizeof id);
+  all.all_gather(id, ids.data(), sizeof id, DType::I8);
   for (int r = 1; r < all.size(); ++r)
     if (id[0] == 0 || std::memcmp(ids.data(), ids.data() + sizeof id * size_t(r), sizeof id) != 0)
       return false;

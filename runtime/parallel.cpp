@@ -155,7 +155,6 @@ class ReplayedCollectives final : public Communicator {
   int size() const override { return size_; }
   int rank() const override { return rank_; }
   void all_gather(const void*, void*, size_t, DType) override {}
-  void all_gather_bytes(const void*, void*, size_t) override {}
   void all_gatherv(const void*, void*, const std::vector<size_t>&, DType) override {}
   void reduce_scatter(const void*, void*, size_t, DType) override {}
   void reduce_scatterv(const void*, void*, const std::vector<size_t>&, DType) override {}
@@ -271,11 +270,11 @@ Tensor ShardOps::gather_weight(const Tensor& w, std::string_view row_axes_in,
   const std::string row_part = axes_in(row_axes, gathered), col_part = axes_in(col_axes, gathered);
   require_suffix(row_axes, row_part, "gather_weight rows");
   require_suffix(col_axes, col_part, "gather_weight cols");
-  // Weights are gathered as stored (f32, bf16, f16 or int8), as bytes.
+  // Weights are gathered as stored (f32, bf16, f16 or int8).
   const int64_t rows = w.dim(0), cols = w.dim(1);
   Tensor blocks = backend_.alloc({n, rows * cols}, w.dtype());
   Communicator& comm = this->comm(gathered);
-  comm.all_gather_bytes(w.raw(), blocks.raw(), w.nbytes());
+  comm.all_gather(w.raw(), blocks.raw(), size_t(w.numel()), w.dtype());
   Tensor out =
       backend_.alloc({rows * mesh.axes_size(row_part), cols * mesh.axes_size(col_part)}, w.dtype());
   const std::vector<int> members = mesh.group(ctx_.rank(), gathered);

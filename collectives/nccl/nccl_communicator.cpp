@@ -30,10 +30,18 @@ ncclDataType_t nccl_type(DType type) {
     case DType::F32: return ncclFloat;
     case DType::BF16: return ncclBfloat16;
     case DType::F16: return ncclHalf;
-    default: break;
+    case DType::I8: return ncclInt8;
+    case DType::I32: return ncclInt32;
   }
-  throw std::logic_error(
-      fmt::format("collective of {} elements: F32, BF16 or F16 expected", dtype_name(type)));
+  throw std::logic_error("collective of an unknown element type");
+}
+
+// The element type of a sum: F32, BF16 and F16 only.
+ncclDataType_t nccl_summed(DType type) {
+  if (type != DType::F32 && type != DType::BF16 && type != DType::F16)
+    throw std::logic_error(
+        fmt::format("sum of {} elements: F32, BF16 or F16 expected", dtype_name(type)));
+  return nccl_type(type);
 }
 
 // Marks one set-up or collective for World's watchdog, as the MPI
@@ -93,11 +101,6 @@ class NcclCommunicator final : public Communicator {
                  "ncclAllGather");
     });
   }
-  void all_gather_bytes(const void* send, void* recv, size_t bytes) override {
-    run("all-gather", [&] {
-      check_nccl(ncclAllGather(send, recv, bytes, ncclInt8, comm_, stream_), "ncclAllGather");
-    });
-  }
   void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts,
                    DType type) override {
     // NCCL has no v-collectives: every member broadcasts its block in turn.
@@ -117,7 +120,7 @@ class NcclCommunicator final : public Communicator {
   }
   void reduce_scatter(const void* send, void* recv, size_t count, DType type) override {
     run("reduce-scatter", [&] {
-      check_nccl(ncclReduceScatter(send, recv, count, nccl_type(type), ncclSum, comm_, stream_),
+      check_nccl(ncclReduceScatter(send, recv, count, nccl_summed(type), ncclSum, comm_, stream_),
                  "ncclReduceScatter");
     });
   }
@@ -129,9 +132,10 @@ class NcclCommunicator final : public Communicator {
       size_t offset = 0;
       check_nccl(ncclGroupStart(), "ncclGroupStart");
       for (int root = 0; root < size_; ++root) {
-        check_nccl(ncclReduce(static_cast<const char*>(send) + offset * size, recv,
-                              counts[size_t(root)], nccl_type(type), ncclSum, root, comm_, stream_),
-                   "ncclReduce");
+        check_nccl(
+            ncclReduce(static_cast<const char*>(send) + offset * size, recv, counts[size_t(root)],
+                       nccl_summed(type), ncclSum, root, comm_, stream_),
+            "ncclReduce");
         offset += counts[size_t(root)];
       }
       check_nccl(ncclGroupEnd(), "ncclGroupEnd");
@@ -139,7 +143,7 @@ class NcclCommunicator final : public Communicator {
   }
   void all_reduce(void* data, size_t count, DType type) override {
     run("all-reduce", [&] {
-      check_nccl(ncclAllReduce(data, data, count, nccl_type(type), ncclSum, comm_, stream_),
+      check_nccl(ncclAllReduce(data, data, count, nccl_summed(type), ncclSum, comm_, stream_),
                  "ncclAllReduce");
     });
   }

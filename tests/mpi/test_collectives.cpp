@@ -231,6 +231,21 @@ TEST_CASE("16-bit collectives move and sum BF16 and F16 elements") {
       }
       CHECK(exchanged == encode(expected));
 
+      // Other dtypes move as they are (int8 weights of the weight-gathered
+      // layouts); only F32, BF16 and F16 are summed.
+      const std::vector<int8_t> mine8 = {int8_t(me), int8_t(-me - 1)};
+      std::vector<int8_t> gathered8(2 * n);
+      comm.all_gather(mine8.data(), gathered8.data(), 2, DType::I8);
+      for (size_t j = 0; j < n; ++j) {
+        CHECK(gathered8[2 * j] == int8_t(members[j]));
+        CHECK(gathered8[2 * j + 1] == int8_t(-members[j] - 1));
+      }
+      if (n > 1) {
+        std::vector<int8_t> summed8 = mine8;
+        CHECK_THROWS_WITH(comm.all_reduce(summed8.data(), 2, DType::I8),
+                          Catch::Contains("F32, BF16 or F16 expected"));
+      }
+
       // Two members: the sum is formed in F32 and rounded once (1 + 3/256
       // lies halfway between two BF16 values and rounds to the even one).
       if (n == 2) {
