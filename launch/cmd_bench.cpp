@@ -49,6 +49,7 @@
 #include "launch/openmp_wait.hpp"
 #include "models/model_weights.hpp"
 #include "partitioning/calibrate.hpp"
+#include "partitioning/cost_model.hpp"
 #include "runtime/engine.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/parallel.hpp"
@@ -72,7 +73,7 @@ struct Limits {
 };
 
 struct Row {
-  std::string weights;
+  std::string weights, weights_dtype;  // as shown ("auto (bf16)"), and the dtype alone
   int threads = 0, batch = 0, prompt = 0, gen = 0, context = 0;
   double prefill_tps = 0, decode_tps = 0, prefill_flops = 0, mfu = 0;
   double decode_bytes_per_token = 0, bandwidth_util = 0;
@@ -81,6 +82,8 @@ struct Row {
   double step_bytes = 0, step_flops = 0, decode_roofline = 0, prefill_roofline = 0;
   double weight_bytes = 0;
   Limits limits;
+  // The planner's rates on the --hardware spec (0: no spec given).
+  double predicted_prefill_tps = 0, predicted_decode_tps = 0;
 };
 
 double median(std::vector<double> v) {
@@ -137,6 +140,26 @@ void set_rooflines(Row& r) {
   r.prefill_roofline = r.prefill_tps > 0 ? prefill_s / (prefill_tokens / r.prefill_tps) : 0;
 }
 
+// The planner's prefill and decode tok/s for a row on `spec`: the estimate
+// `generate` prints beside its measured times, for the row's layout, mesh,
+// dtypes and workload (a context of d tokens is prefilled with the prompt:
+// d + p positions; decode prices the n - 1 steps a run of n tokens takes).
+void set_predictions(Row& r, const ModelSpec& model, const HardwareSpec& spec, PhaseConfig config) {
+  config.weights = r.weights_dtype;
+  const Workload request{r.batch, r.context + r.prompt, r.gen};
+  const Workload steps = decode_workload(request);
+  const double prefill_s = estimate_phase(model, spec, request, Phase::kPrefill, config).latency_s;
+  const double decode_s = estimate_phase(model, spec, steps, Phase::kDecode, config).latency_s;
+  r.predicted_prefill_tps = double(request.batch * request.prompt_len) / prefill_s;
+  r.predicted_decode_tps = double(steps.batch * steps.gen_len) / decode_s;
+}
+
+// A prediction's error as `generate` and perf/planner_bench.py state it:
+// predicted time / measured time - 1 (+: predicted slower), from the rates.
+double time_error(double predicted_tps, double measured_tps) {
+  return predicted_tps > 0 ? measured_tps / predicted_tps - 1 : 0.0;
+}
+
 // `activations`: the dtype name the runs' activations had.
 std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                         const std::vector<Row>& rows, const std::map<int, Limits>& limits, bool gpu,
@@ -173,21 +196,30 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
                              {"peak_flops", r.limits.peak_flops},
                              {"bandwidth_Bps", r.limits.bandwidth},
                              {"reps", o.reps}});
+    if (!o.hardware.empty()) {
+      out["predicted_on"] = o.hardware;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const Row& r = rows[i];
+        out["rows"][i]["predicted_prefill_tok_s"] = r.predicted_prefill_tps;
+        out["rows"][i]["predicted_decode_tok_s"] = r.predicted_decode_tps;
+      }
+    }
     return out.dump(2) + "\n";
   }
   std::ostringstream s;
   if (o.output == "csv") {
     s << "model,ranks,weights,threads,batch,p,n,prefill_tok_s,decode_tok_s,prefill_mfu,"
          "decode_bw_util,decode_bytes_per_token,peak_flops,bandwidth_Bps,d,kv_dtype,"
-         "decode_roofline,prefill_roofline,activations\n";
+         "decode_roofline,prefill_roofline,activations,predicted_prefill_tok_s,"
+         "predicted_decode_tok_s\n";
     for (const Row& r : rows)
       s << fmt::format(
           "{},{},{},{},{},{},{},{:.2f},{:.3f},{:.4f},{:.4f},{:.0f},{:.4g},{:.4g},{},{},{:.4f},{:."
-          "4f},{}\n",
+          "4f},{},{:.2f},{:.3f}\n",
           o.model, ranks, r.weights, r.threads, r.batch, r.prompt, r.gen, r.prefill_tps,
           r.decode_tps, r.mfu, r.bandwidth_util, r.decode_bytes_per_token, r.limits.peak_flops,
           r.limits.bandwidth, r.context, o.kv_dtype, r.decode_roofline, r.prefill_roofline,
-          activations);
+          activations, r.predicted_prefill_tps, r.predicted_decode_tps);
     return s.str();
   }
   s << fmt::format(
@@ -219,6 +251,22 @@ std::string format_rows(const BenchOptions& o, const ModelConfig& c, int ranks,
         r.weights, r.threads, r.batch, r.context, r.prompt, r.gen, r.prefill_tps, 100 * r.mfu,
         100 * r.prefill_roofline, r.decode_tps, r.decode_bytes_per_token / 1e6,
         100 * r.bandwidth_util, roof_ms, 100 * r.decode_roofline);
+  }
+  if (!o.hardware.empty()) {
+    s << fmt::format(
+        "\nPredicted on {} (the planner's estimate for each row's layout, dtypes and workload; "
+        "error = predicted time / measured - 1):\n\n| weights | threads | batch | d | p | n | "
+        "prefill tok/s | predicted | error | decode tok/s | predicted | error |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        o.hardware);
+    for (const Row& r : rows)
+      s << fmt::format(
+          "| {} | {} | {} | {} | {} | {} | {:.1f} | {:.1f} | {:+.0f}% | {:.2f} | {:.2f} | "
+          "{:+.0f}% |\n",
+          r.weights, r.threads, r.batch, r.context, r.prompt, r.gen, r.prefill_tps,
+          r.predicted_prefill_tps, 100 * time_error(r.predicted_prefill_tps, r.prefill_tps),
+          r.decode_tps, r.predicted_decode_tps,
+          100 * time_error(r.predicted_decode_tps, r.decode_tps));
   }
   return s.str();
 }
@@ -267,17 +315,23 @@ void run_bench(const BenchOptions& o) {
   const LayoutShape shape{config.num_heads, config.num_kv_heads, config.parallel_block, true};
   const Layout layout = make_layout(ffn, attn, shape, mesh);
   check_shardable(config, mesh, layout, layout);
+  // The layout every row runs as the planner prices it; the weights' dtype
+  // is each row's (`stored_dtype`: --weights, or the checkpoint's for auto).
+  PhaseConfig phase_config{ffn, attn, "", mesh};
+  phase_config.kv_dtype = weight_dtype_name(kv_dtype);
+  phase_config.activation_dtype = activations_name;
+  auto stored_dtype = [&config](const std::optional<DType>& dtype) {
+    return std::string(weight_dtype_name(
+        dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
+  };
   // The largest point of the grid, in each weight dtype, must fit before any
   // is loaded (launch/memory_check.hpp).
   if (const auto budget =
           memory_budget(std::nullopt, world.ranks_on_node(world.node(world.rank()))))
     for (const std::optional<DType>& dtype : weight_dtypes) {
-      const std::string weights(weight_dtype_name(
-          dtype.value_or(dtype_from_user(config.torch_dtype).value_or(DType::F32))));
       LayoutChoice choice;
-      choice.prefill = choice.decode = {ffn, attn, weights, mesh};
-      choice.prefill.kv_dtype = choice.decode.kv_dtype = weight_dtype_name(kv_dtype);
-      choice.prefill.activation_dtype = choice.decode.activation_dtype = activations_name;
+      choice.prefill = choice.decode = phase_config;
+      choice.prefill.weights = choice.decode.weights = stored_dtype(dtype);
       // A context of d tokens is prefilled with the prompt: d + p positions.
       const Workload largest{*std::max_element(o.batch.begin(), o.batch.end()),
                              *std::max_element(o.context.begin(), o.context.end()) +
@@ -360,6 +414,7 @@ void run_bench(const BenchOptions& o) {
               }
               Row row;
               row.weights = weights_name;
+              row.weights_dtype = stored_dtype(weight_dtypes[wi]);
               row.threads = threads;
               row.batch = b;
               row.context = d;
@@ -399,6 +454,7 @@ void run_bench(const BenchOptions& o) {
     row.bandwidth_util *= row.limits.bandwidth / l.bandwidth;
     row.limits = l;
     set_rooflines(row);
+    if (spec) set_predictions(row, ModelSpec::from_config(config, "model"), *spec, phase_config);
   }
   if (world.is_root())
     fmt::print("{}", format_rows(o, config, world.size(), rows, limits, gpu, activations_name));
@@ -435,8 +491,10 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--hardware", o->hardware,
                   "hardware spec whose cpu_streaming_max_rows (from `shardlm calibrate`) sets "
-                  "the CPU matmul paths' crossover; with --backend cuda, whose bf16 peak and "
-                  "memory bandwidth per GPU the rows are measured against (e.g. h200-sxm)");
+                  "the CPU matmul paths' crossover and on which every row's prefill and decode "
+                  "are also predicted (a table after the rows); with --backend cuda, whose bf16 "
+                  "peak and memory bandwidth per GPU the rows are measured against "
+                  "(e.g. h200-sxm)");
   cmd->add_option("-o,--output", o->output, "md, csv or json")->capture_default_str();
   cmd->add_option("-r,--reps", o->reps, "repetitions per row (the median is reported)")
       ->capture_default_str();

@@ -18,6 +18,7 @@
 
 #include "collectives/communicator.hpp"
 #include "kernels/cpu/cpu_kernels.hpp"
+#include "runtime/backend.hpp"
 #include "runtime/errors.hpp"
 
 namespace shardlm {
@@ -153,15 +154,30 @@ int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples) {
 }
 
 double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats,
-                           Communicator* in_step) {
+                           Communicator* in_step, DType activations) {
   // 0x3f00 is 0.5 in bfloat16. The weight (inner x cols x 2 bytes) is meant
   // to stay in cache: the cost model adds the weights' memory time itself.
-  std::vector<float> x(size_t(rows * inner), 1.0f), out(size_t(rows * cols));
+  const std::vector<float> ones(size_t(rows * inner), 1.0f);
   const StreamedBuffer<uint16_t> w = filled(size_t(cols * inner), uint16_t(0x3f00));
-  const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
-  auto run = [&] { cpu::matmul(x.data(), rows, inner, weights, out.data(), cols, false); };
-  const double seconds =
-      in_step ? in_step_seconds(*in_step, repeats, run) : best_seconds(repeats, run);
+  double seconds = 0;
+  if (activations == DType::F32) {
+    std::vector<float> out(size_t(rows * cols));
+    const cpu::WeightView weights{w.data(), DType::BF16, nullptr, cols, inner};
+    auto run = [&] { cpu::matmul(ones.data(), rows, inner, weights, out.data(), cols, false); };
+    seconds = in_step ? in_step_seconds(*in_step, repeats, run) : best_seconds(repeats, run);
+  } else {
+    // Through the CPU backend, whose matmul picks the path for 16-bit x by
+    // its rows (and rounds what it writes): the path a forward pass takes.
+    const std::unique_ptr<Backend> backend = make_cpu_backend(
+        CpuBackendOptions{omp_get_max_threads(), DType::BF16, DType::BF16, activations});
+    const Tensor x = backend->alloc({rows, inner}, activations);
+    backend->copy_from_host(ones.data(), x);
+    const Tensor weights =
+        backend->upload_weight(w.data(), DType::BF16, {cols, inner}, {0, cols, 0, inner});
+    const Tensor out = backend->alloc({rows, cols}, activations);
+    auto run = [&] { backend->matmul(x, weights, out, false); };
+    seconds = in_step ? in_step_seconds(*in_step, repeats, run) : best_seconds(repeats, run);
+  }
   return 2.0 * double(rows) * double(inner) * double(cols) / seconds;
 }
 
@@ -283,7 +299,7 @@ double measure_memory_read_in_step(size_t bytes, Communicator& group) {
 SpeedProbe measure_speed_probe(Communicator& all, bool quick) {
   SpeedProbe p;
   p.matmul_flops = measure_matmul_bf16(16, 1024, 2048, quick ? 20 : 100, &all);
-  p.memory_Bps = measure_memory_read_in_step(size_t(64) << 20, all);
+  p.memory_Bps = measure_memory_read_in_step(kSpeedProbeReadBytes, all);
   return p;
 }
 
@@ -294,11 +310,11 @@ std::string speed_drift_warning(const SpeedProbe& start, const SpeedProbe& end, 
   if (std::abs(matmul) <= tolerance && std::abs(memory) <= tolerance) return "";
   return fmt::format(
       "the machine's speed moved while calibrate measured: a 16-row BF16 matmul ran at {:.3g} "
-      "FLOP/s at the start and {:.3g} at the end ({:+.0f}%), a 64 MiB read at {:.3g} and {:.3g} "
+      "FLOP/s at the start and {:.3g} at the end ({:+.0f}%), a {} MiB read at {:.3g} and {:.3g} "
       "B/s ({:+.0f}%); the spec prices jobs at a speed the machine did not keep: run calibrate "
       "again, on a quieter machine, until two runs agree",
-      start.matmul_flops, end.matmul_flops, 100 * matmul, start.memory_Bps, end.memory_Bps,
-      100 * memory);
+      start.matmul_flops, end.matmul_flops, 100 * matmul, kSpeedProbeReadBytes >> 20,
+      start.memory_Bps, end.memory_Bps, 100 * memory);
 }
 
 std::vector<CollectiveSample> measure_collectives(Communicator& comm, size_t max_bytes) {
@@ -525,7 +541,7 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   // average over runs of 50 ms and more: on a machine whose speed moves, the
   // fastest run predicted a 1-rank job 30-45% fast): a job smaller than a
   // node runs so.
-  auto rates = [&](std::vector<MatmulSample>& matmul,
+  auto rates = [&](std::vector<MatmulSample>& matmul, std::vector<MatmulSample>& matmul_bf16x,
                    std::vector<std::pair<double, double>>& memory,
                    std::vector<std::pair<double, double>>& attention, Communicator* in_step) {
     // Decode attention: 1 to 16 query heads per KV head, 64 dims, a
@@ -540,6 +556,10 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
           std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
       matmul.push_back({rows, 1024, 2048,
                         measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200), in_step)});
+      if (cpu::bf16_dot_available())
+        matmul_bf16x.push_back(
+            {rows, 1024, 2048,
+             measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200), in_step, DType::BF16)});
     }
     for (size_t mib : {8, 32, 64, 128, 256, 512}) {
       if (quick && mib > 128) break;
@@ -566,14 +586,15 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   if (c.spec.cpu_amx_streaming_max_rows > 0)
     cpu::set_amx_streaming_max_rows(c.spec.cpu_amx_streaming_max_rows);
   comm.barrier();
-  rates(c.matmul_bf16, c.memory_by_bytes, c.attention_by_group, &comm);
+  rates(c.matmul_bf16, c.matmul_bf16_activations, c.memory_by_bytes, c.attention_by_group, &comm);
   comm.barrier();
   Communicator* node = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
   if (node) {
     // The node's first rank measures; the others wait in a sleeping receive.
     char done = 1;
     if (node->rank() == 0) {
-      rates(c.matmul_bf16_alone, c.memory_by_bytes_alone, c.attention_by_group_alone, g.self);
+      rates(c.matmul_bf16_alone, c.matmul_bf16_activations_alone, c.memory_by_bytes_alone,
+            c.attention_by_group_alone, g.self);
       for (int m = 1; m < node->size(); ++m) node->send(&done, 1, m);
     } else {
       node->recv(&done, 1, 0);
@@ -646,6 +667,10 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   h.measured.memory_Bps_by_bytes = c.memory_by_bytes;
   for (const auto& m : c.matmul_bf16_alone)
     h.measured.matmul_flops_by_rows_alone.emplace_back(double(m.rows), m.flops_per_s);
+  for (const auto& m : c.matmul_bf16_activations)
+    h.measured.matmul_flops_by_rows_bf16.emplace_back(double(m.rows), m.flops_per_s);
+  for (const auto& m : c.matmul_bf16_activations_alone)
+    h.measured.matmul_flops_by_rows_bf16_alone.emplace_back(double(m.rows), m.flops_per_s);
   h.measured.memory_Bps_by_bytes_alone = c.memory_by_bytes_alone;
   h.measured.attention_decode_flops_by_group = c.attention_by_group;
   h.measured.attention_decode_flops_by_group_alone = c.attention_by_group_alone;
@@ -670,9 +695,10 @@ std::string to_yaml(const Calibration& c) {
                      c.memory_read_Bps);
   if (c.probe_end.matmul_flops > 0) {
     out += fmt::format(
-        "# Speed at the start and at the end (16-row BF16 matmul in cache; 64 MiB read): "
+        "# Speed at the start and at the end (16-row BF16 matmul in cache; {} MiB read): "
         "{:.4g} -> {:.4g} FLOP/s, {:.4g} -> {:.4g} B/s.\n",
-        c.probe_start.matmul_flops, c.probe_end.matmul_flops, c.probe_start.memory_Bps,
+        kSpeedProbeReadBytes >> 20, c.probe_start.matmul_flops, c.probe_end.matmul_flops,
+        c.probe_start.memory_Bps,
         c.probe_end.memory_Bps);
     const std::string warning = speed_drift_warning(c.probe_start, c.probe_end);
     if (!warning.empty()) out += "# WARNING: " + warning + ".\n";
@@ -687,7 +713,8 @@ std::string to_yaml(const Calibration& c) {
   if (!c.matmul_bf16.empty())
     out +=
         "# measured.matmul_flops_by_rows: BF16 weights [1024 x 2048], every rank at once, the\n"
-        "# slowest rank's average (_alone: one rank per node, its average);\n"
+        "# slowest rank's average (_alone: one rank per node, its average); _bf16: the same\n"
+        "# with BF16 activations (x and output), as the CPU backend multiplies them;\n"
         "# measured.memory_Bps_by_bytes: the same parallel read at each working set.\n";
   auto samples = [&out](const char* title, const std::vector<CollectiveSample>& list) {
     out += fmt::format("# {} (bytes as the cost model counts them: seconds):\n", title);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "partitioning/hardware.hpp"
+#include "runtime/dtype.hpp"
 
 namespace shardlm {
 
@@ -33,10 +34,14 @@ struct CollectiveSample {
 };
 
 // The machine's speed at one moment: a 16-row BF16 matmul in cache and a
-// 64 MiB read, every rank at once (the slowest rank's rates). Calibrate
-// takes one at its start and one at its end: a spec is a sample of the
-// machine, and on a machine whose speed moves (a busy host, a VM's
-// neighbours) the two differ.
+// read of kSpeedProbeReadBytes, every rank at once (the slowest rank's
+// rates). Calibrate takes one at its start and one at its end: a spec is a
+// sample of the machine, and on a machine whose speed moves (a busy host, a
+// VM's neighbours) the two differ. The read is larger than the last-level
+// caches it knows of (the EPYC guest's 260 MB L3): a 64 MiB one came from
+// the L3 or from memory depending on what ran before it, 54 GB/s at one end
+// and 140 at the other, and warned of a move that was not there.
+constexpr size_t kSpeedProbeReadBytes = size_t(512) << 20;
 struct SpeedProbe {
   double matmul_flops = 0, memory_Bps = 0;
 };
@@ -55,6 +60,9 @@ struct Calibration {
   // BF16-weight matmuls at the row counts of decode and prefill, and the
   // read bandwidth by working set (spec.measured).
   std::vector<MatmulSample> matmul_bf16, matmul_bf16_alone;
+  // The same with BF16 activations, where the CPU multiplies them as they are
+  // (cpu::bf16_dot_available(); else empty, and they are priced as F32).
+  std::vector<MatmulSample> matmul_bf16_activations, matmul_bf16_activations_alone;
   std::vector<std::pair<double, double>> memory_by_bytes, memory_by_bytes_alone;
   // Decode attention FLOP/s by query heads per KV head.
   std::vector<std::pair<double, double>> attention_by_group, attention_by_group_alone;
@@ -107,9 +115,10 @@ int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* sa
 int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // The same with BF16 weights (a checkpoint's usual dtype, widened as the
 // backend does), best of `repeats` runs: the rate the cost model's
-// measured matmul_flops_by_rows holds.
+// measured matmul_flops_by_rows holds; with BF16 `activations`, x and the
+// output in BF16 through the CPU backend's matmul (matmul_flops_by_rows_bf16).
 double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeats,
-                           Communicator* in_step = nullptr);
+                           Communicator* in_step = nullptr, DType activations = DType::F32);
 // FLOP/s (4 x heads x keys x head_dim) of the CPU backend's decode attention
 // for `heads` query heads sharing one KV head, one cache (in L2) per thread
 // of this rank, all at once: best of `repeats` runs, or with `in_step` timed

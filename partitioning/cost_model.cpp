@@ -201,33 +201,40 @@ struct Pricer {
 };
 
 // The efficiency model (docs/planner.md §3) over the items priced above.
-// `alone`: the job has one rank per node, so the measured rates of a rank
-// working alone apply (hw.measured's `_alone` tables).
+// Which of a calibrated spec's measured rates apply: `alone`, the job has
+// one rank per node, so those of a rank working alone (hw.measured's
+// `_alone` tables); `bf16_activations`, the matmuls take BF16 x (its `_bf16`
+// tables: another kernel at some row counts).
+struct Rates {
+  bool alone = false, bf16_activations = false;
+};
+
 // FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it when
 // the spec says, else the efficiency curve.
-double matmul_rate(const HardwareSpec& hw, double rows, bool alone) {
-  if (hw.measured.has_matmul()) return hw.measured.matmul_flops(rows, alone);
+double matmul_rate(const HardwareSpec& hw, double rows, Rates rates) {
+  if (hw.measured.has_matmul())
+    return hw.measured.matmul_flops(rows, rates.alone, rates.bf16_activations);
   return hw.peak(hw.activation_dtype) * hw.efficiency.matmul_fraction(rows);
 }
 
 // FLOP/s of decode attention where the spec measured it, else 0.
-double measured_attention_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
-  return m.decode_attention ? hw.measured.attention_decode_rate(alone, m.group) : 0.0;
+double measured_attention_rate(const HardwareSpec& hw, const MatmulCost& m, Rates rates) {
+  return m.decode_attention ? hw.measured.attention_decode_rate(rates.alone, m.group) : 0.0;
 }
 
 // FLOP/s of one priced matmul: decode attention at its measured rate where
 // there is one (it is not a weight matmul of batch rows).
-double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, bool alone) {
-  const double decode_attention = measured_attention_rate(hw, m, alone);
-  return decode_attention > 0 ? decode_attention : matmul_rate(hw, m.rows, alone);
+double matmul_rate(const HardwareSpec& hw, const MatmulCost& m, Rates rates) {
+  const double decode_attention = measured_attention_rate(hw, m, rates);
+  return decode_attention > 0 ? decode_attention : matmul_rate(hw, m.rows, rates);
 }
 
 // Bytes/s at which a chip reads the weights and KV cache of a forward pass
 // that reads `working_set` bytes in all (all layers of the stage and the
 // edges): as measured for that working set when the spec says (caches),
 // else the memory bandwidth times its efficiency.
-double memory_rate(const HardwareSpec& hw, double working_set, bool alone) {
-  if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set, alone);
+double memory_rate(const HardwareSpec& hw, double working_set, Rates rates) {
+  if (hw.measured.has_memory()) return hw.measured.memory_Bps(working_set, rates.alone);
   return hw.memory_bandwidth * hw.efficiency.memory_bandwidth_fraction;
 }
 
@@ -259,16 +266,16 @@ double collective_seconds(const CollectiveCost& c, const HardwareSpec& hw) {
 }
 
 void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, double working_set,
-                      bool alone) {
+                      Rates rates) {
   const EfficiencyModel& eff = hw.efficiency;
-  const double memory_bw = memory_rate(hw, working_set, alone);
-  auto compute_s = [&](const MatmulCost& m) { return m.flops / matmul_rate(hw, m, alone); };
+  const double memory_bw = memory_rate(hw, working_set, rates);
+  auto compute_s = [&](const MatmulCost& m) { return m.flops / matmul_rate(hw, m, rates); };
   f.compute_eff_s = 0;
   double attention_s = 0;  // decode attention at a measured rate
   for (const MatmulCost& m : f.matmuls) {
     const double t = compute_s(m);
     f.compute_eff_s += t;
-    if (measured_attention_rate(hw, m, alone) > 0) attention_s += t;
+    if (measured_attention_rate(hw, m, rates) > 0) attention_s += t;
   }
   f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_bw;
   // Where decode attention's rate is measured (a calibrated CPU), its
@@ -325,10 +332,12 @@ double activation_bytes(const Layout& layout, const DimSizes& dims, const Mesh& 
 }
 
 // The most ranks of the job on one node.
-// Bytes of an activation element as the runtime stores and moves it.
+// The activations' dtype as the runtime stores and moves them, and its bytes.
+const std::string& activation_dtype_of(const HardwareSpec& hw, const PhaseConfig& config) {
+  return config.activation_dtype.empty() ? hw.activation_dtype : config.activation_dtype;
+}
 double activation_bytes_of(const HardwareSpec& hw, const PhaseConfig& config) {
-  return dtype_bytes(config.activation_dtype.empty() ? hw.activation_dtype
-                                                     : config.activation_dtype);
+  return dtype_bytes(activation_dtype_of(hw, config));
 }
 
 // The KV cache is stored in its own dtype (--kv-dtype), else in the activations'.
@@ -449,6 +458,7 @@ void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
       static_cast<double>(pc.layers_per_stage) * (pc.layer.weight_bytes + pc.layer.kv_bytes) +
       pc.edges.weight_bytes + pc.edges.kv_bytes;
   const bool alone = ranks_per_node(hw, pc.config.mesh) == 1;
+  const bool bf16_activations = activation_dtype_of(hw, pc.config) == "bf16";
   const double m = static_cast<double>(pc.micro_batches), pp = pc.config.mesh.pp;
   // Where the nodes share one host's cores, a pipeline slot in which some
   // stages wait (fill, drain, fewer micro-batches than stages) leaves the
@@ -457,11 +467,11 @@ void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
   double stage_alone_s = 0;
   if (partial_slots_alone) {
     ForwardCost layer = pc.layer;
-    apply_efficiency(layer, hw, true, working_set, true);
+    apply_efficiency(layer, hw, true, working_set, {true, bf16_activations});
     stage_alone_s = static_cast<double>(pc.layers_per_stage) * layer.latency_s + pc.pipeline_hop_s;
   }
-  apply_efficiency(pc.layer, hw, true, working_set, alone);
-  apply_efficiency(pc.edges, hw, false, working_set, alone);
+  apply_efficiency(pc.layer, hw, true, working_set, {alone, bf16_activations});
+  apply_efficiency(pc.edges, hw, false, working_set, {alone, bf16_activations});
   const double stage_s =
       static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s + pc.pipeline_hop_s;
   // Slots of one stage's time, `full` of them with every stage busy.

@@ -100,9 +100,11 @@ double read_seconds(const YamlFields& f, const std::string& key) {
 
 }  // namespace
 
-double MeasuredEfficiency::matmul_flops(double rows, bool alone) const {
-  const bool use_alone = alone && !matmul_flops_by_rows_alone.empty();
-  return interpolate_log(use_alone ? matmul_flops_by_rows_alone : matmul_flops_by_rows, rows);
+double MeasuredEfficiency::matmul_flops(double rows, bool alone, bool bf16_activations) const {
+  const bool bf16 = bf16_activations && !matmul_flops_by_rows_bf16.empty();
+  const auto& all = bf16 ? matmul_flops_by_rows_bf16 : matmul_flops_by_rows;
+  const auto& by_itself = bf16 ? matmul_flops_by_rows_bf16_alone : matmul_flops_by_rows_alone;
+  return interpolate_log(alone && !by_itself.empty() ? by_itself : all, rows);
 }
 
 double MeasuredEfficiency::memory_Bps(double working_set_bytes, bool alone) const {
@@ -144,7 +146,10 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
   m.memory_Bps_by_bytes_alone = read_table(f, "memory_Bps_by_bytes_alone");
   m.attention_decode_flops_by_group = read_table(f, "attention_decode_flops_by_group");
   m.attention_decode_flops_by_group_alone = read_table(f, "attention_decode_flops_by_group_alone");
+  m.matmul_flops_by_rows_bf16 = read_table(f, "matmul_flops_by_rows_bf16");
+  m.matmul_flops_by_rows_bf16_alone = read_table(f, "matmul_flops_by_rows_bf16_alone");
   if ((!m.matmul_flops_by_rows_alone.empty() && m.matmul_flops_by_rows.empty()) ||
+      (!m.matmul_flops_by_rows_bf16_alone.empty() && m.matmul_flops_by_rows_bf16.empty()) ||
       (!m.memory_Bps_by_bytes_alone.empty() && m.memory_Bps_by_bytes.empty()) ||
       (!m.attention_decode_flops_by_group_alone.empty() &&
        m.attention_decode_flops_by_group.empty()))
@@ -190,6 +195,11 @@ std::string MeasuredEfficiency::to_yaml() const {
     out += fmt::format("  matmul_flops_by_rows_alone: {}\n", table(matmul_flops_by_rows_alone));
   if (!memory_Bps_by_bytes_alone.empty())
     out += fmt::format("  memory_Bps_by_bytes_alone: {}\n", table(memory_Bps_by_bytes_alone));
+  if (!matmul_flops_by_rows_bf16.empty())
+    out += fmt::format("  matmul_flops_by_rows_bf16: {}\n", table(matmul_flops_by_rows_bf16));
+  if (!matmul_flops_by_rows_bf16_alone.empty())
+    out += fmt::format("  matmul_flops_by_rows_bf16_alone: {}\n",
+                       table(matmul_flops_by_rows_bf16_alone));
   out += fmt::format(
       "  layer_overhead_s: {:.4g}\n  token_overhead_s: {:.4g}\n  collective_overhead_s: {:.4g}\n",
       layer_overhead_s, token_overhead_s, collective_overhead_s);

@@ -28,6 +28,10 @@ struct MeasuredEfficiency {
   // than a node: one rank has a core's siblings and the whole cache).
   std::vector<std::pair<double, double>> matmul_flops_by_rows, memory_Bps_by_bytes;
   std::vector<std::pair<double, double>> matmul_flops_by_rows_alone, memory_Bps_by_bytes_alone;
+  // The matmul rates with BF16 activations, where the CPU multiplies BF16 x
+  // by BF16 weights as they are (a different kernel at some row counts);
+  // empty: BF16 activations are priced on the tables above.
+  std::vector<std::pair<double, double>> matmul_flops_by_rows_bf16, matmul_flops_by_rows_bf16_alone;
   double layer_overhead_s = 0;  // per layer per forward pass
   double token_overhead_s = 0;  // per layer, per token (matmul row) on the chip
   // Per collective, beyond its latency and bandwidth: the wait for the
@@ -74,8 +78,8 @@ struct MeasuredEfficiency {
   bool has_matmul() const { return !matmul_flops_by_rows.empty(); }
   bool has_memory() const { return !memory_Bps_by_bytes.empty(); }
   // Interpolated linearly in log(rows) and log(bytes), constant beyond the
-  // measured range.
-  double matmul_flops(double rows, bool alone = false) const;
+  // measured range; `bf16_activations` reads the _bf16 tables where there are.
+  double matmul_flops(double rows, bool alone = false, bool bf16_activations = false) const;
   double memory_Bps(double working_set_bytes, bool alone = false) const;
   double overhead_s(double rows) const { return layer_overhead_s + token_overhead_s * rows; }
 

@@ -59,3 +59,30 @@ def test_the_activations_are_said(flag, said, shardlm, model):
     p = shardlm.run("bench", "--model", model, "-t", "1", "-r", "1", "--bandwidth-gib", "0.05",
                     "-p", "4", "-n", "2", "--activations", flag)
     assert f"{said} activations" in p.stdout
+
+
+@pytest.mark.parametrize("activations", ["f32", "bf16"])
+def test_hardware_adds_the_planners_prediction_of_every_row(activations, shardlm, model):
+    # Each row's predicted rates are what `shardlm plan` prices for the same
+    # layout, dtypes and workload: d + p prompt tokens, and the n - 1 decode
+    # steps a run of n new tokens takes (plan's --gen-len counts steps).
+    out = bench(shardlm, model, "-p", "8", "-n", "3", "-b", "1,2", "-d", "0,16",
+                "--weights", "bf16", "--kv-dtype", "f32", "--activations", activations,
+                "--hardware", "cpu-local")
+    assert out["predicted_on"] == "cpu-local"
+    assert len(out["rows"]) == 4
+    for r in out["rows"]:
+        prompt = r["d"] + r["p"]
+        p = shardlm.run("plan", "--model", model, "--hardware", "cpu-local", "--chips", "1",
+                        "--mesh", "1,1,1", "--batch", str(r["batch"]), "--prompt-len", str(prompt),
+                        "--gen-len", str(r["n"] - 1), "--weights", "bf16", "--kv-dtype", "f32",
+                        "--activations", activations, "--ffn-layout-prefill", "2d",
+                        "--ffn-layout-decode", "2d", "--attn-layout-prefill", "heads",
+                        "--attn-layout-decode", "heads", "--json")
+        plan = json.loads(p.stdout)
+        prefill_tps = r["batch"] * prompt / plan["prefill"]["latency_s"]
+        decode_tps = r["batch"] * (r["n"] - 1) / plan["decode"]["latency_s"]
+        assert r["predicted_prefill_tok_s"] == pytest.approx(prefill_tps, rel=1e-9)
+        assert r["predicted_decode_tok_s"] == pytest.approx(decode_tps, rel=1e-9)
+    # Without a spec nothing is predicted.
+    assert "predicted_on" not in bench(shardlm, model, "-p", "4", "-n", "2")

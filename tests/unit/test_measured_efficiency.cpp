@@ -247,6 +247,49 @@ TEST_CASE("decode attention is priced at its measured rate for the model's group
       Catch::Contains("_alone table"));
 }
 
+TEST_CASE("BF16 activations are priced on the _bf16 matmul tables where the spec has them",
+          "[measured]") {
+  // Compute-bound prefill (weights and memory far faster than the matmuls):
+  // the layer's compute time is its FLOP over the rate of the table that
+  // applies, F32 activations on the plain table, BF16 on the _bf16 one (the
+  // _alone variants: a job of one rank per node), and BF16 on the plain
+  // table when the spec has no _bf16 one (older specs).
+  const ModelSpec model = ModelSpec::from_config(*find_preset("tiny"), "tiny");
+  const std::string base =
+      "measured:\n"
+      "  matmul_flops_by_rows: [[1, 1.0e10], [4096, 1.0e10]]\n"
+      "  matmul_flops_by_rows_alone: [[1, 2.0e10], [4096, 2.0e10]]\n"
+      "  memory_Bps_by_bytes: [[1.0e6, 1.0e14], [1.0e10, 1.0e14]]\n";
+  const HardwareSpec with_bf16 = load_spec(
+      "bf16-tables", base +
+                         "  matmul_flops_by_rows_bf16: [[1, 4.0e10], [4096, 4.0e10]]\n"
+                         "  matmul_flops_by_rows_bf16_alone: [[1, 8.0e10], [4096, 8.0e10]]\n");
+  const HardwareSpec without = load_spec("no-bf16-tables", base);
+  CHECK(with_bf16.measured.matmul_flops(8, false, true) == 4e10);
+  CHECK(with_bf16.measured.matmul_flops(8, true, true) == 8e10);
+  CHECK(with_bf16.measured.matmul_flops(8, true, false) == 2e10);
+  CHECK(without.measured.matmul_flops(8, false, true) == 1e10);
+  const Workload w{2, 64, 4};
+  PhaseConfig config{FfnLayout::k1D, AttnLayout::kHeads, "bf16", Mesh{2, 1, 1, 1}, 0};
+  auto compute_s = [&](const HardwareSpec& hw, const std::string& activations) {
+    config.activation_dtype = activations;
+    return estimate_phase(model, hw, w, Phase::kPrefill, config).layer.compute_eff_s;
+  };
+  const double flops = estimate_phase(model, without, w, Phase::kPrefill, config).layer.flops;
+  // Two chips on one node of two: the in-step tables.
+  CHECK(compute_s(with_bf16, "f32") == Approx(flops / 1e10));
+  CHECK(compute_s(with_bf16, "bf16") == Approx(flops / 4e10));
+  CHECK(compute_s(without, "bf16") == Approx(flops / 1e10));
+  // Read back as written; an _alone table needs its in-step one.
+  const HardwareSpec again = load_spec("bf16-again", with_bf16.measured.to_yaml());
+  CHECK(again.measured.matmul_flops_by_rows_bf16 == with_bf16.measured.matmul_flops_by_rows_bf16);
+  CHECK(again.measured.matmul_flops_by_rows_bf16_alone ==
+        with_bf16.measured.matmul_flops_by_rows_bf16_alone);
+  CHECK_THAT(
+      load_error("bf16 alone only", base + "  matmul_flops_by_rows_bf16_alone: [[1, 1.0e10]]\n"),
+      Catch::Contains("_alone table"));
+}
+
 TEST_CASE("the overheads are recovered from the engine's unexplained time", "[measured]") {
   const double layer = 3e-5, token = 2e-7, collective = 4e-6;
   std::vector<OverheadSample> samples;
