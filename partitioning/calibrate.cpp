@@ -514,6 +514,38 @@ bool nodes_share_one_kernel(Communicator& all) {
   return true;
 }
 
+std::vector<size_t> rate_dips(const std::vector<double>& rates) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < rates.size(); ++i) {
+    const bool has_left = i > 0, has_right = i + 1 < rates.size();
+    if (!has_left && !has_right) continue;
+    const double neighbours =
+        std::min(has_left ? rates[i - 1] : INFINITY, has_right ? rates[i + 1] : INFINITY);
+    if (rates[i] < (has_left && has_right ? 0.5 : 0.25) * neighbours) out.push_back(i);
+  }
+  return out;
+}
+
+namespace {
+
+// A table of (x, rate) measured at each of `xs`, the dips (rate_dips)
+// measured up to twice more, keeping the fastest of the tries. The rates
+// are in-step ones every rank holds alike (or one rank's own), so every
+// rank of a step re-measures the same points.
+template <typename Measure>
+std::vector<std::pair<double, double>> measured_table(const std::vector<int64_t>& xs,
+                                                      Measure&& measure) {
+  std::vector<double> rates;
+  for (int64_t x : xs) rates.push_back(measure(x));
+  for (int attempt = 0; attempt < 2; ++attempt)
+    for (size_t i : rate_dips(rates)) rates[i] = std::max(rates[i], measure(xs[i]));
+  std::vector<std::pair<double, double>> out;
+  for (size_t i = 0; i < xs.size(); ++i) out.emplace_back(double(xs[i]), rates[i]);
+  return out;
+}
+
+}  // namespace
+
 Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool quick) {
   Communicator& comm = *g.all;
   Calibration c;
@@ -548,25 +580,31 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
     // 4096-token context (long enough that the per-call work is a small
     // part, as where attention matters; 1 MiB, in cache: the cost model
     // adds the KV cache's memory time).
-    for (int64_t group : {1, 2, 4, 8, 16})
-      attention.emplace_back(double(group),
-                             measure_attention_decode(group, 4096, 64, quick ? 10 : 40, in_step));
-    for (int64_t rows : {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048}) {
-      const int repeats =
-          std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
-      matmul.push_back({rows, 1024, 2048,
-                        measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200), in_step)});
-      if (cpu::bf16_dot_available())
-        matmul_bf16x.push_back(
-            {rows, 1024, 2048,
-             measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200), in_step, DType::BF16)});
-    }
-    for (size_t mib : {8, 32, 64, 128, 256, 512}) {
-      if (quick && mib > 128) break;
-      memory.emplace_back(double(mib << 20), in_step
-                                                 ? measure_memory_read_in_step(mib << 20, *in_step)
-                                                 : measure_memory_read(mib << 20, 3));
-    }
+    const std::vector<int64_t> groups = {1, 2, 4, 8, 16};
+    attention = measured_table(groups, [&](int64_t group) {
+      return measure_attention_decode(group, 4096, 64, quick ? 10 : 40, in_step);
+    });
+    const std::vector<int64_t> row_counts = {1, 2, 4, 8, 16, 17, 32, 64, 128, 512, 2048};
+    auto matmul_table = [&](DType activations) {
+      std::vector<MatmulSample> out;
+      for (const auto& [rows, rate] : measured_table(row_counts, [&](int64_t rows) {
+             const int repeats =
+                 std::max(5, int((quick ? 2e8 : 1e9) / (4.0 * 1024 * 1024 * double(rows))));
+             return measure_matmul_bf16(rows, 1024, 2048, std::min(repeats, 200), in_step,
+                                        activations);
+           }))
+        out.push_back({int64_t(rows), 1024, 2048, rate});
+      return out;
+    };
+    matmul = matmul_table(DType::F32);
+    if (cpu::bf16_dot_available()) matmul_bf16x = matmul_table(DType::BF16);
+    std::vector<int64_t> sizes;
+    for (int64_t mib : {8, 32, 64, 128, 256, 512})
+      if (!quick || mib <= 128) sizes.push_back(mib << 20);
+    memory = measured_table(sizes, [&](int64_t bytes) {
+      return in_step ? measure_memory_read_in_step(size_t(bytes), *in_step)
+                     : measure_memory_read(size_t(bytes), 3);
+    });
   };
   // The kernel crossovers before the rates by rows, and in force while they
   // are measured: the rates are then those of the paths generate takes with
@@ -698,8 +736,7 @@ std::string to_yaml(const Calibration& c) {
         "# Speed at the start and at the end (16-row BF16 matmul in cache; {} MiB read): "
         "{:.4g} -> {:.4g} FLOP/s, {:.4g} -> {:.4g} B/s.\n",
         kSpeedProbeReadBytes >> 20, c.probe_start.matmul_flops, c.probe_end.matmul_flops,
-        c.probe_start.memory_Bps,
-        c.probe_end.memory_Bps);
+        c.probe_start.memory_Bps, c.probe_end.memory_Bps);
     const std::string warning = speed_drift_warning(c.probe_start, c.probe_end);
     if (!warning.empty()) out += "# WARNING: " + warning + ".\n";
   }

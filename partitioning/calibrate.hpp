@@ -91,6 +91,14 @@ struct CalibrationGroups {
   int nodes = 1, ranks_per_node = 1;
 };
 
+// The points of a table of rates by size (rows, bytes, heads) that no
+// kernel switch or cache explains: below half of both neighbours' rates, or
+// at an end below a quarter of its one neighbour's. On a shared guest a rank
+// descheduled while it was timed gives such a point (a 4-row matmul at
+// 2.7e10 FLOP/s between 7.5e10 at 2 rows and 2.0e11 at 8, which priced a
+// decode 3.5x slow); calibrate measures them again.
+std::vector<size_t> rate_dips(const std::vector<double>& rates);
+
 // Best-of-`repeats` FLOP/s of the CPU backend's matmul for [rows x inner] ·
 // [cols x inner]ᵀ, F32 weights (oneDNN sgemm above 16 rows).
 double measure_matmul(int64_t rows, int64_t inner, int64_t cols, int repeats);

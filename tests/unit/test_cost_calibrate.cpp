@@ -92,3 +92,24 @@ TEST_CASE("a speed that moved during calibrate is reported in the spec", "[calib
   CHECK(to_yaml(c).find("WARNING") == std::string::npos);
   CHECK(to_yaml(c).find("# Speed at the start and at the end") != std::string::npos);
 }
+
+TEST_CASE("a rate far below its neighbours is found for measuring again", "[calibrate]") {
+  using Dips = std::vector<size_t>;
+  // The alone matmul table of a calibration on the EPYC guest: 4 rows at
+  // 2.65e10 FLOP/s between 7.5e10 and 2.0e11.
+  CHECK(rate_dips({4.55e10, 7.51e10, 2.65e10, 2.0e11, 1.94e11}) == Dips{2});
+  // Steps that kernels and caches make are not dips: the streaming/panel
+  // switch, a working set leaving the last-level cache (the end, 0.3x of
+  // its neighbour), a rate half of its slower neighbour's exactly.
+  CHECK(rate_dips({4.5e10, 7.5e10, 1.9e11, 2.2e11, 1.7e11, 2.1e11}).empty());
+  CHECK(rate_dips({1.9e11, 2.1e11, 9.8e10, 6.7e10, 6.0e10, 1.8e10}).empty());
+  CHECK(rate_dips({4.0e10, 2.0e10, 8.0e10}).empty());
+  // Just below half of both, and an end below a quarter of its neighbour
+  // (a 1-row rate 2.3e10 beside 9.7e10 at 2 rows).
+  CHECK(rate_dips({4.0e10, 1.99e10, 8.0e10}) == Dips{1});
+  CHECK(rate_dips({2.34e10, 9.7e10, 2.8e11}) == Dips{0});
+  CHECK(rate_dips({1.0e11, 4.0e11, 0.9e11}) == Dips{2});
+  // One point has no neighbours to compare with.
+  CHECK(rate_dips({1.0}).empty());
+  CHECK(rate_dips({}).empty());
+}
