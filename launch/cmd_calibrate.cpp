@@ -131,6 +131,7 @@ void measure_overheads(World& world, Calibration& c, bool quick) {
   MeasuredEfficiency& m = c.spec.measured;
   m.layer_overhead_s = coef[0];
   m.token_overhead_s = coef[1];
+  m.overhead_width = double(config.hidden_size + config.intermediate_size);
   m.collective_overhead_s = coef[2];
   m.inter_node_collective_overhead_s = coef[3];
   m.weight_gather_s_per_byte = coef[4];

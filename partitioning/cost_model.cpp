@@ -204,9 +204,11 @@ struct Pricer {
 // Which of a calibrated spec's measured rates apply: `alone`, the job has
 // one rank per node, so those of a rank working alone (hw.measured's
 // `_alone` tables); `bf16_activations`, the matmuls take BF16 x (its `_bf16`
-// tables: another kernel at some row counts).
+// tables: another kernel at some row counts); `model_width`, the model's
+// hidden + intermediate size, which the per-token overhead scales with.
 struct Rates {
   bool alone = false, bf16_activations = false;
+  double model_width = 0;
 };
 
 // FLOP/s of a matmul with `rows` rows per chip: as calibrate measured it when
@@ -306,7 +308,8 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
   // them: only a fitted fraction hides, behind what the gathers left.
   const double hidden_activations = eff.comm_overlap * std::min(activations, busy - hidden_gathers);
   f.overlap_s = hidden_gathers + hidden_activations;
-  f.overhead_s = per_layer ? eff.layer_overhead_s + hw.measured.overhead_s(f.rows()) : 0.0;
+  f.overhead_s =
+      per_layer ? eff.layer_overhead_s + hw.measured.overhead_s(f.rows(), rates.model_width) : 0.0;
   f.latency_s = busy + f.comm_eff_s - f.overlap_s + f.overhead_s;
 }
 
@@ -459,6 +462,7 @@ void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
       pc.edges.weight_bytes + pc.edges.kv_bytes;
   const bool alone = ranks_per_node(hw, pc.config.mesh) == 1;
   const bool bf16_activations = activation_dtype_of(hw, pc.config) == "bf16";
+  const double width = double(model.config.hidden_size + model.config.intermediate_size);
   const double m = static_cast<double>(pc.micro_batches), pp = pc.config.mesh.pp;
   // Where the nodes share one host's cores, a pipeline slot in which some
   // stages wait (fill, drain, fewer micro-batches than stages) leaves the
@@ -467,11 +471,11 @@ void reprice(PhaseCost& pc, const ModelSpec& model, const HardwareSpec& hw) {
   double stage_alone_s = 0;
   if (partial_slots_alone) {
     ForwardCost layer = pc.layer;
-    apply_efficiency(layer, hw, true, working_set, {true, bf16_activations});
+    apply_efficiency(layer, hw, true, working_set, {true, bf16_activations, width});
     stage_alone_s = static_cast<double>(pc.layers_per_stage) * layer.latency_s + pc.pipeline_hop_s;
   }
-  apply_efficiency(pc.layer, hw, true, working_set, {alone, bf16_activations});
-  apply_efficiency(pc.edges, hw, false, working_set, {alone, bf16_activations});
+  apply_efficiency(pc.layer, hw, true, working_set, {alone, bf16_activations, width});
+  apply_efficiency(pc.edges, hw, false, working_set, {alone, bf16_activations, width});
   const double stage_s =
       static_cast<double>(pc.layers_per_stage) * pc.layer.latency_s + pc.pipeline_hop_s;
   // Slots of one stage's time, `full` of them with every stage busy.

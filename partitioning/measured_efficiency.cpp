@@ -163,6 +163,7 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
       read_members(f, "inter_node_collective_members", !m.inter_node_collective_s_by_bytes.empty());
   m.layer_overhead_s = read_seconds(f, "layer_overhead_s");
   m.token_overhead_s = read_seconds(f, "token_overhead_s");
+  if (f.has("overhead_width")) m.overhead_width = f.positive("overhead_width");
   m.collective_overhead_s = read_seconds(f, "collective_overhead_s");
   m.inter_node_collective_overhead_s = read_seconds(f, "inter_node_collective_overhead_s");
   m.weight_gather_s_per_byte = read_seconds(f, "weight_gather_s_per_byte");
@@ -203,6 +204,7 @@ std::string MeasuredEfficiency::to_yaml() const {
   out += fmt::format(
       "  layer_overhead_s: {:.4g}\n  token_overhead_s: {:.4g}\n  collective_overhead_s: {:.4g}\n",
       layer_overhead_s, token_overhead_s, collective_overhead_s);
+  if (overhead_width > 0) out += fmt::format("  overhead_width: {:.0f}\n", overhead_width);
   if (attention_decode_flops > 0)
     out += fmt::format("  attention_decode_flops: {:.4g}\n", attention_decode_flops);
   if (attention_decode_flops_alone > 0)

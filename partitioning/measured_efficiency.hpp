@@ -34,6 +34,11 @@ struct MeasuredEfficiency {
   std::vector<std::pair<double, double>> matmul_flops_by_rows_bf16, matmul_flops_by_rows_bf16_alone;
   double layer_overhead_s = 0;  // per layer per forward pass
   double token_overhead_s = 0;  // per layer, per token (matmul row) on the chip
+  // The width (hidden + intermediate size) of the model token_overhead_s was
+  // fitted on: a token's norms, rotary embedding, activation function and
+  // copies touch that many values per layer, so a model of another width
+  // pays the per-token time in proportion (0: older specs, no scaling).
+  double overhead_width = 0;
   // Per collective, beyond its latency and bandwidth: the wait for the
   // slowest member, which back-to-back collectives (how their latency is
   // measured) do not show; for a group inside one node and for one that
@@ -81,7 +86,12 @@ struct MeasuredEfficiency {
   // measured range; `bf16_activations` reads the _bf16 tables where there are.
   double matmul_flops(double rows, bool alone = false, bool bf16_activations = false) const;
   double memory_Bps(double working_set_bytes, bool alone = false) const;
-  double overhead_s(double rows) const { return layer_overhead_s + token_overhead_s * rows; }
+  // The per-layer overhead of a pass of `rows` tokens through a layer of a
+  // model of `width` (hidden + intermediate size; 0: the fitted one's).
+  double overhead_s(double rows, double width = 0) const {
+    const double scale = overhead_width > 0 && width > 0 ? width / overhead_width : 1.0;
+    return layer_overhead_s + token_overhead_s * rows * scale;
+  }
 
   // Reads the `measured` section (throws DataError naming the key).
   static MeasuredEfficiency parse(const YamlFields& section);

@@ -71,6 +71,11 @@ TEST_CASE("measured tables interpolate in log rows and log bytes, flat beyond", 
   m.layer_overhead_s = 1e-4;
   m.token_overhead_s = 1e-6;
   CHECK(m.overhead_s(16) == Approx(1.16e-4));
+  // Fitted on a model of width 2816: a model 2.5x as wide pays 2.5x per token.
+  CHECK(m.overhead_s(16, 7040) == Approx(1.16e-4));  // no width recorded: unscaled
+  m.overhead_width = 2816;
+  CHECK(m.overhead_s(16, 7040) == Approx(1e-4 + 2.5 * 1.6e-5));
+  CHECK(m.overhead_s(16) == Approx(1.16e-4));
 }
 
 TEST_CASE("the measured section loads, and bad tables name the key", "[measured]") {
@@ -112,7 +117,22 @@ TEST_CASE("the cost model prices matmuls, memory and overheads by the measured t
                                    "  layer_overhead_s: 2.0e-5\n"
                                    "  token_overhead_s: 1.0e-7\n"
                                    "  collective_overhead_s: 5.0e-6\n");
+  // The same fitted on a model twice tiny's width (hidden + intermediate).
+  const double tiny_width = double(model.config.hidden_size + model.config.intermediate_size);
+  const HardwareSpec wider = load_spec(
+      "pricing-width", fmt::format("measured:\n"
+                                   "  matmul_flops_by_rows: [[1, 4.0e10], [4096, 4.0e10]]\n"
+                                   "  memory_Bps_by_bytes: [[1.0e6, 4.0e10], [1.0e10, 5.0e9]]\n"
+                                   "  layer_overhead_s: 2.0e-5\n"
+                                   "  token_overhead_s: 1.0e-7\n"
+                                   "  overhead_width: {}\n",
+                                   2 * tiny_width));
+  CHECK(load_spec("width-again", wider.measured.to_yaml()).measured.overhead_width ==
+        2 * tiny_width);
   const Workload w{4, 32, 8};
+  const PhaseCost half = estimate_phase(model, wider, w, Phase::kPrefill,
+                                        {FfnLayout::k1D, AttnLayout::kHeads, "bf16", Mesh{}, 0});
+  CHECK(half.layer.overhead_s == Approx(2e-5 + 0.5 * 1e-7 * 4 * 32));
   for (int chips : {1, 2}) {
     const Mesh mesh{1, chips, 1, 1};
     for (Phase phase : {Phase::kPrefill, Phase::kDecode}) {
