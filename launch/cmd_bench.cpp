@@ -448,13 +448,15 @@ void run_bench(const BenchOptions& o) {
     }
   }
   measure_limits();
+  const std::optional<ModelSpec> model_spec =
+      spec ? std::optional(ModelSpec::from_config(config, "model")) : std::nullopt;
   for (Row& row : rows) {
     const Limits& l = limits.at(row.threads);
     row.mfu *= row.limits.peak_flops / l.peak_flops;
     row.bandwidth_util *= row.limits.bandwidth / l.bandwidth;
     row.limits = l;
     set_rooflines(row);
-    if (spec) set_predictions(row, ModelSpec::from_config(config, "model"), *spec, phase_config);
+    if (spec) set_predictions(row, *model_spec, *spec, phase_config);
   }
   if (world.is_root())
     fmt::print("{}", format_rows(o, config, world.size(), rows, limits, gpu, activations_name));
