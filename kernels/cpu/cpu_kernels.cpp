@@ -92,12 +92,16 @@ constexpr int64_t step_cols() {
 // against 161 for oneDNN sgemm 2048^3.
 constexpr int kRowTile = 6;    // weight rows per tile
 constexpr int kBatchTile = 3;  // rows of x per tile
-// Columns per chunk: a tile's weights and one group of x rows over a chunk stay
-// in L1 while every group of x rows passes over them, so the weights come
-// from memory once per step for all rows, however many.
+// Columns per chunk: a tile's weights over a chunk (24 KiB) stay in L1 while
+// every group of x rows passes over them, so the weights come from memory
+// once per step for all rows, however many. x's rows may come from L2: on the
+// EPYC, x from L2 and x from L1 ran the 6x3 tile at the same rate, while
+// chunks sized for weights and x together (1024 BF16 columns) ran 32 and 64
+// rows 4-5% slower than these (2048), and 512 columns 20% slower: each
+// chunk starts and ends every group's accumulators.
 template <DType D>
 constexpr int64_t chunk_cols() {
-  constexpr int64_t bytes_per_col = kRowTile * int64_t(dtype_size(D)) + kBatchTile * 4;
+  constexpr int64_t bytes_per_col = kRowTile * int64_t(dtype_size(D));
   return (int64_t(24) << 10) / bytes_per_col / step_cols<D>() * step_cols<D>();
 }
 
@@ -188,13 +192,14 @@ template <DType D, int NR, int MR, bool Tail>
 // Weight rows r0 .. r0 + NR - 1 times x rows m0 .. m0 + MR - 1 over columns
 // [c0, c1). `partial` keeps the accumulators between chunks ([NR][MR] vectors);
 // the first chunk starts from zero and the last writes the sums to out.
-// With `prefetch`, every cache line read here is followed by a prefetch of the
-// line `prefetch_ahead` bytes further on: where this thread reads next.
+// For each row r of the tile whose bit is set in `prefetch_rows`, every cache
+// line read here is followed by a prefetch of the line `prefetch_ahead` bytes
+// further on in row r: where this thread reads next.
 template <DType D, int NR, int MR>
 [[gnu::always_inline]] inline void stream_chunk(const float* x, int64_t ldx, WeightRows rows,
                                                 int64_t c0, int64_t c1, int64_t k, float* partial,
                                                 float* out, int64_t ldo, const float* scales,
-                                                bool accumulate, bool prefetch,
+                                                bool accumulate, unsigned prefetch_rows,
                                                 ptrdiff_t prefetch_ahead) {
   constexpr int64_t S = step_cols<D>();
   constexpr size_t elem = dtype_size(D);
@@ -207,9 +212,11 @@ template <DType D, int NR, int MR>
   const int64_t end = std::min(c1, k), full_end = end - (end - c0) % S;
   int64_t kk = c0;
   for (; kk < full_end; kk += S) {
-    if (prefetch && (size_t(kk) * elem) % 64 == 0)
+    if (prefetch_rows && (size_t(kk) * elem) % 64 == 0)
+#pragma GCC unroll 8
       for (int r = 0; r < NR; ++r)
-        _mm_prefetch(rows.row(rows.first + size_t(kk) * elem + prefetch_ahead, r), _MM_HINT_T1);
+        if (prefetch_rows >> r & 1u)
+          _mm_prefetch(rows.row(rows.first + size_t(kk) * elem + prefetch_ahead, r), _MM_HINT_T1);
     stream_step<D, NR, MR, false>(x, ldx, rows, kk, k, acc);
   }
   if (kk < end) stream_step<D, NR, MR, true>(x, ldx, rows, kk, k, acc);
@@ -234,8 +241,12 @@ template <DType D, int NR, int MR>
 
 // NR weight rows from r0 times all m rows of x, a chunk of columns at a time:
 // each chunk of the tile is read from memory by the first group of x rows
-// and from L1 by the others. With `prefetch_ahead` > 0 the first group asks,
-// for each line it reads, for the line that many bytes further on.
+// and from L1 by the others. With `prefetch_ahead` > 0 the NR rows that many
+// bytes further on (the tile this thread reads next, or a row further ahead)
+// are asked for over the same columns, row r by group r modulo the number of
+// groups: on the EPYC, spreading them over the groups ran 32 and 64 rows
+// from memory 5-7% faster than the first group asking for all six at once,
+// a burst the memory system serves while the other groups leave it idle.
 template <DType D, int NR>
 void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int64_t r0, float* out,
                  int64_t ldo, const float* scales, bool accumulate, ptrdiff_t prefetch_ahead,
@@ -244,22 +255,31 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
   constexpr size_t elem = dtype_size(D);
   const WeightRows rows{w + size_t(r0) * size_t(k) * elem, ptrdiff_t(size_t(k) * elem)};
   const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
+  const int64_t groups = (m + kBatchTile - 1) / kBatchTile;
+  // The rows of the prefetched tile that group g asks for.
+  const auto rows_of_group = [&](int64_t g) {
+    unsigned mask = 0;
+    if (prefetch_ahead > 0)
+      for (int r = 0; r < NR; ++r)
+        if (r % groups == g) mask |= 1u << r;
+    return mask;
+  };
   for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
     const int64_t c1 = std::min(k_steps, c0 + C);
     const bool last = c1 >= k_steps;
-    const bool prefetch = prefetch_ahead > 0;
-    const ptrdiff_t ahead = prefetch_ahead;
     const int64_t c1k = last ? k : c1;  // the last chunk ends at k
     int64_t m0 = 0;
     for (; m0 + kBatchTile <= m; m0 += kBatchTile)
-      stream_chunk<D, NR, kBatchTile>(
-          x.data + m0 * x.ld, x.ld, rows, c0, c1k, k, partial + m0 * NR * 16, out + m0 * ldo + r0,
-          ldo, scales ? scales + r0 : nullptr, accumulate, prefetch && m0 == 0, ahead);
+      stream_chunk<D, NR, kBatchTile>(x.data + m0 * x.ld, x.ld, rows, c0, c1k, k,
+                                      partial + m0 * NR * 16, out + m0 * ldo + r0, ldo,
+                                      scales ? scales + r0 : nullptr, accumulate,
+                                      rows_of_group(m0 / kBatchTile), prefetch_ahead);
     const float* xm = x.data + m0 * x.ld;
     float* pm = partial + m0 * NR * 16;
     float* om = out + m0 * ldo + r0;
     const float* sm = scales ? scales + r0 : nullptr;
-    const bool pf = prefetch && m0 == 0;
+    const unsigned pf = rows_of_group(groups - 1);
+    const ptrdiff_t ahead = prefetch_ahead;
     static_assert(kBatchTile == 3, "the rows left over are 1 or 2");
     switch (m - m0) {
       case 2:
@@ -283,7 +303,7 @@ constexpr int64_t kRowPairs = 2;
 // when x's rows do not fit in L1: 16, 32 and 64 measured the same.
 constexpr int64_t kPairBlock = 32;
 
-// Two BF16 weight rows, r0 and r0 + 1, times MR rows of x (4 to 8) over the
+// Two BF16 weight rows, r0 and r0 + 1, times MR rows of x (4 to 6) over the
 // columns [c0, c1) in one pass: 2 x MR accumulators, the x vectors loaded
 // from L1 by each step's FMAs, and the line `ahead` bytes on asked for.
 // Unlike the tiles of stream_rows, every weight byte is widened once and read
@@ -346,25 +366,25 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
     // the weights at 20 GB/s against 32 a tile at a time).
     const int64_t x_bytes = m * ((w.k + 31) / 32 * 32) * int64_t(sizeof(float));
     const bool x_in_l1 = x_bytes <= (24 << 10);
-    // 4 to 8 rows of x: pairs of weight rows in one pass each, in address
+    // 4 to 6 rows of x: pairs of weight rows in one pass each, in address
     // order, a block of kPairBlock pairs at a time. Where x's rows take more
-    // than 32 KiB (1b's 8 rows of 2048 columns: 64 KiB) the block goes over its
+    // than 32 KiB (6 rows of 2048 columns: 48 KiB) the block goes over its
     // columns in chunks whose x stays in L1. Measured against the tiles on
     // the same EPYC (GB/s of weights, 2 threads, medians of 4 alternations):
-    // 2048 x 768 at 8 rows 34 against 26 and at 4 rows 34 against 29; 5632 x
-    // 2048 at 4 rows 33 against 30, at 6 and 8 rows (chunked) 32 and 29
-    // against 25 and 23; 2048 x 5632 at 6-8 rows (chunked) 32-33 against
-    // 25-29, but at 4 and 5 rows chunked no faster (26 against 30, 32
-    // against 30): those keep the tiles.
-    const bool pairs_path = D == DType::BF16 && m > kBatchTile && m <= 8 &&
+    // 2048 x 768 at 4 rows 34 against 29; 5632 x 2048 at 4 rows 33 against
+    // 30; at 4 and 5 rows chunked no faster (26 against 30, 32 against 30):
+    // those keep the tiles. From 7 rows the tiles, with their prefetches
+    // spread over the groups of x rows (stream_rows), read faster (three
+    // alternations, 1b's shapes: 8 rows 32-38 against 26-35 GB/s, 7 rows
+    // 32-38 against 29-33; 4-6 rows within a few percent either way).
+    const bool pairs_path = D == DType::BF16 && m > kBatchTile && m <= 6 &&
                             (x_bytes <= (32 << 10) || m >= 6) && decode_reads_rows_in_order();
     if (pairs_path) {
       const int64_t chunk = std::max<int64_t>(32, (int64_t(32) << 10) / (m * 4) / 32 * 32);
       const int64_t pairs = w.n / 2, blocks = (pairs + kPairBlock - 1) / kPairBlock;
       const ptrdiff_t ahead = 2 * kRowPairs * row_bytes;
       constexpr decltype(&stream_row_pair_bf16<4>) kPairKernels[] = {
-          stream_row_pair_bf16<4>, stream_row_pair_bf16<5>, stream_row_pair_bf16<6>,
-          stream_row_pair_bf16<7>, stream_row_pair_bf16<8>};
+          stream_row_pair_bf16<4>, stream_row_pair_bf16<5>, stream_row_pair_bf16<6>};
       const auto pair_kernel = kPairKernels[m - 4];
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < blocks; ++b)

@@ -152,7 +152,7 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
     auto backend = make_cpu_backend(CpuBackendOptions{2, dtype});
     // Rows of x: partial tiles of 1 and 2 rows, several tiles, and beyond the
     // default crossover and AMX's chunk of 128 rows; shapes with partial weight tiles, column tails
-    // and (k = 2500) several column chunks.
+    // and (k = 4500) several column chunks for every dtype.
     for (int64_t m : {1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130}) {
       for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1},
                           {5, 15},
@@ -160,7 +160,7 @@ TEST_CASE("matmul of every weight dtype matches the reference on both paths", "[
                           {8, 33},
                           {67, 100},
                           {130, 257},
-                          {13, 2500},
+                          {13, 4500},
                           // AMX shapes (k a multiple of 32): whole
                           // blocks of 32 weight rows with a streamed tail.
                           {70, 96},
