@@ -3,12 +3,17 @@
 // backend's choice among them (cpu::matmul) at
 // several row counts, with the weights in cache (one matrix used again and
 // again) or from memory (a ring of matrices larger than the last-level cache,
-// each used once per pass, as a decode step uses its layers). Medians of the
+// each used once per pass, as a decode step uses its layers). With --shapes
+// the ring cycles through several shapes (a layer's projections) and a pass
+// is one cycle: 1b's decode step is
+//   --shapes 2560x2048,2048x2048,11264x2048,2048x5632 --memory-mib 2048
+// (22 layers' worth; the LM head aside). Medians of the
 // repetitions, so that a slice taken by other work on the machine moves them
 // little.
 //
 //   build/shardlm_matmul_bench [--weights bf16|f16|f32|int8] [--rows 1,8,32,64]
-//                              [--n 2048] [--k 2048] [--memory-mib 1024] [--reps 20]
+//                              [--n 2048] [--k 2048] [--shapes NxK,...]
+//                              [--memory-mib 1024] [--reps 20]
 //                              [--threads T] [--offset BYTES]
 //                              [--path streaming|panel|amx|auto]
 //   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D]
@@ -25,6 +30,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -119,6 +125,11 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "OpenMP threads (0: OpenMP's default)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--offset", offset, "bytes the weights start past a page boundary");
+  std::vector<std::string> shape_flags;
+  app.add_option("--shapes", shape_flags,
+                 "weight shapes NxK, comma-separated, in place of --n/--k: the ring cycles "
+                 "through them (a decode step's matmuls, layer after layer)")
+      ->delimiter(',');
   app.add_option("--path", path,
                  "kernel: streaming, panel (oneDNN), amx or auto (the backend's choice)")
       ->check(CLI::IsMember({"streaming", "panel", "amx", "auto"}));
@@ -152,15 +163,33 @@ int main(int argc, char** argv) {
     return attention_bench(attention_keys, group, head_dim, kv_dtype, reps, caches);
   }
   if (threads > 0) omp_set_num_threads(threads);
+  // The shapes the ring cycles through: --shapes, or one [n x k].
+  struct Shape {
+    int64_t n, k;
+  };
+  std::vector<Shape> shapes;
+  for (const std::string& flag : shape_flags) {
+    Shape shape{0, 0};
+    char rest = 0;
+    if (std::sscanf(flag.c_str(), "%ldx%ld%c", &shape.n, &shape.k, &rest) != 2 || shape.n <= 0 ||
+        shape.k <= 0) {
+      fmt::print(stderr, "matmul_bench: --shapes: expected NxK (e.g. 2048x5632), got '{}'\n", flag);
+      return 2;
+    }
+    shapes.push_back(shape);
+  }
+  if (shapes.empty()) shapes.push_back({n, k});
   const size_t elem = dtype_size(dtype);
-  const size_t matrix_bytes = size_t(n * k) * elem;
-  // memory_mib 0: one matrix, in cache after the first use.
-  const int64_t matrices =
-      std::max<int64_t>(1, int64_t((size_t(memory_mib) << 20) / std::max<size_t>(matrix_bytes, 1)));
+  size_t cycle_bytes = 0;  // one pass over the shapes
+  for (const Shape& shape : shapes) cycle_bytes += size_t(shape.n * shape.k) * elem;
+  // memory_mib 0: the shapes once, in cache after the first use.
+  const int64_t cycles =
+      std::max<int64_t>(1, int64_t((size_t(memory_mib) << 20) / std::max<size_t>(cycle_bytes, 1)));
+  const int64_t matrices = cycles * int64_t(shapes.size());
   // Weights allocated as the CPU backend allocates them (page-aligned, huge
   // pages where granted), moved by --offset bytes (safetensors aligns tensors
   // to 8 bytes only).
-  const size_t total = matrices * matrix_bytes;
+  const size_t total = size_t(cycles) * cycle_bytes;
   std::unique_ptr<uint8_t, decltype(&std::free)> storage(
       static_cast<uint8_t*>(cpu::allocate_streamed(total + offset)), &std::free);
   uint8_t* weights = storage.get() + offset;
@@ -169,41 +198,56 @@ int main(int argc, char** argv) {
     // (zero high bytes would make denormals, which take microcode assists).
     weights[i] = uint8_t(0x30 + (i * 2654435761u >> 24) % 12);
   }
-  std::vector<float> scales(size_t(n), 0.01f);
-  const int64_t max_rows = *std::max_element(rows_list.begin(), rows_list.end());
-  std::vector<float> x(size_t(max_rows * k), 0.25f), out(size_t(max_rows * n));
-  fmt::print("# {} weights [{} x {}], {} matrices ({} MiB), {} thread(s), {} path\n",
-             dtype_name(dtype), n, k, matrices, (matrices * matrix_bytes) >> 20,
-             omp_get_max_threads(), path);
-  if (path == "amx" && !cpu::amx_fits(cpu::WeightView{
-                           weights, dtype, dtype == DType::I8 ? scales.data() : nullptr, n, k})) {
-    fmt::print(stderr,
-               "matmul_bench: --path amx needs bf16 or int8 weights, k a multiple of 32, n >= 32 "
-               "and a CPU with AMX\n");
-    return 2;
+  int64_t max_n = 0, max_k = 0;
+  for (const Shape& shape : shapes) {
+    max_n = std::max(max_n, shape.n);
+    max_k = std::max(max_k, shape.k);
   }
-  fmt::print("rows,median_s_per_matrix,gflops,weight_gbps\n");
+  std::vector<float> scales(size_t(max_n), 0.01f);
+  const int64_t max_rows = *std::max_element(rows_list.begin(), rows_list.end());
+  std::vector<float> x(size_t(max_rows * max_k), 0.25f), out(size_t(max_rows * max_n));
+  std::vector<cpu::WeightView> views;
+  for (int64_t i = 0, at = 0; i < matrices; ++i) {
+    const Shape& shape = shapes[size_t(i) % shapes.size()];
+    views.push_back(cpu::WeightView{
+        weights + at, dtype, dtype == DType::I8 ? scales.data() : nullptr, shape.n, shape.k});
+    at += shape.n * shape.k * int64_t(elem);
+  }
+  fmt::print(
+      "# {} weights, {} shape(s) ({} MiB a pass), {} matrices ({} MiB), {} thread(s), {} "
+      "path\n",
+      dtype_name(dtype), shapes.size(), cycle_bytes >> 20, matrices, total >> 20,
+      omp_get_max_threads(), path);
+  if (path == "amx")
+    for (const cpu::WeightView& w : views)
+      if (!cpu::amx_fits(w)) {
+        fmt::print(stderr,
+                   "matmul_bench: --path amx needs bf16 or int8 weights, k a multiple of 32, n >= "
+                   "32 and a CPU with AMX\n");
+        return 2;
+      }
+  // A pass: every shape once (one matrix with a single shape).
+  fmt::print("rows,median_s_per_pass,gflops,weight_gbps\n");
   for (int64_t rows : rows_list) {
-    std::vector<double> per_matrix;
+    std::vector<double> per_pass;
     for (int64_t r = 0; r <= reps; ++r) {
       const auto t0 = std::chrono::steady_clock::now();
-      for (int64_t i = 0; i < matrices; ++i) {
-        const cpu::WeightView w{weights + size_t(i) * matrix_bytes, dtype,
-                                dtype == DType::I8 ? scales.data() : nullptr, n, k};
+      for (const cpu::WeightView& w : views) {
         if (path == "panel")
-          cpu::matmul_panel(x.data(), rows, k, w, out.data(), n, false);
+          cpu::matmul_panel(x.data(), rows, w.k, w, out.data(), w.n, false);
         else if (path == "amx")
-          cpu::matmul_amx(x.data(), rows, k, w, out.data(), n, false);
+          cpu::matmul_amx(x.data(), rows, w.k, w, out.data(), w.n, false);
         else if (path == "auto")
-          cpu::matmul(x.data(), rows, k, w, out.data(), n, false);
+          cpu::matmul(x.data(), rows, w.k, w, out.data(), w.n, false);
         else
-          cpu::matmul_streaming(x.data(), rows, k, w, out.data(), n, false);
+          cpu::matmul_streaming(x.data(), rows, w.k, w, out.data(), w.n, false);
       }
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (r > 0) per_matrix.push_back(s / double(matrices));  // the first pass warms up
+      if (r > 0) per_pass.push_back(s / double(cycles));  // the first pass warms up
     }
-    const double t = median(per_matrix);
-    fmt::print("{},{:.4g},{:.1f},{:.2f}\n", rows, t, 2.0 * double(rows * n * k) / t / 1e9,
-               double(matrix_bytes) / t / 1e9);
+    const double t = median(per_pass);
+    fmt::print("{},{:.4g},{:.1f},{:.2f}\n", rows, t,
+               2.0 * double(rows) * double(cycle_bytes / elem) / t / 1e9,
+               double(cycle_bytes) / t / 1e9);
   }
 }
