@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -209,6 +210,8 @@ template <DType D, int NR, int MR, bool Tail>
 // Weight rows r0 .. r0 + NR - 1 times x rows m0 .. m0 + MR - 1 over columns
 // [c0, c1). `partial` keeps the accumulators between chunks ([NR][MR] vectors);
 // the first chunk starts from zero and the last writes the sums to out.
+// Without `partial` every chunk starts from zero and adds its sums to out
+// (stream_tile_chunk).
 // Each step asks for up to `prefetch.per_step` lines of the weights this
 // thread reads next, in address order (see stream_rows).
 struct PrefetchStream {
@@ -228,7 +231,8 @@ template <DType D, int NR, int MR>
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
-      acc[r][i] = c0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + (r * MR + i) * 16);
+      acc[r][i] =
+          c0 == 0 || !partial ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + (r * MR + i) * 16);
   const int64_t end = std::min(c1, k), full_end = end - (end - c0) % S;
   const char* next = prefetch.next;
   const char* const prefetch_end = prefetch.end;
@@ -241,7 +245,7 @@ template <DType D, int NR, int MR>
   }
   prefetch.next = next;
   if (kk < end) stream_step<D, NR, MR, true>(x, ldx, rows, kk, k, acc);
-  if (c1 < k) {
+  if (c1 < k && partial) {
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
@@ -311,6 +315,59 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
       default: break;
     }
   }
+}
+
+// One chunk of columns [c0, c0 + chunk_cols) of the tile at r0 times all m
+// rows of x, its sums added to out (written where !accumulate). Where x's
+// rows take more than half of L2, streaming() has every tile of a thread go
+// over one chunk before any goes over the next, so that chunk of x stays in
+// L2 while the weights stream past; going over a tile's chunks in turn read
+// all of x from L3 for every tile. Group g < NR asks for row g of the next
+// tile over the same columns, a line a step (at least as fast as it reads).
+template <DType D, int NR>
+void stream_tile_chunk(const PreparedRows& x, int64_t m, const char* w, int64_t k, int64_t r0,
+                       int64_t c0, float* out, int64_t ldo, const float* scales, bool accumulate,
+                       bool prefetch_next) {
+  constexpr int64_t C = chunk_cols<D>();
+  constexpr size_t elem = dtype_size(D);
+  const WeightRows rows{w + size_t(r0) * size_t(k) * elem, ptrdiff_t(size_t(k) * elem)};
+  const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
+  const int64_t c1 = std::min(k_steps, c0 + C), c1k = c1 >= k_steps ? k : c1;
+  const float* sm = scales ? scales + r0 : nullptr;
+  for (int64_t g = 0, m0 = 0; m0 < m; ++g, m0 += kBatchTile) {
+    PrefetchStream prefetch;
+    if (prefetch_next && g < NR) {
+      prefetch.next = rows.first + (NR + g) * rows.stride + c0 * int64_t(elem);
+      prefetch.end = prefetch.next + (c1k - c0) * int64_t(elem);
+      prefetch.per_step = 1;
+    }
+    const float* xm = x.data + m0 * x.ld;
+    float* om = out + m0 * ldo + r0;
+    switch (std::min<int64_t>(kBatchTile, m - m0)) {
+      case 3:
+        stream_chunk<D, NR, 3>(xm, x.ld, rows, c0, c1k, k, nullptr, om, ldo, sm, accumulate,
+                               prefetch);
+        break;
+      case 2:
+        stream_chunk<D, NR, 2>(xm, x.ld, rows, c0, c1k, k, nullptr, om, ldo, sm, accumulate,
+                               prefetch);
+        break;
+      default:
+        stream_chunk<D, NR, 1>(xm, x.ld, rows, c0, c1k, k, nullptr, om, ldo, sm, accumulate,
+                               prefetch);
+        break;
+    }
+  }
+}
+
+// Half of this core's L2 (1 MiB where the CPU does not say): the x rows
+// above which the tiles go chunk by chunk (stream_tile_chunk).
+int64_t x_rows_in_l2_bytes() {
+  static const int64_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return int64_t(l2 > 0 ? l2 : 1 << 20) / 2;
+  }();
+  return bytes;
 }
 
 // Reading a row at a time (decode_reads_rows_in_order), the row this far
@@ -431,6 +488,24 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
       for (int64_t r = 0; r < w.n; ++r)
         stream_rows<D, 1>(prepared, m, data, w.k, r, out, ldo, w.scales, accumulate,
                           r + ahead < w.n ? ahead * row_bytes : 0, partial.get());
+    } else if (x_bytes > x_rows_in_l2_bytes() && m >= kRowTile * kBatchTile) {
+      // x's rows past half of L2, and a group of x rows for each row of the
+      // next tile to ask for: chunk by chunk over all of this thread's
+      // tiles (the same static split every chunk, so each tile's outputs
+      // stay with one thread and no barrier is needed between chunks).
+      const int64_t k_steps = D == DType::BF16 ? prepared.ld : w.k;
+      constexpr int64_t C = chunk_cols<D>();
+      const int64_t whole = w.n / kRowTile;
+      for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
+#pragma omp for schedule(static) nowait
+        for (int64_t t = 0; t < whole; ++t)
+          stream_tile_chunk<D, kRowTile>(prepared, m, data, w.k, t * kRowTile, c0, out, ldo,
+                                         w.scales, accumulate || c0 > 0, t + 1 < whole);
+      }
+#pragma omp single nowait
+      for (int64_t r = whole * kRowTile; r < w.n; ++r)
+        stream_rows<D, 1>(prepared, m, data, w.k, r, out, ldo, w.scales, accumulate, 0,
+                          partial.get());
     } else {
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < tiles; ++t) {
