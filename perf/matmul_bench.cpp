@@ -7,7 +7,7 @@
 // the ring cycles through several shapes (a layer's projections) and a pass
 // is one cycle: 1b's decode step is
 //   --shapes 2560x2048,2048x2048,11264x2048,2048x5632 --memory-mib 2048
-// (22 layers' worth; the LM head aside). Medians of the
+// (2048 MiB holds 24 layers; the LM head aside). Medians of the
 // repetitions, so that a slice taken by other work on the machine moves them
 // little.
 //

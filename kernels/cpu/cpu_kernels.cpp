@@ -264,6 +264,44 @@ template <DType D, int NR, int MR>
   }
 }
 
+// Columns a BF16 row of x is padded to (whole steps), else k: where the
+// chunks of a row end.
+template <DType D>
+int64_t padded_cols(const PreparedRows& x, int64_t k) {
+  return D == DType::BF16 ? x.ld : k;
+}
+
+// The tile `rows` times every group of 3 rows of x (and the 1 or 2 left)
+// over the columns [c0, c1), group g asking for the lines of prefetch_of(g).
+// With `partial` each group keeps its accumulators there between chunks;
+// without, each adds its sums to out.
+template <DType D, int NR, typename PrefetchOf>
+[[gnu::always_inline]] inline void stream_groups(const PreparedRows& x, int64_t m, WeightRows rows,
+                                                 int64_t c0, int64_t c1, int64_t k, float* partial,
+                                                 float* out, int64_t ldo, const float* scales,
+                                                 bool accumulate, PrefetchOf&& prefetch_of) {
+  int64_t g = 0, m0 = 0;
+  for (; m0 + kBatchTile <= m; ++g, m0 += kBatchTile)
+    stream_chunk<D, NR, kBatchTile>(x.data + m0 * x.ld, x.ld, rows, c0, c1, k,
+                                    partial ? partial + m0 * NR * 16 : nullptr, out + m0 * ldo, ldo,
+                                    scales, accumulate, prefetch_of(g));
+  const float* xm = x.data + m0 * x.ld;
+  float* pm = partial ? partial + m0 * NR * 16 : nullptr;
+  float* om = out + m0 * ldo;
+  static_assert(kBatchTile == 3, "the rows left over are 1 or 2");
+  switch (m - m0) {
+    case 2:
+      stream_chunk<D, NR, 2>(xm, x.ld, rows, c0, c1, k, pm, om, ldo, scales, accumulate,
+                             prefetch_of(g));
+      break;
+    case 1:
+      stream_chunk<D, NR, 1>(xm, x.ld, rows, c0, c1, k, pm, om, ldo, scales, accumulate,
+                             prefetch_of(g));
+      break;
+    default: break;
+  }
+}
+
 // NR weight rows from r0 times all m rows of x, a chunk of columns at a time:
 // each chunk of the tile is read from memory by the first group of x rows
 // and from L1 by the others. With `prefetch_ahead` > 0 the NR rows that many
@@ -281,7 +319,7 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
   constexpr int64_t C = chunk_cols<D>();
   constexpr size_t elem = dtype_size(D);
   const WeightRows rows{w + size_t(r0) * size_t(k) * elem, ptrdiff_t(size_t(k) * elem)};
-  const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
+  const int64_t cols = padded_cols<D>(x, k);
   const int64_t groups = (m + kBatchTile - 1) / kBatchTile;
   PrefetchStream prefetch;
   if (prefetch_ahead > 0) {
@@ -291,29 +329,12 @@ void stream_rows(const PreparedRows& x, int64_t m, const char* w, int64_t k, int
     constexpr int64_t step_bytes = NR * step_cols<D>() * int64_t(elem);
     prefetch.per_step = int((step_bytes + 64 * groups - 1) / (64 * groups));
   }
-  for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
-    const int64_t c1 = std::min(k_steps, c0 + C);
-    const bool last = c1 >= k_steps;
-    const int64_t c1k = last ? k : c1;  // the last chunk ends at k
-    int64_t m0 = 0;
-    for (; m0 + kBatchTile <= m; m0 += kBatchTile)
-      stream_chunk<D, NR, kBatchTile>(x.data + m0 * x.ld, x.ld, rows, c0, c1k, k,
-                                      partial + m0 * NR * 16, out + m0 * ldo + r0, ldo,
-                                      scales ? scales + r0 : nullptr, accumulate, prefetch);
-    const float* xm = x.data + m0 * x.ld;
-    float* pm = partial + m0 * NR * 16;
-    float* om = out + m0 * ldo + r0;
-    const float* sm = scales ? scales + r0 : nullptr;
-    static_assert(kBatchTile == 3, "the rows left over are 1 or 2");
-    switch (m - m0) {
-      case 2:
-        stream_chunk<D, NR, 2>(xm, x.ld, rows, c0, c1k, k, pm, om, ldo, sm, accumulate, prefetch);
-        break;
-      case 1:
-        stream_chunk<D, NR, 1>(xm, x.ld, rows, c0, c1k, k, pm, om, ldo, sm, accumulate, prefetch);
-        break;
-      default: break;
-    }
+  for (int64_t c0 = 0; c0 < cols; c0 += C) {
+    const int64_t c1 = std::min(cols, c0 + C);
+    const int64_t c1k = c1 >= cols ? k : c1;  // the last chunk ends at k
+    stream_groups<D, NR>(x, m, rows, c0, c1k, k, partial, out + r0, ldo,
+                         scales ? scales + r0 : nullptr, accumulate,
+                         [&](int64_t) -> PrefetchStream& { return prefetch; });
   }
 }
 
@@ -328,36 +349,22 @@ template <DType D, int NR>
 void stream_tile_chunk(const PreparedRows& x, int64_t m, const char* w, int64_t k, int64_t r0,
                        int64_t c0, float* out, int64_t ldo, const float* scales, bool accumulate,
                        bool prefetch_next) {
-  constexpr int64_t C = chunk_cols<D>();
   constexpr size_t elem = dtype_size(D);
   const WeightRows rows{w + size_t(r0) * size_t(k) * elem, ptrdiff_t(size_t(k) * elem)};
-  const int64_t k_steps = D == DType::BF16 ? x.ld : k;  // BF16 rows pad to whole steps
-  const int64_t c1 = std::min(k_steps, c0 + C), c1k = c1 >= k_steps ? k : c1;
-  const float* sm = scales ? scales + r0 : nullptr;
-  for (int64_t g = 0, m0 = 0; m0 < m; ++g, m0 += kBatchTile) {
-    PrefetchStream prefetch;
-    if (prefetch_next && g < NR) {
-      prefetch.next = rows.first + (NR + g) * rows.stride + c0 * int64_t(elem);
-      prefetch.end = prefetch.next + (c1k - c0) * int64_t(elem);
-      prefetch.per_step = 1;
-    }
-    const float* xm = x.data + m0 * x.ld;
-    float* om = out + m0 * ldo + r0;
-    switch (std::min<int64_t>(kBatchTile, m - m0)) {
-      case 3:
-        stream_chunk<D, NR, 3>(xm, x.ld, rows, c0, c1k, k, nullptr, om, ldo, sm, accumulate,
-                               prefetch);
-        break;
-      case 2:
-        stream_chunk<D, NR, 2>(xm, x.ld, rows, c0, c1k, k, nullptr, om, ldo, sm, accumulate,
-                               prefetch);
-        break;
-      default:
-        stream_chunk<D, NR, 1>(xm, x.ld, rows, c0, c1k, k, nullptr, om, ldo, sm, accumulate,
-                               prefetch);
-        break;
-    }
-  }
+  const int64_t cols = padded_cols<D>(x, k);
+  const int64_t c1 = std::min(cols, c0 + chunk_cols<D>()), c1k = c1 >= cols ? k : c1;
+  PrefetchStream prefetch;
+  stream_groups<D, NR>(x, m, rows, c0, c1k, k, nullptr, out + r0, ldo,
+                       scales ? scales + r0 : nullptr, accumulate,
+                       [&](int64_t g) -> PrefetchStream& {
+                         prefetch = {};
+                         if (prefetch_next && g < NR) {
+                           prefetch.next = rows.first + (NR + g) * rows.stride + c0 * int64_t(elem);
+                           prefetch.end = prefetch.next + (c1k - c0) * int64_t(elem);
+                           prefetch.per_step = 1;
+                         }
+                         return prefetch;
+                       });
 }
 
 // Half of this core's L2 (1 MiB where the CPU does not say): the x rows
@@ -493,10 +500,9 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
       // next tile to ask for: chunk by chunk over all of this thread's
       // tiles (the same static split every chunk, so each tile's outputs
       // stay with one thread and no barrier is needed between chunks).
-      const int64_t k_steps = D == DType::BF16 ? prepared.ld : w.k;
-      constexpr int64_t C = chunk_cols<D>();
+      const int64_t cols = padded_cols<D>(prepared, w.k);
       const int64_t whole = w.n / kRowTile;
-      for (int64_t c0 = 0; c0 < k_steps; c0 += C) {
+      for (int64_t c0 = 0; c0 < cols; c0 += chunk_cols<D>()) {
 #pragma omp for schedule(static) nowait
         for (int64_t t = 0; t < whole; ++t)
           stream_tile_chunk<D, kRowTile>(prepared, m, data, w.k, t * kRowTile, c0, out, ldo,
