@@ -17,8 +17,18 @@
 #include <string_view>
 #include <vector>
 
-#include "kernels/cpu/exp16.hpp"
 #include "kernels/math.hpp"
+
+// The vector kernels below are written for AVX-512 (F, BW, VL and DQ); where
+// the compiler targets less (-march=native on an AVX2 machine), the portable
+// kernels of portable_kernels.hpp take their place.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define SHARDLM_AVX512 1
+#include "kernels/cpu/exp16.hpp"
+#else
+#define SHARDLM_AVX512 0
+#include "kernels/cpu/portable_kernels.hpp"
+#endif
 
 // GCC 12 reports its own _mm512_undefined_*() (a self-initialised variable
 // inside the AVX-512 intrinsics) as uninitialised once they are inlined here;
@@ -39,6 +49,7 @@ AlignedFloats aligned_floats(size_t count) {
   return AlignedFloats(static_cast<float*>(memory), &std::free);
 }
 
+#if SHARDLM_AVX512
 // The lanes of a 16-float vector that hold the `left` values still to go.
 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
@@ -534,6 +545,8 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
   }
 }
 
+#endif  // SHARDLM_AVX512
+
 #ifdef __AVX512VNNI__
 // I8 weights take an integer path for few rows: each row of x is scaled to
 // int16 (error at most 2^-16 of its largest |value|, far below the int8
@@ -662,6 +675,7 @@ void sgemm(const float* x, int64_t m, int64_t ldx, const float* w, int64_t n, in
 
 }  // namespace
 
+#if SHARDLM_AVX512
 void exp_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
@@ -681,6 +695,29 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
     _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
   }
 }
+#else
+void exp_inplace(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store8(x + i, exp8(load8(x + i)));
+  if (i < n) {  // the tail through one padded vector
+    float tail[kLanes] = {};
+    std::copy(x + i, x + n, tail);
+    store8(tail, exp8(load8(tail)));
+    std::copy(tail, tail + (n - i), x + i);
+  }
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  // silu(g) = g / (1 + exp(-g)), as math::silu computes it.
+  const int64_t whole = n / kLanes * kLanes;
+#pragma omp parallel for schedule(static) if (n > 16384)
+  for (int64_t i = 0; i < whole; i += kLanes) {
+    const Floats8 g = load8(gate + i);
+    store8(out + i, g / (1.0f + exp8(-g)) * load8(up + i));
+  }
+  for (int64_t i = whole; i < n; ++i) out[i] = math::silu(gate[i]) * up[i];
+}
+#endif
 
 namespace {
 
@@ -691,7 +728,9 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
   if (kv == DType::F32) return static_cast<const float*>(cache) + begin * head_dim;
   // Whole vectors, no scale: this pass is on the path of every decode step.
   const auto* src = static_cast<const uint16_t*>(cache) + begin * head_dim;
-  const int64_t n = count * head_dim, full = n / 32 * 32;
+  const int64_t n = count * head_dim;
+#if SHARDLM_AVX512
+  const int64_t full = n / 32 * 32;
   if (kv == DType::BF16) {
     for (int64_t i = 0; i < full; i += 32) {
       const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i)));
@@ -706,6 +745,9 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
                        _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + i + 16))));
     }
   }
+#else
+  const int64_t full = 0;
+#endif
   if (full < n) {
     const char* tail = reinterpret_cast<const char*>(src + full);
     if (kv == DType::BF16)
@@ -716,6 +758,7 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
   return buffer;
 }
 
+#if SHARDLM_AVX512
 // Decode attention, fused: query rows that share one position (the query
 // heads of one token over its KV head) meet the keys 16 at a time, K and V
 // widened in registers as they are read, no sgemm call and no F32 copy of the
@@ -1066,6 +1109,53 @@ void attention_decode(const AttentionQuery& q, const KVView& kv, int64_t lo, int
   }
 }
 
+#endif  // SHARDLM_AVX512
+
+// One row's scores s[0, keys) of a key block, of which it sees [from, to):
+// the row's running max and sum take the block in, s becomes the weights
+// exp(scale s - max) (0 where hidden), and the result is the factor
+// exp(old max - new max) by which what earlier blocks added shrinks.
+float softmax_block_row(float* s, int64_t keys, int64_t from, int64_t to, float scale, float& max,
+                        float& sum) {
+#if SHARDLM_AVX512
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = from; j < to; j += 16) {
+    const __mmask16 m = tail_mask(to - j);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
+  }
+  const float block_max = _mm512_reduce_max_ps(vmax) * scale;
+#else
+  const float block_max = *std::max_element(s + from, s + to) * scale;
+#endif
+  const float new_max = std::max(max, block_max);
+  const float shrink = max == -INFINITY ? 0.0f : std::exp(max - new_max);
+  max = new_max;
+#if SHARDLM_AVX512
+  const __m512 vscale = _mm512_set1_ps(scale), shift = _mm512_set1_ps(new_max);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < keys; j += 16) {
+    const __mmask16 m = tail_mask(keys - j);
+    // Lanes before `from` or from `to` on are hidden: weight 0.
+    const __mmask16 before = tail_mask(std::clamp<int64_t>(from - j, 0, 16));
+    const __mmask16 live = m & tail_mask(std::max<int64_t>(0, to - j)) & __mmask16(~before);
+    const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
+    const __m512 p = _mm512_maskz_mov_ps(live, e);
+    vsum = _mm512_add_ps(vsum, p);
+    _mm512_mask_storeu_ps(s + j, m, p);
+  }
+  sum = sum * shrink + _mm512_reduce_add_ps(vsum);
+#else
+  std::fill(s, s + from, 0.0f);
+  std::fill(s + to, s + keys, 0.0f);
+  for (int64_t j = from; j < to; ++j) s[j] = s[j] * scale - new_max;
+  exp_inplace(s + from, to - from);
+  float block_sum = 0;
+  for (int64_t j = from; j < to; ++j) block_sum += s[j];
+  sum = sum * shrink + block_sum;
+#endif
+  return shrink;
+}
+
 }  // namespace
 
 int64_t attention_scratch(int64_t rows, int64_t head_dim) {
@@ -1090,11 +1180,13 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
     // The AMX kernel's cost per key is the same for 1 to 16 rows; the vector
     // kernel's grows with the rows and is the cheaper one for a single row.
     if (q.rows >= 2 && amx_attention_fits(kv)) return attention_decode_amx(q, kv, lo, hi, st);
+#if SHARDLM_AVX512
     switch (kv.dtype) {
       case DType::BF16: return attention_decode<DType::BF16>(q, kv, lo, hi, st, scratch);
       case DType::F16: return attention_decode<DType::F16>(q, kv, lo, hi, st, scratch);
       default: return attention_decode<DType::F32>(q, kv, lo, hi, st, scratch);
     }
+#endif
   }
   const int64_t head_dim = kv.head_dim;
   float* scores = scratch;
@@ -1126,29 +1218,8 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
           std::fill(s, s + keys, 0.0f);
           continue;
         }
-        __m512 vmax = _mm512_set1_ps(-INFINITY);
-        for (int64_t j = from; j < to; j += 16) {
-          const __mmask16 m = tail_mask(to - j);
-          vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
-        }
-        const float block_max = _mm512_reduce_max_ps(vmax) * kv.scale;
-        const float new_max = std::max(st.max[row], block_max);
-        // What earlier blocks added shrinks by exp(old max - new max).
-        const float shrink = st.max[row] == -INFINITY ? 0.0f : std::exp(st.max[row] - new_max);
-        st.max[row] = new_max;
-        const __m512 vscale = _mm512_set1_ps(kv.scale), shift = _mm512_set1_ps(new_max);
-        __m512 vsum = _mm512_setzero_ps();
-        for (int64_t j = 0; j < keys; j += 16) {
-          const __mmask16 m = tail_mask(keys - j);
-          // Lanes before `from` or from `to` on are hidden: weight 0.
-          const __mmask16 before = tail_mask(std::clamp<int64_t>(from - j, 0, 16));
-          const __mmask16 live = m & tail_mask(std::max<int64_t>(0, to - j)) & __mmask16(~before);
-          const __m512 e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vscale, shift));
-          const __m512 p = _mm512_maskz_mov_ps(live, e);
-          vsum = _mm512_add_ps(vsum, p);
-          _mm512_mask_storeu_ps(s + j, m, p);
-        }
-        st.sum[row] = st.sum[row] * shrink + _mm512_reduce_add_ps(vsum);
+        const float shrink =
+            softmax_block_row(s, keys, from, to, kv.scale, st.max[row], st.sum[row]);
         if (shrink != 1.0f)
           for (int64_t d = 0; d < head_dim; ++d) acc[d] *= shrink;
       }
@@ -1169,7 +1240,10 @@ void attention_merge(const AttentionState& into, const AttentionState& from, int
 }
 
 bool decode_attention_rounds(const KVView& kv, int64_t rows) {
-  return (rows >= 2 && amx_attention_fits(kv)) || vector_decode_rounds(kv);
+#if SHARDLM_AVX512
+  if (vector_decode_rounds(kv)) return true;
+#endif
+  return rows >= 2 && amx_attention_fits(kv);
 }
 
 void attention_finish(const AttentionState& st, int64_t rows, int64_t head_dim, float* out,
