@@ -14,6 +14,9 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_kernels.hpp"
 #include "kernels/math.hpp"
@@ -85,9 +88,13 @@ inline Floats8 load8_widened(const char* src, int64_t i) {
     for (int j = 0; j < kLanes; ++j) bits[j] = int32_t(uint32_t(h[j]) << 16);
     std::memcpy(&out, &bits, sizeof out);
   } else if constexpr (D == DType::F16) {
+#ifdef __F16C__
+    out = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
+#else
     uint16_t h[kLanes];
     std::memcpy(h, src + 2 * i, sizeof h);
     for (int j = 0; j < kLanes; ++j) out[j] = math::f16_to_float(h[j]);
+#endif
   } else {
     const auto* q = reinterpret_cast<const int8_t*>(src) + i;
     for (int j = 0; j < kLanes; ++j) out[j] = float(q[j]);
