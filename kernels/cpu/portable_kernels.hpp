@@ -104,11 +104,15 @@ inline Floats8 load8_widened(const char* src, int64_t i) {
 
 template <DType D>
 inline float widened(const char* src, int64_t i) {
-  if constexpr (D == DType::F32) return reinterpret_cast<const float*>(src)[i];
-  uint16_t h = 0;
-  if constexpr (D == DType::I8) return float(reinterpret_cast<const int8_t*>(src)[i]);
-  std::memcpy(&h, src + 2 * i, 2);
-  return D == DType::BF16 ? math::bf16_to_float(h) : math::f16_to_float(h);
+  if constexpr (D == DType::F32) {
+    return reinterpret_cast<const float*>(src)[i];
+  } else if constexpr (D == DType::I8) {
+    return float(reinterpret_cast<const int8_t*>(src)[i]);
+  } else {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    return D == DType::BF16 ? math::bf16_to_float(h) : math::f16_to_float(h);
+  }
 }
 
 template <DType D>
@@ -128,14 +132,16 @@ inline void widen_row(const char* src, int64_t k, float scale, float* dst) {
 constexpr int kPortableRowTile = 4;
 constexpr int kPortableBatchTile = 2;
 
+// sums[i][r] = x row i · rows row r over k columns (rows: kPortableRowTile
+// widened rows of k floats each).
 template <int MR>
-inline void dot_tile(const float* x, int64_t ldx, const float* rows, int64_t ld, int64_t k,
+inline void dot_tile(const float* x, int64_t ldx, const float* rows, int64_t k,
                      float (&sums)[MR][kPortableRowTile]) {
   Floats8 acc[MR][kPortableRowTile] = {};
   int64_t c = 0;
   for (; c + kLanes <= k; c += kLanes) {
     Floats8 w[kPortableRowTile];
-    for (int r = 0; r < kPortableRowTile; ++r) w[r] = load8(rows + r * ld + c);
+    for (int r = 0; r < kPortableRowTile; ++r) w[r] = load8(rows + r * k + c);
     for (int i = 0; i < MR; ++i) {
       const Floats8 xv = load8(x + i * ldx + c);
       for (int r = 0; r < kPortableRowTile; ++r) acc[i][r] += xv * w[r];
@@ -144,7 +150,7 @@ inline void dot_tile(const float* x, int64_t ldx, const float* rows, int64_t ld,
   for (int i = 0; i < MR; ++i)
     for (int r = 0; r < kPortableRowTile; ++r) {
       float sum = sum8(acc[i][r]);
-      for (int64_t t = c; t < k; ++t) sum += x[i * ldx + t] * rows[r * ld + t];
+      for (int64_t t = c; t < k; ++t) sum += x[i * ldx + t] * rows[r * k + t];
       sums[i][r] = sum;
     }
 }
@@ -181,12 +187,12 @@ void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, floa
       int64_t i = 0;
       for (; i + kPortableBatchTile <= m; i += kPortableBatchTile) {
         float sums[kPortableBatchTile][kPortableRowTile];
-        dot_tile<kPortableBatchTile>(x + i * ldx, ldx, rows.data(), w.k, w.k, sums);
+        dot_tile<kPortableBatchTile>(x + i * ldx, ldx, rows.data(), w.k, sums);
         for (int j = 0; j < kPortableBatchTile; ++j) store(i + j, sums[j]);
       }
       for (; i < m; ++i) {
         float sums[1][kPortableRowTile];
-        dot_tile<1>(x + i * ldx, ldx, rows.data(), w.k, w.k, sums);
+        dot_tile<1>(x + i * ldx, ldx, rows.data(), w.k, sums);
         store(i, sums[0]);
       }
     }
