@@ -37,7 +37,7 @@ inline void store8(float* p, Floats8 v) {
   std::memcpy(p, &v, sizeof v);
 }
 inline Floats8 splat8(float f) {
-  return Floats8{} + f;
+  return Floats8{f, f, f, f, f, f, f, f};  // not {} + f: that costs an add (-0 + 0 is +0)
 }
 inline float sum8(Floats8 v) {
   float sum = 0;
@@ -155,12 +155,179 @@ inline void dot_tile(const float* x, int64_t ldx, const float* rows, int64_t k,
     }
 }
 
+// The sgemm-shaped kernel for several rows of x: a strip of kStripRows weight
+// rows is widened and transposed, kStripDepth columns at a time, into a panel
+// [depth][kStripRows] that stays in L1; each loaded panel vector then serves
+// every row of a block of x (one broadcast value a row), with no sums across
+// lanes. The dot-product tile above loads a weight and an x vector for every
+// two FMAs, more than the load ports of an AVX2 core keep up with.
+constexpr int kStripRows = 16;    // two vectors of output columns
+constexpr int kStripDepth = 256;  // a panel of 16 KiB
+constexpr int kBlockRows = 6;     // 12 sums + 2 panel vectors + a broadcast: 15 registers
+// Rows of x from which strips() is the faster kernel: below it the panel's
+// transposition costs more than the loads it saves.
+constexpr int64_t kStripsMinRows = 4;
+
+// v[i][j] becomes v[j][i]: eight vectors of 8 as a square, transposed.
+inline void transpose8(Floats8 (&v)[8]) {
+  using Idx = Ints8;
+  Floats8 t[8], u[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = __builtin_shuffle(v[j], v[j + 1], Idx{0, 8, 1, 9, 4, 12, 5, 13});
+    t[j + 1] = __builtin_shuffle(v[j], v[j + 1], Idx{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int j = 0; j < 8; j += 4)
+    for (int h = 0; h < 2; ++h) {
+      u[j + 2 * h] = __builtin_shuffle(t[j + h], t[j + h + 2], Idx{0, 1, 8, 9, 4, 5, 12, 13});
+      u[j + 2 * h + 1] = __builtin_shuffle(t[j + h], t[j + h + 2], Idx{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  for (int j = 0; j < 4; ++j) {
+    v[j] = __builtin_shuffle(u[j], u[j + 4], Idx{0, 1, 2, 3, 8, 9, 10, 11});
+    v[j + 4] = __builtin_shuffle(u[j], u[j + 4], Idx{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
+// panel[c][r] = row r of the strip at column c0 + c, for c < depth, r <
+// kStripRows; rows at and past `live` read as zero. Unscaled: scales are per
+// output column here, applied to the sums.
+template <DType D>
+inline void pack_strip(const char* data, size_t row_bytes, int64_t live, int64_t c0, int64_t depth,
+                       float* panel) {
+  const char* rows[kStripRows];
+  static const float zeros[kStripDepth] = {};
+  for (int r = 0; r < kStripRows; ++r)
+    rows[r] = r < live ? data + size_t(r) * row_bytes + c0 * int64_t(dtype_size(D))
+                       : reinterpret_cast<const char*>(zeros);  // past the last row
+  int64_t c = 0;
+  for (; c + kLanes <= depth; c += kLanes) {
+    for (int half = 0; half < kStripRows / kLanes; ++half) {
+      Floats8 v[8];
+      for (int r = 0; r < kLanes; ++r) v[r] = load8_widened<D>(rows[half * kLanes + r], c);
+      transpose8(v);
+      for (int j = 0; j < kLanes; ++j) store8(panel + (c + j) * kStripRows + half * kLanes, v[j]);
+    }
+  }
+  for (; c < depth; ++c)
+    for (int r = 0; r < kStripRows; ++r) panel[c * kStripRows + r] = widened<D>(rows[r], c);
+}
+
+// The cache lines of the chunk pack_strip takes next, fetched a few at a time
+// while this one is multiplied, in the order it reads them: without it a
+// chunk's arithmetic and its successor's reads from memory take turns.
+struct ChunkAhead {
+  const char* base = nullptr;  // the chunk's first column in its strip's first row
+  size_t row_bytes = 0;
+  int64_t rows = 1, next = 0, count = 0;  // rows in the strip, lines issued, lines in the chunk
+  void issue() {
+    if (next < count) {
+      __builtin_prefetch(base + (next % rows) * row_bytes + (next / rows) * 64, 0, 3);
+      ++next;
+    }
+  }
+};
+
+// sums[i][0..kStripRows) += x row i · panel over `depth` columns, for MR rows of x.
+template <int MR>
+inline void panel_block(const float* x, int64_t ldx, const float* panel, int64_t depth, float* sums,
+                        ChunkAhead& ahead, int64_t every) {
+  constexpr int NV = kStripRows / kLanes;
+  Floats8 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int h = 0; h < NV; ++h) acc[i][h] = load8(sums + i * kStripRows + h * kLanes);
+  for (int64_t c = 0; c < depth; ++c) {
+    if ((c & (every - 1)) == 0) ahead.issue();
+    Floats8 b[NV];
+    for (int h = 0; h < NV; ++h) {
+      b[h] = load8(panel + c * kStripRows + h * kLanes);
+      // Held in a register: GCC would otherwise fold the load into each of
+      // the MR FMAs that use it, more loads than the core issues a cycle.
+      asm("" : "+x"(b[h]));
+    }
+    for (int i = 0; i < MR; ++i) {
+      const Floats8 a = splat8(x[i * ldx + c]);
+      for (int h = 0; h < NV; ++h) acc[i][h] += a * b[h];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int h = 0; h < NV; ++h) store8(sums + i * kStripRows + h * kLanes, acc[i][h]);
+}
+
+template <int MR = kBlockRows>
+inline void panel_block_of(int64_t rows, const float* x, int64_t ldx, const float* panel,
+                           int64_t depth, float* sums, ChunkAhead& ahead, int64_t every) {
+  if constexpr (MR > 1)
+    if (rows < MR) return panel_block_of<MR - 1>(rows, x, ldx, panel, depth, sums, ahead, every);
+  panel_block<MR>(x, ldx, panel, depth, sums, ahead, every);
+}
+
+// All m rows of x over the panel, in blocks of as even a size as kBlockRows
+// allows (8 rows as 4 + 4, not 6 + 2: a block of 2 loads a panel vector per
+// two FMAs).
+inline void panel_rows(const float* x, int64_t m, int64_t ldx, const float* panel, int64_t depth,
+                       float* sums, ChunkAhead& ahead) {
+  const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
+  // A line every `every` columns of each block: spread over the whole chunk's
+  // arithmetic, the power of 2 at or below its share.
+  int64_t every = 1;
+  while (ahead.count > 0 && every * 2 * ahead.count <= blocks * depth) every *= 2;
+  for (int64_t b = 0, i = 0; b < blocks; ++b) {
+    const int64_t rows = (m - i) / (blocks - b);
+    panel_block_of(rows, x + i * ldx, ldx, panel, depth, sums + i * kStripRows, ahead, every);
+    i += rows;
+  }
+  while (ahead.next < ahead.count) ahead.issue();
+}
+
+template <DType D>
+void strips(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
+            bool accumulate) {
+  const char* data = static_cast<const char*>(w.data);
+  const size_t row_bytes = size_t(w.k) * dtype_size(D);
+  const int64_t count = (w.n + kStripRows - 1) / kStripRows;
+  const int64_t chunks = (w.k + kStripDepth - 1) / kStripDepth;
+#pragma omp parallel if (count > 1)
+  {
+    std::vector<float> panel(size_t(kStripDepth * kStripRows)), sums(size_t(m * kStripRows));
+#pragma omp for schedule(static)
+    for (int64_t s = 0; s < count; ++s) {
+      const int64_t r0 = s * kStripRows, live = std::min<int64_t>(kStripRows, w.n - r0);
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t c0 = q * kStripDepth, depth = std::min<int64_t>(kStripDepth, w.k - c0);
+        pack_strip<D>(data + size_t(r0) * row_bytes, row_bytes, live, c0, depth, panel.data());
+        // The next chunk: this strip's, or past its last the next strip's first.
+        ChunkAhead ahead;
+        const bool last = q + 1 == chunks;
+        const int64_t next_c0 = last ? 0 : c0 + kStripDepth;
+        const int64_t next_rows =
+            last ? std::min<int64_t>(kStripRows, w.n - r0 - kStripRows) : live;
+        if (next_rows > 0) {
+          ahead.base = data + size_t(last ? r0 + kStripRows : r0) * row_bytes +
+                       size_t(next_c0) * dtype_size(D);
+          ahead.row_bytes = row_bytes;
+          ahead.rows = next_rows;
+          const int64_t bytes = std::min<int64_t>(kStripDepth, w.k - next_c0) * dtype_size(D);
+          ahead.count = (bytes + 63) / 64 * next_rows;
+        }
+        panel_rows(x + c0, m, ldx, panel.data(), depth, sums.data(), ahead);
+      }
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t r = 0; r < live; ++r) {
+          const float sum = sums[size_t(i * kStripRows + r)] * (w.scales ? w.scales[r0 + r] : 1.0f);
+          float& o = out[i * ldo + r0 + r];
+          o = accumulate ? o + sum : sum;
+        }
+    }
+  }
+}
+
 // out = x · wᵀ (+ out): OpenMP splits the tiles of weight rows over the
 // threads; each tile is widened (scales applied) into a buffer that stays in
 // cache while every row of x passes over it.
 template <DType D>
 void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
                bool accumulate) {
+  if (m >= kStripsMinRows) return strips<D>(x, m, ldx, w, out, ldo, accumulate);
   const char* data = static_cast<const char*>(w.data);
   const size_t row_bytes = size_t(w.k) * dtype_size(D);
   const int64_t tiles = (w.n + kPortableRowTile - 1) / kPortableRowTile;
