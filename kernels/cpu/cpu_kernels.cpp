@@ -1447,8 +1447,7 @@ bool default_decode_order_is_rows() {
   return __builtin_cpu_is("amd");
 }
 std::atomic<bool> decode_rows_in_order{default_decode_order_is_rows()};
-std::atomic<int64_t> streaming_rows_limit{SHARDLM_AVX512 ? kDefaultStreamingMaxRows
-                                                         : kPortableStreamingMaxRows};
+std::atomic<int64_t> streaming_rows_limit{kDefaultStreamingMaxRows};
 std::atomic<int64_t> amx_streaming_rows_limit{kDefaultAmxStreamingMaxRows};
 }  // namespace
 

@@ -41,13 +41,10 @@ struct WeightView {
 // calibrate` measures it (measure_streaming_max_rows) and writes it to the
 // hardware spec (cpu_streaming_max_rows), which generate and bench apply with
 // set_streaming_max_rows. kDefaultStreamingMaxRows is what calibrate found on
-// the development machine (a 2-core AVX-512 EPYC: streaming was faster at
-// every count it tries, 8 to 256 rows), for runs without a spec. Builds with
-// the portable kernels (no AVX-512: docs/cpu_backend.md) start from
-// kPortableStreamingMaxRows instead, what calibrate found on a 2-core AVX2
-// EPYC (Zen 3): the panel path was faster from 32 rows.
+// the development machines, for runs without a spec: streaming was faster at
+// every count it tries, 8 to 256 rows, on 2-core AVX-512 EPYCs and, with the
+// portable kernels' strips, on a 2-core AVX2 EPYC (Zen 3).
 constexpr int64_t kDefaultStreamingMaxRows = 256;
-constexpr int64_t kPortableStreamingMaxRows = 24;
 int64_t streaming_max_rows();
 // I8 weights stream up to 16 rows at most: their integer path rounds each row
 // of x to int16 (per rank, under tensor parallelism), which prefill of a
