@@ -5,9 +5,12 @@
 // Included by cpu_kernels.cpp alone, internal to it like exp16.hpp: these
 // replace the AVX-512 kernels, not add to them.
 //
-// What is left to the AVX-512 build: the tiled streaming kernel's chunks and
-// prefetches, the BF16 and VNNI dot products, and the fused decode attention
-// (decode attention here takes the blocked sgemm path of attention_partial).
+// The streaming matmul has two shapes here: dot products of widened weight
+// rows for a few rows of x, and from kStripsMinRows rows the sgemm shape of
+// strips(), whose transposed panels let a weight vector serve six rows of x
+// for two loads. What is left to the AVX-512 build: the BF16 and VNNI dot
+// products and the fused decode attention (decode attention here takes the
+// blocked sgemm path of attention_partial).
 #pragma once
 
 #include <algorithm>
@@ -122,9 +125,11 @@ inline void widen_row(const char* src, int64_t k, float scale, float* dst) {
   for (; i < k; ++i) dst[i] = widened<D>(src, i) * scale;
 }
 
-// A tile is kPortableRowTile weight rows, widened once into scratch, against
-// kPortableBatchTile rows of x at a time: 8 independent sums keep two FMA
-// units busy past their latency, and each x vector loaded serves 4 weight rows.
+// Below kStripsMinRows rows of x (decode of a few sequences, where the
+// weights' read from memory sets the pace): a tile is kPortableRowTile weight
+// rows, widened once into scratch, against kPortableBatchTile rows of x at a
+// time: 8 independent sums keep two FMA units busy past their latency, and
+// each x vector loaded serves 4 weight rows.
 // On a Zen 3 EPYC, column chunks (1024), holding the weight vectors in
 // registers (GCC folds their loads into the FMAs) and prefetching the next
 // tile before the multiplications were no faster or slower
