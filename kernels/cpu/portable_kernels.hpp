@@ -170,8 +170,8 @@ constexpr int kStripRows = 16;    // two vectors of output columns
 constexpr int kStripDepth = 256;  // a panel of 16 KiB
 constexpr int kBlockRows = 6;     // 12 sums + 2 panel vectors + a broadcast: 15 registers
 // Rows of x from which streaming() takes strips(): on a Zen 3 EPYC the two
-// were level at 4 to 8 rows with the weights from memory, and strips() 1.2x
-// ahead at 8 rows with them in cache (2.2x at 64); below 8 the panel's
+// were level at 4 to 8 rows with the weights from memory, and strips() 1.18x
+// ahead at 8 rows with them in cache (1.57x at 64); below 8 the panel's
 // transposition costs about what it saves (perf/results/portable-strips-zen3.md).
 constexpr int64_t kStripsMinRows = 8;
 
