@@ -114,12 +114,13 @@ PeakMatmul measure_peak_matmul(int repeats);
 // batched path: the panel path (oneDNN sgemm on widened weights), or with
 // `amx` the AMX kernel (cpu::amx_available() must hold). Both are timed on
 // BF16 weights larger than the last-level cache, at growing row counts, and
-// the answer is the largest count before the first one where the batched
-// path wins (capped at the largest count tried). `samples` receives the timings.
+// the answer is choose_streaming_max_rows' (capped at the largest count
+// tried). `samples` receives the timings.
 int64_t measure_streaming_max_rows(int repeats, std::vector<StreamingSample>* samples = nullptr,
                                    bool amx = false);
-// The rows of the last sample (by growing rows) before the first where the
-// batched path is faster; 1 when it is faster from the first.
+// The limit (1 or a sample's rows) whose choice of path, streaming up to it
+// and batched above, loses the least summed over the samples, each sample's
+// time relative to its faster path's; ties keep the smaller limit.
 int64_t choose_streaming_max_rows(const std::vector<StreamingSample>& samples);
 // The same with BF16 weights (a checkpoint's usual dtype, widened as the
 // backend does), best of `repeats` runs: the rate the cost model's
