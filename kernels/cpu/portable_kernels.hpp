@@ -164,8 +164,9 @@ inline void dot_tile(const float* x, int64_t ldx, const float* rows, int64_t k,
 // rows is widened and transposed, kStripDepth columns at a time, into a panel
 // [depth][kStripRows] that stays in L1; each loaded panel vector then serves
 // every row of a block of x (one broadcast value a row), with no sums across
-// lanes. The dot-product tile above loads a weight and an x vector for every
-// two FMAs, more than the load ports of an AVX2 core keep up with.
+// lanes. The dot-product tile above compiles to 10 loads per 8 FMAs (GCC folds
+// each weight load into both FMAs that use it), more than the two load ports
+// of an AVX2 core keep up with.
 constexpr int kStripRows = 16;    // two vectors of output columns
 constexpr int kStripDepth = 256;  // a panel of 16 KiB
 constexpr int kBlockRows = 6;     // 12 sums + 2 panel vectors + a broadcast: 15 registers
@@ -246,9 +247,11 @@ inline void panel_block(const float* x, int64_t ldx, const float* panel, int64_t
     Floats8 b[NV];
     for (int h = 0; h < NV; ++h) {
       b[h] = load8(panel + c * kStripRows + h * kLanes);
+#if defined(__x86_64__)
       // Held in a register: GCC would otherwise fold the load into each of
       // the MR FMAs that use it, more loads than the core issues a cycle.
       asm("" : "+x"(b[h]));
+#endif
     }
     for (int i = 0; i < MR; ++i) {
       const Floats8 a = splat8(x[i * ldx + c]);
