@@ -178,20 +178,20 @@ constexpr int64_t kStripsMinRows = 8;
 
 // v[i][j] becomes v[j][i]: eight vectors of 8 as a square, transposed.
 inline void transpose8(Floats8 (&v)[8]) {
-  using Idx = Ints8;
   Floats8 t[8], u[8];
   for (int j = 0; j < 8; j += 2) {
-    t[j] = __builtin_shuffle(v[j], v[j + 1], Idx{0, 8, 1, 9, 4, 12, 5, 13});
-    t[j + 1] = __builtin_shuffle(v[j], v[j + 1], Idx{2, 10, 3, 11, 6, 14, 7, 15});
+    t[j] = __builtin_shufflevector(v[j], v[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[j + 1] = __builtin_shufflevector(v[j], v[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
   for (int j = 0; j < 8; j += 4)
     for (int h = 0; h < 2; ++h) {
-      u[j + 2 * h] = __builtin_shuffle(t[j + h], t[j + h + 2], Idx{0, 1, 8, 9, 4, 5, 12, 13});
-      u[j + 2 * h + 1] = __builtin_shuffle(t[j + h], t[j + h + 2], Idx{2, 3, 10, 11, 6, 7, 14, 15});
+      u[j + 2 * h] = __builtin_shufflevector(t[j + h], t[j + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[j + 2 * h + 1] =
+          __builtin_shufflevector(t[j + h], t[j + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
   for (int j = 0; j < 4; ++j) {
-    v[j] = __builtin_shuffle(u[j], u[j + 4], Idx{0, 1, 2, 3, 8, 9, 10, 11});
-    v[j + 4] = __builtin_shuffle(u[j], u[j + 4], Idx{4, 5, 6, 7, 12, 13, 14, 15});
+    v[j] = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    v[j + 4] = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
 
