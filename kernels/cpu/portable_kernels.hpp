@@ -226,6 +226,26 @@ struct ChunkAhead {
   const char* base = nullptr;  // the chunk's first column in its strip's first row
   size_t row_bytes = 0;
   int64_t rows = 1, next = 0, count = 0;  // rows in the strip, lines issued, lines in the chunk
+
+  // The chunk after the one at column c0 of the strip from weight row r0: the
+  // strip's next, or past its last the next strip's first (none past the
+  // weight's last strip).
+  static ChunkAhead after(const WeightView& w, int64_t r0, int64_t c0) {
+    const size_t element = dtype_size(w.dtype), row_bytes = size_t(w.k) * element;
+    const bool last = c0 + kStripDepth >= w.k;
+    const int64_t next_c0 = last ? 0 : c0 + kStripDepth;
+    const int64_t next_r0 = last ? r0 + kStripRows : r0;
+    ChunkAhead ahead;
+    if (next_r0 >= w.n) return ahead;
+    ahead.base =
+        static_cast<const char*>(w.data) + size_t(next_r0) * row_bytes + size_t(next_c0) * element;
+    ahead.row_bytes = row_bytes;
+    ahead.rows = std::min<int64_t>(kStripRows, w.n - next_r0);
+    const int64_t bytes = std::min<int64_t>(kStripDepth, w.k - next_c0) * int64_t(element);
+    ahead.count = (bytes + 63) / 64 * ahead.rows;
+    return ahead;
+  }
+
   void issue() {
     if (next < count) {
       __builtin_prefetch(base + (next % rows) * row_bytes + (next / rows) * 64, 0, 3);
@@ -305,20 +325,7 @@ void strips(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
       for (int64_t q = 0; q < chunks; ++q) {
         const int64_t c0 = q * kStripDepth, depth = std::min<int64_t>(kStripDepth, w.k - c0);
         pack_strip<D>(data + size_t(r0) * row_bytes, row_bytes, live, c0, depth, panel.data());
-        // The next chunk: this strip's, or past its last the next strip's first.
-        ChunkAhead ahead;
-        const bool last = q + 1 == chunks;
-        const int64_t next_c0 = last ? 0 : c0 + kStripDepth;
-        const int64_t next_rows =
-            last ? std::min<int64_t>(kStripRows, w.n - r0 - kStripRows) : live;
-        if (next_rows > 0) {
-          ahead.base = data + size_t(last ? r0 + kStripRows : r0) * row_bytes +
-                       size_t(next_c0) * dtype_size(D);
-          ahead.row_bytes = row_bytes;
-          ahead.rows = next_rows;
-          const int64_t bytes = std::min<int64_t>(kStripDepth, w.k - next_c0) * dtype_size(D);
-          ahead.count = (bytes + 63) / 64 * next_rows;
-        }
+        ChunkAhead ahead = ChunkAhead::after(w, r0, c0);
         panel_rows(x + c0, m, ldx, panel.data(), depth, sums.data(), ahead);
       }
       for (int64_t i = 0; i < m; ++i)
@@ -331,9 +338,10 @@ void strips(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
   }
 }
 
-// out = x · wᵀ (+ out): OpenMP splits the tiles of weight rows over the
-// threads; each tile is widened (scales applied) into a buffer that stays in
-// cache while every row of x passes over it.
+// out = x · wᵀ (+ out). From kStripsMinRows rows of x, strips(); below it
+// OpenMP splits the tiles of weight rows over the threads, and each tile is
+// widened (scales applied) into a buffer that stays in cache while every row
+// of x passes over it.
 template <DType D>
 void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
                bool accumulate) {
