@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#ifdef __F16C__
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -195,9 +195,53 @@ inline void transpose8(Floats8 (&v)[8]) {
   }
 }
 
-// panel[c][r] = row r of the strip at column c0 + c, for c < depth, r <
-// kStripRows; rows at and past `live` read as zero. Unscaled: scales are per
-// output column here, applied to the sums.
+// The panel position of weight row r of a strip: r, except for BF16 weights
+// on AVX2, whose 16-bit transposition (pack_strip) leaves rows 4-7 and 8-11
+// swapped.
+template <DType D>
+constexpr int panel_lane(int r) {
+#ifdef __AVX2__
+  if constexpr (D == DType::BF16) return (r & 12) == 4 || (r & 12) == 8 ? r ^ 12 : r;
+#endif
+  return r;
+}
+
+#ifdef __AVX2__
+// 16 rows x 8 columns of BF16 into the panel: transposed while 16-bit (two
+// rows a register, one a lane: 24 shuffles for 128 weights, half what the
+// widened floats take), then widened by interleaving with zeros.
+inline void pack_bf16_columns(const char* const (&rows)[kStripRows], int64_t c, float* panel) {
+  __m256i a[8];
+  for (int r = 0; r < 8; ++r)
+    a[r] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(rows[r + 8] + 2 * c),
+                               reinterpret_cast<const __m128i*>(rows[r] + 2 * c));
+  __m256i t[8], u[8];
+  for (int j = 0; j < 4; ++j) {
+    t[2 * j] = _mm256_unpacklo_epi16(a[2 * j], a[2 * j + 1]);
+    t[2 * j + 1] = _mm256_unpackhi_epi16(a[2 * j], a[2 * j + 1]);
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 2; ++j) {
+      u[4 * h + 2 * j] = _mm256_unpacklo_epi32(t[4 * h + j], t[4 * h + j + 2]);
+      u[4 * h + 2 * j + 1] = _mm256_unpackhi_epi32(t[4 * h + j], t[4 * h + j + 2]);
+    }
+  const __m256i zero = _mm256_setzero_si256();
+  for (int j = 0; j < 4; ++j) {
+    const __m256i col[2] = {_mm256_unpacklo_epi64(u[j], u[j + 4]),
+                            _mm256_unpackhi_epi64(u[j], u[j + 4])};
+    for (int e = 0; e < 2; ++e) {
+      float* dst = panel + (c + 2 * j + e) * kStripRows;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_unpacklo_epi16(zero, col[e]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kLanes),
+                          _mm256_unpackhi_epi16(zero, col[e]));
+    }
+  }
+}
+#endif
+
+// panel[c][panel_lane(r)] = row r of the strip at column c0 + c, for c <
+// depth, r < kStripRows; rows at and past `live` read as zero. Unscaled:
+// scales are per output column here, applied to the sums.
 template <DType D>
 inline void pack_strip(const char* data, size_t row_bytes, int64_t live, int64_t c0, int64_t depth,
                        float* panel) {
@@ -207,6 +251,10 @@ inline void pack_strip(const char* data, size_t row_bytes, int64_t live, int64_t
     rows[r] = r < live ? data + size_t(r) * row_bytes + c0 * int64_t(dtype_size(D))
                        : reinterpret_cast<const char*>(zeros);  // past the last row
   int64_t c = 0;
+#ifdef __AVX2__
+  if constexpr (D == DType::BF16)
+    for (; c + kLanes <= depth; c += kLanes) pack_bf16_columns(rows, c, panel);
+#endif
   for (; c + kLanes <= depth; c += kLanes) {
     for (int half = 0; half < kStripRows / kLanes; ++half) {
       Floats8 v[8];
@@ -216,7 +264,8 @@ inline void pack_strip(const char* data, size_t row_bytes, int64_t live, int64_t
     }
   }
   for (; c < depth; ++c)
-    for (int r = 0; r < kStripRows; ++r) panel[c * kStripRows + r] = widened<D>(rows[r], c);
+    for (int r = 0; r < kStripRows; ++r)
+      panel[c * kStripRows + panel_lane<D>(r)] = widened<D>(rows[r], c);
 }
 
 // The cache lines of the chunk pack_strip takes next, fetched a few at a time
@@ -226,6 +275,11 @@ struct ChunkAhead {
   const char* base = nullptr;  // the chunk's first column in its strip's first row
   size_t row_bytes = 0;
   int64_t rows = 1, next = 0, count = 0;  // rows in the strip, lines issued, lines in the chunk
+  // The next line: its row in the strip, and its offset from base (row_bytes
+  // a row, 64 a line), kept as it advances: a division here, every few
+  // columns of the arithmetic, cost more than the prefetch saved.
+  int64_t row = 0;
+  size_t column = 0, offset = 0;
 
   // The chunk after the one at column c0 of the strip from weight row r0: the
   // strip's next, or past its last the next strip's first (none past the
@@ -248,8 +302,15 @@ struct ChunkAhead {
 
   void issue() {
     if (next < count) {
-      __builtin_prefetch(base + (next % rows) * row_bytes + (next / rows) * 64, 0, 3);
+      __builtin_prefetch(base + offset, 0, 3);
       ++next;
+      if (++row < rows) {
+        offset += row_bytes;
+      } else {
+        row = 0;
+        column += 64;
+        offset = column;
+      }
     }
   }
 };
@@ -258,28 +319,27 @@ struct ChunkAhead {
 template <int MR>
 inline void panel_block(const float* x, int64_t ldx, const float* panel, int64_t depth, float* sums,
                         ChunkAhead& ahead, int64_t every) {
-  constexpr int NV = kStripRows / kLanes;
-  Floats8 acc[MR][NV];
+  static_assert(kStripRows == 2 * kLanes, "a panel row is two vectors");
+  Floats8 acc[MR][2];
   for (int i = 0; i < MR; ++i)
-    for (int h = 0; h < NV; ++h) acc[i][h] = load8(sums + i * kStripRows + h * kLanes);
+    for (int h = 0; h < 2; ++h) acc[i][h] = load8(sums + i * kStripRows + h * kLanes);
   for (int64_t c = 0; c < depth; ++c) {
     if ((c & (every - 1)) == 0) ahead.issue();
-    Floats8 b[NV];
-    for (int h = 0; h < NV; ++h) {
-      b[h] = load8(panel + c * kStripRows + h * kLanes);
+    Floats8 lo = load8(panel + c * kStripRows), hi = load8(panel + c * kStripRows + kLanes);
 #if defined(__x86_64__)
-      // Held in a register: GCC would otherwise fold the load into each of
-      // the MR FMAs that use it, more loads than the core issues a cycle.
-      asm("" : "+x"(b[h]));
+    // Held in registers: GCC would otherwise fold each load into the MR FMAs
+    // that use it, more loads than the core issues a cycle. Two variables, not
+    // an array: an array held this way went through the stack every column.
+    asm("" : "+x"(lo), "+x"(hi));
 #endif
-    }
     for (int i = 0; i < MR; ++i) {
       const Floats8 a = splat8(x[i * ldx + c]);
-      for (int h = 0; h < NV; ++h) acc[i][h] += a * b[h];
+      acc[i][0] += a * lo;
+      acc[i][1] += a * hi;
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int h = 0; h < NV; ++h) store8(sums + i * kStripRows + h * kLanes, acc[i][h]);
+    for (int h = 0; h < 2; ++h) store8(sums + i * kStripRows + h * kLanes, acc[i][h]);
 }
 
 template <int MR = kBlockRows>
@@ -330,7 +390,8 @@ void strips(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
       }
       for (int64_t i = 0; i < m; ++i)
         for (int64_t r = 0; r < live; ++r) {
-          const float sum = sums[size_t(i * kStripRows + r)] * (w.scales ? w.scales[r0 + r] : 1.0f);
+          const float sum = sums[size_t(i * kStripRows + panel_lane<D>(int(r)))] *
+                            (w.scales ? w.scales[r0 + r] : 1.0f);
           float& o = out[i * ldo + r0 + r];
           o = accumulate ? o + sum : sum;
         }
