@@ -758,6 +758,40 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
   return buffer;
 }
 
+// Each block of keys of the fused decode kernels (16 with AVX-512, 8 in the
+// portable build) asks for the K and V lines of the block this many
+// keys on (into L1): the hardware prefetcher does not follow the two streams
+// read a block at a time in turn. On a 2-core EPYC, 384 caches of 4096 BF16
+// keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at
+// 16 or 32, 25-32 without. (With one 16-key step at a time, 256 keys on was
+// the best distance.)
+// The L1 prefetches alone keep too few lines in flight to stream (the fill
+// buffers bound them), so each block also asks for the block
+// kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6 ms
+// (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra
+// prefetches cost 0.5 us per 1024 keys.
+constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
+
+// The K and V lines of `bytes` from `offset` into each cache, with
+// __builtin_prefetch's `kLocality` (3: into L1 as prefetcht0, 2: into L2 as
+// prefetcht1; GCC and Clang type _mm_prefetch's hint differently).
+template <int kLocality>
+inline void prefetch_kv_block(const KVView& kv, size_t offset, size_t bytes) {
+  const char* k = static_cast<const char*>(kv.k) + offset;
+  const char* v = static_cast<const char*>(kv.v) + offset;
+  for (size_t line = 0; line < bytes; line += 64) {
+    __builtin_prefetch(k + line, 0, kLocality);
+    __builtin_prefetch(v + line, 0, kLocality);
+  }
+}
+
+constexpr int kDecodeRowBlock = 4;  // query rows whose output sums stay in registers
+// Keys per online-softmax step: scores a block of keys at a time, then
+// the softmax and the P.V products over all of them, so that a step's chain
+// of dependent work (the row maxima, the shrink's exp, the sums' loads and
+// permutations) is paid once per 64 keys, not once per 16.
+constexpr int64_t kDecodeStepKeys = 64;
+
 #if SHARDLM_AVX512
 // Decode attention, fused: query rows that share one position (the query
 // heads of one token over its KV head) meet the keys 16 at a time, K and V
@@ -765,12 +799,6 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
 // cache. The sgemm form spent most of its time outside the arithmetic at one
 // token's few rows: 240-300 us for 4 heads over 4096 BF16 keys on one core,
 // about 4 GB/s of cache read from L2.
-constexpr int kDecodeRowBlock = 4;  // query rows whose output sums stay in registers
-// Keys per online-softmax step: scores 16 keys at a time (sum_lanes_16), then
-// the softmax and the P.V products over all of them, so that a step's chain
-// of dependent work (the row maxima, the shrink's exp, the sums' loads and
-// permutations) is paid once per 64 keys, not once per 16.
-constexpr int64_t kDecodeStepKeys = 64;
 
 // Lane j of the result: the sum of the 16 lanes of v[j]. Summing each vector
 // on its own (a reduction per query row and key) cost more than the dot
@@ -985,32 +1013,6 @@ void decode_values_bf16(const KVView& kv, const AttentionState& st, int64_t r0, 
 }
 #endif
 
-// Each block of 16 keys asks for the K and V lines of the block this many
-// keys on (into L1): the hardware prefetcher does not follow the two streams
-// read a block at a time in turn. On a 2-core EPYC, 384 caches of 4096 BF16
-// keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at
-// 16 or 32, 25-32 without. (With one 16-key step at a time, 256 keys on was
-// the best distance.)
-// The L1 prefetches alone keep too few lines in flight to stream (the fill
-// buffers bound them), so each block also asks for the block
-// kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6 ms
-// (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra
-// prefetches cost 0.5 us per 1024 keys.
-constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
-
-// The K and V lines of `bytes` from `offset` into each cache, with
-// __builtin_prefetch's `kLocality` (3: into L1 as prefetcht0, 2: into L2 as
-// prefetcht1; GCC and Clang type _mm_prefetch's hint differently).
-template <int kLocality>
-inline void prefetch_kv_block(const KVView& kv, size_t offset, size_t bytes) {
-  const char* k = static_cast<const char*>(kv.k) + offset;
-  const char* v = static_cast<const char*>(kv.v) + offset;
-  for (size_t line = 0; line < bytes; line += 64) {
-    __builtin_prefetch(k + line, 0, kLocality);
-    __builtin_prefetch(v + line, 0, kLocality);
-  }
-}
-
 // The keys [lo, hi) for rows that all sit at one position and all see them;
 // scratch holds kDecodeStepKeys floats per row, then 16 widened keys.
 template <DType D>
@@ -1125,7 +1127,18 @@ float softmax_block_row(float* s, int64_t keys, int64_t from, int64_t to, float 
   }
   const float block_max = _mm512_reduce_max_ps(vmax) * scale;
 #else
-  const float block_max = *std::max_element(s + from, s + to) * scale;
+  // Eight lanes at a time: a scalar max or sum over a step's keys waits on
+  // each compare or add in turn.
+  Floats8 vmax = splat8(-INFINITY);
+  int64_t j = from;
+  for (; j + kLanes <= to; j += kLanes) {
+    const Floats8 v = load8(s + j);
+    vmax = v > vmax ? v : vmax;
+  }
+  float block_max = -INFINITY;
+  for (int i = 0; i < kLanes; ++i) block_max = std::max(block_max, vmax[i]);
+  for (; j < to; ++j) block_max = std::max(block_max, s[j]);
+  block_max *= scale;
 #endif
   const float new_max = std::max(max, block_max);
   const float shrink = max == -INFINITY ? 0.0f : std::exp(max - new_max);
@@ -1147,14 +1160,114 @@ float softmax_block_row(float* s, int64_t keys, int64_t from, int64_t to, float 
 #else
   std::fill(s, s + from, 0.0f);
   std::fill(s + to, s + keys, 0.0f);
-  for (int64_t j = from; j < to; ++j) s[j] = s[j] * scale - new_max;
+  for (int64_t i = from; i < to; ++i) s[i] = s[i] * scale - new_max;
   exp_inplace(s + from, to - from);
-  float block_sum = 0;
-  for (int64_t j = from; j < to; ++j) block_sum += s[j];
+  Floats8 vsum = {};
+  for (j = from; j + kLanes <= to; j += kLanes) vsum += load8(s + j);
+  float block_sum = sum8(vsum);
+  for (; j < to; ++j) block_sum += s[j];
   sum = sum * shrink + block_sum;
 #endif
   return shrink;
 }
+
+#if !SHARDLM_AVX512
+// Decode attention, fused, in the portable build: as attention_decode above,
+// a step of kDecodeStepKeys keys at a time, 8 keys a block. The keys of a
+// block are widened once into `keys`, each query row takes its 8 dot products
+// in 8 sums and transpose8 adds them across lanes into one vector of 8
+// scores; softmax_block_row turns a row's step of scores into weights, and V
+// is widened 16 columns at a time as it is read, each value vector serving
+// every row. The blocked sgemm path it replaces widened K and V blocks into
+// F32 copies and made two oneDNN calls a block for 3 rows.
+template <DType D>
+void decode_scores_portable(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_t n,
+                            float* keys, float* scores) {
+  const int64_t head_dim = kv.head_dim;  // a multiple of 8 (attention_partial checks)
+  const auto* k = static_cast<const char*>(kv.k);
+  for (int64_t j = 0; j < kLanes; ++j)
+    for (int64_t c = 0; c < head_dim; c += kLanes)
+      store8(keys + j * head_dim + c,
+             j < n ? load8_widened<D>(k + size_t(j0 + j) * size_t(head_dim) * dtype_size(D), c)
+                   : Floats8{});
+  for (int64_t r = 0; r < q.rows; ++r) {
+    Floats8 dot[kLanes] = {};
+    for (int64_t c = 0; c < head_dim; c += kLanes) {
+      const Floats8 qv = load8(q.q + r * q.ldq + c);
+      for (int j = 0; j < kLanes; ++j) dot[j] += qv * load8(keys + j * head_dim + c);
+    }
+    transpose8(dot);
+    Floats8 sum = dot[0];
+    for (int i = 1; i < kLanes; ++i) sum += dot[i];
+    store8(scores + r * kDecodeStepKeys, sum);
+  }
+}
+
+// acc_r += sum_j weights[r][j] · v_{j0 + j} for the rows [r0, r0 + R), 16
+// columns of the head at a time: 2R sums in registers.
+template <DType D, int R>
+void decode_values_portable(const KVView& kv, const AttentionState& st, int64_t r0, int64_t j0,
+                            int64_t n, const float* weights) {
+  const int64_t head_dim = kv.head_dim;
+  const char* v = static_cast<const char*>(kv.v) + size_t(j0 * head_dim) * dtype_size(D);
+  const size_t row_bytes = size_t(head_dim) * dtype_size(D);
+  for (int64_t c = 0; c < head_dim; c += 2 * kLanes) {
+    const int halves = c + 2 * kLanes <= head_dim ? 2 : 1;
+    Floats8 acc[R][2] = {};
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < halves; ++h)
+        acc[r][h] = load8(st.acc + (r0 + r) * st.ld + c + h * kLanes);
+    for (int64_t j = 0; j < n; ++j) {
+      const Floats8 lo = load8_widened<D>(v + size_t(j) * row_bytes, c);
+      const Floats8 hi =
+          halves == 2 ? load8_widened<D>(v + size_t(j) * row_bytes, c + kLanes) : Floats8{};
+      for (int r = 0; r < R; ++r) {
+        const Floats8 p = splat8(weights[(r0 + r) * kDecodeStepKeys + j]);
+        acc[r][0] += p * lo;
+        acc[r][1] += p * hi;
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < halves; ++h)
+        store8(st.acc + (r0 + r) * st.ld + c + h * kLanes, acc[r][h]);
+  }
+}
+
+// The keys [lo, hi) for rows that all sit at one position and all see them;
+// scratch holds kDecodeStepKeys floats per row, then 8 widened keys.
+template <DType D>
+void attention_decode_portable(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
+                               const AttentionState& st, float* scratch) {
+  float* keys = scratch + q.rows * kDecodeStepKeys;
+  const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
+  for (int64_t j0 = lo; j0 < hi; j0 += kDecodeStepKeys) {
+    const int64_t n = std::min<int64_t>(kDecodeStepKeys, hi - j0);
+    for (int64_t b = 0; b * kLanes < n; ++b) {
+      const int64_t j = j0 + b * kLanes;
+      if (const int64_t ahead = j + kDecodePrefetchKeys; ahead + kLanes <= hi)
+        prefetch_kv_block<3>(kv, size_t(ahead) * row_bytes, kLanes * row_bytes);
+      if (const int64_t ahead = j + kDecodePrefetchL2Keys; ahead + kLanes <= hi)
+        prefetch_kv_block<2>(kv, size_t(ahead) * row_bytes, kLanes * row_bytes);
+      decode_scores_portable<D>(q, kv, j, std::min<int64_t>(kLanes, n - b * kLanes), keys,
+                                scratch + b * kLanes);
+    }
+    for (int64_t row = 0; row < q.rows; ++row) {
+      const float shrink = softmax_block_row(scratch + row * kDecodeStepKeys, n, 0, n, kv.scale,
+                                             st.max[row], st.sum[row]);
+      if (shrink != 1.0f)
+        for (int64_t d = 0; d < kv.head_dim; ++d) st.acc[row * st.ld + d] *= shrink;
+    }
+    for (int64_t r0 = 0; r0 < q.rows; r0 += kDecodeRowBlock) {
+      switch (std::min<int64_t>(kDecodeRowBlock, q.rows - r0)) {
+        case 1: decode_values_portable<D, 1>(kv, st, r0, j0, n, scratch); break;
+        case 2: decode_values_portable<D, 2>(kv, st, r0, j0, n, scratch); break;
+        case 3: decode_values_portable<D, 3>(kv, st, r0, j0, n, scratch); break;
+        default: decode_values_portable<D, 4>(kv, st, r0, j0, n, scratch); break;
+      }
+    }
+  }
+}
+#endif  // !SHARDLM_AVX512
 
 }  // namespace
 
@@ -1186,6 +1299,12 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
       case DType::F16: return attention_decode<DType::F16>(q, kv, lo, hi, st, scratch);
       default: return attention_decode<DType::F32>(q, kv, lo, hi, st, scratch);
     }
+#else
+    if (kv.head_dim % kLanes == 0) switch (kv.dtype) {
+        case DType::BF16: return attention_decode_portable<DType::BF16>(q, kv, lo, hi, st, scratch);
+        case DType::F16: return attention_decode_portable<DType::F16>(q, kv, lo, hi, st, scratch);
+        default: return attention_decode_portable<DType::F32>(q, kv, lo, hi, st, scratch);
+      }
 #endif
   }
   const int64_t head_dim = kv.head_dim;
