@@ -191,33 +191,41 @@ double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeat
 }
 
 double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats,
-                                Communicator* in_step) {
-  // One cache per thread, all threads at once, as a decode step runs its
+                                Communicator* in_step, int64_t caches_per_thread) {
+  // Caches per thread, all threads at once, as a decode step runs its
   // (sequence, KV head) tasks on every thread: the rate is the process's.
-  // Each cache (1 MiB at 4096 keys) stays in its core's L2, so what is timed
-  // is the arithmetic; the cost model adds the cache's read itself.
+  // With one cache each (1 MiB at 4096 keys) it stays in its core's L2, so
+  // what is timed is the arithmetic; with many the caches come from memory.
   // A BF16 cache, the default --kv-dtype; 0x3e4d and 0x3e9a are 0.2 and 0.3.
   const int threads = omp_get_max_threads();
+  const int64_t caches = threads * caches_per_thread;
   const size_t cache = size_t(keys * head_dim);
   const int64_t scratch_floats = cpu::attention_rows_scratch(heads, head_dim);
   std::vector<float> q(size_t(heads * head_dim), 0.1f), out(size_t(threads * heads * head_dim)),
       scratch(size_t(threads * scratch_floats));
-  const StreamedBuffer<uint16_t> k = filled(cache * size_t(threads), uint16_t(0x3e4d)),
-                                 v = filled(cache * size_t(threads), uint16_t(0x3e9a));
+  const StreamedBuffer<uint16_t> k = filled(cache * size_t(caches), uint16_t(0x3e4d)),
+                                 v = filled(cache * size_t(caches), uint16_t(0x3e9a));
   // The query heads of one new token at the last position: each sees every key.
   const cpu::AttentionQuery query{q.data(), head_dim, heads, keys - 1, 0, 0};
   auto run = [&] {
 #pragma omp parallel for schedule(static, 1)
-    for (int t = 0; t < threads; ++t) {
-      const cpu::KVView kv{k.data() + size_t(t) * cache, v.data() + size_t(t) * cache, DType::BF16,
-                           head_dim, 1.0f / std::sqrt(float(head_dim))};
-      cpu::attention_rows(query, kv, out.data() + t * heads * head_dim, head_dim,
-                          scratch.data() + t * scratch_floats);
-    }
+    for (int t = 0; t < threads; ++t)
+      for (int64_t i = t; i < caches; i += threads) {
+        const cpu::KVView kv{k.data() + size_t(i) * cache, v.data() + size_t(i) * cache,
+                             DType::BF16, head_dim, 1.0f / std::sqrt(float(head_dim))};
+        cpu::attention_rows(query, kv, out.data() + t * heads * head_dim, head_dim,
+                            scratch.data() + t * scratch_floats);
+      }
   };
   const double seconds =
       in_step ? in_step_seconds(*in_step, repeats, run) : best_seconds(repeats, run);
-  return 4.0 * double(heads * keys * head_dim) * threads / seconds;
+  return 4.0 * double(heads * keys * head_dim) * double(caches) / seconds;
+}
+
+double attention_read_overlap(double arithmetic_s, double read_s, double measured_s) {
+  const double shorter = std::min(arithmetic_s, read_s);
+  if (shorter <= 0) return 0.0;
+  return std::clamp((arithmetic_s + read_s - measured_s) / shorter, 0.0, 1.0);
 }
 
 namespace {
@@ -635,6 +643,30 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
   comm.barrier();
   rates(c.matmul_bf16, c.matmul_bf16_activations, c.memory_by_bytes, c.attention_by_group, &comm);
   comm.barrier();
+  // Decode attention from memory, against its arithmetic in L2 (the table
+  // above) and a plain read of as many bytes, each group's read timed just
+  // before its attention (the machine's speed moves): how much of the
+  // shorter one the kernel hides (attention_read_overlap).
+  {
+    const int64_t keys = 4096, head_dim = 64, threads = omp_get_max_threads();
+    const int64_t per_thread = std::max<int64_t>(1, (quick ? 64 : 256) / threads);
+    const double caches = double(per_thread * threads);
+    const double bytes = caches * 2.0 * double(keys * head_dim) * 2.0;  // K and V, BF16
+    double overlap_sum = 0;
+    for (const auto& [group, l2_rate] : c.attention_by_group) {
+      const double read_Bps = measure_memory_read_in_step(size_t(bytes), comm);
+      const double rate = measure_attention_decode(int64_t(group), keys, head_dim, quick ? 2 : 5,
+                                                   &comm, per_thread);
+      const double flops = 4.0 * group * double(keys * head_dim) * caches;
+      AttentionFromMemory a{int64_t(group), flops / l2_rate, bytes / read_Bps, flops / rate, 0};
+      a.overlap = attention_read_overlap(a.arithmetic_s, a.read_s, a.measured_s);
+      overlap_sum += a.overlap;
+      c.attention_from_memory.push_back(a);
+    }
+    if (!c.attention_from_memory.empty())
+      c.spec.measured.attention_read_overlap = overlap_sum / double(c.attention_from_memory.size());
+  }
+  comm.barrier();
   Communicator* node = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
   if (node) {
     // The node's first rank measures; the others wait in a sleeping receive.
@@ -749,6 +781,14 @@ std::string to_yaml(const Calibration& c) {
     const std::string warning = speed_drift_warning(c.probe_start, c.probe_end);
     if (!warning.empty()) out += "# WARNING: " + warning + ".\n";
   }
+  if (!c.attention_from_memory.empty())
+    out +=
+        "# Decode attention, BF16 caches of 4096 keys from memory (query heads per KV head: s of\n"
+        "# arithmetic at the in-L2 rate, s of a plain read, s measured -> the fraction of the\n"
+        "# shorter hidden; measured.attention_read_overlap is their mean):\n";
+  for (const auto& a : c.attention_from_memory)
+    out += fmt::format("#   {}: {:.4g}, {:.4g}, {:.4g} -> {:.2f}\n", a.group, a.arithmetic_s,
+                       a.read_s, a.measured_s, a.overlap);
   out += "# Decode matmul paths on BF16 weights from memory (rows: streaming s, panel s):\n";
   for (const auto& s : c.streaming)
     out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.batched_s);

@@ -51,6 +51,14 @@ SpeedProbe measure_speed_probe(Communicator& all, bool quick);
 std::string speed_drift_warning(const SpeedProbe& start, const SpeedProbe& end,
                                 double tolerance = 0.15);
 
+// Decode attention over caches from memory, every rank at once: seconds of
+// its arithmetic (at the in-L2 rate), of a plain read of the caches, and as
+// measured, and the fraction of the shorter of the first two it hid.
+struct AttentionFromMemory {
+  int64_t group = 0;
+  double arithmetic_s = 0, read_s = 0, measured_s = 0, overlap = 0;
+};
+
 struct Calibration {
   int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
@@ -66,6 +74,8 @@ struct Calibration {
   std::vector<std::pair<double, double>> memory_by_bytes, memory_by_bytes_alone;
   // Decode attention FLOP/s by query heads per KV head.
   std::vector<std::pair<double, double>> attention_by_group, attention_by_group_alone;
+  // Decode attention from memory against its parts (attention_read_overlap).
+  std::vector<AttentionFromMemory> attention_from_memory;
   // How the overheads of spec.measured were found (one line per run), for the comments.
   std::vector<std::string> overhead_notes;
   // Inside a node (all ranks when there is one node): collectives and sends.
@@ -132,8 +142,13 @@ double measure_matmul_bf16(int64_t rows, int64_t inner, int64_t cols, int repeat
 // for `heads` query heads sharing one KV head, one cache (in L2) per thread
 // of this rank, all at once: best of `repeats` runs, or with `in_step` timed
 // as measure_matmul_bf16 times it.
+// With `caches_per_thread` above 1, as many caches per thread, read from
+// memory once they outgrow the caches.
 double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, int repeats,
-                                Communicator* in_step = nullptr);
+                                Communicator* in_step = nullptr, int64_t caches_per_thread = 1);
+// The fraction of the shorter of decode attention's arithmetic and its read
+// that a run from memory hid: (arithmetic + read - measured) / shorter, in [0, 1].
+double attention_read_overlap(double arithmetic_s, double read_s, double measured_s);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).

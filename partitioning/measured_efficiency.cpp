@@ -172,6 +172,8 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
        {std::pair{"attention_decode_flops", &m.attention_decode_flops},
         std::pair{"attention_decode_flops_alone", &m.attention_decode_flops_alone}})
     if (f.has(key)) *value = f.positive(key);
+  if (f.has("attention_read_overlap"))
+    m.attention_read_overlap = f.fraction("attention_read_overlap");
   f.reject_unknown();
   return m;
 }
@@ -180,8 +182,9 @@ std::string MeasuredEfficiency::to_yaml() const {
   if (!has_matmul() && !has_memory() && layer_overhead_s == 0 && token_overhead_s == 0 &&
       collective_overhead_s == 0 && inter_node_collective_overhead_s == 0 &&
       weight_gather_s_per_byte == 0 && attention_decode_flops == 0 &&
-      attention_decode_flops_by_group.empty() && inter_node_s_per_byte == 0 &&
-      collective_s_by_bytes.empty() && inter_node_collective_s_by_bytes.empty())
+      attention_decode_flops_by_group.empty() && attention_read_overlap == 0 &&
+      inter_node_s_per_byte == 0 && collective_s_by_bytes.empty() &&
+      inter_node_collective_s_by_bytes.empty())
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
     std::string s = "[";
@@ -215,6 +218,8 @@ std::string MeasuredEfficiency::to_yaml() const {
   if (!attention_decode_flops_by_group_alone.empty())
     out += fmt::format("  attention_decode_flops_by_group_alone: {}\n",
                        table(attention_decode_flops_by_group_alone));
+  if (attention_read_overlap > 0)
+    out += fmt::format("  attention_read_overlap: {:.3g}\n", attention_read_overlap);
   for (auto [key, members, tables] :
        {std::tuple{"collective", collective_members, &collective_s_by_bytes},
         std::tuple{"inter_node_collective", inter_node_collective_members,

@@ -54,6 +54,12 @@ struct MeasuredEfficiency {
   std::vector<std::pair<double, double>> attention_decode_flops_by_group,
       attention_decode_flops_by_group_alone;
   double attention_decode_rate(bool alone, double group) const;
+  // How much of decode attention's arithmetic (at the rates above, timed
+  // with the cache in L2) and its read of the cache from memory overlap: the
+  // fraction of the shorter of the two that the kernel hides, measured from
+  // memory (time = arithmetic + read - overlap x the shorter). 0: they add
+  // up (older specs; the AMX kernel measured so).
+  double attention_read_overlap = 0;
   // Per byte a collective moves across nodes, beyond the inter-node
   // bandwidth that back-to-back collectives of one rank per node measured
   // (every rank of a node sharing its link, in both directions at once).

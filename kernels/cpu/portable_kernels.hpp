@@ -9,8 +9,8 @@
 // rows for a few rows of x, and from kStripsMinRows rows the sgemm shape of
 // strips(), whose transposed panels let a weight vector serve six rows of x
 // for two loads. What is left to the AVX-512 build: the BF16 and VNNI dot
-// products and the fused decode attention (decode attention here takes the
-// blocked sgemm path of attention_partial).
+// products. (The portable fused decode attention lives in cpu_kernels.cpp,
+// beside the AVX-512 one, whose constants and prefetches it shares.)
 #pragma once
 
 #include <algorithm>

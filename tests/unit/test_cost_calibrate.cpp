@@ -122,3 +122,26 @@ TEST_CASE("a rate far below its neighbours is found for measuring again", "[cali
   CHECK(rate_dips({1.0}).empty());
   CHECK(rate_dips({}).empty());
 }
+
+TEST_CASE("decode attention's read overlap is the fraction of the shorter part hidden",
+          "[calibrate]") {
+  // Arithmetic 2 s, read 3 s: measured 5 s hides nothing, 3 s hides all of
+  // the arithmetic, 4 s half of it; faster than either part or slower than
+  // both added still gives a fraction.
+  CHECK(attention_read_overlap(2, 3, 5) == Approx(0.0));
+  CHECK(attention_read_overlap(2, 3, 3) == Approx(1.0));
+  CHECK(attention_read_overlap(2, 3, 4) == Approx(0.5));
+  CHECK(attention_read_overlap(3, 2, 4) == Approx(0.5));
+  CHECK(attention_read_overlap(2, 3, 2.5) == Approx(1.0));
+  CHECK(attention_read_overlap(2, 3, 6) == Approx(0.0));
+  CHECK(attention_read_overlap(0, 3, 3) == Approx(0.0));
+  // Written into the spec where calibrate measured one, read back by the planner.
+  Calibration c = minimal_calibration("overlap");
+  c.spec.measured.attention_read_overlap = 0.4;
+  c.attention_from_memory.push_back({3, 2, 3, 4.2, 0.4});
+  const std::string file = "calibrate_overlap_test.yaml";
+  std::ofstream(file) << to_yaml(c);
+  const HardwareSpec loaded = HardwareSpec::load(file);
+  std::remove(file.c_str());
+  CHECK(loaded.measured.attention_read_overlap == Approx(0.4));
+}

@@ -253,6 +253,23 @@ TEST_CASE("decode attention is priced at its measured rate for the model's group
     CHECK(c.layer.latency_s == Approx(weights_s + attention_flops / 2.5e9 +
                                       c.layer.kv_bytes / 4e10 + c.layer.overhead_s));
   }
+  // A measured overlap hides that fraction of the shorter of the attention's
+  // arithmetic and its read; read back as written.
+  const HardwareSpec overlapping =
+      load_spec("overlap", base +
+                               "  attention_decode_flops_by_group: [[1, 1.0e9], [4, 4.0e9]]\n"
+                               "  attention_read_overlap: 0.75\n");
+  {
+    const PhaseCost c = estimate_phase(model, overlapping, w, Phase::kDecode, config);
+    const double weights_s = std::max(others_s, c.layer.weight_bytes / 4e10);
+    const double attention_s = attention_flops / 2.5e9, read_s = c.layer.kv_bytes / 4e10;
+    CHECK(c.layer.latency_s == Approx(weights_s + attention_s + read_s -
+                                      0.75 * std::min(attention_s, read_s) + c.layer.overhead_s));
+    CHECK(load_spec("overlap again", overlapping.measured.to_yaml())
+              .measured.attention_read_overlap == Approx(0.75));
+  }
+  CHECK_THAT(load_error("overlap above 1", base + "  attention_read_overlap: 1.5\n"),
+             Catch::Contains("attention_read_overlap"));
   // Without a measured attention rate everything overlaps: the larger of all
   // compute and all memory time.
   CHECK(plain.layer.latency_s ==
