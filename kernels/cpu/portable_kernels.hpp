@@ -275,11 +275,11 @@ struct ChunkAhead {
   const char* base = nullptr;  // the chunk's first column in its strip's first row
   size_t row_bytes = 0;
   int64_t rows = 1, next = 0, count = 0;  // rows in the strip, lines issued, lines in the chunk
-  // The next line: its row in the strip, and its offset from base (row_bytes
-  // a row, 64 a line), kept as it advances: a division here, every few
-  // columns of the arithmetic, cost more than the prefetch saved.
+  // The next line: its row in the strip and its byte offset along the row,
+  // kept as it advances: dividing `next` instead, every few columns of the
+  // arithmetic, cost more than the prefetch saved.
   int64_t row = 0;
-  size_t column = 0, offset = 0;
+  size_t column = 0;
 
   // The chunk after the one at column c0 of the strip from weight row r0: the
   // strip's next, or past its last the next strip's first (none past the
@@ -302,14 +302,11 @@ struct ChunkAhead {
 
   void issue() {
     if (next < count) {
-      __builtin_prefetch(base + offset, 0, 3);
+      __builtin_prefetch(base + size_t(row) * row_bytes + column, 0, 3);
       ++next;
-      if (++row < rows) {
-        offset += row_bytes;
-      } else {
+      if (++row == rows) {
         row = 0;
         column += 64;
-        offset = column;
       }
     }
   }
