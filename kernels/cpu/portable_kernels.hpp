@@ -5,10 +5,10 @@
 // Included by cpu_kernels.cpp alone, internal to it like exp16.hpp: these
 // replace the AVX-512 kernels, not add to them.
 //
-// The streaming matmul has two shapes here: dot products of widened weight
-// rows for a few rows of x, and from kStripsMinRows rows the sgemm shape of
-// strips(), whose transposed panels let a weight vector serve six rows of x
-// for two loads. What is left to the AVX-512 build: the BF16 and VNNI dot
+// The streaming matmul has two shapes here: for a few rows of x, dots(), dot
+// products of weights widened in registers as they are read; from 9 rows the
+// sgemm shape of strips(), whose transposed panels let a weight vector serve
+// six rows of x for two loads. What is left to the AVX-512 build: the BF16 and VNNI dot
 // products. (The portable fused decode attention lives in cpu_kernels.cpp,
 // beside the AVX-512 one, whose constants and prefetches it shares.)
 #pragma once
@@ -99,8 +99,14 @@ inline Floats8 load8_widened(const char* src, int64_t i) {
     for (int j = 0; j < kLanes; ++j) out[j] = math::f16_to_float(h[j]);
 #endif
   } else {
+#ifdef __AVX2__
+    // GCC leaves the loop below scalar: 8 conversions and inserts for 8 values.
+    out = _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i))));
+#else
     const auto* q = reinterpret_cast<const int8_t*>(src) + i;
     for (int j = 0; j < kLanes; ++j) out[j] = float(q[j]);
+#endif
   }
   return out;
 }
@@ -125,56 +131,14 @@ inline void widen_row(const char* src, int64_t k, float scale, float* dst) {
   for (; i < k; ++i) dst[i] = widened<D>(src, i) * scale;
 }
 
-// Below kStripsMinRows rows of x (decode of a few sequences, where the
-// weights' read from memory sets the pace): a tile is kPortableRowTile weight
-// rows, widened once into scratch, against kPortableBatchTile rows of x at a
-// time: 8 independent sums keep two FMA units busy past their latency, and
-// each x vector loaded serves 4 weight rows.
-// On a Zen 3 EPYC, column chunks (1024), holding the weight vectors in
-// registers (GCC folds their loads into the FMAs) and prefetching the next
-// tile before the multiplications were no faster or slower
-// (perf/results/portable-kernels-zen3.md).
-constexpr int kPortableRowTile = 4;
-constexpr int kPortableBatchTile = 2;
-
-// sums[i][r] = x row i · rows row r over k columns (rows: kPortableRowTile
-// widened rows of k floats each).
-template <int MR>
-inline void dot_tile(const float* x, int64_t ldx, const float* rows, int64_t k,
-                     float (&sums)[MR][kPortableRowTile]) {
-  Floats8 acc[MR][kPortableRowTile] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= k; c += kLanes) {
-    Floats8 w[kPortableRowTile];
-    for (int r = 0; r < kPortableRowTile; ++r) w[r] = load8(rows + r * k + c);
-    for (int i = 0; i < MR; ++i) {
-      const Floats8 xv = load8(x + i * ldx + c);
-      for (int r = 0; r < kPortableRowTile; ++r) acc[i][r] += xv * w[r];
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kPortableRowTile; ++r) {
-      float sum = sum8(acc[i][r]);
-      for (int64_t t = c; t < k; ++t) sum += x[i * ldx + t] * rows[r * k + t];
-      sums[i][r] = sum;
-    }
-}
-
 // The sgemm-shaped kernel for several rows of x: a strip of kStripRows weight
 // rows is widened and transposed, kStripDepth columns at a time, into a panel
 // [depth][kStripRows] that stays in L1; each loaded panel vector then serves
 // every row of a block of x (one broadcast value a row), with no sums across
-// lanes. The dot-product tile above compiles to 10 loads per 8 FMAs (GCC folds
-// each weight load into both FMAs that use it), more than the two load ports
-// of an AVX2 core keep up with.
+// lanes: from 9 rows of x, fewer operations per FMA than dots() below.
 constexpr int kStripRows = 16;    // two vectors of output columns
 constexpr int kStripDepth = 256;  // a panel of 16 KiB
 constexpr int kBlockRows = 6;     // 12 sums + 2 panel vectors + a broadcast: 15 registers
-// Rows of x from which streaming() takes strips(): on a Zen 3 EPYC the two
-// were level at 4 to 8 rows with the weights from memory, and strips() 1.18x
-// ahead at 8 rows with them in cache (1.57x at 64); below 8 the panel's
-// transposition costs about what it saves (perf/results/portable-strips-zen3.md).
-constexpr int64_t kStripsMinRows = 8;
 
 // v[i][j] becomes v[j][i]: eight vectors of 8 as a square, transposed.
 inline void transpose8(Floats8 (&v)[8]) {
@@ -396,50 +360,164 @@ void strips(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
   }
 }
 
-// out = x · wᵀ (+ out). From kStripsMinRows rows of x, strips(); below it
-// OpenMP splits the tiles of weight rows over the threads, and each tile is
-// widened (scales applied) into a buffer that stays in cache while every row
-// of x passes over it.
+// Up to kDotMaxRows rows of x (decode of a few sequences), the dot-product
+// shape: no panel to pack, each weight vector widened in registers as it is
+// read and multiplied into kDotBlock rows of x at once, 8 sums of 8 lanes
+// (kDotWeightRows weight rows a time) that keep both FMA units busy past
+// their latency, every x vector loaded serving kDotWeightRows weight rows. It
+// walks the same strips and chunks as strips(), prefetching the next chunk
+// likewise, and keeps each strip's sums as 8 lanes a weight row until its
+// last chunk. From 9 rows strips() reuses a widened weight for more rows;
+// on a Zen 3 EPYC the two were level at 12 rows, strips() 1.07x ahead at 16
+// and this 1.35x ahead at 8, 1.7-2.1x at 1-4 rows against the tiles of
+// scratch-widened weight rows it replaced (perf/results/portable-dots-zen3.md).
+constexpr int kDotWeightRows = 2;
+constexpr int kDotBlock = 4;  // 8 sums, 4 widened weight vectors, 2 of x, the BF16 mask
+constexpr int64_t kDotMaxRows = 8;
+
+// BF16 weights on AVX2 come out of a 256-bit load as 8 pairs: shifting each
+// 32-bit lane left by 16 gives the even columns as floats, masking off its
+// low half the odd ones (2 operations for 16 weights). x's columns are
+// rearranged to match, once a call: each 16 as its 8 even then its 8 odd.
+template <DType D>
+constexpr bool kDotEvenOdd =
+#ifdef __AVX2__
+    D == DType::BF16;
+#else
+    false;
+#endif
+
+// Weights [c, c + 16) of a stored row as two vectors of floats, in x's order.
+template <DType D>
+inline void load16_widened(const char* row, int64_t c, Floats8& first, Floats8& second) {
+#ifdef __AVX2__
+  if constexpr (kDotEvenOdd<D>) {
+    const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c));
+    first = Floats8(_mm256_slli_epi32(pairs, 16));
+    second = Floats8(_mm256_and_si256(pairs, _mm256_set1_epi32(int32_t(0xffff0000u))));
+    return;
+  }
+#endif
+  first = load8_widened<D>(row, c);
+  second = load8_widened<D>(row, c + kLanes);
+}
+
+// x's m rows, k16 columns (a multiple of 16), each 16 as its 8 even columns
+// then its 8 odd ones.
+inline void even_odd_order(const float* x, int64_t m, int64_t ldx, int64_t k16, float* ordered) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < k16; c += 16) {
+      const Floats8 a = load8(x + i * ldx + c), b = load8(x + i * ldx + c + kLanes);
+      float* dst = ordered + i * k16 + c;
+      store8(dst, __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14));
+      store8(dst + kLanes, __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15));
+    }
+}
+
+// partial[i][r] += x row i · weight row r over `vectors` groups of 16
+// columns, lane by lane, for MR rows of x and kDotWeightRows weight rows
+// (partial: kStripRows vectors a row of x).
+template <DType D, int MR>
+inline void dot_block(const float* x, int64_t ldx, const char* const* rows, int64_t vectors,
+                      Floats8* partial, ChunkAhead& ahead, int64_t every) {
+  Floats8 acc[MR][kDotWeightRows];
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < kDotWeightRows; ++r) acc[i][r] = partial[i * kStripRows + r];
+  for (int64_t v = 0; v < vectors; ++v) {
+    if ((v & (every - 1)) == 0) ahead.issue();
+    Floats8 first[kDotWeightRows], second[kDotWeightRows];
+    for (int r = 0; r < kDotWeightRows; ++r)
+      load16_widened<D>(rows[r], 16 * v, first[r], second[r]);
+    for (int i = 0; i < MR; ++i) {
+      Floats8 x0 = load8(x + i * ldx + 16 * v), x1 = load8(x + i * ldx + 16 * v + kLanes);
+#if defined(__x86_64__)
+      // Loaded once: GCC would otherwise fold each load into both FMAs that
+      // use it, more loads than an AVX2 core issues a cycle.
+      asm("" : "+x"(x0), "+x"(x1));
+#endif
+      for (int r = 0; r < kDotWeightRows; ++r) acc[i][r] += x0 * first[r];
+      for (int r = 0; r < kDotWeightRows; ++r) acc[i][r] += x1 * second[r];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < kDotWeightRows; ++r) partial[i * kStripRows + r] = acc[i][r];
+}
+
+template <DType D, int MR = kDotBlock>
+inline void dot_block_of(int64_t rows_of_x, const float* x, int64_t ldx, const char* const* rows,
+                         int64_t vectors, Floats8* partial, ChunkAhead& ahead, int64_t every) {
+  if constexpr (MR > 1)
+    if (rows_of_x < MR)
+      return dot_block_of<D, MR - 1>(rows_of_x, x, ldx, rows, vectors, partial, ahead, every);
+  dot_block<D, MR>(x, ldx, rows, vectors, partial, ahead, every);
+}
+
+template <DType D>
+void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
+          bool accumulate) {
+  const char* data = static_cast<const char*>(w.data);
+  const size_t element = dtype_size(D), row_bytes = size_t(w.k) * element;
+  const int64_t k16 = w.k / 16 * 16;  // the columns past it: one at a time, at the end
+  std::vector<float> ordered;
+  const float* xs = x;
+  int64_t ldxs = ldx;
+  if constexpr (kDotEvenOdd<D>) {
+    ordered.resize(size_t(m * k16));
+    even_odd_order(x, m, ldx, k16, ordered.data());
+    xs = ordered.data();
+    ldxs = k16;
+  }
+  const int64_t count = (w.n + kStripRows - 1) / kStripRows;
+  const int64_t chunks = (k16 + kStripDepth - 1) / kStripDepth;
+  const int64_t blocks = (m + kDotBlock - 1) / kDotBlock;
+  static const float zeros[kStripDepth] = {};  // a chunk of any weight dtype
+#pragma omp parallel if (count > 1)
+  {
+    std::vector<Floats8> partial(size_t(m * kStripRows));
+#pragma omp for schedule(static)
+    for (int64_t s = 0; s < count; ++s) {
+      const int64_t r0 = s * kStripRows, live = std::min<int64_t>(kStripRows, w.n - r0);
+      std::fill(partial.begin(), partial.end(), Floats8{});
+      for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t c0 = q * kStripDepth, vectors = std::min<int64_t>(kStripDepth, k16 - c0) / 16;
+        const char* rows[kStripRows];
+        for (int r = 0; r < kStripRows; ++r)
+          rows[r] = r < live ? data + size_t(r0 + r) * row_bytes + size_t(c0) * element
+                             : reinterpret_cast<const char*>(zeros);  // past the last row
+        ChunkAhead ahead = ChunkAhead::after(w, r0, c0);
+        // A line every `every` vectors: the power of 2 at or below the
+        // chunk's share, as in panel_rows.
+        const int64_t calls = kStripRows / kDotWeightRows * blocks;
+        int64_t every = 1;
+        while (ahead.count > 0 && every * 2 * ahead.count <= calls * vectors) every *= 2;
+        for (int r = 0; r < kStripRows; r += kDotWeightRows)
+          for (int64_t b = 0, i = 0; b < blocks; ++b) {
+            const int64_t block_rows = (m - i) / (blocks - b);
+            dot_block_of<D>(block_rows, xs + i * ldxs + c0, ldxs, rows + r, vectors,
+                            partial.data() + i * kStripRows + r, ahead, every);
+            i += block_rows;
+          }
+        while (ahead.next < ahead.count) ahead.issue();
+      }
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t r = 0; r < live; ++r) {
+          const char* row = data + size_t(r0 + r) * row_bytes;
+          float sum = sum8(partial[size_t(i * kStripRows + r)]);
+          for (int64_t c = k16; c < w.k; ++c) sum += x[i * ldx + c] * widened<D>(row, c);
+          sum *= w.scales ? w.scales[r0 + r] : 1.0f;
+          float& o = out[i * ldo + r0 + r];
+          o = accumulate ? o + sum : sum;
+        }
+    }
+  }
+}
+
+// out = x · wᵀ (+ out): dots() up to kDotMaxRows rows of x, strips() past it.
 template <DType D>
 void streaming(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
                bool accumulate) {
-  if (m >= kStripsMinRows) return strips<D>(x, m, ldx, w, out, ldo, accumulate);
-  const char* data = static_cast<const char*>(w.data);
-  const size_t row_bytes = size_t(w.k) * dtype_size(D);
-  const int64_t tiles = (w.n + kPortableRowTile - 1) / kPortableRowTile;
-#pragma omp parallel if (tiles > 1)
-  {
-    std::vector<float> rows(size_t(kPortableRowTile * w.k));
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * kPortableRowTile, live = std::min<int64_t>(kPortableRowTile, w.n - r0);
-      for (int64_t r = 0; r < kPortableRowTile; ++r) {
-        float* dst = rows.data() + r * w.k;
-        if (r < live)
-          widen_row<D>(data + size_t(r0 + r) * row_bytes, w.k, w.scales ? w.scales[r0 + r] : 1.0f,
-                       dst);
-        else
-          std::fill(dst, dst + w.k, 0.0f);  // past the last row: sums never stored
-      }
-      auto store = [&](int64_t i, const float* sums) {
-        for (int64_t r = 0; r < live; ++r) {
-          float& o = out[i * ldo + r0 + r];
-          o = accumulate ? o + sums[r] : sums[r];
-        }
-      };
-      int64_t i = 0;
-      for (; i + kPortableBatchTile <= m; i += kPortableBatchTile) {
-        float sums[kPortableBatchTile][kPortableRowTile];
-        dot_tile<kPortableBatchTile>(x + i * ldx, ldx, rows.data(), w.k, sums);
-        for (int j = 0; j < kPortableBatchTile; ++j) store(i + j, sums[j]);
-      }
-      for (; i < m; ++i) {
-        float sums[1][kPortableRowTile];
-        dot_tile<1>(x + i * ldx, ldx, rows.data(), w.k, sums);
-        store(i, sums[0]);
-      }
-    }
-  }
+  if (m <= kDotMaxRows) return dots<D>(x, m, ldx, w, out, ldo, accumulate);
+  strips<D>(x, m, ldx, w, out, ldo, accumulate);
 }
 
 }  // namespace
