@@ -228,6 +228,16 @@ double attention_read_overlap(double arithmetic_s, double read_s, double measure
   return std::clamp((arithmetic_s + read_s - measured_s) / shorter, 0.0, 1.0);
 }
 
+double weight_read_fraction(const std::vector<WeightStream>& runs) {
+  if (runs.empty()) return 0.0;
+  std::vector<double> ratios;
+  for (const WeightStream& r : runs)
+    ratios.push_back(r.read_Bps > 0 ? std::clamp(r.stream_Bps / r.read_Bps, 0.01, 1.0) : 1.0);
+  std::sort(ratios.begin(), ratios.end());
+  const size_t middle = ratios.size() / 2;
+  return ratios.size() % 2 ? ratios[middle] : (ratios[middle - 1] + ratios[middle]) / 2;
+}
+
 namespace {
 
 // A `bytes` array for read_once.
@@ -238,10 +248,9 @@ StreamedBuffer<float> read_array(size_t bytes) {
 // One read of every element of `data` on the process's threads (their sum,
 // so that the reads are kept). Each thread reads its share as kStreams
 // streams at once, 256 bytes of each in turn, as the streaming matmul reads
-// several weight rows at once: one stream per thread left a third of the
-// bandwidth unused here (2 threads on 4 KiB pages: 20 GB/s for one stream
-// each, 25 for eight; huge pages: 20 and 27-32), and decode measured 115% of
-// that figure.
+// several weight rows at once: one stream per thread left bandwidth unused
+// (2 threads of a Zen 3 EPYC on huge pages: 35-39 GB/s for one stream each,
+// 37-46 for eight, in the same minute).
 double read_once(const StreamedBuffer<float>& array) {
   constexpr size_t kStreams = 8, kBlock = 64;  // floats per block: 4 loads of 64 bytes
   const float* data = array.data();
@@ -324,6 +333,26 @@ double measure_memory_read_in_step(size_t bytes, Communicator& group) {
 }
 
 }  // namespace
+
+// The rate at which the decode matmul reads its weights from memory, every
+// member of `group` at once: one row of x against BF16 weights of [2048 x
+// 1024] (a layer's matrix, 4 MiB) that fill `bytes`, one after another, as
+// decode at batch 1 reads a forward pass's.
+double measure_weight_stream(size_t bytes, Communicator& group) {
+  constexpr int64_t kCols = 2048, kInner = 1024;
+  const size_t per_weight = size_t(kCols * kInner);
+  const size_t count = std::max<size_t>(1, bytes / (per_weight * 2));
+  const StreamedBuffer<uint16_t> w = filled(per_weight * count, uint16_t(0x3f00));
+  const std::vector<float> x(size_t(kInner), 1.0f);
+  std::vector<float> out(static_cast<size_t>(kCols));
+  const double seconds = in_step_seconds(group, 3, [&] {
+    for (size_t i = 0; i < count; ++i) {
+      const cpu::WeightView weights{w.data() + i * per_weight, DType::BF16, nullptr, kCols, kInner};
+      cpu::matmul(x.data(), 1, kInner, weights, out.data(), kCols, false);
+    }
+  });
+  return double(per_weight * count * 2) / seconds;
+}
 
 SpeedProbe measure_speed_probe(Communicator& all, bool quick) {
   SpeedProbe p;
@@ -679,6 +708,21 @@ Calibration calibrate(const CalibrationGroups& g, const std::string& name, bool 
       c.spec.measured.attention_read_overlap = overlap_sum / double(c.attention_from_memory.size());
   }
   comm.barrier();
+  // The decode matmul's read of its weights against a plain read of as many
+  // bytes just before it, three times (the host's speed moves): the median
+  // ratio is the fraction of the read bandwidth the weights stream at
+  // (weight_read_fraction).
+  {
+    const size_t bytes = size_t(quick ? 128 : 512) << 20;
+    for (int run = 0; run < 3; ++run) {
+      WeightStream s;
+      s.read_Bps = measure_memory_read_in_step(bytes, comm);
+      s.stream_Bps = measure_weight_stream(bytes, comm);
+      c.weight_streams.push_back(s);
+    }
+    c.spec.measured.weight_read_fraction = weight_read_fraction(c.weight_streams);
+  }
+  comm.barrier();
   Communicator* node = g.nodes > 1 ? g.in_node : (c.ranks > 1 ? &comm : nullptr);
   if (node) {
     // The node's first rank measures; the others wait in a sleeping receive.
@@ -801,6 +845,12 @@ std::string to_yaml(const Calibration& c) {
   for (const auto& a : c.attention_from_memory)
     out += fmt::format("#   {}: {:.4g}, {:.4g}, {:.4g} -> {:.2f}\n", a.group, a.arithmetic_s,
                        a.read_s, a.measured_s, a.overlap);
+  if (!c.weight_streams.empty())
+    out +=
+        "# Decode at batch 1 reading BF16 weights from memory against a plain read just before\n"
+        "# (B/s: weights, read; measured.weight_read_fraction is the median ratio):\n";
+  for (const auto& s : c.weight_streams)
+    out += fmt::format("#   {:.4g}, {:.4g}\n", s.stream_Bps, s.read_Bps);
   out += "# Decode matmul paths on BF16 weights from memory (rows: streaming s, panel s):\n";
   for (const auto& s : c.streaming)
     out += fmt::format("#   {}: {:.4g}, {:.4g}\n", s.rows, s.streaming_s, s.batched_s);

@@ -59,6 +59,12 @@ struct AttentionFromMemory {
   double arithmetic_s = 0, read_s = 0, measured_s = 0, overlap = 0;
 };
 
+// The decode matmul's read of its weights from memory at batch 1 and a plain
+// read of as many bytes timed just before it, every rank at once.
+struct WeightStream {
+  double stream_Bps = 0, read_Bps = 0;
+};
+
 struct Calibration {
   int ranks = 1, ranks_per_node = 1, nodes = 1, threads = 1;
   std::vector<MatmulSample> matmul;
@@ -76,6 +82,8 @@ struct Calibration {
   std::vector<std::pair<double, double>> attention_by_group, attention_by_group_alone;
   // Decode attention from memory against its parts (attention_read_overlap).
   std::vector<AttentionFromMemory> attention_from_memory;
+  // Weights read by decode against the plain read (weight_read_fraction).
+  std::vector<WeightStream> weight_streams;
   // How the overheads of spec.measured were found (one line per run), for the comments.
   std::vector<std::string> overhead_notes;
   // Inside a node (all ranks when there is one node): collectives and sends.
@@ -149,6 +157,10 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
 // The fraction of the shorter of decode attention's arithmetic and its read
 // that a run from memory hid: (arithmetic + read - measured) / shorter, in [0, 1].
 double attention_read_overlap(double arithmetic_s, double read_s, double measured_s);
+// The median over runs of the weights' rate over the plain read's, each in
+// [0.01, 1] (a stream faster than the read it is compared with counts as 1):
+// the spec's measured.weight_read_fraction. 0 for no runs.
+double weight_read_fraction(const std::vector<WeightStream>& runs);
 // Read bandwidth of a `bytes` array summed by all threads of this rank.
 double measure_memory_read(size_t bytes, int repeats);
 // Times all-gather and all-reduce at growing sizes over `comm` (every member calls).

@@ -279,7 +279,11 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
     f.compute_eff_s += t;
     if (measured_attention_rate(hw, m, rates) > 0) attention_s += t;
   }
-  f.memory_eff_s = (f.weight_bytes + f.kv_bytes) / memory_bw;
+  // The weights stream at the fraction of the read bandwidth calibrate
+  // measured for the decode matmul (weight_read_fraction), where it did.
+  const double weight_bw =
+      memory_bw * (hw.measured.weight_read_fraction > 0 ? hw.measured.weight_read_fraction : 1.0);
+  f.memory_eff_s = f.weight_bytes / weight_bw + f.kv_bytes / memory_bw;
   // Where decode attention's rate is measured (a calibrated CPU), its
   // arithmetic and its read of the cache overlap only as far as calibrate
   // measured from memory (attention_read_overlap: none for the AMX kernel,
@@ -302,7 +306,7 @@ void apply_efficiency(ForwardCost& f, const HardwareSpec& hw, bool per_layer, do
     // Looped CollectiveEinsum: the gather streams in while the matmul that
     // uses it runs on the part already there; no longer than that matmul.
     const MatmulCost& m = f.matmuls[size_t(c.consumer)];
-    const double behind = std::max(compute_s(m), m.weight_bytes / memory_bw);
+    const double behind = std::max(compute_s(m), m.weight_bytes / weight_bw);
     hidden_gathers += eff.weight_gather_overlap * std::min(t, behind);
   }
   hidden_gathers = std::min(hidden_gathers, busy);

@@ -174,6 +174,7 @@ MeasuredEfficiency MeasuredEfficiency::parse(const YamlFields& f) {
     if (f.has(key)) *value = f.positive(key);
   if (f.has("attention_read_overlap"))
     m.attention_read_overlap = f.fraction("attention_read_overlap");
+  if (f.has("weight_read_fraction")) m.weight_read_fraction = f.fraction("weight_read_fraction");
   f.reject_unknown();
   return m;
 }
@@ -183,7 +184,7 @@ std::string MeasuredEfficiency::to_yaml() const {
       collective_overhead_s == 0 && inter_node_collective_overhead_s == 0 &&
       weight_gather_s_per_byte == 0 && attention_decode_flops == 0 &&
       attention_decode_flops_by_group.empty() && attention_read_overlap == 0 &&
-      inter_node_s_per_byte == 0 && collective_s_by_bytes.empty() &&
+      weight_read_fraction == 0 && inter_node_s_per_byte == 0 && collective_s_by_bytes.empty() &&
       inter_node_collective_s_by_bytes.empty())
     return "";
   auto table = [](const std::vector<std::pair<double, double>>& t) {
@@ -220,6 +221,8 @@ std::string MeasuredEfficiency::to_yaml() const {
                        table(attention_decode_flops_by_group_alone));
   if (attention_read_overlap > 0)
     out += fmt::format("  attention_read_overlap: {:.3g}\n", attention_read_overlap);
+  if (weight_read_fraction > 0)
+    out += fmt::format("  weight_read_fraction: {:.3g}\n", weight_read_fraction);
   for (auto [key, members, tables] :
        {std::tuple{"collective", collective_members, &collective_s_by_bytes},
         std::tuple{"inter_node_collective", inter_node_collective_members,

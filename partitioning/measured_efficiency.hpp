@@ -60,6 +60,11 @@ struct MeasuredEfficiency {
   // memory (time = arithmetic + read - overlap x the shorter). 0: they add
   // up (older specs; the AMX kernel measured so).
   double attention_read_overlap = 0;
+  // The fraction of the read bandwidth (memory_Bps_by_bytes) at which the
+  // decode matmul streams its weights from memory, measured at batch 1
+  // where nothing else bounds it; the weights' memory time is priced at it.
+  // 0: the whole read bandwidth (older specs).
+  double weight_read_fraction = 0;
   // Per byte a collective moves across nodes, beyond the inter-node
   // bandwidth that back-to-back collectives of one rank per node measured
   // (every rank of a node sharing its link, in both directions at once).

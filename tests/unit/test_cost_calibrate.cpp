@@ -123,6 +123,24 @@ TEST_CASE("a rate far below its neighbours is found for measuring again", "[cali
   CHECK(rate_dips({}).empty());
 }
 
+TEST_CASE("the weights' read fraction is the median of the runs' ratios, written to the spec",
+          "[calibrate]") {
+  // Ratios 0.75, 0.5 and (clamped) 1: the median, 0.75; of two runs their mean.
+  CHECK(weight_read_fraction({{30, 40}, {20, 40}, {45, 40}}) == Approx(0.75));
+  CHECK(weight_read_fraction({{30, 40}, {20, 40}}) == Approx(0.625));
+  CHECK(weight_read_fraction({}) == 0.0);
+  Calibration c = minimal_calibration("weights");
+  c.weight_streams = {{30e9, 40e9}, {20e9, 40e9}, {45e9, 40e9}};
+  c.spec.measured.weight_read_fraction = weight_read_fraction(c.weight_streams);
+  const std::string yaml = to_yaml(c);
+  CHECK_THAT(yaml, Catch::Contains("#   3e+10, 4e+10"));
+  const std::string file = "calibrate_weights_test.yaml";
+  std::ofstream(file) << yaml;
+  const HardwareSpec loaded = HardwareSpec::load(file);
+  std::remove(file.c_str());
+  CHECK(loaded.measured.weight_read_fraction == Approx(0.75));
+}
+
 TEST_CASE("decode attention's read overlap is the fraction of the shorter part hidden",
           "[calibrate]") {
   // Arithmetic 2 s, read 3 s: measured 5 s hides nothing, 3 s hides all of

@@ -270,6 +270,25 @@ TEST_CASE("decode attention is priced at its measured rate for the model's group
   }
   CHECK_THAT(load_error("overlap above 1", base + "  attention_read_overlap: 1.5\n"),
              Catch::Contains("attention_read_overlap"));
+  // The weights stream at the measured fraction of the read bandwidth, the
+  // KV cache at the whole of it; read back as written.
+  const HardwareSpec streaming_half =
+      load_spec("weight read", base +
+                                   "  attention_decode_flops_by_group: [[1, 1.0e9], [4, 4.0e9]]\n"
+                                   "  weight_read_fraction: 0.5\n");
+  {
+    const PhaseCost c = estimate_phase(model, streaming_half, w, Phase::kDecode, config);
+    CHECK(c.layer.memory_eff_s == Approx(c.layer.weight_bytes / 2e10 + c.layer.kv_bytes / 4e10));
+    const double weights_s = std::max(others_s, c.layer.weight_bytes / 2e10);
+    CHECK(c.layer.latency_s == Approx(weights_s + attention_flops / 2.5e9 +
+                                      c.layer.kv_bytes / 4e10 + c.layer.overhead_s));
+    CHECK(load_spec("weight read again", streaming_half.measured.to_yaml())
+              .measured.weight_read_fraction == Approx(0.5));
+  }
+  CHECK_THAT(load_error("weight read above 1", base + "  weight_read_fraction: 1.2\n"),
+             Catch::Contains("weight_read_fraction"));
+  CHECK_THAT(load_error("weight read of 0", base + "  weight_read_fraction: 0\n"),
+             Catch::Contains("weight_read_fraction"));
   // Without a measured attention rate everything overlaps: the larger of all
   // compute and all memory time.
   CHECK(plain.layer.latency_s ==
