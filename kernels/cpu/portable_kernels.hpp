@@ -85,11 +85,18 @@ inline Floats8 load8_widened(const char* src, int64_t i) {
   if constexpr (D == DType::F32) {
     out = load8(reinterpret_cast<const float*>(src) + i);
   } else if constexpr (D == DType::BF16) {
+#ifdef __AVX2__
+    // The loop below compiles to two 128-bit halves stored to the stack and
+    // read back as one vector, a store-forwarding stall every 8 values.
+    out = Floats8(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))), 16));
+#else
     uint16_t h[kLanes];
     std::memcpy(h, src + 2 * i, sizeof h);
     Ints8 bits;
     for (int j = 0; j < kLanes; ++j) bits[j] = int32_t(uint32_t(h[j]) << 16);
     std::memcpy(&out, &bits, sizeof out);
+#endif
   } else if constexpr (D == DType::F16) {
 #ifdef __F16C__
     out = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
