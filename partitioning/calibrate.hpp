@@ -157,6 +157,10 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
 // The fraction of the shorter of decode attention's arithmetic and its read
 // that a run from memory hid: (arithmetic + read - measured) / shorter, in [0, 1].
 double attention_read_overlap(double arithmetic_s, double read_s, double measured_s);
+// Tables of (size, rate) measured at the same sizes several times: each
+// size's median rate (of an even count, the mean of the middle two).
+std::vector<std::pair<double, double>> median_rates(
+    const std::vector<std::vector<std::pair<double, double>>>& passes);
 // The median over runs of the weights' rate over the plain read's, each in
 // [0.01, 1] (a stream faster than the read it is compared with counts as 1):
 // the spec's measured.weight_read_fraction. 0 for no runs.

@@ -123,6 +123,16 @@ TEST_CASE("a rate far below its neighbours is found for measuring again", "[cali
   CHECK(rate_dips({}).empty());
 }
 
+TEST_CASE("a table measured several times keeps each size's median rate", "[calibrate]") {
+  using Table = std::vector<std::pair<double, double>>;
+  // The slow 512 MiB read of one pass (2.86e10) is outvoted by the other two.
+  const Table a = {{8, 8e10}, {512, 2.86e10}}, b = {{8, 7e10}, {512, 4.3e10}},
+              c = {{8, 9e10}, {512, 4.5e10}};
+  CHECK(median_rates({a, b, c}) == Table{{8, 8e10}, {512, 4.3e10}});
+  CHECK(median_rates({a, b}) == Table{{8, 7.5e10}, {512, (2.86e10 + 4.3e10) / 2}});
+  CHECK(median_rates({}).empty());
+}
+
 TEST_CASE("the weights' read fraction is the median of the runs' ratios, written to the spec",
           "[calibrate]") {
   // Ratios 0.75, 0.5 and (clamped) 1: the median, 0.75; of two runs their mean.
