@@ -86,13 +86,6 @@ struct Row {
   double predicted_prefill_tps = 0, predicted_decode_tps = 0;
 };
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 double sum_over_ranks(World& world, double mine) {
   float value = float(mine);
   if (world.size() > 1) world.all().all_reduce(&value, 1);

@@ -228,6 +228,13 @@ double attention_read_overlap(double arithmetic_s, double read_s, double measure
   return std::clamp((arithmetic_s + read_s - measured_s) / shorter, 0.0, 1.0);
 }
 
+double median(std::vector<double> values) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const size_t middle = values.size() / 2;
+  return values.size() % 2 ? values[middle] : (values[middle - 1] + values[middle]) / 2;
+}
+
 std::vector<std::pair<double, double>> median_rates(
     const std::vector<std::vector<std::pair<double, double>>>& passes) {
   if (passes.empty()) return {};
@@ -235,9 +242,7 @@ std::vector<std::pair<double, double>> median_rates(
   for (size_t i = 0; i < out.size(); ++i) {
     std::vector<double> rates;
     for (const auto& pass : passes) rates.push_back(pass.at(i).second);
-    std::sort(rates.begin(), rates.end());
-    const size_t middle = rates.size() / 2;
-    out[i].second = rates.size() % 2 ? rates[middle] : (rates[middle - 1] + rates[middle]) / 2;
+    out[i].second = median(rates);
   }
   return out;
 }
@@ -247,9 +252,7 @@ double weight_read_fraction(const std::vector<WeightStream>& runs) {
   std::vector<double> ratios;
   for (const WeightStream& r : runs)
     ratios.push_back(r.read_Bps > 0 ? std::clamp(r.stream_Bps / r.read_Bps, 0.01, 1.0) : 1.0);
-  std::sort(ratios.begin(), ratios.end());
-  const size_t middle = ratios.size() / 2;
-  return ratios.size() % 2 ? ratios[middle] : (ratios[middle - 1] + ratios[middle]) / 2;
+  return median(ratios);
 }
 
 namespace {
@@ -351,8 +354,7 @@ double measure_memory_read_in_step(size_t bytes, Communicator& group) {
 // The rate at which the decode matmul reads its weights from memory, every
 // member of `group` at once: one row of x against BF16 weights of [4096 x
 // 2048] (16 MiB, a layer's matrix) that fill `bytes`, one after another, as
-// decode at batch 1 reads a forward pass's. (Rows of 1024 read 15 % slower
-// than a 1b model's decode did: each strip of rows ends sooner.)
+// decode at batch 1 reads a forward pass's.
 double measure_weight_stream(size_t bytes, Communicator& group) {
   constexpr int64_t kCols = 4096, kInner = 2048;
   const size_t per_weight = size_t(kCols * kInner);

@@ -157,6 +157,8 @@ double measure_attention_decode(int64_t heads, int64_t keys, int64_t head_dim, i
 // The fraction of the shorter of decode attention's arithmetic and its read
 // that a run from memory hid: (arithmetic + read - measured) / shorter, in [0, 1].
 double attention_read_overlap(double arithmetic_s, double read_s, double measured_s);
+// The median of `values` (of an even count, the mean of the middle two; 0 for none).
+double median(std::vector<double> values);
 // Tables of (size, rate) measured at the same sizes several times: each
 // size's median rate (of an even count, the mean of the middle two).
 std::vector<std::pair<double, double>> median_rates(

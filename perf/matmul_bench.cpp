@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.hpp"
+#include "partitioning/calibrate.hpp"
 #include "runtime/dtype.hpp"
 
 using namespace shardlm;
@@ -57,11 +58,6 @@ struct StreamedAllocator {
   bool operator==(const StreamedAllocator&) const { return true; }
 };
 using StreamedBytes = StreamedAllocator<uint8_t>;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtype, int64_t reps,
                     int64_t caches) {

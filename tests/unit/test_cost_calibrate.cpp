@@ -131,6 +131,9 @@ TEST_CASE("a table measured several times keeps each size's median rate", "[cali
   CHECK(median_rates({a, b, c}) == Table{{8, 8e10}, {512, 4.3e10}});
   CHECK(median_rates({a, b}) == Table{{8, 7.5e10}, {512, (2.86e10 + 4.3e10) / 2}});
   CHECK(median_rates({}).empty());
+  CHECK(median({3, 1, 2}) == 2.0);
+  CHECK(median({4, 1}) == 2.5);
+  CHECK(median({}) == 0.0);
 }
 
 TEST_CASE("the weights' read fraction is the median of the runs' ratios, written to the spec",
