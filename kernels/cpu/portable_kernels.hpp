@@ -210,6 +210,17 @@ inline void pack_bf16_columns(const char* const (&rows)[kStripRows], int64_t c, 
 }
 #endif
 
+// rows[r] = row r of a strip (`strip`: its first row) from column c0; rows
+// at and past `live` (past the weight's last row) point at a chunk of zeros.
+template <DType D>
+inline void strip_rows(const char* strip, size_t row_bytes, int64_t live, int64_t c0,
+                       const char* (&rows)[kStripRows]) {
+  static const float zeros[kStripDepth] = {};  // a chunk of any weight dtype
+  for (int r = 0; r < kStripRows; ++r)
+    rows[r] = r < live ? strip + size_t(r) * row_bytes + size_t(c0) * dtype_size(D)
+                       : reinterpret_cast<const char*>(zeros);
+}
+
 // panel[c][panel_lane(r)] = row r of the strip at column c0 + c, for c <
 // depth, r < kStripRows; rows at and past `live` read as zero. Unscaled:
 // scales are per output column here, applied to the sums.
@@ -217,10 +228,7 @@ template <DType D>
 inline void pack_strip(const char* data, size_t row_bytes, int64_t live, int64_t c0, int64_t depth,
                        float* panel) {
   const char* rows[kStripRows];
-  static const float zeros[kStripDepth] = {};
-  for (int r = 0; r < kStripRows; ++r)
-    rows[r] = r < live ? data + size_t(r) * row_bytes + c0 * int64_t(dtype_size(D))
-                       : reinterpret_cast<const char*>(zeros);  // past the last row
+  strip_rows<D>(data, row_bytes, live, c0, rows);
   int64_t c = 0;
 #ifdef __AVX2__
   if constexpr (D == DType::BF16)
@@ -271,6 +279,20 @@ struct ChunkAhead {
     return ahead;
   }
 
+  // One line in every `spacing(steps)` of `steps` steps of a chunk's
+  // arithmetic spreads the lines over all of it: the power of 2 at or below
+  // its share.
+  int64_t spacing(int64_t steps) const {
+    int64_t every = 1;
+    while (count > 0 && every * 2 * count <= steps) every *= 2;
+    return every;
+  }
+
+  // The lines the arithmetic left unissued.
+  void issue_rest() {
+    while (next < count) issue();
+  }
+
   void issue() {
     if (next < count) {
       __builtin_prefetch(base + size_t(row) * row_bytes + column, 0, 3);
@@ -318,22 +340,27 @@ inline void panel_block_of(int64_t rows, const float* x, int64_t ldx, const floa
   panel_block<MR>(x, ldx, panel, depth, sums, ahead, every);
 }
 
-// All m rows of x over the panel, in blocks of as even a size as kBlockRows
-// allows (8 rows as 4 + 4, not 6 + 2: a block of 2 loads a panel vector per
-// two FMAs).
-inline void panel_rows(const float* x, int64_t m, int64_t ldx, const float* panel, int64_t depth,
-                       float* sums, ChunkAhead& ahead) {
-  const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
-  // A line every `every` columns of each block: spread over the whole chunk's
-  // arithmetic, the power of 2 at or below its share.
-  int64_t every = 1;
-  while (ahead.count > 0 && every * 2 * ahead.count <= blocks * depth) every *= 2;
+// The blocks of m rows of x, of as even a size as MaxRows allows (14 rows of
+// at most 6 as 4 + 5 + 5, not 6 + 6 + 2: a block of 2 loads a vector of
+// weights per two FMAs): block(first row, rows) for each.
+template <int MaxRows, class Block>
+inline void row_blocks(int64_t m, Block&& block) {
+  const int64_t blocks = (m + MaxRows - 1) / MaxRows;
   for (int64_t b = 0, i = 0; b < blocks; ++b) {
     const int64_t rows = (m - i) / (blocks - b);
-    panel_block_of(rows, x + i * ldx, ldx, panel, depth, sums + i * kStripRows, ahead, every);
+    block(i, rows);
     i += rows;
   }
-  while (ahead.next < ahead.count) ahead.issue();
+}
+
+// All m rows of x over the panel, in row_blocks of up to kBlockRows.
+inline void panel_rows(const float* x, int64_t m, int64_t ldx, const float* panel, int64_t depth,
+                       float* sums, ChunkAhead& ahead) {
+  const int64_t every = ahead.spacing((m + kBlockRows - 1) / kBlockRows * depth);
+  row_blocks<kBlockRows>(m, [&](int64_t i, int64_t rows) {
+    panel_block_of(rows, x + i * ldx, ldx, panel, depth, sums + i * kStripRows, ahead, every);
+  });
+  ahead.issue_rest();
 }
 
 template <DType D>
@@ -463,7 +490,7 @@ template <DType D>
 void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* out, int64_t ldo,
           bool accumulate) {
   const char* data = static_cast<const char*>(w.data);
-  const size_t element = dtype_size(D), row_bytes = size_t(w.k) * element;
+  const size_t row_bytes = size_t(w.k) * dtype_size(D);
   const int64_t k16 = w.k / 16 * 16;  // the columns past it: one at a time, at the end
   std::vector<float> ordered;
   const float* xs = x;
@@ -477,7 +504,6 @@ void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* ou
   const int64_t count = (w.n + kStripRows - 1) / kStripRows;
   const int64_t chunks = (k16 + kStripDepth - 1) / kStripDepth;
   const int64_t blocks = (m + kDotBlock - 1) / kDotBlock;
-  static const float zeros[kStripDepth] = {};  // a chunk of any weight dtype
 #pragma omp parallel if (count > 1)
   {
     std::vector<Floats8> partial(size_t(m * kStripRows));
@@ -488,23 +514,15 @@ void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* ou
       for (int64_t q = 0; q < chunks; ++q) {
         const int64_t c0 = q * kStripDepth, vectors = std::min<int64_t>(kStripDepth, k16 - c0) / 16;
         const char* rows[kStripRows];
-        for (int r = 0; r < kStripRows; ++r)
-          rows[r] = r < live ? data + size_t(r0 + r) * row_bytes + size_t(c0) * element
-                             : reinterpret_cast<const char*>(zeros);  // past the last row
+        strip_rows<D>(data + size_t(r0) * row_bytes, row_bytes, live, c0, rows);
         ChunkAhead ahead = ChunkAhead::after(w, r0, c0);
-        // A line every `every` vectors: the power of 2 at or below the
-        // chunk's share, as in panel_rows.
-        const int64_t calls = kStripRows / kDotWeightRows * blocks;
-        int64_t every = 1;
-        while (ahead.count > 0 && every * 2 * ahead.count <= calls * vectors) every *= 2;
+        const int64_t every = ahead.spacing(kStripRows / kDotWeightRows * blocks * vectors);
         for (int r = 0; r < kStripRows; r += kDotWeightRows)
-          for (int64_t b = 0, i = 0; b < blocks; ++b) {
-            const int64_t block_rows = (m - i) / (blocks - b);
+          row_blocks<kDotBlock>(m, [&](int64_t i, int64_t block_rows) {
             dot_block_of<D>(block_rows, xs + i * ldxs + c0, ldxs, rows + r, vectors,
                             partial.data() + i * kStripRows + r, ahead, every);
-            i += block_rows;
-          }
-        while (ahead.next < ahead.count) ahead.issue();
+          });
+        ahead.issue_rest();
       }
       for (int64_t i = 0; i < m; ++i)
         for (int64_t r = 0; r < live; ++r) {
