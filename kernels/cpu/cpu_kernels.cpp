@@ -758,18 +758,26 @@ const float* kv_rows_f32(const void* cache, DType kv, int64_t begin, int64_t cou
   return buffer;
 }
 
-// Each block of keys of the fused decode kernels (16 with AVX-512, 8 in the
-// portable build) asks for the K and V lines of the block this many
-// keys on (into L1): the hardware prefetcher does not follow the two streams
-// read a block at a time in turn. On a 2-core EPYC, 384 caches of 4096 BF16
-// keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at
-// 16 or 32, 25-32 without. (With one 16-key step at a time, 256 keys on was
-// the best distance.)
-// The L1 prefetches alone keep too few lines in flight to stream (the fill
-// buffers bound them), so each block also asks for the block
-// kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6 ms
-// (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra
-// prefetches cost 0.5 us per 1024 keys.
+// Keys per online-softmax step: scores a block of keys at a time, then
+// the softmax and the P.V products over all of them, so that a step's chain
+// of dependent work (the row maxima, the shrink's exp, the sums' loads and
+// permutations) is paid once per 64 keys, not once per 16. The portable
+// kernel's AVX2 steps cost more: 128 keys, 4 % faster than 64 on a Zen 3
+// EPYC (3 rows over 1024 BF16 keys in L2).
+constexpr int64_t kDecodeStepKeys = SHARDLM_AVX512 ? 64 : 128;
+
+#if SHARDLM_AVX512
+constexpr int kDecodeRowBlock = 4;  // query rows whose output sums stay in registers
+
+// Each block of 16 keys of the AVX-512 fused decode kernel asks for the K
+// and V lines of the block this many keys on (into L1): the hardware
+// prefetcher does not follow the two streams read a block at a time in turn. On a 2-core EPYC, 384
+// caches of 4096 BF16 keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at 16
+// or 32, 25-32 without. (With one 16-key step at a time, 256 keys on was the best distance.) The L1
+// prefetches alone keep too few lines in flight to stream (the fill buffers bound them), so each
+// block also asks for the block kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6
+// ms (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra prefetches cost 0.5 us per
+// 1024 keys.
 constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
 
 // The K and V lines of `bytes` from `offset` into each cache, with
@@ -785,14 +793,6 @@ inline void prefetch_kv_block(const KVView& kv, size_t offset, size_t bytes) {
   }
 }
 
-constexpr int kDecodeRowBlock = 4;  // query rows whose output sums stay in registers
-// Keys per online-softmax step: scores a block of keys at a time, then
-// the softmax and the P.V products over all of them, so that a step's chain
-// of dependent work (the row maxima, the shrink's exp, the sums' loads and
-// permutations) is paid once per 64 keys, not once per 16.
-constexpr int64_t kDecodeStepKeys = 64;
-
-#if SHARDLM_AVX512
 // Decode attention, fused: query rows that share one position (the query
 // heads of one token over its KV head) meet the keys 16 at a time, K and V
 // widened in registers as they are read, no sgemm call and no F32 copy of the
@@ -1173,96 +1173,227 @@ float softmax_block_row(float* s, int64_t keys, int64_t from, int64_t to, float 
 
 #if !SHARDLM_AVX512
 // Decode attention, fused, in the portable build: as attention_decode above,
-// a step of kDecodeStepKeys keys at a time, 8 keys a block. The keys of a
-// block are widened once into `keys`, each query row takes its 8 dot products
-// in 8 sums and transpose8 adds them across lanes into one vector of 8
-// scores; softmax_block_row turns a row's step of scores into weights, and V
-// is widened 16 columns at a time as it is read, each value vector serving
-// every row. The blocked sgemm path it replaces widened K and V blocks into
-// F32 copies and made two oneDNN calls a block for 3 rows.
-template <DType D>
-void decode_scores_portable(const AttentionQuery& q, const KVView& kv, int64_t j0, int64_t n,
-                            float* keys, float* scores) {
-  const int64_t head_dim = kv.head_dim;  // a multiple of 8 (attention_partial checks)
-  const auto* k = static_cast<const char*>(kv.k);
-  for (int64_t j = 0; j < kLanes; ++j)
-    for (int64_t c = 0; c < head_dim; c += kLanes)
-      store8(keys + j * head_dim + c,
-             j < n ? load8_widened<D>(k + size_t(j0 + j) * size_t(head_dim) * dtype_size(D), c)
-                   : Floats8{});
-  for (int64_t r = 0; r < q.rows; ++r) {
-    Floats8 dot[kLanes] = {};
-    for (int64_t c = 0; c < head_dim; c += kLanes) {
-      const Floats8 qv = load8(q.q + r * q.ldq + c);
-      for (int j = 0; j < kLanes; ++j) dot[j] += qv * load8(keys + j * head_dim + c);
+// a step of kDecodeStepKeys keys at a time. K and V are widened in registers
+// as they are read, 16 columns a load (load16_widened: for BF16 on AVX2 the
+// even columns then the odd ones, so the query rows are put in that order
+// once a call and the output sums kept in it while a step adds to them). A
+// block of RB query rows meets 8 / RB keys in 8 sums, added across lanes into
+// one vector of 8 scores (lane_sums); softmax_block_row turns a row's step of
+// scores into weights, and each widened value vector serves every row of a
+// block. It replaces a kernel that widened 8 keys into scratch, one row at a
+// time summed them by an 8 x 8 transposition, and kept 2R sums for P·V
+// (latency-bound below 4 rows): 67 cycles a key for 3 rows in cache.
+// It asks for no lines ahead: on a Zen 3 EPYC the hardware prefetcher
+// streams both caches, and the AVX-512 kernel's prefetches made 384 caches of
+// 4096 keys no faster at 3 rows and 1.13x slower at one row.
+
+// Lane i of the result: the sum of v[i]'s 8 lanes (pairwise sums, each level
+// two shuffles and an add, then the two halves of a register added).
+inline Floats8 lane_sums(const Floats8 (&v)[8]) {
+  auto pairs = [](Floats8 a, Floats8 b) {
+    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  const Floats8 low = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));
+  const Floats8 high = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  return __builtin_shufflevector(low, high, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(low, high, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// Lane r * KB + j: query row r (of RB, ordered as load16_widened orders the
+// keys) times key j (of KB); head_dim a multiple of 16. RB * KB sums of
+// their own, 6 to 8: each takes two FMAs a 16 columns, one after the other.
+template <DType D, int RB, int KB>
+inline Floats8 score_block(const float* q, int64_t ldq, const char* const* keys, int64_t head_dim) {
+  static_assert(RB * KB <= kLanes);
+  Floats8 acc[kLanes] = {};  // acc[r * KB + j]
+  for (int64_t c = 0; c < head_dim; c += 16) {
+    if constexpr (KB <= 2) {
+      // Many rows: the keys widened first, then each row's query loaded once.
+      Floats8 k0[KB], k1[KB];
+      for (int j = 0; j < KB; ++j) load16_widened<D>(keys[j], c, k0[j], k1[j]);
+      for (int r = 0; r < RB; ++r) {
+        Floats8 q0 = load8(q + r * ldq + c), q1 = load8(q + r * ldq + c + kLanes);
+#if defined(__x86_64__)
+        asm("" : "+x"(q0), "+x"(q1));  // loaded once, as in dot_block
+#endif
+        for (int j = 0; j < KB; ++j) {
+          acc[r * KB + j] += q0 * k0[j];  // two statements: two FMAs, not a multiply and two adds
+          acc[r * KB + j] += q1 * k1[j];
+        }
+      }
+    } else {
+      // Few rows: their queries held in registers, each key widened as met.
+      Floats8 q0[RB], q1[RB];
+      for (int r = 0; r < RB; ++r) {
+        q0[r] = load8(q + r * ldq + c);
+        q1[r] = load8(q + r * ldq + c + kLanes);
+#if defined(__x86_64__)
+        asm("" : "+x"(q0[r]), "+x"(q1[r]));
+#endif
+      }
+      for (int j = 0; j < KB; ++j) {
+        Floats8 k0, k1;
+        load16_widened<D>(keys[j], c, k0, k1);
+        for (int r = 0; r < RB; ++r) {
+          acc[r * KB + j] += q0[r] * k0;
+          acc[r * KB + j] += q1[r] * k1;
+        }
+      }
     }
-    transpose8(dot);
-    Floats8 sum = dot[0];
-    for (int i = 1; i < kLanes; ++i) sum += dot[i];
-    store8(scores + r * kDecodeStepKeys, sum);
+  }
+  return lane_sums(acc);
+}
+
+// scores[r * kDecodeStepKeys + j] = q_r · k_{j0 + j} for RB rows and the 8
+// keys from j0 (of which n are real: the others repeat the last real one, and
+// their scores go unread): 4 or 3 rows meet 2 keys at a time, 2 rows 4 and
+// one row 8.
+template <DType D, int RB>
+inline void decode_scores_portable(const float* q, int64_t ldq, const KVView& kv, int64_t j0,
+                                   int64_t n, float* scores) {
+  constexpr int KB = RB >= 3 ? 2 : kLanes / RB;
+  const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
+  const char* k = static_cast<const char*>(kv.k);
+  for (int64_t j = 0; j < kLanes; j += KB) {
+    const char* keys[KB];
+    for (int i = 0; i < KB; ++i)
+      keys[i] = k + size_t(j0 + std::min<int64_t>(j + i, n - 1)) * row_bytes;
+    const Floats8 s = score_block<D, RB, KB>(q, ldq, keys, kv.head_dim);
+    for (int r = 0; r < RB; ++r)
+      for (int i = 0; i < KB; ++i) scores[r * kDecodeStepKeys + j + i] = s[r * KB + i];
   }
 }
 
-// acc_r += sum_j weights[r][j] · v_{j0 + j} for the rows [r0, r0 + R), 16
-// columns of the head at a time: 2R sums in registers.
-template <DType D, int R>
+// 16 output sums of a row as two vectors, in the order load16_widened gives
+// value columns, and back.
+template <DType D>
+inline void load_sums(const float* acc, Floats8& first, Floats8& second) {
+  const Floats8 a = load8(acc), b = load8(acc + kLanes);
+  if constexpr (kDotEvenOdd<D>) {
+    first = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    second = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+  } else {
+    first = a;
+    second = b;
+  }
+}
+template <DType D>
+inline void store_sums(float* acc, Floats8 first, Floats8 second) {
+  if constexpr (kDotEvenOdd<D>) {
+    store8(acc, __builtin_shufflevector(first, second, 0, 8, 1, 9, 2, 10, 3, 11));
+    store8(acc + kLanes, __builtin_shufflevector(first, second, 4, 12, 5, 13, 6, 14, 7, 15));
+  } else {
+    store8(acc, first);
+    store8(acc + kLanes, second);
+  }
+}
+
+// The columns a P·V pass of R rows takes: C groups of 16, 2RC = 8 sums in
+// registers, enough for both FMA units to run past their latency and few
+// enough to leave registers for the values (3 rows as 2 + 1: 12 sums spilled).
+template <int R>
+constexpr int kValueGroups = 4 / R;
+
+// acc_r += sum_j weights[r][j] · v_{j0 + j} for the rows [r0, r0 + R), over
+// the columns [c_begin, c_end) (a multiple of 16 C).
+template <DType D, int R, int C>
 void decode_values_portable(const KVView& kv, const AttentionState& st, int64_t r0, int64_t j0,
-                            int64_t n, const float* weights) {
-  const int64_t head_dim = kv.head_dim;
-  const char* v = static_cast<const char*>(kv.v) + size_t(j0 * head_dim) * dtype_size(D);
-  const size_t row_bytes = size_t(head_dim) * dtype_size(D);
-  for (int64_t c = 0; c < head_dim; c += 2 * kLanes) {
-    const int halves = c + 2 * kLanes <= head_dim ? 2 : 1;
-    Floats8 acc[R][2] = {};
+                            int64_t n, const float* weights, int64_t c_begin, int64_t c_end) {
+  const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
+  const char* v = static_cast<const char*>(kv.v) + size_t(j0) * row_bytes;
+  for (int64_t c = c_begin; c < c_end; c += 16 * C) {
+    Floats8 acc[R][C][2];
     for (int r = 0; r < R; ++r)
-      for (int h = 0; h < halves; ++h)
-        acc[r][h] = load8(st.acc + (r0 + r) * st.ld + c + h * kLanes);
+      for (int g = 0; g < C; ++g)
+        load_sums<D>(st.acc + (r0 + r) * st.ld + c + 16 * g, acc[r][g][0], acc[r][g][1]);
     for (int64_t j = 0; j < n; ++j) {
-      const Floats8 lo = load8_widened<D>(v + size_t(j) * row_bytes, c);
-      const Floats8 hi =
-          halves == 2 ? load8_widened<D>(v + size_t(j) * row_bytes, c + kLanes) : Floats8{};
-      for (int r = 0; r < R; ++r) {
-        const Floats8 p = splat8(weights[(r0 + r) * kDecodeStepKeys + j]);
-        acc[r][0] += p * lo;
-        acc[r][1] += p * hi;
+      const char* row = v + size_t(j) * row_bytes;
+      for (int g = 0; g < C; ++g) {
+        Floats8 v0, v1;
+        load16_widened<D>(row, c + 16 * g, v0, v1);
+        for (int r = 0; r < R; ++r) {
+          const Floats8 p = splat8(weights[(r0 + r) * kDecodeStepKeys + j]);
+          acc[r][g][0] += p * v0;
+          acc[r][g][1] += p * v1;
+        }
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int h = 0; h < halves; ++h)
-        store8(st.acc + (r0 + r) * st.ld + c + h * kLanes, acc[r][h]);
+      for (int g = 0; g < C; ++g)
+        store_sums<D>(st.acc + (r0 + r) * st.ld + c + 16 * g, acc[r][g][0], acc[r][g][1]);
   }
 }
 
+template <DType D, int R>
+void decode_values_rows(const KVView& kv, const AttentionState& st, int64_t r0, int64_t j0,
+                        int64_t n, const float* weights) {
+  constexpr int C = kValueGroups<R>;
+  const int64_t grouped = kv.head_dim / (16 * C) * (16 * C);
+  decode_values_portable<D, R, C>(kv, st, r0, j0, n, weights, 0, grouped);
+  if constexpr (C > 1)
+    decode_values_portable<D, R, 1>(kv, st, r0, j0, n, weights, grouped, kv.head_dim);
+}
+
 // The keys [lo, hi) for rows that all sit at one position and all see them;
-// scratch holds kDecodeStepKeys floats per row, then 8 widened keys.
+// head_dim a multiple of 16. scratch holds kDecodeStepKeys floats per row,
+// then the query rows in load16_widened's column order.
 template <DType D>
 void attention_decode_portable(const AttentionQuery& q, const KVView& kv, int64_t lo, int64_t hi,
                                const AttentionState& st, float* scratch) {
-  float* keys = scratch + q.rows * kDecodeStepKeys;
-  const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
+  const int64_t head_dim = kv.head_dim;
+  const float* query = q.q;
+  int64_t ldq = q.ldq;
+  if constexpr (kDotEvenOdd<D>) {
+    float* ordered = scratch + q.rows * kDecodeStepKeys;
+    even_odd_order(q.q, q.rows, q.ldq, head_dim, ordered);
+    query = ordered;
+    ldq = head_dim;
+  }
   for (int64_t j0 = lo; j0 < hi; j0 += kDecodeStepKeys) {
     const int64_t n = std::min<int64_t>(kDecodeStepKeys, hi - j0);
     for (int64_t b = 0; b * kLanes < n; ++b) {
-      const int64_t j = j0 + b * kLanes;
-      if (const int64_t ahead = j + kDecodePrefetchKeys; ahead + kLanes <= hi)
-        prefetch_kv_block<3>(kv, size_t(ahead) * row_bytes, kLanes * row_bytes);
-      if (const int64_t ahead = j + kDecodePrefetchL2Keys; ahead + kLanes <= hi)
-        prefetch_kv_block<2>(kv, size_t(ahead) * row_bytes, kLanes * row_bytes);
-      decode_scores_portable<D>(q, kv, j, std::min<int64_t>(kLanes, n - b * kLanes), keys,
-                                scratch + b * kLanes);
+      const int64_t j = j0 + b * kLanes, keys = std::min<int64_t>(kLanes, n - b * kLanes);
+      for (int64_t r = 0; r < q.rows;) {
+        const float* rows = query + r * ldq;
+        float* out = scratch + r * kDecodeStepKeys + b * kLanes;
+        switch (std::min<int64_t>(4, q.rows - r)) {
+          case 1:
+            decode_scores_portable<D, 1>(rows, ldq, kv, j, keys, out);
+            r += 1;
+            break;
+          case 2:
+            decode_scores_portable<D, 2>(rows, ldq, kv, j, keys, out);
+            r += 2;
+            break;
+          case 3:
+            decode_scores_portable<D, 3>(rows, ldq, kv, j, keys, out);
+            r += 3;
+            break;
+          default:
+            decode_scores_portable<D, 4>(rows, ldq, kv, j, keys, out);
+            r += 4;
+            break;
+        }
+      }
     }
     for (int64_t row = 0; row < q.rows; ++row) {
       const float shrink = softmax_block_row(scratch + row * kDecodeStepKeys, n, 0, n, kv.scale,
                                              st.max[row], st.sum[row]);
       if (shrink != 1.0f)
-        for (int64_t d = 0; d < kv.head_dim; ++d) st.acc[row * st.ld + d] *= shrink;
+        for (int64_t d = 0; d < head_dim; ++d) st.acc[row * st.ld + d] *= shrink;
     }
-    for (int64_t r0 = 0; r0 < q.rows; r0 += kDecodeRowBlock) {
-      switch (std::min<int64_t>(kDecodeRowBlock, q.rows - r0)) {
-        case 1: decode_values_portable<D, 1>(kv, st, r0, j0, n, scratch); break;
-        case 2: decode_values_portable<D, 2>(kv, st, r0, j0, n, scratch); break;
-        case 3: decode_values_portable<D, 3>(kv, st, r0, j0, n, scratch); break;
-        default: decode_values_portable<D, 4>(kv, st, r0, j0, n, scratch); break;
+    for (int64_t r0 = 0; r0 < q.rows;) {
+      const int64_t left = q.rows - r0;
+      if (left >= 4) {
+        decode_values_rows<D, 4>(kv, st, r0, j0, n, scratch);
+        r0 += 4;
+      } else if (left >= 2) {
+        decode_values_rows<D, 2>(kv, st, r0, j0, n, scratch);
+        r0 += 2;
+      } else {
+        decode_values_rows<D, 1>(kv, st, r0, j0, n, scratch);
+        r0 += 1;
       }
     }
   }
@@ -1300,7 +1431,7 @@ void attention_partial(const AttentionQuery& q, const KVView& kv, int64_t key_be
       default: return attention_decode<DType::F32>(q, kv, lo, hi, st, scratch);
     }
 #else
-    if (kv.head_dim % kLanes == 0) switch (kv.dtype) {
+    if (kv.head_dim % 16 == 0) switch (kv.dtype) {
         case DType::BF16: return attention_decode_portable<DType::BF16>(q, kv, lo, hi, st, scratch);
         case DType::F16: return attention_decode_portable<DType::F16>(q, kv, lo, hi, st, scratch);
         default: return attention_decode_portable<DType::F32>(q, kv, lo, hi, st, scratch);
