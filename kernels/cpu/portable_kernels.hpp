@@ -396,18 +396,27 @@ void strips(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* 
 
 // Up to kDotMaxRows rows of x (decode of a few sequences), the dot-product
 // shape: no panel to pack, each weight vector widened in registers as it is
-// read and multiplied into kDotBlock rows of x at once, 8 sums of 8 lanes
-// (kDotWeightRows weight rows a time) that keep both FMA units busy past
-// their latency, every x vector loaded serving kDotWeightRows weight rows. It
+// read and multiplied into up to kDotBlock rows of x at once, 8 sums of 8
+// lanes (dot_weight_rows weight rows a time) that keep both FMA units busy
+// past their latency, every x vector loaded serving those weight rows. It
 // walks the same strips and chunks as strips(), prefetching the next chunk
 // likewise, and keeps each strip's sums as 8 lanes a weight row until its
 // last chunk. From 9 rows strips() reuses a widened weight for more rows;
 // on a Zen 3 EPYC the two were level at 12 rows, strips() 1.07x ahead at 16
 // and this 1.35x ahead at 8, 1.7-2.1x at 1-4 rows against the tiles of
 // scratch-widened weight rows it replaced (perf/results/portable-dots-zen3.md).
-constexpr int kDotWeightRows = 2;
 constexpr int kDotBlock = 4;  // 8 sums, 4 widened weight vectors, 2 of x, the BF16 mask
 constexpr int64_t kDotMaxRows = 8;
+
+// The weight rows a block of x's rows meets at once: 8 sums where the rows
+// allow (6 at 3 rows). Each sum takes two FMAs in turn a 16 columns, so 2
+// sums (one row of x against 2 weight rows) bound a core to 64 bytes of BF16
+// weights each 2 FMA latencies. One row of x against a [1024 x 2048] BF16
+// weight in L3, on one core of a Zen 3 EPYC, 3 alternations: 20-21 GB/s at 2
+// weight rows a block, 25 at 8.
+constexpr int dot_weight_rows(int64_t rows_of_x) {
+  return rows_of_x == 1 ? 8 : rows_of_x == 2 ? 4 : 2;
+}
 
 // BF16 weights on AVX2 come out of a 256-bit load as 8 pairs: shifting each
 // 32-bit lane left by 16 gives the even columns as floats, masking off its
@@ -449,41 +458,64 @@ inline void even_odd_order(const float* x, int64_t m, int64_t ldx, int64_t k16, 
 }
 
 // partial[i][r] += x row i · weight row r over `vectors` groups of 16
-// columns, lane by lane, for MR rows of x and kDotWeightRows weight rows
-// (partial: kStripRows vectors a row of x).
-template <DType D, int MR>
+// columns, lane by lane, for MR rows of x and WR weight rows (partial:
+// kStripRows vectors a row of x).
+template <DType D, int MR, int WR>
 inline void dot_block(const float* x, int64_t ldx, const char* const* rows, int64_t vectors,
                       Floats8* partial, ChunkAhead& ahead, int64_t every) {
-  Floats8 acc[MR][kDotWeightRows];
+  Floats8 acc[MR][WR];
   for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kDotWeightRows; ++r) acc[i][r] = partial[i * kStripRows + r];
+    for (int r = 0; r < WR; ++r) acc[i][r] = partial[i * kStripRows + r];
   for (int64_t v = 0; v < vectors; ++v) {
     if ((v & (every - 1)) == 0) ahead.issue();
-    Floats8 first[kDotWeightRows], second[kDotWeightRows];
-    for (int r = 0; r < kDotWeightRows; ++r)
-      load16_widened<D>(rows[r], 16 * v, first[r], second[r]);
-    for (int i = 0; i < MR; ++i) {
-      Floats8 x0 = load8(x + i * ldx + 16 * v), x1 = load8(x + i * ldx + 16 * v + kLanes);
+    if constexpr (WR <= 2) {
+      // The weight rows widened first, then each row of x loaded once.
+      Floats8 first[WR], second[WR];
+      for (int r = 0; r < WR; ++r) load16_widened<D>(rows[r], 16 * v, first[r], second[r]);
+      for (int i = 0; i < MR; ++i) {
+        Floats8 x0 = load8(x + i * ldx + 16 * v), x1 = load8(x + i * ldx + 16 * v + kLanes);
 #if defined(__x86_64__)
-      // Loaded once: GCC would otherwise fold each load into both FMAs that
-      // use it, more loads than an AVX2 core issues a cycle.
-      asm("" : "+x"(x0), "+x"(x1));
+        // Loaded once: GCC would otherwise fold each load into both FMAs that
+        // use it, more loads than an AVX2 core issues a cycle.
+        asm("" : "+x"(x0), "+x"(x1));
 #endif
-      for (int r = 0; r < kDotWeightRows; ++r) acc[i][r] += x0 * first[r];
-      for (int r = 0; r < kDotWeightRows; ++r) acc[i][r] += x1 * second[r];
+        for (int r = 0; r < WR; ++r) acc[i][r] += x0 * first[r];
+        for (int r = 0; r < WR; ++r) acc[i][r] += x1 * second[r];
+      }
+    } else {
+      // Few rows of x: theirs held, each weight row widened as it is met.
+      Floats8 x0[MR], x1[MR];
+      for (int i = 0; i < MR; ++i) {
+        x0[i] = load8(x + i * ldx + 16 * v);
+        x1[i] = load8(x + i * ldx + 16 * v + kLanes);
+#if defined(__x86_64__)
+        asm("" : "+x"(x0[i]), "+x"(x1[i]));
+#endif
+      }
+      for (int r = 0; r < WR; ++r) {
+        Floats8 first, second;
+        load16_widened<D>(rows[r], 16 * v, first, second);
+        for (int i = 0; i < MR; ++i) {
+          acc[i][r] += x0[i] * first;
+          acc[i][r] += x1[i] * second;
+        }
+      }
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kDotWeightRows; ++r) partial[i * kStripRows + r] = acc[i][r];
+    for (int r = 0; r < WR; ++r) partial[i * kStripRows + r] = acc[i][r];
 }
 
+// MR rows of x (at most; rows_of_x of them) against the strip's weight rows.
 template <DType D, int MR = kDotBlock>
 inline void dot_block_of(int64_t rows_of_x, const float* x, int64_t ldx, const char* const* rows,
                          int64_t vectors, Floats8* partial, ChunkAhead& ahead, int64_t every) {
   if constexpr (MR > 1)
     if (rows_of_x < MR)
       return dot_block_of<D, MR - 1>(rows_of_x, x, ldx, rows, vectors, partial, ahead, every);
-  dot_block<D, MR>(x, ldx, rows, vectors, partial, ahead, every);
+  constexpr int WR = dot_weight_rows(MR);
+  for (int r = 0; r < kStripRows; r += WR)
+    dot_block<D, MR, WR>(x, ldx, rows + r, vectors, partial + r, ahead, every);
 }
 
 template <DType D>
@@ -503,7 +535,11 @@ void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* ou
   }
   const int64_t count = (w.n + kStripRows - 1) / kStripRows;
   const int64_t chunks = (k16 + kStripDepth - 1) / kStripDepth;
-  const int64_t blocks = (m + kDotBlock - 1) / kDotBlock;
+  // dot_block calls a column of the strip takes, for the prefetch spacing.
+  int64_t steps_per_vector = 0;
+  row_blocks<kDotBlock>(m, [&](int64_t, int64_t block_rows) {
+    steps_per_vector += kStripRows / dot_weight_rows(block_rows);
+  });
 #pragma omp parallel if (count > 1)
   {
     std::vector<Floats8> partial(size_t(m * kStripRows));
@@ -516,12 +552,11 @@ void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* ou
         const char* rows[kStripRows];
         strip_rows<D>(data + size_t(r0) * row_bytes, row_bytes, live, c0, rows);
         ChunkAhead ahead = ChunkAhead::after(w, r0, c0);
-        const int64_t every = ahead.spacing(kStripRows / kDotWeightRows * blocks * vectors);
-        for (int r = 0; r < kStripRows; r += kDotWeightRows)
-          row_blocks<kDotBlock>(m, [&](int64_t i, int64_t block_rows) {
-            dot_block_of<D>(block_rows, xs + i * ldxs + c0, ldxs, rows + r, vectors,
-                            partial.data() + i * kStripRows + r, ahead, every);
-          });
+        const int64_t every = ahead.spacing(steps_per_vector * vectors);
+        row_blocks<kDotBlock>(m, [&](int64_t i, int64_t block_rows) {
+          dot_block_of<D>(block_rows, xs + i * ldxs + c0, ldxs, rows, vectors,
+                          partial.data() + i * kStripRows, ahead, every);
+        });
         ahead.issue_rest();
       }
       for (int64_t i = 0; i < m; ++i)
