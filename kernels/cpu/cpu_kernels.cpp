@@ -771,13 +771,15 @@ constexpr int kDecodeRowBlock = 4;  // query rows whose output sums stay in regi
 
 // Each block of 16 keys of the AVX-512 fused decode kernel asks for the K
 // and V lines of the block this many keys on (into L1): the hardware
-// prefetcher does not follow the two streams read a block at a time in turn. On a 2-core EPYC, 384
-// caches of 4096 BF16 keys (G = 3, 2 threads, 5 alternations): 14.4 ms at 256 keys, 12.6-12.8 at 16
-// or 32, 25-32 without. (With one 16-key step at a time, 256 keys on was the best distance.) The L1
-// prefetches alone keep too few lines in flight to stream (the fill buffers bound them), so each
-// block also asks for the block kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6
-// ms (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra prefetches cost 0.5 us per
-// 1024 keys.
+// prefetcher does not follow the two streams read a block at a time in turn.
+// On a 2-core EPYC, 384 caches of 4096 BF16 keys (G = 3, 2 threads, 5
+// alternations): 14.4 ms at 256 keys, 12.6-12.8 at 16 or 32, 25-32 without.
+// (With one 16-key step at a time, 256 keys on was the best distance.)
+// The L1 prefetches alone keep too few lines in flight to stream (the fill
+// buffers bound them), so each block also asks for the block
+// kDecodePrefetchL2Keys on into L2: 384 caches, G = 3, 16.2 -> 14.6 ms
+// (6 alternations; 256 keys 14.7, 1024 no better); in L2 the extra
+// prefetches cost 0.5 us per 1024 keys.
 constexpr int64_t kDecodePrefetchKeys = 32, kDecodePrefetchL2Keys = 384;
 
 // The K and V lines of `bytes` from `offset` into each cache, with
@@ -1248,10 +1250,10 @@ inline Floats8 score_block(const float* q, int64_t ldq, const char* const* keys,
 // scores[r * kDecodeStepKeys + j] = q_r · k_{j0 + j} for RB rows and the 8
 // keys from j0 (of which n are real: the others repeat the last real one, and
 // their scores go unread): 4 or 3 rows meet 2 keys at a time, 2 rows 4 and
-// one row 8.
+// one row 8. Returns the rows it took.
 template <DType D, int RB>
-inline void decode_scores_portable(const float* q, int64_t ldq, const KVView& kv, int64_t j0,
-                                   int64_t n, float* scores) {
+inline int64_t decode_scores_portable(const float* q, int64_t ldq, const KVView& kv, int64_t j0,
+                                      int64_t n, float* scores) {
   constexpr int KB = RB >= 3 ? 2 : kLanes / RB;
   const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
   const char* k = static_cast<const char*>(kv.k);
@@ -1263,6 +1265,7 @@ inline void decode_scores_portable(const float* q, int64_t ldq, const KVView& kv
     for (int r = 0; r < RB; ++r)
       for (int i = 0; i < KB; ++i) scores[r * kDecodeStepKeys + j + i] = s[r * KB + i];
   }
+  return RB;
 }
 
 // 16 output sums of a row as two vectors, in the order load16_widened gives
@@ -1325,14 +1328,16 @@ void decode_values_portable(const KVView& kv, const AttentionState& st, int64_t 
   }
 }
 
+// The rows [r0, r0 + R) over every column; returns R.
 template <DType D, int R>
-void decode_values_rows(const KVView& kv, const AttentionState& st, int64_t r0, int64_t j0,
-                        int64_t n, const float* weights) {
+int64_t decode_values_rows(const KVView& kv, const AttentionState& st, int64_t r0, int64_t j0,
+                           int64_t n, const float* weights) {
   constexpr int C = kValueGroups<R>;
   const int64_t grouped = kv.head_dim / (16 * C) * (16 * C);
   decode_values_portable<D, R, C>(kv, st, r0, j0, n, weights, 0, grouped);
   if constexpr (C > 1)
     decode_values_portable<D, R, 1>(kv, st, r0, j0, n, weights, grouped, kv.head_dim);
+  return R;
 }
 
 // The keys [lo, hi) for rows that all sit at one position and all see them;
@@ -1358,22 +1363,10 @@ void attention_decode_portable(const AttentionQuery& q, const KVView& kv, int64_
         const float* rows = query + r * ldq;
         float* out = scratch + r * kDecodeStepKeys + b * kLanes;
         switch (std::min<int64_t>(4, q.rows - r)) {
-          case 1:
-            decode_scores_portable<D, 1>(rows, ldq, kv, j, keys, out);
-            r += 1;
-            break;
-          case 2:
-            decode_scores_portable<D, 2>(rows, ldq, kv, j, keys, out);
-            r += 2;
-            break;
-          case 3:
-            decode_scores_portable<D, 3>(rows, ldq, kv, j, keys, out);
-            r += 3;
-            break;
-          default:
-            decode_scores_portable<D, 4>(rows, ldq, kv, j, keys, out);
-            r += 4;
-            break;
+          case 1: r += decode_scores_portable<D, 1>(rows, ldq, kv, j, keys, out); break;
+          case 2: r += decode_scores_portable<D, 2>(rows, ldq, kv, j, keys, out); break;
+          case 3: r += decode_scores_portable<D, 3>(rows, ldq, kv, j, keys, out); break;
+          default: r += decode_scores_portable<D, 4>(rows, ldq, kv, j, keys, out); break;
         }
       }
     }
@@ -1385,16 +1378,9 @@ void attention_decode_portable(const AttentionQuery& q, const KVView& kv, int64_
     }
     for (int64_t r0 = 0; r0 < q.rows;) {
       const int64_t left = q.rows - r0;
-      if (left >= 4) {
-        decode_values_rows<D, 4>(kv, st, r0, j0, n, scratch);
-        r0 += 4;
-      } else if (left >= 2) {
-        decode_values_rows<D, 2>(kv, st, r0, j0, n, scratch);
-        r0 += 2;
-      } else {
-        decode_values_rows<D, 1>(kv, st, r0, j0, n, scratch);
-        r0 += 1;
-      }
+      r0 += left >= 4   ? decode_values_rows<D, 4>(kv, st, r0, j0, n, scratch)
+            : left >= 2 ? decode_values_rows<D, 2>(kv, st, r0, j0, n, scratch)
+                        : decode_values_rows<D, 1>(kv, st, r0, j0, n, scratch);
     }
   }
 }
