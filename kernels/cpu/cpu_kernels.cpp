@@ -1179,8 +1179,9 @@ float softmax_block_row(float* s, int64_t keys, int64_t from, int64_t to, float 
 // as they are read, 16 columns a load (load16_widened: for BF16 on AVX2 the
 // even columns then the odd ones, so the query rows are put in that order
 // once a call and the output sums kept in it while a step adds to them). A
-// block of RB query rows meets 8 / RB keys in 8 sums, added across lanes into
-// one vector of 8 scores (lane_sums); softmax_block_row turns a row's step of
+// block of query rows meets as many keys as dots() meets weight rows, by its
+// dot_group (6-8 sums), added across lanes into one vector of scores
+// (lane_sums); softmax_block_row turns a row's step of
 // scores into weights, and each widened value vector serves every row of a
 // block. It replaces a kernel that widened 8 keys into scratch, one row at a
 // time summed them by an 8 x 8 transposition, and kept 2R sums for P·V
@@ -1203,58 +1204,26 @@ inline Floats8 lane_sums(const Floats8 (&v)[8]) {
 }
 
 // Lane r * KB + j: query row r (of RB, ordered as load16_widened orders the
-// keys) times key j (of KB); head_dim a multiple of 16. RB * KB sums of
-// their own, 6 to 8: each takes two FMAs a 16 columns, one after the other.
+// keys) times key j (of KB); head_dim a multiple of 16. The dot products are
+// dots()'s (dot_group), with no prefetch between their groups of 16 columns.
 template <DType D, int RB, int KB>
 inline Floats8 score_block(const float* q, int64_t ldq, const char* const* keys, int64_t head_dim) {
-  static_assert(RB * KB <= kLanes);
-  Floats8 acc[kLanes] = {};  // acc[r * KB + j]
-  for (int64_t c = 0; c < head_dim; c += 16) {
-    if constexpr (KB <= 2) {
-      // Many rows: the keys widened first, then each row's query loaded once.
-      Floats8 k0[KB], k1[KB];
-      for (int j = 0; j < KB; ++j) load16_widened<D>(keys[j], c, k0[j], k1[j]);
-      for (int r = 0; r < RB; ++r) {
-        Floats8 q0 = load8(q + r * ldq + c), q1 = load8(q + r * ldq + c + kLanes);
-#if defined(__x86_64__)
-        asm("" : "+x"(q0), "+x"(q1));  // loaded once, as in dot_block
-#endif
-        for (int j = 0; j < KB; ++j) {
-          acc[r * KB + j] += q0 * k0[j];  // two statements: two FMAs, not a multiply and two adds
-          acc[r * KB + j] += q1 * k1[j];
-        }
-      }
-    } else {
-      // Few rows: their queries held in registers, each key widened as met.
-      Floats8 q0[RB], q1[RB];
-      for (int r = 0; r < RB; ++r) {
-        q0[r] = load8(q + r * ldq + c);
-        q1[r] = load8(q + r * ldq + c + kLanes);
-#if defined(__x86_64__)
-        asm("" : "+x"(q0[r]), "+x"(q1[r]));
-#endif
-      }
-      for (int j = 0; j < KB; ++j) {
-        Floats8 k0, k1;
-        load16_widened<D>(keys[j], c, k0, k1);
-        for (int r = 0; r < RB; ++r) {
-          acc[r * KB + j] += q0[r] * k0;
-          acc[r * KB + j] += q1[r] * k1;
-        }
-      }
-    }
-  }
-  return lane_sums(acc);
+  Floats8 acc[RB][KB] = {};
+  for (int64_t c = 0; c < head_dim; c += 16) dot_group<D, RB, KB>(q, ldq, keys, c, acc);
+  Floats8 flat[kLanes] = {};  // flat[r * KB + j]
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < KB; ++j) flat[r * KB + j] = acc[r][j];
+  return lane_sums(flat);
 }
 
 // scores[r * kDecodeStepKeys + j] = q_r · k_{j0 + j} for RB rows and the 8
 // keys from j0 (of which n are real: the others repeat the last real one, and
-// their scores go unread): 4 or 3 rows meet 2 keys at a time, 2 rows 4 and
-// one row 8. Returns the rows it took.
+// their scores go unread): as many keys at a time as dots() takes weight
+// rows, 8 sums (6 at 3 rows). Returns the rows it took.
 template <DType D, int RB>
 inline int64_t decode_scores_portable(const float* q, int64_t ldq, const KVView& kv, int64_t j0,
                                       int64_t n, float* scores) {
-  constexpr int KB = RB >= 3 ? 2 : kLanes / RB;
+  constexpr int KB = dot_weight_rows(RB);
   const size_t row_bytes = size_t(kv.head_dim) * dtype_size(D);
   const char* k = static_cast<const char*>(kv.k);
   for (int64_t j = 0; j < kLanes; j += KB) {
@@ -1272,24 +1241,15 @@ inline int64_t decode_scores_portable(const float* q, int64_t ldq, const KVView&
 // value columns, and back.
 template <DType D>
 inline void load_sums(const float* acc, Floats8& first, Floats8& second) {
-  const Floats8 a = load8(acc), b = load8(acc + kLanes);
-  if constexpr (kDotEvenOdd<D>) {
-    first = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
-    second = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
-  } else {
-    first = a;
-    second = b;
-  }
+  first = load8(acc);
+  second = load8(acc + kLanes);
+  if constexpr (kDotEvenOdd<D>) split_even_odd(first, second, first, second);
 }
 template <DType D>
 inline void store_sums(float* acc, Floats8 first, Floats8 second) {
-  if constexpr (kDotEvenOdd<D>) {
-    store8(acc, __builtin_shufflevector(first, second, 0, 8, 1, 9, 2, 10, 3, 11));
-    store8(acc + kLanes, __builtin_shufflevector(first, second, 4, 12, 5, 13, 6, 14, 7, 15));
-  } else {
-    store8(acc, first);
-    store8(acc + kLanes, second);
-  }
+  if constexpr (kDotEvenOdd<D>) join_even_odd(first, second, first, second);
+  store8(acc, first);
+  store8(acc + kLanes, second);
 }
 
 // The columns a P·V pass of R rows takes: C groups of 16, 2RC = 8 sums in

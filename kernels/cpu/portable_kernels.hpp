@@ -445,16 +445,68 @@ inline void load16_widened(const char* row, int64_t c, Floats8& first, Floats8& 
   second = load8_widened<D>(row, c + kLanes);
 }
 
+// 16 consecutive floats (a, b) as their 8 even then their 8 odd ones, and back.
+inline void split_even_odd(Floats8 a, Floats8 b, Floats8& even, Floats8& odd) {
+  even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+  odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+inline void join_even_odd(Floats8 even, Floats8 odd, Floats8& a, Floats8& b) {
+  a = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+  b = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+
 // x's m rows, k16 columns (a multiple of 16), each 16 as its 8 even columns
 // then its 8 odd ones.
 inline void even_odd_order(const float* x, int64_t m, int64_t ldx, int64_t k16, float* ordered) {
   for (int64_t i = 0; i < m; ++i)
     for (int64_t c = 0; c < k16; c += 16) {
-      const Floats8 a = load8(x + i * ldx + c), b = load8(x + i * ldx + c + kLanes);
-      float* dst = ordered + i * k16 + c;
-      store8(dst, __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14));
-      store8(dst + kLanes, __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15));
+      Floats8 even, odd;
+      split_even_odd(load8(x + i * ldx + c), load8(x + i * ldx + c + kLanes), even, odd);
+      store8(ordered + i * k16 + c, even);
+      store8(ordered + i * k16 + c + kLanes, odd);
     }
+}
+
+// acc[i][r] += x row i · row r over the 16 columns from c, lane by lane, for
+// MR rows of x (in load16_widened's column order) and WR stored rows (weights,
+// or the keys of decode attention).
+template <DType D, int MR, int WR>
+inline void dot_group(const float* x, int64_t ldx, const char* const* rows, int64_t c,
+                      Floats8 (&acc)[MR][WR]) {
+  if constexpr (WR <= 2) {
+    // The stored rows widened first, then each row of x loaded once.
+    Floats8 first[WR], second[WR];
+    for (int r = 0; r < WR; ++r) load16_widened<D>(rows[r], c, first[r], second[r]);
+    for (int i = 0; i < MR; ++i) {
+      Floats8 x0 = load8(x + i * ldx + c), x1 = load8(x + i * ldx + c + kLanes);
+#if defined(__x86_64__)
+      // Loaded once: GCC would otherwise fold each load into both FMAs that
+      // use it, more loads than an AVX2 core issues a cycle.
+      asm("" : "+x"(x0), "+x"(x1));
+#endif
+      // Two statements a sum: two FMAs, not a multiply and two adds.
+      for (int r = 0; r < WR; ++r) acc[i][r] += x0 * first[r];
+      for (int r = 0; r < WR; ++r) acc[i][r] += x1 * second[r];
+    }
+  } else {
+    // Few rows of x: theirs held, each stored row widened as it is met.
+    Floats8 x0[MR], x1[MR];
+    for (int i = 0; i < MR; ++i) {
+      x0[i] = load8(x + i * ldx + c);
+      x1[i] = load8(x + i * ldx + c + kLanes);
+#if defined(__x86_64__)
+      asm("" : "+x"(x0[i]), "+x"(x1[i]));
+#endif
+    }
+    for (int r = 0; r < WR; ++r) {
+      Floats8 first, second;
+      load16_widened<D>(rows[r], c, first, second);
+      for (int i = 0; i < MR; ++i) {
+        acc[i][r] += x0[i] * first;
+        acc[i][r] += x1[i] * second;
+      }
+    }
+  }
 }
 
 // partial[i][r] += x row i · weight row r over `vectors` groups of 16
@@ -468,39 +520,7 @@ inline void dot_block(const float* x, int64_t ldx, const char* const* rows, int6
     for (int r = 0; r < WR; ++r) acc[i][r] = partial[i * kStripRows + r];
   for (int64_t v = 0; v < vectors; ++v) {
     if ((v & (every - 1)) == 0) ahead.issue();
-    if constexpr (WR <= 2) {
-      // The weight rows widened first, then each row of x loaded once.
-      Floats8 first[WR], second[WR];
-      for (int r = 0; r < WR; ++r) load16_widened<D>(rows[r], 16 * v, first[r], second[r]);
-      for (int i = 0; i < MR; ++i) {
-        Floats8 x0 = load8(x + i * ldx + 16 * v), x1 = load8(x + i * ldx + 16 * v + kLanes);
-#if defined(__x86_64__)
-        // Loaded once: GCC would otherwise fold each load into both FMAs that
-        // use it, more loads than an AVX2 core issues a cycle.
-        asm("" : "+x"(x0), "+x"(x1));
-#endif
-        for (int r = 0; r < WR; ++r) acc[i][r] += x0 * first[r];
-        for (int r = 0; r < WR; ++r) acc[i][r] += x1 * second[r];
-      }
-    } else {
-      // Few rows of x: theirs held, each weight row widened as it is met.
-      Floats8 x0[MR], x1[MR];
-      for (int i = 0; i < MR; ++i) {
-        x0[i] = load8(x + i * ldx + 16 * v);
-        x1[i] = load8(x + i * ldx + 16 * v + kLanes);
-#if defined(__x86_64__)
-        asm("" : "+x"(x0[i]), "+x"(x1[i]));
-#endif
-      }
-      for (int r = 0; r < WR; ++r) {
-        Floats8 first, second;
-        load16_widened<D>(rows[r], 16 * v, first, second);
-        for (int i = 0; i < MR; ++i) {
-          acc[i][r] += x0[i] * first;
-          acc[i][r] += x1[i] * second;
-        }
-      }
-    }
+    dot_group<D, MR, WR>(x, ldx, rows, 16 * v, acc);
   }
   for (int i = 0; i < MR; ++i)
     for (int r = 0; r < WR; ++r) partial[i * kStripRows + r] = acc[i][r];
