@@ -1635,7 +1635,10 @@ namespace {
 // against 33 at k = 768 and 5632): reading six rows side by side 64 bytes at
 // a time defeats its prefetchers (a plain read in that order: 23-25 GB/s; in
 // address order: 40-67). The tiles were tuned on Xeons, where one stream per
-// thread read a third slower. SHARDLM_DECODE_ORDER=rows|tiles overrides.
+// thread read a third slower. The portable build's dots() reads rows in
+// order only where they are shorter than a page (kInOrderRowBytes): on a
+// Zen 3 core longer ones read as fast in its strips. SHARDLM_DECODE_ORDER=rows|tiles
+// overrides.
 bool default_decode_order_is_rows() {
   const char* setting = std::getenv("SHARDLM_DECODE_ORDER");
   if (setting && std::string_view(setting) == "rows") return true;
