@@ -15,7 +15,7 @@
 //                              [--n 2048] [--k 2048] [--shapes NxK,...]
 //                              [--memory-mib 1024] [--reps 20]
 //                              [--threads T] [--offset BYTES]
-//                              [--path streaming|panel|amx|auto]
+//                              [--path streaming|panel|amx|auto|read-strips|read-rows]
 //   build/shardlm_matmul_bench --attention KEYS [--group G] [--head-dim D]
 //                              [--kv-dtype bf16|f16|f32] [--caches N] [--threads T]
 // The second form times decode attention alone (cpu::attention_rows): G
@@ -98,6 +98,48 @@ int attention_bench(int64_t keys, int64_t group, int64_t head_dim, DType kv_dtyp
   return 0;
 }
 
+// Vectors of 32 bytes, XORed together: a read with no arithmetic to wait on.
+using Bytes32 = long long __attribute__((vector_size(32)));
+inline void xor_in(Bytes32& acc, const uint8_t* p) {
+  Bytes32 v;
+  std::memcpy(&v, p, sizeof v);
+  acc ^= v;
+}
+
+// A plain read of w, in the order the portable dots() reads it at one row of
+// x (in_strips: 16-row strips, 256 columns at a time, 8 rows side by side 32
+// bytes each) or in address order, the strips shared by the threads as
+// dots() shares them. Returns the XOR of every byte group, so the reads stay.
+Bytes32 plain_read(const cpu::WeightView& w, bool in_strips) {
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  const int64_t row_bytes = w.k * int64_t(dtype_size(w.dtype)),
+                chunk = 256 * int64_t(dtype_size(w.dtype));
+  const int64_t strips = (w.n + 15) / 16, whole = row_bytes / 32 * 32;
+  Bytes32 result = {};
+#pragma omp parallel
+  {
+    Bytes32 acc[4] = {};
+#pragma omp for schedule(static)
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t r0 = 16 * s, rows = std::min<int64_t>(16, w.n - r0);
+      const uint8_t* strip = data + r0 * row_bytes;
+      if (!in_strips) {
+        for (int64_t b = 0; b + 128 <= rows * row_bytes; b += 128)
+          for (int j = 0; j < 4; ++j) xor_in(acc[j], strip + b + 32 * j);
+        continue;
+      }
+      for (int64_t c0 = 0; c0 < whole; c0 += chunk)
+        for (int64_t b = 0; b < rows; b += 8)
+          for (int64_t c = c0; c < std::min(c0 + chunk, whole); c += 32)
+            for (int64_t r = b; r < std::min<int64_t>(b + 8, rows); ++r)
+              xor_in(acc[r % 4], strip + r * row_bytes + c);
+    }
+#pragma omp critical
+    result ^= acc[0] ^ acc[1] ^ acc[2] ^ acc[3];
+  }
+  return result;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -127,8 +169,10 @@ int main(int argc, char** argv) {
                  "through them (a decode step's matmuls, layer after layer)")
       ->delimiter(',');
   app.add_option("--path", path,
-                 "kernel: streaming, panel (oneDNN), amx or auto (the backend's choice)")
-      ->check(CLI::IsMember({"streaming", "panel", "amx", "auto"}));
+                 "kernel: streaming, panel (oneDNN), amx or auto (the backend's choice); or no "
+                 "kernel, a plain read of the weights in the portable dots()'s strips "
+                 "(read-strips) or in address order (read-rows)")
+      ->check(CLI::IsMember({"streaming", "panel", "amx", "auto", "read-strips", "read-rows"}));
   app.add_option("--attention", attention_keys, "time decode attention over this many keys")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--group", group, "query heads per KV head (--attention)")
@@ -224,6 +268,7 @@ int main(int argc, char** argv) {
       }
   // A pass: every shape once (one matrix with a single shape).
   fmt::print("rows,median_s_per_pass,gflops,weight_gbps\n");
+  Bytes32 read_sum = {};
   for (int64_t rows : rows_list) {
     std::vector<double> per_pass;
     for (int64_t r = 0; r <= reps; ++r) {
@@ -235,6 +280,8 @@ int main(int argc, char** argv) {
           cpu::matmul_amx(x.data(), rows, w.k, w, out.data(), w.n, false);
         else if (path == "auto")
           cpu::matmul(x.data(), rows, w.k, w, out.data(), w.n, false);
+        else if (path == "read-strips" || path == "read-rows")
+          read_sum ^= plain_read(w, path == "read-strips");
         else
           cpu::matmul_streaming(x.data(), rows, w.k, w, out.data(), w.n, false);
       }
@@ -246,4 +293,5 @@ int main(int argc, char** argv) {
                2.0 * double(rows) * double(cycle_bytes / elem) / t / 1e9,
                double(cycle_bytes) / t / 1e9);
   }
+  if (read_sum[0] == 1) fmt::print("#\n");  // keeps the plain reads
 }
