@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -332,12 +333,14 @@ inline void panel_block(const float* x, int64_t ldx, const float* panel, int64_t
     for (int h = 0; h < 2; ++h) store8(sums + i * kStripRows + h * kLanes, acc[i][h]);
 }
 
-template <int MR = kBlockRows>
-inline void panel_block_of(int64_t rows, const float* x, int64_t ldx, const float* panel,
-                           int64_t depth, float* sums, ChunkAhead& ahead, int64_t every) {
-  if constexpr (MR > 1)
-    if (rows < MR) return panel_block_of<MR - 1>(rows, x, ldx, panel, depth, sums, ahead, every);
-  panel_block<MR>(x, ldx, panel, depth, sums, ahead, every);
+// f(std::integral_constant<int, R>{}) with R = rows, 1 <= rows <= MaxRows:
+// a count of x's rows known at run time handed to a kernel that takes it as
+// a template argument.
+template <int MaxRows, class F>
+inline void with_rows(int64_t rows, F&& f) {
+  if constexpr (MaxRows > 1)
+    if (rows < MaxRows) return with_rows<MaxRows - 1>(rows, f);
+  f(std::integral_constant<int, MaxRows>{});
 }
 
 // The blocks of m rows of x, of as even a size as MaxRows allows (14 rows of
@@ -358,7 +361,10 @@ inline void panel_rows(const float* x, int64_t m, int64_t ldx, const float* pane
                        float* sums, ChunkAhead& ahead) {
   const int64_t every = ahead.spacing((m + kBlockRows - 1) / kBlockRows * depth);
   row_blocks<kBlockRows>(m, [&](int64_t i, int64_t rows) {
-    panel_block_of(rows, x + i * ldx, ldx, panel, depth, sums + i * kStripRows, ahead, every);
+    with_rows<kBlockRows>(rows, [&](auto mr) {
+      panel_block<decltype(mr)::value>(x + i * ldx, ldx, panel, depth, sums + i * kStripRows, ahead,
+                                       every);
+    });
   });
   ahead.issue_rest();
 }
@@ -526,13 +532,10 @@ inline void dot_block(const float* x, int64_t ldx, const char* const* rows, int6
     for (int r = 0; r < WR; ++r) partial[i * kStripRows + r] = acc[i][r];
 }
 
-// MR rows of x (at most; rows_of_x of them) against the strip's weight rows.
-template <DType D, int MR = kDotBlock>
-inline void dot_block_of(int64_t rows_of_x, const float* x, int64_t ldx, const char* const* rows,
-                         int64_t vectors, Floats8* partial, ChunkAhead& ahead, int64_t every) {
-  if constexpr (MR > 1)
-    if (rows_of_x < MR)
-      return dot_block_of<D, MR - 1>(rows_of_x, x, ldx, rows, vectors, partial, ahead, every);
+// MR rows of x against the strip's weight rows, dot_weight_rows(MR) at a time.
+template <DType D, int MR>
+inline void dot_strip_block(const float* x, int64_t ldx, const char* const* rows, int64_t vectors,
+                            Floats8* partial, ChunkAhead& ahead, int64_t every) {
   constexpr int WR = dot_weight_rows(MR);
   for (int r = 0; r < kStripRows; r += WR)
     dot_block<D, MR, WR>(x, ldx, rows + r, vectors, partial + r, ahead, every);
@@ -552,11 +555,11 @@ constexpr int64_t kInOrderRowBytes = 4096, kInOrderMaxRows = 3;
 
 // partial[i] += x row i · the stored row over `vectors` groups of 16
 // columns, lane by lane, for MR rows of x: P groups in turn, each into sums of
-// its own.
+// its own, as many as dot_block keeps (P in place of its weight rows).
 template <DType D, int MR>
 inline void dot_row_in_order(const float* x, int64_t ldx, const char* row, int64_t vectors,
                              Floats8* partial) {
-  constexpr int P = 8 / (MR == 3 ? 4 : MR);  // 8 sums (6 at 3 rows)
+  constexpr int P = dot_weight_rows(MR);
   Floats8 acc[P][MR][1] = {};
   const char* const rows[1] = {row};
   int64_t v = 0;
@@ -565,15 +568,6 @@ inline void dot_row_in_order(const float* x, int64_t ldx, const char* row, int64
   for (; v < vectors; ++v) dot_group<D, MR, 1>(x, ldx, rows, 16 * v, acc[0]);
   for (int i = 0; i < MR; ++i)
     for (int p = 0; p < P; ++p) partial[i * kStripRows] += acc[p][i][0];
-}
-
-template <DType D, int MR = kInOrderMaxRows>
-inline void dot_row_in_order_of(int64_t rows_of_x, const float* x, int64_t ldx, const char* row,
-                                int64_t vectors, Floats8* partial) {
-  if constexpr (MR > 1)
-    if (rows_of_x < MR)
-      return dot_row_in_order_of<D, MR - 1>(rows_of_x, x, ldx, row, vectors, partial);
-  dot_row_in_order<D, MR>(x, ldx, row, vectors, partial);
 }
 
 template <DType D>
@@ -609,9 +603,11 @@ void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* ou
       const int64_t r0 = s * kStripRows, live = std::min<int64_t>(kStripRows, w.n - r0);
       std::fill(partial.begin(), partial.end(), Floats8{});
       if (in_order)
-        for (int64_t r = 0; r < live; ++r)
-          dot_row_in_order_of<D>(m, xs, ldxs, data + size_t(r0 + r) * row_bytes, k16 / 16,
-                                 partial.data() + r);
+        with_rows<kInOrderMaxRows>(m, [&](auto mr) {
+          for (int64_t r = 0; r < live; ++r)
+            dot_row_in_order<D, decltype(mr)::value>(xs, ldxs, data + size_t(r0 + r) * row_bytes,
+                                                     k16 / 16, partial.data() + r);
+        });
       for (int64_t q = 0; q < chunks; ++q) {
         const int64_t c0 = q * kStripDepth, vectors = std::min<int64_t>(kStripDepth, k16 - c0) / 16;
         const char* rows[kStripRows];
@@ -619,8 +615,10 @@ void dots(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* ou
         ChunkAhead ahead = ChunkAhead::after(w, r0, c0);
         const int64_t every = ahead.spacing(steps_per_vector * vectors);
         row_blocks<kDotBlock>(m, [&](int64_t i, int64_t block_rows) {
-          dot_block_of<D>(block_rows, xs + i * ldxs + c0, ldxs, rows, vectors,
-                          partial.data() + i * kStripRows, ahead, every);
+          with_rows<kDotBlock>(block_rows, [&](auto mr) {
+            dot_strip_block<D, decltype(mr)::value>(xs + i * ldxs + c0, ldxs, rows, vectors,
+                                                    partial.data() + i * kStripRows, ahead, every);
+          });
         });
         ahead.issue_rest();
       }
